@@ -1,0 +1,132 @@
+"""The ``parastep`` command line (DESIGN §8). Parsing only; each command lives in its stage.
+
+Every command's implementation is ``run(args) -> int`` in ``<stage>/command.py`` and is
+imported lazily, so ``parastep validate`` never pays for torch or ortools. ``UserError``
+becomes one line on stderr and its exit code (2, or 1 for an invalid schedule).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from .errors import UserError
+
+COMMANDS = {
+    "plan": "parastep.planner.command",
+    "validate": "parastep.schedules.command",
+    "simulate": "parastep.schedules.command",
+    "schema": "parastep.schedules.command",
+    "exec": "parastep.executor.command",
+    "profile": "parastep.profiles.command",
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        raise UserError(f"{message} (see 'parastep {self.prog.split()[-1]} --help')" if " " in self.prog else f"{message} (see 'parastep --help')")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def _nonneg_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
+    return value
+
+
+def _float(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="parastep", description="Planned parallel denoising for diffusion models.")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    plan = sub.add_parser("plan", help="profile -> optimal schedule (YAML on stdout)")
+    plan.add_argument("--model", required=True, help="registry name (e.g. sdxl, digits)")
+    plan.add_argument("--gpus", type=_positive_int, required=True, help="world size")
+    plan.add_argument("--steps", type=_positive_int, help="number of denoising steps (default: the profile's)")
+    q = plan.add_mutually_exclusive_group()
+    q.add_argument("--budget", type=_nonneg_float, help="bound on predicted output deviation (latent RMS)")
+    q.add_argument("--min-psnr", type=_float, dest="min_psnr", help="target PSNR (dB) vs the sequential output; needs a calibrated profile")
+    plan.add_argument("--policy", choices=["optimal", "fixed"], default="optimal")
+    plan.add_argument("--warmup", type=_positive_int, help="exact steps before the first parallel window (fixed policy; default 10%% of steps)")
+    plan.add_argument("--max-window", type=_positive_int, dest="max_window", help="largest window (default: min(gpus, profile max))")
+    plan.add_argument("--profile", help="profile YAML (default: the shipped one for --model)")
+    plan.add_argument("--interconnect", help="interconnect preset for exchange costs (nvlink, pcie4, pcie3, ethernet-10g, ethernet-1g)")
+    plan.add_argument("--time-limit", type=_nonneg_float, dest="time_limit_s", default=60.0, help="CP-SAT time limit in seconds")
+    plan.add_argument("--workers", type=_positive_int, default=None, help="CP-SAT search workers (default: CPU count)")
+    plan.add_argument("--seed", type=int, default=0, help="CP-SAT random seed")
+    plan.add_argument("--solver", choices=["cp-sat", "dp"], default="cp-sat", help="cp-sat (default) or the exact DP oracle")
+
+    val = sub.add_parser("validate", help="check every invariant of a schedule (exit 0 valid, 1 invalid)")
+    val.add_argument("schedule")
+
+    sim = sub.add_parser("simulate", help="latency of a schedule from its own op graph")
+    sim.add_argument("schedule")
+    sim.add_argument("--profile", help="profile YAML (default: the one named by the schedule, if shipped)")
+    sim.add_argument("--interconnect", help="interconnect preset overriding the profile's exchange costs")
+    sim.add_argument("--plot", help="write the per-rank timeline to this PNG")
+
+    sch = sub.add_parser("schema", help="print the JSON Schema of a file format")
+    sch.add_argument("what", choices=["schedule", "profile"])
+
+    ex = sub.add_parser("exec", help="run a schedule on world_size processes")
+    ex.add_argument("schedule")
+    ex.add_argument("--prompt", action="append", help="prompt (or class label for digits); repeat for a batch")
+    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--out", default="out", help="output folder (images, report.json)")
+    ex.add_argument("--reference", action="store_true", help="also run the sequential pipeline and report speedup/PSNR/SSIM")
+    ex.add_argument("--model-path", dest="model_path", help="local folder with the pipeline (default: registry / HF cache)")
+    ex.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ex.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads per rank on CPU")
+    ex.add_argument("--timeout", type=_nonneg_float, default=300.0, dest="timeout_s", help="collective timeout in seconds")
+
+    pr = sub.add_parser("profile", help="measure a model: deviations, similarity, compute and exchange costs")
+    pr.add_argument("--model", required=True)
+    pr.add_argument("--model-path", dest="model_path")
+    pr.add_argument("--gpus", type=_positive_int, default=2)
+    pr.add_argument("--steps", type=_positive_int)
+    pr.add_argument("--max-window", type=_positive_int, dest="max_window")
+    pr.add_argument("--out", required=True)
+    pr.add_argument("--plot", help="write similarity and deviation curves to this PNG")
+    pr.add_argument("--interconnect", help="preset to use for ranks beyond this machine's devices")
+    pr.add_argument("--seed", type=int, action="append", dest="seeds", help="seed (repeatable)")
+    pr.add_argument("--prompt", action="append", dest="prompts", help="prompt/class (repeatable)")
+    pr.add_argument("--verify", type=int, default=None, help="verification runs for the PSNR calibration")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = build_parser().parse_args(argv)
+        module = importlib.import_module(COMMANDS[args.command])
+        code = module.run(args)
+    except UserError as exc:
+        print(f"parastep: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("parastep: interrupted", file=sys.stderr)
+        return 130
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

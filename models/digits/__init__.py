@@ -1,0 +1,1 @@
+"""The bundled digits model (DESIGN §5)."""

@@ -1,0 +1,62 @@
+"""Profile YAML I/O and the registry of shipped profiles (model name -> file in this folder)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import ValidationError
+
+from ..errors import UserError
+from ..schedules.io import first_error
+from .model import Profile, profile_sha256
+
+SHIPPED_DIR = Path(__file__).resolve().parent
+
+
+def shipped_profiles() -> dict[str, Path]:
+    """Registry: model name -> shipped profile file (``profiles/<model>.yaml``)."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.yaml"))}
+
+
+def load_profile(path: str | Path) -> tuple[Profile, str]:
+    """(profile, sha256 of the file's text). Any problem is a one-line UserError."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"profile file '{p}' does not exist; make one with 'parastep profile --model M --out {p}' or pass an existing --profile")
+    text = p.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError:
+        raise UserError(f"profile file '{p}' is not valid YAML (truncated?); re-run 'parastep profile'") from None
+    if not isinstance(data, dict) or data.get("parastep_profile") != 1:
+        raise UserError(f"profile file '{p}' is not a parastep profile (no 'parastep_profile: 1'); re-run 'parastep profile'")
+    try:
+        return Profile.model_validate(data), profile_sha256(text)
+    except ValidationError as exc:
+        raise UserError(f"profile file '{p}': {first_error(exc)}; re-run 'parastep profile'") from None
+
+
+def resolve_profile(model: str, profile_path: str | Path | None = None) -> tuple[Profile, str]:
+    """The profile to plan with: ``profile_path`` if given, else the shipped one for ``model``."""
+    if profile_path is not None:
+        prof, sha = load_profile(profile_path)
+        if prof.model != model:
+            raise UserError(f"profile '{profile_path}' is for model '{prof.model}', not '{model}'; pass --model {prof.model} or another --profile")
+        return prof, sha
+    shipped = shipped_profiles()
+    if model not in shipped:
+        raise UserError(f"no shipped profile for model '{model}' (shipped: {', '.join(shipped) or 'none'}); pass --profile FILE made with 'parastep profile --model {model} --out FILE'")
+    return load_profile(shipped[model])
+
+
+def dump_profile(profile: Profile) -> str:
+    return yaml.safe_dump(profile.model_dump(mode="json", exclude_none=True), sort_keys=False, default_flow_style=None, width=200)
+
+
+def write_profile(profile: Profile, path: str | Path) -> None:
+    """Write atomically: a crash never leaves a half-written profile behind."""
+    p = Path(path)
+    tmp = p.with_name(p.name + ".tmp")
+    tmp.write_text(dump_profile(profile), encoding="utf-8")
+    tmp.replace(p)

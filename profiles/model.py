@@ -1,0 +1,222 @@
+"""The profile contract (DESIGN §2): what the planner knows about one model on one machine.
+
+Pure data plus the cost primitives every consumer must share (no torch, no ortools):
+
+- ``forward_time_s(k)``   time for one rank to compute k offsets of a window
+- ``exchange_time_s(g, n)`` time for g ranks to exchange n guided outputs
+- ``window_deviation(...)`` predicted output deviation a window adds
+
+Table axes (all 0-based):
+- ``deviation[predictor].mean[s][j]``: offset j of a *parallel* window starting at step s.
+  Row s has ``min(max_window, num_steps - s)`` entries; it is empty where the predictor is
+  undefined (s = 0 for both, s = 1 for ``linear``). Entry j = 0 is 0 (offset 0 sees x_s).
+- ``reuse_deviation[predictor].mean[s][j]``: the j-th step of a *reuse* window starting at s
+  (same row lengths; entry 0 is not 0).
+- ``propagation.gain[i]``: output deviation per unit of local deviation injected at step i.
+  A window's predicted error is ``sum_j gain[s + j] * table[s][j]``.
+- ``compute.forward_s[k-1]``: wall time of one rank computing k offsets (k = 1..len).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+PROFILE_SCHEMA_VERSION = 1
+Predictor = Literal["last", "linear"]
+PREDICTORS: tuple[Predictor, ...] = ("last", "linear")
+ProfilePart = Literal["deviation", "propagation", "similarity", "compute", "comm", "calibration"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Measured(_Strict):
+    source: Literal["measured"] = "measured"
+    device: str = Field(description="e.g. 'cpu: 2 cores, 1 thread per rank' or 'NVIDIA H100 80GB HBM3'")
+    date: str = Field(description="ISO date of the measurement")
+    prompts: list[str] = Field(default_factory=list, description="prompts or class labels used")
+    seeds: list[int] = Field(default_factory=list)
+    packages: dict[str, str] = Field(default_factory=dict, description="package -> version")
+    notes: str = ""
+
+
+class Prior(_Strict):
+    source: Literal["prior"] = "prior"
+    rule: str = Field(description="the rule that produced the numbers, precise enough to recompute them")
+    reference: str = Field(default="", description="where the rule or its constants come from")
+    params: dict[str, float] = Field(default_factory=dict, description="constants of the rule (lets --steps T re-derive tables)")
+
+
+Provenance = Annotated[Union[Measured, Prior], Field(discriminator="source")]
+
+
+class DeviationStats(_Strict):
+    mean: list[list[float]]
+    max: list[list[float]]
+
+
+class Propagation(_Strict):
+    gain: list[float] = Field(description="per step i: output deviation per unit local deviation at i")
+
+
+class Similarity(_Strict):
+    """Adjacent-step similarity of guided outputs e_i vs e_{i+1} (length num_steps - 1)."""
+
+    cosine: list[float]
+    rel_l1: list[float]
+
+
+class Compute(_Strict):
+    forward_s: list[Annotated[float, Field(ge=0)]] = Field(min_length=1, description="index k-1: one rank computing k offsets")
+    step_s: float = Field(ge=0, description="one scheduler.step (reuse, replay or real)")
+    step_overhead_s: float = Field(default=0.0, ge=0, description="fixed per-step cost outside forward and step (pipeline bookkeeping)")
+
+
+class CommEntry(_Strict):
+    ranks: int = Field(ge=2)
+    latency_s: float = Field(ge=0)
+    bandwidth_bytes_per_s: float = Field(gt=0)
+
+
+class Comm(_Strict):
+    """Alpha-beta model per rank count: exchanging n outputs among g ranks takes
+    ``latency_s + n * output_bytes / bandwidth_bytes_per_s``. ``preset`` names an interconnect
+    preset the entries came from (then any g is allowed: the preset's constants are reused)."""
+
+    preset: Optional[str] = None
+    entries: list[CommEntry] = Field(default_factory=list)
+
+
+class Calibration(_Strict):
+    """Predicted output deviation E -> PSNR of the output vs the sequential run:
+    ``psnr_db = intercept_db - slope_db_per_decade * log10(E)``."""
+
+    metric: Literal["psnr_db"] = "psnr_db"
+    intercept_db: float
+    slope_db_per_decade: float = Field(gt=0)
+    fitted_on: int = Field(ge=0, description="number of verification runs")
+    spearman: Optional[float] = None
+    median_abs_error_db: Optional[float] = None
+    how: str = ""
+
+    def psnr_db(self, deviation: float) -> float:
+        return self.intercept_db - self.slope_db_per_decade * math.log10(max(deviation, 1e-30))
+
+    def deviation_for_psnr(self, psnr_db: float) -> float:
+        return 10.0 ** ((self.intercept_db - psnr_db) / self.slope_db_per_decade)
+
+
+class Provenances(_Strict):
+    deviation: Provenance
+    propagation: Provenance
+    similarity: Provenance
+    compute: Provenance
+    comm: Provenance
+    calibration: Optional[Provenance] = None
+
+
+class Profile(_Strict):
+    parastep_profile: Literal[1] = PROFILE_SCHEMA_VERSION
+    name: str
+    model: str = Field(description="model registry name this profile is for")
+    resolution_px: Optional[tuple[int, int]] = None
+    scheduler: str
+    guidance_scale: Optional[float] = None
+    num_steps: int = Field(ge=1)
+    max_window: int = Field(ge=1, description="deviation tables hold offsets 0..max_window-1")
+    output_bytes: int = Field(ge=1)
+    provenance: Provenances
+    deviation: dict[Predictor, DeviationStats]
+    reuse_deviation: dict[Predictor, DeviationStats]
+    propagation: Propagation
+    similarity: Similarity
+    compute: Compute
+    comm: Comm
+    calibration: Optional[Calibration] = None
+
+    @model_validator(mode="after")
+    def _shapes(self) -> "Profile":
+        T, J = self.num_steps, self.max_window
+        for table_name, tables in (("deviation", self.deviation), ("reuse_deviation", self.reuse_deviation)):
+            for pred in PREDICTORS:
+                if pred not in tables:
+                    raise ValueError(f"{table_name} lacks predictor '{pred}'")
+                for stat in ("mean", "max"):
+                    rows = getattr(tables[pred], stat)
+                    if len(rows) != T:
+                        raise ValueError(f"{table_name}.{pred}.{stat} has {len(rows)} rows, expected num_steps={T}")
+                    first_valid = 1 if pred == "last" else 2
+                    for s, row in enumerate(rows):
+                        want = 0 if s < first_valid else min(J, T - s)
+                        if len(row) != want:
+                            raise ValueError(f"{table_name}.{pred}.{stat}[{s}] has {len(row)} entries, expected {want}")
+                        if any(v < 0 or not math.isfinite(v) for v in row):
+                            raise ValueError(f"{table_name}.{pred}.{stat}[{s}] has a negative or non-finite entry")
+        if len(self.propagation.gain) != T:
+            raise ValueError(f"propagation.gain has {len(self.propagation.gain)} entries, expected num_steps={T}")
+        return self
+
+    # ---- cost primitives shared by planner, simulate and benchmarks -------------------------
+
+    def prior_parts(self) -> list[str]:
+        parts = []
+        for name in Provenances.model_fields:
+            p = getattr(self.provenance, name)
+            if p is not None and p.source == "prior":
+                parts.append(name)
+        return parts
+
+    def forward_time_s(self, offsets: int) -> float:
+        """One rank computing ``offsets`` offsets; beyond the table, linear in the last entry."""
+        if offsets <= 0:
+            return 0.0
+        table = self.compute.forward_s
+        if offsets <= len(table):
+            return table[offsets - 1]
+        return table[-1] * offsets / len(table)
+
+    def exchange_time_s(self, ranks: int, outputs: int) -> float:
+        """Exchange of ``outputs`` guided outputs among ``ranks`` ranks (0 for one rank or none)."""
+        if ranks <= 1 or outputs <= 0:
+            return 0.0
+        entry = self.comm_entry(ranks)
+        return entry.latency_s + outputs * self.output_bytes / entry.bandwidth_bytes_per_s
+
+    def comm_entry(self, ranks: int) -> CommEntry:
+        for e in self.comm.entries:
+            if e.ranks == ranks:
+                return e
+        if self.comm.preset is not None and self.comm.entries:
+            # a preset's alpha-beta constants do not depend on g: reuse the largest entry's
+            return max(self.comm.entries, key=lambda e: e.ranks)
+        have = sorted(e.ranks for e in self.comm.entries)
+        raise ValueError(f"profile '{self.name}' has no exchange cost for {ranks} ranks (has {have})")
+
+    def window_deviation(self, kind: Literal["parallel", "reuse"], *, start: int, size: int,
+                         predictor: Predictor, stat: Literal["mean", "max"] = "mean") -> Optional[float]:
+        """Predicted output deviation of one window: ``sum_j gain[start+j] * table[start][j]``.
+
+        None where the window is not available from this profile (predictor undefined at
+        ``start``, ``size`` beyond the table or past the last step).
+        """
+        tables = self.deviation if kind == "parallel" else self.reuse_deviation
+        row = getattr(tables[predictor], stat)[start] if 0 <= start < self.num_steps else []
+        if size < 1 or size > len(row):
+            return None
+        gain = self.propagation.gain
+        return math.fsum(gain[start + j] * row[j] for j in range(size))
+
+    def step_time_s(self) -> float:
+        return self.compute.step_s + self.compute.step_overhead_s
+
+    def sequential_time_s(self) -> float:
+        return self.num_steps * (self.forward_time_s(1) + self.step_time_s())
+
+
+def profile_sha256(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()

@@ -1,0 +1,101 @@
+"""The invariants of DESIGN §1, each with a stable code so tests and users can tell them apart.
+
+``violations(schedule)`` lists every broken invariant; ``implied_totals`` is the
+single place that says what windows imply (forwards per rank, bytes exchanged),
+used by the planner when it emits a schedule and by the checker when it reads one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal, Sequence
+
+from .model import ExactWindow, ParallelWindow, ReuseWindow, Schedule, Totals, Window
+
+ViolationCode = Literal[
+    "coverage",            # windows do not cover 0..T-1 exactly once, in order
+    "first-not-exact",     # the first window is not exact
+    "window-too-large",    # a window is larger than max_window
+    "size-mismatch",       # a window's declared size disagrees with the next start
+    "rank-out-of-range",   # a placement names a rank >= world_size
+    "needs-e-ref",         # a parallel/reuse window starts at step 0
+    "linear-too-early",    # a linear-predictor window starts before step 2
+    "totals-forwards",     # declared forwards per rank differ from what the windows imply
+    "totals-bytes",        # declared bytes exchanged differ from what the windows imply
+]
+
+
+@dataclass(frozen=True)
+class Violation:
+    code: ViolationCode
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def window_size(window: Window) -> int | None:
+    """The size a window declares (None for an exact window: always 1)."""
+    if isinstance(window, ParallelWindow):
+        return len(window.placement)
+    if isinstance(window, ReuseWindow):
+        return window.size
+    return 1
+
+
+def implied_totals(windows: Sequence[Window], *, world_size: int, output_bytes: int) -> Totals:
+    """Forwards per rank and bytes received, summed over ranks, that ``windows`` imply.
+
+    Exact: every rank does one forward, nothing moves. Reuse: nothing at all.
+    Parallel of size w: rank r does the offsets placed on it; at the end every rank
+    receives each of the w guided outputs it did not compute: (world_size - 1) * w outputs
+    in all, whatever the placement.
+    """
+    forwards = [0] * world_size
+    outputs_moved = 0
+    for w in windows:
+        if isinstance(w, ExactWindow):
+            forwards = [f + 1 for f in forwards]
+        elif isinstance(w, ParallelWindow):
+            for rank in w.placement:
+                if rank < world_size:
+                    forwards[rank] += 1
+            outputs_moved += (world_size - 1) * len(w.placement)
+    return Totals(forwards_per_rank=forwards, bytes_exchanged=outputs_moved * output_bytes)
+
+
+def violations(schedule: Schedule) -> list[Violation]:
+    """Every broken invariant of DESIGN §1, in window order. Empty means valid."""
+    out: list[Violation] = []
+    T = schedule.num_steps
+    wins = schedule.windows
+    if not isinstance(wins[0], ExactWindow) or wins[0].start != 0:
+        out.append(Violation("first-not-exact", f"window 0 (start {wins[0].start}, kind {wins[0].kind}) must be an exact window at step 0"))
+    for i, (w, (start, stop)) in enumerate(zip(wins, schedule.window_bounds())):
+        where = f"window {i} (start {start}, kind {w.kind})"
+        implied = stop - start
+        if implied <= 0 or stop > T:
+            out.append(Violation("coverage", f"{where}: next window starts at {stop}; starts must increase strictly and stay below num_steps={T}"))
+            continue
+        declared = window_size(w)
+        if isinstance(w, ExactWindow) and implied != 1:
+            out.append(Violation("coverage", f"{where}: an exact window covers one step but the next window starts at {stop}"))
+        elif declared != implied:
+            out.append(Violation("size-mismatch", f"{where}: declares size {declared} but the next window starts at {stop} (size {implied})"))
+        if declared is not None and declared > schedule.max_window:
+            out.append(Violation("window-too-large", f"{where}: size {declared} exceeds max_window={schedule.max_window}"))
+        if isinstance(w, ParallelWindow):
+            bad = sorted({r for r in w.placement if r >= schedule.world_size})
+            if bad:
+                out.append(Violation("rank-out-of-range", f"{where}: placement names rank(s) {bad} but world_size={schedule.world_size}"))
+        if isinstance(w, (ParallelWindow, ReuseWindow)):
+            if start == 0:
+                out.append(Violation("needs-e-ref", f"{where}: needs the output of step start-1, so it cannot start at step 0"))
+            elif w.predictor == "linear" and start < 2:
+                out.append(Violation("linear-too-early", f"{where}: predictor 'linear' needs the outputs of steps start-1 and start-2, so start must be >= 2"))
+    implied = implied_totals(wins, world_size=schedule.world_size, output_bytes=schedule.output_bytes)
+    if list(schedule.totals.forwards_per_rank) != list(implied.forwards_per_rank):
+        out.append(Violation("totals-forwards", f"totals.forwards_per_rank is {list(schedule.totals.forwards_per_rank)} but the windows imply {implied.forwards_per_rank}"))
+    if schedule.totals.bytes_exchanged != implied.bytes_exchanged:
+        out.append(Violation("totals-bytes", f"totals.bytes_exchanged is {schedule.totals.bytes_exchanged} but the windows imply {implied.bytes_exchanged}"))
+    return out

@@ -1,0 +1,125 @@
+"""The schedule contract: pydantic models of the YAML in DESIGN §3.
+
+Pure data: no torch, no ortools. Field-level checks live here (types, signs,
+unknown keys); cross-window invariants of DESIGN §1 live in ``check.py`` so
+that ``validate`` can name which invariant broke.
+
+Window sizes: a window's size is implied by the next window's start (or by
+``num_steps`` for the last window). A parallel window states its size through
+``len(placement)``; a reuse window through ``size``; both must agree with the
+implied size (checked in ``check.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal, Optional, Union
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+Predictor = Literal["last", "linear"]
+Policy = Literal["optimal", "fixed"]
+SolverStatus = Literal["OPTIMAL", "FEASIBLE", "INFEASIBLE", "MODEL_INVALID", "UNKNOWN", "NOT_SOLVED"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ExactWindow(_Strict):
+    """One step, computed redundantly by every rank. No communication."""
+
+    start: int = Field(ge=0)
+    kind: Literal["exact"] = "exact"
+
+
+class ParallelWindow(_Strict):
+    """Reuse-then-predict over ``len(placement)`` steps; offset j is computed on rank ``placement[j]``."""
+
+    start: int = Field(ge=0)
+    kind: Literal["parallel"] = "parallel"
+    placement: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    predictor: Predictor = "last"
+
+    @property
+    def size(self) -> int:
+        return len(self.placement)
+
+
+class ReuseWindow(_Strict):
+    """``size`` steps with no forward at all: each applies the predictor's stand-in output."""
+
+    start: int = Field(ge=0)
+    kind: Literal["reuse"] = "reuse"
+    size: int = Field(ge=1)
+    predictor: Predictor = "last"
+
+
+Window = Annotated[Union[ExactWindow, ParallelWindow, ReuseWindow], Field(discriminator="kind")]
+
+
+class ProfileRef(_Strict):
+    name: str
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    prior_parts: list[str] = Field(default_factory=list, description="profile parts that are priors, not measurements")
+
+
+class Quality(_Strict):
+    metric: Literal["deviation"] = "deviation"
+    budget: float = Field(ge=0, description="bound on the predicted output deviation (latent RMS units)")
+    predicted: float = Field(ge=0, description="predicted output deviation of this schedule (latent RMS units)")
+    error_units_per_unit: float = Field(gt=0, description="integer scale the solver used: round(deviation * this)")
+    budget_units: int = Field(ge=0)
+    predicted_units: int = Field(ge=0)
+    min_psnr_db: Optional[float] = Field(default=None, description="the user's --min-psnr target, if any")
+    predicted_psnr_db: Optional[float] = Field(default=None, description="from the profile's calibration, if any")
+
+
+class Latency(_Strict):
+    predicted_s: float = Field(ge=0)
+    sequential_s: float = Field(ge=0)
+    speedup: float = Field(ge=0)
+
+
+class Solver(_Strict):
+    name: Literal["cp-sat", "dp", "fixed"]
+    status: SolverStatus
+    objective: Optional[int] = Field(default=None, description="integer latency units (see latency_units_per_s)")
+    bound: Optional[int] = None
+    wall_s: float = Field(ge=0)
+    latency_units_per_s: float = Field(gt=0)
+    time_limit_s: Optional[float] = None
+    workers: Optional[int] = None
+    seed: Optional[int] = None
+
+
+class Totals(_Strict):
+    """What the windows imply; ``check.py`` recomputes and compares."""
+
+    forwards_per_rank: list[Annotated[int, Field(ge=0)]]
+    bytes_exchanged: int = Field(ge=0, description="sum over windows and ranks of bytes each rank receives")
+
+
+class Schedule(_Strict):
+    parastep_schedule: Literal[1] = SCHEMA_VERSION
+    model: str = Field(min_length=1, description="model registry name (or a folder given with --model-path)")
+    resolution_px: Optional[tuple[int, int]] = Field(default=None, description="(height, width) in pixels")
+    scheduler: str = Field(min_length=1, description="diffusers scheduler class name the profile was made with")
+    guidance_scale: Optional[float] = None
+    num_steps: int = Field(ge=1)
+    world_size: int = Field(ge=1)
+    max_window: int = Field(ge=1)
+    output_bytes: int = Field(ge=1, description="bytes of one guided output (what an exchange moves per offset)")
+    policy: Policy = "optimal"
+    profile: Optional[ProfileRef] = None
+    quality: Optional[Quality] = None
+    latency: Optional[Latency] = None
+    solver: Optional[Solver] = None
+    totals: Totals
+    windows: list[Window] = Field(min_length=1)
+
+    def window_bounds(self) -> list[tuple[int, int]]:
+        """(start, stop) of every window, stop implied by the next start (may be inconsistent: see check)."""
+        starts = [w.start for w in self.windows]
+        return list(zip(starts, starts[1:] + [self.num_steps]))
