@@ -1,0 +1,109 @@
+"""Generate the shipped ``profiles/sdxl.yaml`` (reproducible: ``python -m parastep.profiles.make_sdxl``).
+
+SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0) at 1024x1024 with its default
+scheduler (EulerDiscreteScheduler), 50 steps and guidance 5.0 — the defaults of diffusers'
+``StableDiffusionXLPipeline.__call__`` (``num_inference_steps=50``, ``guidance_scale=5.0``).
+
+No SDXL weights and no GPU exist here, so nothing in this profile is measured by us:
+
+- compute: a *published* end-to-end latency divided by the step count (below);
+- comm: the ``nvlink`` interconnect preset (``profiles/interconnects.py``);
+- deviation, reuse deviation, propagation, similarity: the prior rule of ``profiles/priors.py``;
+- no calibration (it needs verification runs with real weights).
+
+``parastep profile --model sdxl`` on a machine with the weights and GPUs replaces all of it.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from .interconnects import comm_for, describe
+from .io import SHIPPED_DIR, write_profile
+from .model import Compute, Prior, Profile, Provenances
+from .priors import deviation_tables, propagation, provenance, similarity
+
+NUM_STEPS = 50
+MAX_WINDOW = 16           # covers --gpus 8 (and the fixed plan); larger G is re-derived by the planner
+COMM_WORLD_SIZE = 64      # exchange entries for g = 2..64
+RESOLUTION_PX = (1024, 1024)
+GUIDANCE_SCALE = 5.0
+
+# Shapes: SDXL's VAE has 4 down-block levels -> spatial factor 2**3 = 8; the UNet works on
+# 4 latent channels; pipelines run the UNet in fp16 (2 bytes). The *guided* output (after the
+# CFG combine) has batch 1.
+VAE_SCALE_FACTOR = 8
+LATENT_CHANNELS = 4
+BYTES_PER_ELEMENT = 2     # float16
+
+# Published measurement: Stability AI / NVIDIA, model card of stabilityai/stable-diffusion-xl-1.0-tensorrt,
+# "Timings for 30 steps at 1024x1024": H100, Baseline (non-optimized) 2496 ms (TensorRT: 1471 ms).
+PUBLISHED_URL = "https://huggingface.co/stabilityai/stable-diffusion-xl-1.0-tensorrt"
+PUBLISHED_GPU = "NVIDIA H100"
+PUBLISHED_TOTAL_S = 2.496
+PUBLISHED_STEPS = 30
+FORWARD_OFFSETS = 8       # forward_s for k = 1..8 offsets on one rank
+
+# One EulerDiscreteScheduler.step on a 1x4x128x128 fp16 latent: a handful of elementwise CUDA
+# kernels (~10 us each, launch-bound) plus Python bookkeeping: ~0.2 ms. Not measured.
+STEP_S = 2e-4
+
+
+def output_bytes(*, height_px: int, width_px: int) -> int:
+    """Bytes of one guided output: 1 x 4 x (H/8) x (W/8) fp16."""
+    return LATENT_CHANNELS * (height_px // VAE_SCALE_FACTOR) * (width_px // VAE_SCALE_FACTOR) * BYTES_PER_ELEMENT
+
+
+def build_profile() -> Profile:
+    per_step_s = PUBLISHED_TOTAL_S / PUBLISHED_STEPS
+    dev, reuse = deviation_tables(num_steps=NUM_STEPS, max_window=MAX_WINDOW)
+    compute_prov = Prior(
+        rule="published end-to-end latency / steps; forward_s[k-1] = k * per-step time (no batching gain assumed); "
+             f"step_s = {STEP_S * 1e3:g} ms (estimate: a few launch-bound elementwise kernels)",
+        reference=(f"{PUBLISHED_URL} : 'Timings for 30 steps at 1024x1024', {PUBLISHED_GPU}, Baseline (non-optimized) "
+                   f"{PUBLISHED_TOTAL_S * 1e3:g} ms -> {per_step_s * 1e3:.1f} ms per step. The end-to-end figure includes "
+                   "text encoding and VAE decode, so the per-step forward is an upper bound."),
+        params={"published_total_s": PUBLISHED_TOTAL_S, "published_steps": float(PUBLISHED_STEPS),
+                "per_step_s": per_step_s, "step_s": STEP_S},
+    )
+    comm_prov = Prior(rule="interconnect preset 'nvlink' (ring all-gather alpha-beta model)", reference=describe("nvlink"))
+    no_weights = "no SDXL weights are available here, so this cannot be measured; run 'parastep profile --model sdxl' where they are"
+    return Profile(
+        name="sdxl-base-1.0-1024-euler-50-h100-nvlink-prior",
+        model="sdxl",
+        resolution_px=RESOLUTION_PX,
+        scheduler="EulerDiscreteScheduler",
+        guidance_scale=GUIDANCE_SCALE,
+        num_steps=NUM_STEPS,
+        max_window=MAX_WINDOW,
+        output_bytes=output_bytes(height_px=RESOLUTION_PX[0], width_px=RESOLUTION_PX[1]),
+        provenance=Provenances(
+            deviation=provenance(what=f"deviation and reuse_deviation tables; {no_weights}"),
+            propagation=provenance(what=f"propagation gain; {no_weights}"),
+            similarity=provenance(what=f"adjacent-step similarity; {no_weights}"),
+            compute=compute_prov,
+            comm=comm_prov,
+            calibration=None,
+        ),
+        deviation=dev,
+        reuse_deviation=reuse,
+        propagation=propagation(num_steps=NUM_STEPS),
+        similarity=similarity(num_steps=NUM_STEPS),
+        compute=Compute(forward_s=[k * per_step_s for k in range(1, FORWARD_OFFSETS + 1)], step_s=STEP_S, step_overhead_s=0.0),
+        comm=comm_for("nvlink", world_size=COMM_WORLD_SIZE),
+        calibration=None,
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m parastep.profiles.make_sdxl", description=__doc__.splitlines()[0])
+    ap.add_argument("--out", default=str(Path(SHIPPED_DIR) / "sdxl.yaml"), help="where to write (default: the shipped file)")
+    args = ap.parse_args(argv)
+    write_profile(build_profile(), args.out)
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,230 @@
+"""The deviation prior: what a profile holds where no weights exist to measure deviations.
+
+A *rule*, not a measurement. Every number it produces is a function of the relative step
+position and the window offset, with the constants in ``DEFAULT_PARAMS`` (stored in the
+profile's ``Prior.params`` so ``derive_for_steps`` can recompute the tables for another step
+count or max window). Plans made from it must say so (``Profile.prior_parts``).
+
+The rule (T steps, step i, window start s, offset j; all 0-based)::
+
+    h        = t_ref / T                                  relative step size (1 at the reference T)
+    u_i      = (i + 0.5) / T                              position of the adjacent pair (i, i+1)
+    d_i      = min(drift_cap, h * [drift_mid
+                   + (drift_early - drift_mid) * exp(-u_i / tau_early)
+                   + (drift_late  - drift_mid) * exp(-(1 - u_i) / tau_late)])
+               relative change of the guided output between steps i and i+1, i = 0..T-2
+    similarity.rel_l1[i] = d_i
+    similarity.cosine[i] = max(-1, 1 - d_i**2 / 2)        (equal norms: cos = 1 - |a-b|^2 / 2)
+
+    stand-in error m steps ahead of the last known output e_{s-1} (m >= 1):
+    D(s, m)  = d_{s-1} + ... + d_{s+m-2}                  accumulated drift
+    last:    err(s, m) = D(s, m)
+    linear:  err(s, m) = linear_kappa * m**(linear_power - 1) * D(s, m)
+
+    reuse_deviation[pred][s][j] = step_latent_rms * h * err(s, j + 1)
+               (step s+j applies the stand-in: the step moves the latent by h * step_latent_rms
+                per unit of output, so a relative output error err moves it by that much more)
+    deviation[pred][s][0]       = 0                       (offset 0 sees the exact x_s)
+    deviation[pred][s][j]       = sensitivity * h * sum_{k<j} reuse_deviation[pred][s][k]
+               (offset j's input xhat_{s+j} is off by the j reuse steps before it; the denoiser
+                turns an input error into an output error with gain ``sensitivity``, and the
+                step scales it by h again)
+    max = max_over_mean * mean
+    propagation.gain[i] = gain_early + (1 - gain_early) * i / max(1, T - 1)
+               (an error injected at high noise is partly absorbed by the steps after it; one
+                injected at the last step reaches the output unchanged)
+
+Qualitative facts it reproduces (tests check each):
+
+- low similarity in the first steps, high in the middle, a little lower at the end (the
+  adjacent-step similarity curves of ParaStep, arXiv 2505.14741, Fig. 2; TeaCache, arXiv
+  2411.19108; DeepCache, arXiv 2312.00858), and larger changes per step with fewer steps;
+- error growing with offset j (quadratically for ``last``: j reuse steps each off by ~j drifts);
+- ``linear`` better than ``last`` one step ahead and worse further out. ``linear_kappa`` and
+  ``linear_power`` are fitted so that, with uniform drift and gain, windows of 2 give ``linear``
+  an error 10**(-5.8/20) times ``last``'s and windows of 8 an error 10**(10.9/20) times — the
+  +5.8 dB / -10.9 dB measured on the digits DDPM (DESIGN §1). Closed form: window of 2 ->
+  ratio = kappa; window of 8 -> kappa * sum_{j=1..7} sum_{m<=j} m**p / 84 (solved for p).
+
+The absolute scale (``step_latent_rms``, ``sensitivity``) is a guess of the right order for
+unit-variance latents; without weights nothing better is possible. A measured profile
+(``parastep profile``) replaces every one of these numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from types import MappingProxyType
+from typing import Mapping
+
+from .model import PREDICTORS, DeviationStats, Predictor, Prior, Profile, Propagation, Similarity
+
+RULE_NAME = "parastep-prior-v1"
+
+DEFAULT_PARAMS: Mapping[str, float] = MappingProxyType({
+    "t_ref": 50.0,             # step count the drift constants describe
+    "drift_mid": 0.04,         # relative output change per step in the middle of a t_ref-step run
+    "drift_early": 0.80,       # ... at the first step (outputs change fast while noise dominates)
+    "tau_early": 0.05,         # decay of the early excess, in fractions of the run (2.5 steps at 50)
+    "drift_late": 0.12,        # ... at the last step (fine detail)
+    "tau_late": 0.05,          # decay of the late excess
+    "drift_cap": 2.0,          # rel L1 of two outputs of similar norm stays below 2
+    "linear_kappa": 0.5128614,   # = 10**(-5.8/20): linear/last error one step ahead
+    "linear_power": 2.3539316,   # linear error grows as m**(p-1) faster than last's (fit: -10.9 dB at w=8)
+    "step_latent_rms": 0.1,    # latent RMS a reference step moves per unit relative output change
+    "sensitivity": 0.5,        # relative output error per unit relative input error of the denoiser
+    "gain_early": 0.3,         # propagation gain at the first step (1 at the last)
+    "max_over_mean": 1.5,      # worst prompt/seed vs mean
+})
+
+REFERENCE = ("ParaStep, arXiv 2505.14741 (reuse-then-predict; adjacent-step similarity is low in the first steps, "
+             "high in the middle); TeaCache, arXiv 2411.19108 and DeepCache, arXiv 2312.00858 (adjacent-step output "
+             "similarity curves); linear-vs-last constants fitted to the digits DDPM measurements of DESIGN §1 "
+             "(+5.8 dB at windows of 2, -10.9 dB at windows of 8); rule documented in parastep/profiles/priors.py")
+
+RULE_TEXT = ("parastep-prior-v1 (parastep/profiles/priors.py): h=t_ref/T; d_i=min(cap, h*(mid+(early-mid)exp(-u/tau_early)"
+             "+(late-mid)exp(-(1-u)/tau_late))), u=(i+0.5)/T; rel_l1=d, cosine=1-d^2/2; D(s,m)=d_{s-1}+..+d_{s+m-2}; "
+             "err_last=D, err_linear=kappa*m^(p-1)*D; reuse[s][j]=step_latent_rms*h*err(s,j+1); "
+             "parallel[s][j]=sensitivity*h*sum_{k<j} reuse[s][k]; max=max_over_mean*mean; "
+             "gain_i=gain_early+(1-gain_early)*i/(T-1)")
+
+
+def _params(params: Mapping[str, float] | None) -> dict[str, float]:
+    out = dict(DEFAULT_PARAMS)
+    if params:
+        unknown = sorted(set(params) - set(DEFAULT_PARAMS))
+        if unknown:
+            raise ValueError(f"unknown prior parameter(s) {unknown}; known: {sorted(DEFAULT_PARAMS)}")
+        out.update({k: float(v) for k, v in params.items()})
+    return out
+
+
+def drift(*, num_steps: int, params: Mapping[str, float] | None = None) -> list[float]:
+    """d_i for i = 0..T-2: relative change of the guided output from step i to i+1."""
+    p = _params(params)
+    T = num_steps
+    h = p["t_ref"] / T
+    out = []
+    for i in range(T - 1):
+        u = (i + 0.5) / T
+        base = (p["drift_mid"]
+                + (p["drift_early"] - p["drift_mid"]) * math.exp(-u / p["tau_early"])
+                + (p["drift_late"] - p["drift_mid"]) * math.exp(-(1.0 - u) / p["tau_late"]))
+        out.append(min(p["drift_cap"], h * base))
+    return out
+
+
+def stand_in_error(d: list[float], *, start: int, ahead: int, predictor: Predictor,
+                   params: Mapping[str, float] | None = None) -> float:
+    """Relative error of the stand-in for e_{start+ahead-1} built from outputs before ``start``."""
+    p = _params(params)
+    acc = math.fsum(d[start - 1:start + ahead - 1])
+    if predictor == "last":
+        return acc
+    return p["linear_kappa"] * ahead ** (p["linear_power"] - 1.0) * acc
+
+
+def similarity(*, num_steps: int, params: Mapping[str, float] | None = None) -> Similarity:
+    d = drift(num_steps=num_steps, params=params)
+    return Similarity(cosine=[max(-1.0, 1.0 - x * x / 2.0) for x in d], rel_l1=list(d))
+
+
+def propagation(*, num_steps: int, params: Mapping[str, float] | None = None) -> Propagation:
+    p = _params(params)
+    span = max(1, num_steps - 1)
+    return Propagation(gain=[p["gain_early"] + (1.0 - p["gain_early"]) * i / span for i in range(num_steps)])
+
+
+def deviation_tables(*, num_steps: int, max_window: int, params: Mapping[str, float] | None = None
+                     ) -> tuple[dict[Predictor, DeviationStats], dict[Predictor, DeviationStats]]:
+    """(deviation, reuse_deviation) per predictor, row lengths as ``Profile`` requires."""
+    p = _params(params)
+    T, J = num_steps, max_window
+    h = p["t_ref"] / T
+    d = drift(num_steps=T, params=p)
+    parallel: dict[Predictor, DeviationStats] = {}
+    reuse: dict[Predictor, DeviationStats] = {}
+    for pred in PREDICTORS:
+        first_valid = 1 if pred == "last" else 2
+        par_rows: list[list[float]] = []
+        reu_rows: list[list[float]] = []
+        for s in range(T):
+            if s < first_valid:
+                par_rows.append([])
+                reu_rows.append([])
+                continue
+            n = min(J, T - s)
+            reu = [p["step_latent_rms"] * h * stand_in_error(d, start=s, ahead=j + 1, predictor=pred, params=p) for j in range(n)]
+            par = [0.0] + [p["sensitivity"] * h * math.fsum(reu[:j]) for j in range(1, n)]
+            par_rows.append(par)
+            reu_rows.append(reu)
+        k = p["max_over_mean"]
+        parallel[pred] = DeviationStats(mean=par_rows, max=[[k * v for v in row] for row in par_rows])
+        reuse[pred] = DeviationStats(mean=reu_rows, max=[[k * v for v in row] for row in reu_rows])
+    return parallel, reuse
+
+
+def provenance(params: Mapping[str, float] | None = None, *, what: str = "") -> Prior:
+    """The ``Prior`` label for parts produced by this rule (``what`` is appended to the rule)."""
+    p = _params(params)
+    rule = RULE_TEXT + (f"; {what}" if what else "")
+    return Prior(rule=rule, reference=REFERENCE, params=p)
+
+
+def _rule_params(part) -> dict[str, float] | None:
+    if part.source == "prior" and part.rule.startswith(RULE_NAME):
+        return dict(part.params)
+    return None
+
+
+def derive_for_steps(profile: Profile, *, num_steps: int, max_window: int) -> Profile:
+    """The profile re-derived for ``num_steps`` steps and windows up to ``max_window``.
+
+    Prior parts (deviation, propagation, similarity) are recomputed from the rule with the
+    constants stored in the profile's provenance; compute, comm and output size are kept
+    (they do not depend on the step count). A measured step-dependent part cannot be
+    re-derived: ValueError (the planner turns it into a UserError telling the user to
+    re-profile), except the lossless case of the same step count and a max window no larger
+    than the measured one (rows are truncated).
+    """
+    if num_steps < 1 or max_window < 1:
+        raise ValueError(f"num_steps and max_window must be >= 1, got {num_steps} and {max_window}")
+    prov = profile.provenance
+    measured = [name for name in ("deviation", "propagation", "similarity") if getattr(prov, name).source == "measured"]
+    if measured:
+        if num_steps == profile.num_steps and max_window <= profile.max_window and prov.deviation.source == "measured":
+            return _truncate(profile, max_window=max_window)
+        raise ValueError(
+            f"profile '{profile.name}' has measured {', '.join(measured)} for {profile.num_steps} steps and max window "
+            f"{profile.max_window}; it cannot be re-derived for {num_steps} steps / max window {max_window}: re-profile with "
+            f"'parastep profile --model {profile.model} --steps {num_steps} --max-window {max_window}'")
+    foreign = [name for name in ("deviation", "propagation", "similarity") if _rule_params(getattr(prov, name)) is None]
+    if foreign:
+        raise ValueError(f"profile '{profile.name}': prior part(s) {foreign} were not made by rule {RULE_NAME}, so they "
+                         f"cannot be re-derived; re-profile for {num_steps} steps")
+    dev_params = _rule_params(prov.deviation)
+    dev, reuse = deviation_tables(num_steps=num_steps, max_window=max_window, params=dev_params)
+    same_steps = num_steps == profile.num_steps
+    data = profile.model_dump(mode="python")
+    data.update({
+        "num_steps": num_steps,
+        "max_window": max_window,
+        "deviation": {k: v.model_dump() for k, v in dev.items()},
+        "reuse_deviation": {k: v.model_dump() for k, v in reuse.items()},
+        "propagation": propagation(num_steps=num_steps, params=_rule_params(prov.propagation)).model_dump(),
+        "similarity": similarity(num_steps=num_steps, params=_rule_params(prov.similarity)).model_dump(),
+    })
+    if not same_steps:  # a calibration was fitted on plans of the original step count: it does not carry over
+        data["calibration"] = None
+        data["provenance"]["calibration"] = None
+    return Profile.model_validate(data)
+
+
+def _truncate(profile: Profile, *, max_window: int) -> Profile:
+    data = profile.model_dump(mode="python")
+    data["max_window"] = max_window
+    for table in ("deviation", "reuse_deviation"):
+        for pred in PREDICTORS:
+            for stat in ("mean", "max"):
+                data[table][pred][stat] = [row[:max_window] for row in data[table][pred][stat]]
+    return Profile.model_validate(data)

@@ -1,0 +1,336 @@
+"""``parastep simulate``: the latency of a schedule from its own op graph (docs/cost-model.md).
+
+The graph is a networkx DAG whose nodes are timed ops, built per rank and per window exactly
+as the executor runs them:
+
+- exact window: ``forward(1) -> step`` on every rank (no communication);
+- reuse window of size w: w ``step`` ops on every rank;
+- parallel window of size w: on every rank, (w - 1) ``scratch`` steps (building the inputs by
+  reuse) -> ``forward(n_r)`` (the rank's n_r offsets, batched; absent when n_r = 0) -> the
+  window's **shared** ``exchange`` node (one node for all ranks: a barrier) -> w ``step``
+  (replay) ops.
+
+Each rank's ops are chained in program order, so windows follow each other. Start times come
+from a topological pass (an op starts when all its predecessors have ended); the latency is
+the longest node-weighted path, found with ``networkx.dag_longest_path`` and cross-checked
+against the topological pass. Nothing here calls the planner or knows its formula.
+
+No torch, no ortools (DESIGN §6); matplotlib is imported only for ``--plot``.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal, Optional
+
+import networkx as nx
+
+from ..errors import UserError
+from ..profiles.model import Profile
+from .check import violations, window_size
+from .model import ExactWindow, ParallelWindow, ReuseWindow, Schedule
+
+OpKind = Literal["forward", "scratch", "step", "exchange"]
+
+
+@dataclass(frozen=True)
+class TimedOp:
+    """One op of the timeline. ``rank`` is -1 for the shared exchange node in ``SimulationResult.critical_path``;
+    in ``ops`` an exchange appears once per rank (same times) so each rank's row shows it."""
+
+    rank: int
+    kind: OpKind
+    window: int
+    start_s: float
+    end_s: float
+    step: Optional[int] = None      # the denoising step a scratch/step op belongs to
+    offsets: int = 0                # forwards: how many offsets this rank computes
+
+    @property
+    def duration_s(self) -> float:
+        return self.end_s - self.start_s
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    latency_s: float
+    sequential_s: float
+    speedup: float
+    busy_s: tuple[float, ...]        # per rank: forwards + scheduler steps (compute)
+    comm_s: tuple[float, ...]        # per rank: time inside exchanges
+    idle_s: tuple[float, ...]        # per rank: latency - busy - comm (waiting at barriers, or done early)
+    forwards: tuple[int, ...]        # per rank: offsets computed (exact windows count 1)
+    ops: tuple[TimedOp, ...]         # every op, ordered by (start_s, rank)
+    window_start_s: tuple[float, ...]  # when each window's first op starts
+    critical_path: tuple[TimedOp, ...]
+
+
+@dataclass(frozen=True)
+class _Node:
+    rank: int            # -1 for the shared exchange
+    kind: OpKind
+    window: int
+    index: int           # position inside the (rank, window) op list; keeps nodes distinct
+    duration_s: float
+    step: Optional[int] = None
+    offsets: int = 0
+
+
+def build_graph(schedule: Schedule, profile: Profile) -> nx.DiGraph:
+    """The op DAG of ``schedule`` with durations from ``profile`` (node attribute ``op``: ``_Node``)."""
+    G = schedule.world_size
+    step_s = profile.step_time_s()
+    graph = nx.DiGraph()
+    last: list[Optional[_Node]] = [None] * G   # each rank's latest op
+
+    def add(node: _Node, *, after: list[Optional[_Node]]) -> _Node:
+        graph.add_node(node, op=node)
+        for prev in after:
+            if prev is not None:
+                graph.add_edge(prev, node)
+        return node
+
+    for i, (w, (start, stop)) in enumerate(zip(schedule.windows, schedule.window_bounds())):
+        size = stop - start
+        if isinstance(w, ExactWindow):
+            for r in range(G):
+                f = add(_Node(r, "forward", i, 0, profile.forward_time_s(1), step=start, offsets=1), after=[last[r]])
+                last[r] = add(_Node(r, "step", i, 1, step_s, step=start), after=[f])
+        elif isinstance(w, ReuseWindow):
+            for r in range(G):
+                for j in range(size):
+                    last[r] = add(_Node(r, "step", i, j, step_s, step=start + j), after=[last[r]])
+        elif isinstance(w, ParallelWindow):
+            counts = [0] * G
+            for rank in w.placement:
+                counts[rank] += 1
+            ends: list[Optional[_Node]] = []
+            for r in range(G):
+                prev = last[r]
+                for j in range(size - 1):
+                    prev = add(_Node(r, "scratch", i, j, step_s, step=start + j), after=[prev])
+                if counts[r]:
+                    prev = add(_Node(r, "forward", i, size, profile.forward_time_s(counts[r]), offsets=counts[r]), after=[prev])
+                ends.append(prev)
+            exchange = add(_Node(-1, "exchange", i, 0, profile.exchange_time_s(G, size)), after=ends)
+            for r in range(G):
+                prev: Optional[_Node] = exchange
+                for j in range(size):
+                    prev = add(_Node(r, "step", i, size + 1 + j, step_s, step=start + j), after=[prev])
+                last[r] = prev
+        else:  # pragma: no cover - the pydantic union has three kinds
+            raise TypeError(f"unknown window kind {type(w).__name__}")
+    return graph
+
+
+def _check_runnable(schedule: Schedule) -> None:
+    problems = violations(schedule)
+    if problems:
+        raise UserError(f"the schedule is invalid: {problems[0]}; run 'parastep validate' on it and regenerate it")
+
+
+def simulate(schedule: Schedule, profile: Profile) -> SimulationResult:
+    """Latency, per-rank busy/comm/idle time and the timeline of ``schedule`` under ``profile``'s costs.
+
+    The schedule must be valid (``UserError`` naming the first violation otherwise). The profile's
+    compute and comm parts are used; its step count need not match (``simulate_command`` checks that).
+    """
+    _check_runnable(schedule)
+    try:
+        graph = build_graph(schedule, profile)
+    except ValueError as exc:  # e.g. no exchange cost for this many ranks
+        raise UserError(f"{exc}; pass --interconnect NAME or a profile measured for world size {schedule.world_size}") from None
+    G = schedule.world_size
+
+    start: dict[_Node, float] = {}
+    for node in nx.topological_sort(graph):
+        start[node] = max((start[p] + p.duration_s for p in graph.predecessors(node)), default=0.0)
+    latency_s = max((start[n] + n.duration_s for n in graph.nodes), default=0.0)
+
+    # critical path: node weights moved onto out-edges, plus a sink that every node feeds
+    sink = "sink"
+    weighted = nx.DiGraph()
+    weighted.add_edges_from((u, v, {"w": u.duration_s}) for u, v in graph.edges)
+    weighted.add_edges_from((n, sink, {"w": n.duration_s}) for n in graph.nodes)
+    path = [n for n in nx.dag_longest_path(weighted, weight="w") if n != sink] if graph.number_of_nodes() else []
+    path_s = math.fsum(n.duration_s for n in path)
+    if not math.isclose(path_s, latency_s, rel_tol=1e-9, abs_tol=1e-12):
+        raise AssertionError(f"critical path {path_s} s disagrees with the topological pass {latency_s} s")
+
+    def timed(n: _Node, rank: int) -> TimedOp:
+        return TimedOp(rank=rank, kind=n.kind, window=n.window, start_s=start[n], end_s=start[n] + n.duration_s,
+                       step=n.step, offsets=n.offsets)
+
+    ops: list[TimedOp] = []
+    for n in graph.nodes:
+        if n.rank >= 0:
+            ops.append(timed(n, n.rank))
+        else:
+            ops.extend(timed(n, r) for r in range(G))
+    ops.sort(key=lambda o: (o.start_s, o.rank, o.window, o.kind))
+
+    busy = [0.0] * G
+    comm = [0.0] * G
+    fwd = [0] * G
+    for op in ops:
+        if op.kind == "exchange":
+            comm[op.rank] += op.duration_s
+        else:
+            busy[op.rank] += op.duration_s
+        if op.kind == "forward":
+            fwd[op.rank] += op.offsets
+    idle = [max(0.0, latency_s - b - c) for b, c in zip(busy, comm)]
+
+    window_start = [math.inf] * len(schedule.windows)
+    for op in ops:
+        window_start[op.window] = min(window_start[op.window], op.start_s)
+    sequential_s = schedule.num_steps * (profile.forward_time_s(1) + profile.step_time_s())
+    return SimulationResult(
+        latency_s=latency_s,
+        sequential_s=sequential_s,
+        speedup=sequential_s / latency_s if latency_s > 0 else math.inf,
+        busy_s=tuple(busy), comm_s=tuple(comm), idle_s=tuple(idle), forwards=tuple(fwd),
+        ops=tuple(ops),
+        window_start_s=tuple(0.0 if math.isinf(t) else t for t in window_start),
+        critical_path=tuple(timed(n, n.rank) for n in path),
+    )
+
+
+# ---- plot -----------------------------------------------------------------------------------
+
+_COLORS = {"forward": "#1f77b4", "scratch": "#c7c7c7", "step": "#7f7f7f", "exchange": "#ff7f0e"}
+_LABELS = {"forward": "forward (denoiser)", "scratch": "scratch step (build inputs)", "step": "scheduler step",
+           "exchange": "exchange (all-gather)"}
+
+
+def plot_timeline(result: SimulationResult, schedule: Schedule, path: str | Path, *, title: str = "") -> None:
+    """Per-rank timeline PNG (broken_barh per op kind, window boundaries), written atomically."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+    from matplotlib.patches import Patch
+
+    G = schedule.world_size
+    scale, unit = (1e3, "ms") if result.latency_s < 10 else (1.0, "s")
+    fig = Figure(figsize=(12, min(2.0 + 0.45 * G, 18)), dpi=110)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for kind in ("scratch", "step", "forward", "exchange"):
+        for r in range(G):
+            bars = [(o.start_s * scale, o.duration_s * scale) for o in result.ops if o.rank == r and o.kind == kind and o.duration_s > 0]
+            if bars:
+                ax.broken_barh(bars, (r - 0.38, 0.76), facecolors=_COLORS[kind], edgecolor="white", linewidth=0.3)
+    kinds_of = [w.kind for w in schedule.windows]
+    for i, t in enumerate(result.window_start_s):
+        if i > 0:
+            ax.axvline(t * scale, color="#444444", linewidth=0.6, linestyle=":", alpha=0.7)
+    # window kinds along the top, where a window is wide enough to hold its label
+    bounds = list(result.window_start_s) + [result.latency_s]
+    min_width = result.latency_s / 70 if result.latency_s > 0 else 0.0
+    for i, w in enumerate(schedule.windows):
+        if bounds[i + 1] - bounds[i] < min_width:
+            continue
+        label = {"exact": "E", "reuse": f"R{window_size(w)}", "parallel": f"P{window_size(w)}"}[w.kind]
+        if isinstance(w, (ParallelWindow, ReuseWindow)) and w.predictor == "linear":
+            label += "·lin"
+        ax.text((bounds[i] + bounds[i + 1]) / 2 * scale, -0.5, label, ha="center", va="bottom", fontsize=7, color="#333333")
+    ax.set_ylim(G - 0.5, -0.85)  # rank 0 on top, a band above it for the window labels
+    ax.set_xlim(0, result.latency_s * scale * 1.01 if result.latency_s > 0 else 1)
+    ax.set_yticks(range(G))
+    ax.set_yticklabels([f"rank {r}" for r in range(G)], fontsize=8 if G <= 16 else 6)
+    ax.set_xlabel(f"time ({unit});  windows: E exact, Pw parallel of w steps, Rw reuse of w steps, ·lin = linear predictor")
+    n_par = sum(k == "parallel" for k in kinds_of)
+    head = title or f"{schedule.model}: {schedule.num_steps} steps on {G} rank(s)"
+    ax.set_title(f"{head}  |  {len(schedule.windows)} windows ({n_par} parallel)  |  "
+                 f"latency {result.latency_s * scale:.4g} {unit} vs sequential {result.sequential_s * scale:.4g} {unit}: "
+                 f"speedup {result.speedup:.2f}x", fontsize=9)
+    rank_time = result.latency_s * G
+    share = {k: math.fsum(o.duration_s for o in result.ops if o.kind == k) / rank_time if rank_time > 0 else 0.0 for k in _COLORS}
+    share["idle"] = math.fsum(result.idle_s) / rank_time if rank_time > 0 else 0.0
+    handles = [Patch(facecolor=_COLORS[k], label=f"{_LABELS[k]}: {100 * share[k]:.3g}%") for k in ("forward", "scratch", "step", "exchange")
+               if any(o.kind == k for o in result.ops)]
+    handles.append(Patch(facecolor="white", edgecolor="#999999", label=f"idle: {100 * share['idle']:.3g}%"))
+    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(handles), fontsize=8, frameon=False,
+              title="share of rank-time", title_fontsize=8)
+    ax.grid(axis="x", alpha=0.25)
+    fig.tight_layout()
+    out = Path(path)
+    tmp = out.with_name(f".{out.name}.tmp")
+    try:
+        fig.savefig(tmp, format="png")
+        tmp.replace(out)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise UserError(f"cannot write the timeline to '{out}': {exc.strerror}; pass a writable --plot path") from None
+
+
+# ---- command --------------------------------------------------------------------------------
+
+def _profile_for(schedule: Schedule, args) -> Profile:
+    from ..profiles.io import load_profile, resolve_profile
+
+    if args.profile is not None:
+        profile, sha = load_profile(args.profile)
+        where = f"profile '{args.profile}'"
+    else:
+        profile, sha = resolve_profile(schedule.model)
+        where = f"the shipped profile for '{schedule.model}'"
+    if schedule.profile is not None and schedule.profile.sha256 != sha:
+        print(f"parastep: warning: {where} (sha256 {sha[:12]}...) is not the one this schedule was planned with "
+              f"({schedule.profile.name}, sha256 {schedule.profile.sha256[:12]}...); latencies may differ from the plan's",
+              file=sys.stderr)
+    if profile.model != schedule.model:
+        raise UserError(f"{where} is for model '{profile.model}' but the schedule is for '{schedule.model}'; pass --profile for '{schedule.model}'")
+    if profile.output_bytes != schedule.output_bytes:
+        raise UserError(f"{where} has output_bytes={profile.output_bytes} but the schedule has {schedule.output_bytes} "
+                        f"(another resolution or dtype?); pass the matching --profile")
+    if profile.num_steps != schedule.num_steps:
+        if profile.provenance.deviation.source == "measured":
+            raise UserError(f"{where} was measured for {profile.num_steps} steps but the schedule has {schedule.num_steps}; "
+                            f"pass a profile made with 'parastep profile --steps {schedule.num_steps}'")
+        # a prior profile is step-count independent where simulate looks (compute and comm)
+        print(f"parastep: note: {where} describes {profile.num_steps} steps; its prior tables are re-derivable, and its "
+              f"compute/comm costs do not depend on the step count, so they are used for {schedule.num_steps} steps", file=sys.stderr)
+    if args.interconnect is not None:
+        from ..profiles.interconnects import comm_for
+
+        profile = profile.model_copy(update={"comm": comm_for(args.interconnect, world_size=schedule.world_size)})
+    return profile
+
+
+def format_report(result: SimulationResult, schedule: Schedule, profile: Profile, *, source: str) -> str:
+    G = schedule.world_size
+    lines = [
+        f"schedule      {source}: {schedule.model}, {schedule.num_steps} steps, world size {G}, {len(schedule.windows)} windows",
+        f"profile       {profile.name}" + (f" (comm: {profile.comm.preset})" if profile.comm.preset else ""),
+    ]
+    prior = profile.prior_parts()
+    if prior:
+        lines.append(f"prior parts   {', '.join(prior)} (not measured)")
+    lines += [
+        f"latency_s     {result.latency_s:.6g}",
+        f"sequential_s  {result.sequential_s:.6g}",
+        f"speedup       {result.speedup:.4g}x",
+    ]
+    if schedule.latency is not None:
+        lines.append(f"planned_s     {schedule.latency.predicted_s:.6g} (the plan's own prediction)")
+    lines.append("")
+    lines.append(f"{'rank':>4}  {'busy_s':>12}  {'comm_s':>12}  {'idle_s':>12}  {'forwards':>8}")
+    for r in range(G):
+        lines.append(f"{r:>4}  {result.busy_s[r]:>12.6g}  {result.comm_s[r]:>12.6g}  {result.idle_s[r]:>12.6g}  {result.forwards[r]:>8}")
+    return "\n".join(lines) + "\n"
+
+
+def simulate_command(args) -> int:
+    from .io import load_schedule
+
+    schedule = load_schedule(args.schedule)
+    profile = _profile_for(schedule, args)
+    result = simulate(schedule, profile)
+    sys.stdout.write(format_report(result, schedule, profile, source=str(args.schedule)))
+    if args.plot:
+        plot_timeline(result, schedule, args.plot)
+        print(f"parastep: wrote timeline {args.plot}", file=sys.stderr)
+    return 0
