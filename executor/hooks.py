@@ -1,0 +1,415 @@
+"""ParaStep hooks: run a schedule (DESIGN §1) inside an *unmodified* diffusers pipeline.
+
+Usage::
+
+    handle = apply_parastep(pipe, ParaStepConfig(windows=schedule.windows, num_steps=T,
+                                                 exchange=LocalExchange()))
+    out = pipe(prompt, num_inference_steps=T, generator=...)   # the pipeline's own loop
+    handle.stats()                                             # per-window timings, bytes, forwards
+    remove_parastep(pipe)                                      # the pipeline is unchanged again
+
+How it works. The pipeline's own ``__call__`` runs every step; three instance attributes are
+wrapped (and restored by ``remove_parastep``):
+
+- ``scheduler.set_timesteps``: starts a run (``handle.reset()``) and refuses a scheduler whose
+  timestep count differs from the schedule's ``num_steps`` (second-order Heun/KDPM2...).
+- the denoiser's ``forward`` (``pipe.unet`` or ``pipe.transformer``): computes for real when this
+  rank must (exact window; parallel offset placed on this rank), otherwise returns a cheap
+  placeholder: the last raw output this rank computed (same structure/shape/dtype, finite, so a
+  pipeline's guidance rescale never divides by zero). A second call in one scheduler step is
+  refused (``UserError``).
+- ``scheduler.step``: receives the pipeline-guided output ``e`` and decides:
+  * exact: applies ``e`` (or ``override_outputs[i]``).
+  * reuse (start s, k-th step): applies the predictor's stand-in; no forward anywhere.
+  * parallel [s, s+w), offset j: at j = 0 snapshots the scheduler state (deep copy of its
+    ``__dict__``) and the real latents ``x_s``; records ``e`` when offset j is this rank's; for
+    j < w-1 returns ``step(xhat_{s+j}, stand-in_j)`` (the reuse chain that builds the next
+    input ``xhat_{s+j+1}``); at j = w-1 exchanges the outputs, restores the snapshot, replays
+    ``x_{s+k+1} = step_{s+k}(x_{s+k}, ehat_{s+k})`` for k = 0..w-1 and returns ``x_{s+w}`` in
+    the type the pipeline expects (the original ``step``'s own return value).
+
+Stand-ins (k = 0, 1, ...): ``last``: ``e_{s-1}``; ``linear``: ``e_{s-1} + (k+1)(e_{s-1} - e_{s-2})``,
+where ``e_{s-1}, e_{s-2}`` are the guided outputs *applied* to the real trajectory at steps s-1,
+s-2 (a reuse step's applied output is its stand-in).
+
+Refused (``UserError``, at apply time or at the first offending call): stochastic schedulers
+(DDPM, ancestral, SDE variants, LCM/TCD, flow-match with ``stochastic_sampling``, DDIM with
+``eta > 0``, Euler with ``s_churn > 0``), schedulers of order != 1, a pipeline that calls its
+denoiser more than once per step, a run with more steps than the schedule.
+
+Profiler API (observer and replay):
+
+- ``ParaStepConfig.observer(record: StepRecord)`` is called once per *real* step i, in order,
+  after ``x_{i+1}`` is known, on every rank: ``step``, ``window_start``, ``window_kind``,
+  ``offset``, ``timestep``, ``latents_in`` (x_i), ``denoiser_input`` (the sample the denoiser saw
+  at step i: x_i for exact/reuse, the reuse-chain ``xhat_i`` for a parallel offset),
+  ``guided_output`` (``e_i`` / ``ehat_i``; None in a reuse window), ``applied_output`` (what
+  ``step`` applied), ``latents_out`` (x_{i+1}). Tensors are the live ones: clone to keep.
+  With an exact-only schedule the records are the reference trajectory of DESIGN §1.
+- ``ParaStepConfig.override_outputs: Mapping[int, Tensor]``: for these steps (exact windows
+  only) the denoiser is not run (it returns the placeholder; only if this rank has no
+  placeholder yet, i.e. at the very first step, it runs once) and the given tensor is applied
+  as the guided output. Lets a profiler replay a recorded prefix without forwards.
+"""
+
+from __future__ import annotations
+
+import copy
+import functools
+import inspect
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Literal, Mapping, Optional, Sequence
+
+import torch
+
+from ..errors import UserError
+from ..schedules.model import ExactWindow, ParallelWindow, ReuseWindow
+from .exchange import Exchange, LocalExchange
+
+WindowKind = Literal["exact", "parallel", "reuse"]
+
+# scheduler classes whose step draws noise (refused: replaying their noise is not implemented)
+STOCHASTIC_SCHEDULERS = frozenset({
+    "DDPMScheduler", "DDPMParallelScheduler", "DDPMWuerstchenScheduler", "EulerAncestralDiscreteScheduler",
+    "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler", "LCMScheduler", "TCDScheduler",
+    "CMStochasticIterativeScheduler", "ScoreSdeVeScheduler", "KarrasVeScheduler", "EDMEulerScheduler",
+})
+_SDE_ALGORITHMS = frozenset({"sde-dpmsolver", "sde-dpmsolver++"})
+_ATTR = "_parastep_handle"
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    step: int
+    window_start: int
+    window_kind: WindowKind
+    offset: int
+    timestep: Any
+    latents_in: torch.Tensor
+    denoiser_input: torch.Tensor
+    guided_output: Optional[torch.Tensor]
+    applied_output: torch.Tensor
+    latents_out: torch.Tensor
+
+
+@dataclass
+class WindowStats:
+    start: int
+    kind: WindowKind
+    size: int
+    seconds: float = 0.0
+    bytes_received: int = 0
+    exchange_s: float = 0.0
+    snapshot_s: float = 0.0   # scheduler snapshot at the window start + restore at its end
+    replay_s: float = 0.0     # the w real steps after the exchange
+    forwards: int = 0         # real denoiser forwards on this rank
+
+
+@dataclass(frozen=True)
+class _StepPlan:
+    window: int
+    kind: WindowKind
+    start: int
+    size: int
+    offset: int
+    placement: tuple[int, ...]
+    predictor: str
+
+
+@dataclass
+class ParaStepConfig:
+    windows: Sequence[Any]                     # schedules.model windows (validated schedule)
+    num_steps: int
+    exchange: Exchange = field(default_factory=LocalExchange)
+    observer: Optional[Callable[[StepRecord], None]] = None
+    override_outputs: Mapping[int, torch.Tensor] = field(default_factory=dict)
+
+
+def _step_plan(windows: Sequence[Any], num_steps: int) -> list[_StepPlan]:
+    starts = [w.start for w in windows] + [num_steps]
+    plan: list[_StepPlan] = []
+    for k, w in enumerate(windows):
+        size = starts[k + 1] - w.start
+        if isinstance(w, ExactWindow):
+            kind, placement, pred = "exact", (), "last"
+        elif isinstance(w, ParallelWindow):
+            kind, placement, pred = "parallel", tuple(w.placement), w.predictor
+        elif isinstance(w, ReuseWindow):
+            kind, placement, pred = "reuse", (), w.predictor
+        else:
+            raise TypeError(f"unknown window {w!r}")
+        if size < 1 or (kind == "parallel" and size != len(placement)) or (kind == "exact" and size != 1):
+            raise UserError(f"window {k} (start {w.start}) has an inconsistent size; run 'parastep validate' on the schedule")
+        for j in range(size):
+            plan.append(_StepPlan(k, kind, w.start, size, j, placement, pred))
+    if len(plan) != num_steps:
+        raise UserError(f"windows cover {len(plan)} steps but num_steps={num_steps}; run 'parastep validate' on the schedule")
+    return plan
+
+
+def denoiser_of(pipe) -> tuple[str, torch.nn.Module]:
+    for name in ("unet", "transformer"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            return name, module
+    raise UserError(f"pipeline {type(pipe).__name__} has neither a 'unet' nor a 'transformer'; parastep cannot find its denoiser")
+
+
+def check_scheduler_supported(scheduler) -> None:
+    """Refuse stochastic and higher-order schedulers with one clear line."""
+    name = type(scheduler).__name__
+    cfg = getattr(scheduler, "config", {}) or {}
+    why = None
+    if name in STOCHASTIC_SCHEDULERS:
+        why = "its step draws random noise"
+    elif cfg.get("algorithm_type") in _SDE_ALGORITHMS:
+        why = f"algorithm_type={cfg.get('algorithm_type')} draws random noise"
+    elif cfg.get("stochastic_sampling"):
+        why = "stochastic_sampling=True draws random noise"
+    elif getattr(scheduler, "order", 1) != 1:
+        why = f"it is of order {scheduler.order} (several model calls per step)"
+    if why:
+        raise UserError(f"scheduler {name} is not supported by parastep: {why}; use a deterministic first-order "
+                        "scheduler (DDIM, Euler, DPM-Solver++ multistep, UniPC, flow-match Euler)")
+
+
+def _wrapper(orig: Callable, impl: Callable) -> Callable:
+    """A plain function calling ``impl`` that carries ``orig``'s signature (pipelines inspect
+    ``scheduler.step``'s parameters to decide which kwargs to pass)."""
+
+    @functools.wraps(orig)
+    def wrapped(*args, **kwargs):
+        return impl(*args, **kwargs)
+
+    return wrapped
+
+
+def _first(out: Any) -> torch.Tensor:
+    return out[0]   # SchedulerOutput (BaseOutput) and tuples both index the sample at 0
+
+
+class ParaStepHandle:
+    """State of the hooks on one pipeline; ``reset()`` starts a fresh run (done by set_timesteps)."""
+
+    def __init__(self, pipe, config: ParaStepConfig) -> None:
+        self.pipe = pipe
+        self.config = config
+        self.plan = _step_plan(config.windows, config.num_steps)
+        self.exchange = config.exchange
+        self.denoiser_name, self.denoiser = denoiser_of(pipe)
+        self.scheduler = pipe.scheduler
+        check_scheduler_supported(self.scheduler)
+        self._orig_step = self.scheduler.step                      # bound method (or earlier wrapper)
+        self._orig_set_timesteps = self.scheduler.set_timesteps
+        self._orig_forward = self.denoiser.forward
+        self._had = {"step": "step" in self.scheduler.__dict__,
+                     "set_timesteps": "set_timesteps" in self.scheduler.__dict__,
+                     "forward": "forward" in self.denoiser.__dict__}
+        self._step_sig = inspect.signature(self._orig_step)
+        for needed in ("model_output", "sample"):
+            if needed not in self._step_sig.parameters:
+                raise UserError(f"scheduler {type(self.scheduler).__name__}.step has no '{needed}' argument; parastep cannot wrap it")
+        self.reset()
+
+    # ---- lifecycle -----------------------------------------------------------------------------
+
+    def reset(self) -> None:
+        self.step_index = 0
+        self.calls_this_step = 0
+        self.last_raw: Any = None
+        self.applied: list[torch.Tensor] = []          # last two applied outputs: [e_{i-2}, e_{i-1}]
+        self.forwards = 0
+        self.windows: list[WindowStats] = []
+        self._win: Optional[dict] = None
+        self._reuse_applied: list[torch.Tensor] = []
+        self._t_last = time.perf_counter()
+
+    def install(self) -> None:
+        sched, den = self.scheduler, self.denoiser
+        sched.step = _wrapper(self._orig_step, self._step)
+        sched.set_timesteps = _wrapper(self._orig_set_timesteps, self._set_timesteps)
+        den.forward = _wrapper(self._orig_forward, self._forward)
+        object.__setattr__(self.pipe, _ATTR, self)
+
+    def uninstall(self) -> None:
+        for obj, name, orig in ((self.scheduler, "step", self._orig_step),
+                                (self.scheduler, "set_timesteps", self._orig_set_timesteps),
+                                (self.denoiser, "forward", self._orig_forward)):
+            if self._had["forward" if name == "forward" else name]:
+                obj.__dict__[name] = orig
+            else:
+                obj.__dict__.pop(name, None)
+        self.pipe.__dict__.pop(_ATTR, None)
+
+    @property
+    def steps_done(self) -> int:
+        return self.step_index
+
+    def stats(self) -> list[WindowStats]:
+        return list(self.windows)
+
+    # ---- wrappers ------------------------------------------------------------------------------
+
+    def _set_timesteps(self, *args, **kwargs):
+        out = self._orig_set_timesteps(*args, **kwargs)
+        n = len(self.scheduler.timesteps)
+        if n != self.config.num_steps:
+            raise UserError(f"scheduler {type(self.scheduler).__name__} produced {n} timesteps for a schedule of "
+                            f"{self.config.num_steps} steps (higher-order scheduler, or num_inference_steps differs); "
+                            "use a first-order scheduler and num_inference_steps=schedule.num_steps")
+        self.reset()
+        return out
+
+    def _forward(self, *args, **kwargs):
+        self.calls_this_step += 1
+        if self.calls_this_step > 1:
+            raise UserError(f"pipeline {type(self.pipe).__name__} calls its denoiser {self.calls_this_step} times per step; "
+                            "parastep needs one call per step (disable true-CFG/skip-layer guidance or batch the calls)")
+        i = self.step_index
+        if i >= len(self.plan):
+            raise UserError(f"pipeline {type(self.pipe).__name__} runs more than the schedule's {len(self.plan)} steps; "
+                            "call it with num_inference_steps=schedule.num_steps")
+        p = self.plan[i]
+        if p.kind == "exact":
+            compute = i not in self.config.override_outputs
+        elif p.kind == "parallel":
+            compute = self.exchange.owns(p.placement[p.offset])
+        else:
+            compute = False
+        if compute or self.last_raw is None:
+            out = self._orig_forward(*args, **kwargs)
+            self.last_raw = out
+            self.forwards += 1
+            self._window_stats(p).forwards += 1
+            return out
+        return self.last_raw
+
+    def _window_stats(self, p: _StepPlan) -> WindowStats:
+        if not self.windows or self.windows[-1].start != p.start:
+            self.windows.append(WindowStats(start=p.start, kind=p.kind, size=p.size))
+        return self.windows[-1]
+
+    def _stand_in(self, predictor: str, k: int, start: int) -> torch.Tensor:
+        if not self.applied:
+            raise UserError(f"a window starting at step {start} needs the output applied at step {start - 1}; the schedule is invalid")
+        e1 = self.applied[-1]
+        if predictor == "last":
+            return e1
+        if len(self.applied) < 2:
+            raise UserError(f"a 'linear' window starting at step {start} needs outputs of steps {start - 1} and {start - 2}")
+        e2 = self.applied[-2]
+        return e1 + (k + 1) * (e1 - e2)
+
+    def _apply(self, e: torch.Tensor) -> None:
+        self.applied = [self.applied[-1], e] if self.applied else [e]
+
+    def _call_step(self, bound: inspect.BoundArguments, *, model_output, sample):
+        bound.arguments["model_output"] = model_output
+        bound.arguments["sample"] = sample
+        return self._orig_step(*bound.args, **bound.kwargs)
+
+    def _observe(self, p: _StepPlan, step: int, offset: int, timestep, x_in, den_in, guided, applied, x_out) -> None:
+        if self.config.observer is not None:
+            self.config.observer(StepRecord(step=step, window_start=p.start, window_kind=p.kind, offset=offset,
+                                            timestep=timestep, latents_in=x_in, denoiser_input=den_in,
+                                            guided_output=guided, applied_output=applied, latents_out=x_out))
+
+    def _check_step_kwargs(self, args: Mapping[str, Any]) -> None:
+        eta = args.get("eta")
+        if eta is not None and float(eta) > 0:
+            raise UserError(f"eta={eta} makes {type(self.scheduler).__name__} stochastic; parastep needs eta=0")
+        churn = args.get("s_churn")
+        if churn is not None and float(churn) > 0:
+            raise UserError(f"s_churn={churn} makes {type(self.scheduler).__name__} stochastic; parastep needs s_churn=0")
+
+    def _step(self, *args, **kwargs):
+        bound = self._step_sig.bind(*args, **kwargs)
+        self._check_step_kwargs(bound.arguments)
+        i = self.step_index
+        if i >= len(self.plan):
+            raise UserError(f"pipeline {type(self.pipe).__name__} runs more than the schedule's {len(self.plan)} steps; "
+                            "call it with num_inference_steps=schedule.num_steps")
+        p = self.plan[i]
+        self.calls_this_step = 0
+        e = bound.arguments["model_output"]
+        x = bound.arguments["sample"]
+        t = bound.arguments.get("timestep")
+        stats = self._window_stats(p)
+        if p.kind == "exact":
+            if i in self.config.override_outputs:
+                e = self.config.override_outputs[i].to(device=e.device, dtype=e.dtype)
+            out = self._call_step(bound, model_output=e, sample=x)
+            self._apply(e)
+            self._observe(p, i, 0, t, x, x, e, e, _first(out))
+        elif p.kind == "reuse":
+            # the window's references e_{s-1}, e_{s-2} stay fixed: history moves at the window's end
+            a = self._stand_in(p.predictor, p.offset, p.start)
+            out = self._call_step(bound, model_output=a, sample=x)
+            self._observe(p, i, p.offset, t, x, x, None, a, _first(out))
+            self._reuse_applied.append(a)
+            if p.offset == p.size - 1:
+                for a_k in self._reuse_applied:
+                    self._apply(a_k)
+                self._reuse_applied = []
+        else:
+            out = self._parallel_step(p, i, bound, e, x, t, stats)
+        self.step_index = i + 1
+        now = time.perf_counter()
+        stats.seconds += now - self._t_last
+        self._t_last = now
+        return out
+
+    def _parallel_step(self, p: _StepPlan, i: int, bound, e, x, t, stats: WindowStats):
+        j = p.offset
+        if j == 0:
+            t0 = time.perf_counter()
+            snap = {k: copy.deepcopy(v) for k, v in self.scheduler.__dict__.items() if k not in ("step", "set_timesteps")}
+            stats.snapshot_s += time.perf_counter() - t0
+            self._win = {"snap": snap, "x": x, "owned": {}, "calls": [], "inputs": []}
+        win = self._win
+        if self.exchange.owns(p.placement[j]):
+            win["owned"][j] = e
+        win["calls"].append(bound)
+        win["inputs"].append((t, x))
+        if j < p.size - 1:
+            return self._call_step(bound, model_output=self._stand_in(p.predictor, j, p.start), sample=x)
+        t0 = time.perf_counter()
+        outputs, received = self.exchange.exchange(win["owned"], p.placement, like=e)
+        t1 = time.perf_counter()
+        stats.exchange_s += t1 - t0
+        stats.bytes_received += received
+        d = self.scheduler.__dict__
+        for k in [k for k in d if k not in win["snap"] and k not in ("step", "set_timesteps")]:
+            del d[k]
+        d.update(win["snap"])
+        t2 = time.perf_counter()
+        stats.snapshot_s += t2 - t1
+        xk = win["x"]
+        out = None
+        for k in range(p.size):
+            out = self._call_step(win["calls"][k], model_output=outputs[k], sample=xk)
+            x_next = _first(out)
+            self._apply(outputs[k])
+            tk, xhat = win["inputs"][k]
+            self._observe(p, p.start + k, k, tk, xk, xhat, outputs[k], outputs[k], x_next)
+            xk = x_next
+        stats.replay_s += time.perf_counter() - t2
+        self._win = None
+        return out
+
+
+def apply_parastep(pipe, config: ParaStepConfig) -> ParaStepHandle:
+    """Wrap ``pipe``'s denoiser and scheduler so its own loop runs ``config``'s schedule."""
+    if _ATTR in pipe.__dict__:
+        raise UserError("parastep is already applied to this pipeline; call remove_parastep(pipe) first")
+    handle = ParaStepHandle(pipe, config)
+    handle.install()
+    return handle
+
+
+def remove_parastep(pipe) -> None:
+    """Undo ``apply_parastep``: the pipeline, its denoiser and its scheduler are as before."""
+    handle = pipe.__dict__.get(_ATTR)
+    if handle is not None:
+        handle.uninstall()

@@ -1,0 +1,183 @@
+"""An independent single-process implementation of DESIGN §1, written only for the tests.
+
+It shares no code with ``parastep.executor``: it drives a tiny StableDiffusionPipeline's
+components (UNet, scheduler, the pipeline's ``prepare_latents``) in its own direct loop and
+implements exact / parallel (reuse-then-predict) / reuse windows literally:
+
+- parallel window at s, size w: on a deep copy of the scheduler (the scratch state) build
+  ``xhat_s = x_s``, ``ehat_{s+j} = guide(unet(xhat_{s+j}))`` and
+  ``xhat_{s+j+1} = step(xhat_{s+j}, stand-in_j)``; then on the real scheduler apply
+  ``x_{s+j+1} = step(x_{s+j}, ehat_{s+j})`` for j = 0..w-1.
+- reuse window: ``x_{i+1} = step(x_i, stand-in_k)``, no forward.
+
+Also: tiny pipeline builders (random weights from config, no downloads) and a seeded random
+generator of valid schedules.
+"""
+
+from __future__ import annotations
+
+import copy
+import random
+from typing import Literal
+
+import torch
+
+SchedulerName = Literal["ddim", "euler", "dpm++2m", "unipc"]
+SCHEDULERS: tuple[SchedulerName, ...] = ("ddim", "euler", "dpm++2m")
+_SCHEDULER_CLASS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
+                    "dpm++2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler"}
+TEXT_DIM = 16
+TEXT_LEN = 4
+
+
+def make_scheduler(name: SchedulerName):
+    import diffusers
+
+    kw = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    if name == "ddim":
+        return diffusers.DDIMScheduler(**kw, clip_sample=False, set_alpha_to_one=False, steps_offset=1)
+    if name == "euler":
+        return diffusers.EulerDiscreteScheduler(**kw, steps_offset=1)
+    if name == "dpm++2m":
+        return diffusers.DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2, steps_offset=1)
+    if name == "unipc":
+        return diffusers.UniPCMultistepScheduler(**kw)
+    raise ValueError(name)
+
+
+def scheduler_class_name(name: SchedulerName) -> str:
+    return _SCHEDULER_CLASS[name]
+
+
+def tiny_sd_pipeline(scheduler: SchedulerName = "ddim", *, seed: int = 0):
+    """A StableDiffusionPipeline with a tiny random UNet/VAE; prompts are given as embeddings."""
+    import diffusers
+
+    torch.manual_seed(seed)
+    unet = diffusers.UNet2DConditionModel(
+        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1, block_out_channels=(8, 16),
+        down_block_types=("CrossAttnDownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "CrossAttnUpBlock2D"),
+        cross_attention_dim=TEXT_DIM, attention_head_dim=2, norm_num_groups=4)
+    vae = diffusers.AutoencoderKL(in_channels=3, out_channels=3, latent_channels=4, block_out_channels=(8,),
+                                  down_block_types=("DownEncoderBlock2D",), up_block_types=("UpDecoderBlock2D",),
+                                  norm_num_groups=4, sample_size=16)
+    pipe = diffusers.StableDiffusionPipeline(vae=vae, text_encoder=None, tokenizer=None, unet=unet,
+                                             scheduler=make_scheduler(scheduler), safety_checker=None,
+                                             feature_extractor=None, requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def prompt_embeds(*, seed: int = 1, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    pos = torch.randn(batch, TEXT_LEN, TEXT_DIM, generator=g)
+    neg = torch.randn(batch, TEXT_LEN, TEXT_DIM, generator=g)
+    return pos, neg
+
+
+def run_plain(pipe, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.0, height: int = 16, width: int = 16):
+    """The pipeline's own call (final latents)."""
+    pos, neg = prompt_embeds()
+    return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=num_steps,
+                guidance_scale=guidance_scale, height=height, width=width, output_type="latent",
+                generator=torch.Generator().manual_seed(seed)).images
+
+
+@torch.no_grad()
+def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.0,
+                      height: int = 16, width: int = 16) -> torch.Tensor:
+    """Final latents x_T of DESIGN §1 for ``windows`` (a list of dicts or schedule windows)."""
+    wins = [w if isinstance(w, dict) else w.model_dump() for w in windows]
+    pos, neg = prompt_embeds()
+    cond = torch.cat([neg, pos])
+    sched = copy.deepcopy(pipe.scheduler)
+    sched.set_timesteps(num_steps)
+    ts = sched.timesteps
+    scale = pipe.vae_scale_factor
+    x = pipe.prepare_latents(pos.shape[0], pipe.unet.config.in_channels, height, width, pos.dtype,
+                             torch.device("cpu"), torch.Generator().manual_seed(seed))
+
+    def guided(s, xin, t):
+        inp = s.scale_model_input(torch.cat([xin] * 2), t)
+        raw = pipe.unet(inp, t, encoder_hidden_states=cond, return_dict=False)[0]
+        u, c = raw.chunk(2)
+        return u + guidance_scale * (c - u)
+
+    applied: list[torch.Tensor] = []   # e_0, e_1, ... applied to the real trajectory
+
+    def stand_in(pred, k):
+        if pred == "last":
+            return applied[-1]
+        return applied[-1] + (k + 1) * (applied[-1] - applied[-2])
+
+    starts = [w["start"] for w in wins] + [num_steps]
+    assert scale > 0
+    for n, w in enumerate(wins):
+        s, size = w["start"], starts[n + 1] - w["start"]
+        if w["kind"] == "exact":
+            e = guided(sched, x, ts[s])
+            x = sched.step(e, ts[s], x).prev_sample
+            applied.append(e)
+        elif w["kind"] == "reuse":
+            refs = [stand_in(w["predictor"], k) for k in range(size)]
+            for k in range(size):
+                x = sched.step(refs[k], ts[s + k], x).prev_sample
+            applied.extend(refs)
+        else:
+            scratch = copy.deepcopy(sched)
+            xh = x
+            ehat = []
+            for j in range(size):
+                ehat.append(guided(scratch, xh, ts[s + j]))
+                if j < size - 1:
+                    xh = scratch.step(stand_in(w["predictor"], j), ts[s + j], xh).prev_sample
+            for j in range(size):
+                x = sched.step(ehat[j], ts[s + j], x).prev_sample
+                applied.append(ehat[j])
+    return x
+
+
+def random_windows(rng: random.Random, *, num_steps: int, world_size: int, max_window: int,
+                   kinds: tuple[str, ...] = ("exact", "parallel", "reuse")) -> list[dict]:
+    """A random valid window list: exact first, then random kinds, sizes, placements (shared ranks
+    allowed), predictors."""
+    wins: list[dict] = [{"start": 0, "kind": "exact"}]
+    i = 1
+    while i < num_steps:
+        kind = rng.choice(kinds)
+        left = num_steps - i
+        pred = rng.choice(["last", "linear"]) if i >= 2 else "last"
+        if kind == "exact" or left == 1 and kind == "parallel":
+            wins.append({"start": i, "kind": "exact"})
+            i += 1
+        elif kind == "parallel":
+            w = rng.randint(2, min(max_window, left))
+            wins.append({"start": i, "kind": "parallel", "predictor": pred,
+                         "placement": [rng.randrange(world_size) for _ in range(w)]})
+            i += w
+        else:
+            w = rng.randint(1, min(max_window, left, 2))
+            wins.append({"start": i, "kind": "reuse", "size": w, "predictor": pred})
+            i += w
+    return wins
+
+
+def make_schedule(windows: list[dict], *, num_steps: int, world_size: int, output_bytes: int,
+                  model: str = "tiny", scheduler: str = "DDIMScheduler", guidance_scale: float | None = 5.0,
+                  resolution_px: tuple[int, int] | None = None):
+    """A validated ``Schedule`` with the totals the windows imply."""
+    from parastep.schedules.check import implied_totals, violations
+    from parastep.schedules.model import Schedule
+
+    max_window = max([len(w.get("placement", [])) or w.get("size", 1) for w in windows] + [1])
+    base = Schedule.model_validate({
+        "model": model, "scheduler": scheduler, "num_steps": num_steps, "world_size": world_size,
+        "max_window": max_window, "output_bytes": output_bytes, "guidance_scale": guidance_scale,
+        "resolution_px": resolution_px, "totals": {"forwards_per_rank": [0] * world_size, "bytes_exchanged": 0},
+        "windows": windows})
+    totals = implied_totals(base.windows, world_size=world_size, output_bytes=output_bytes)
+    sched = base.model_copy(update={"totals": totals})
+    sched = Schedule.model_validate(sched.model_dump())
+    bad = violations(sched)
+    assert not bad, bad
+    return sched
