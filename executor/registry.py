@@ -1,0 +1,351 @@
+"""The model registry: names -> diffusers pipelines, loaded offline (DESIGN §5).
+
+``REGISTRY`` is an immutable mapping from a model name (``sdxl``, ``sd15``, ``sd3``,
+``pixart-sigma``, ``flux``, ``digits``) to a :class:`ModelSpec`: the pipeline class, where the
+weights come from (a Hugging Face repo id, or the bundled package folder for ``digits``) and the
+defaults a user gets (scheduler class, resolution, guidance scale, step count).
+
+Nothing here ever downloads. :func:`load_pipeline` loads
+
+- ``model_path=DIR``: any diffusers pipeline folder; its class is read from ``DIR/model_index.json``;
+- otherwise the registry entry's repo id from the local Hugging Face cache only
+  (``local_files_only=True``; the cache directory is huggingface_hub's ``HF_HUB_CACHE``, i.e.
+  ``$HF_HUB_CACHE`` or ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``);
+- ``digits``: the folder of the package ``parastep.models.digits``.
+
+Anything missing is a :class:`parastep.errors.UserError` with one line naming where it looked and
+how to provide the model.
+
+Flux: the registry's ``flux`` is FLUX.1-dev (guidance-distilled, 28-50 steps). Its guidance scale
+is an *embedding* input of the transformer, not classifier-free guidance: the pipeline calls its
+transformer once per step with batch 1 (unless ``true_cfg_scale > 1`` with a negative prompt,
+which calls it twice per step; the executor refuses that). FLUX.1-schnell (4 steps, no guidance
+embedding) loads with ``--model-path`` like any other folder; with only 4 steps there is little
+to parallelize, which is why dev is the registry default.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from types import MappingProxyType
+from typing import TYPE_CHECKING, Any, Literal, Mapping
+
+from ..errors import UserError
+
+if TYPE_CHECKING:  # torch / diffusers are imported lazily so that importing the registry is cheap
+    import torch
+    from diffusers import DiffusionPipeline
+
+SchedulerName = Literal[
+    "DDIMScheduler",
+    "EulerDiscreteScheduler",
+    "DPMSolverMultistepScheduler",
+    "FlowMatchEulerDiscreteScheduler",
+    "PNDMScheduler",
+]
+SCHEDULER_NAMES: tuple[str, ...] = SchedulerName.__args__  # type: ignore[attr-defined]
+
+# Keyword overrides applied by set_scheduler() on top of the pipeline's scheduler config.
+# DPMSolverMultistepScheduler is pinned to deterministic DPM-Solver++ (2M); the SDE variants draw noise.
+_SCHEDULER_OVERRIDES: Mapping[str, Mapping[str, Any]] = MappingProxyType(
+    {
+        "DDIMScheduler": MappingProxyType({}),
+        "EulerDiscreteScheduler": MappingProxyType({}),
+        "DPMSolverMultistepScheduler": MappingProxyType({"algorithm_type": "dpmsolver++", "solver_order": 2}),
+        "FlowMatchEulerDiscreteScheduler": MappingProxyType({}),
+        "PNDMScheduler": MappingProxyType({"skip_prk_steps": True}),
+    }
+)
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry. ``source`` is ``"hf"`` (repo id in the local HF cache) or ``"package"``."""
+
+    name: str
+    pipeline_class: str  # diffusers class name, or "module.path:ClassName" for our own pipelines
+    repo_id: str | None  # Hugging Face repo id (None for the bundled model)
+    source: Literal["hf", "package"]
+    default_scheduler: str  # scheduler class the weights ship with
+    default_resolution_px: tuple[int, int]  # (height, width)
+    default_guidance_scale: float
+    default_steps: int
+    guidance: Literal["cfg", "embedded"]  # "cfg": one batched (uncond, cond) forward per step
+    schedulers: tuple[str, ...]  # scheduler classes tested with this pipeline (tests/test_registry.py)
+    package: str | None = None  # for source == "package": the package whose folder holds the weights
+    note: str = ""
+
+    @property
+    def pipeline_class_name(self) -> str:
+        return self.pipeline_class.rsplit(":", 1)[-1]
+
+
+_UNET_SCHEDULERS = ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler")
+
+REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
+    {
+        "sdxl": ModelSpec(
+            name="sdxl",
+            pipeline_class="StableDiffusionXLPipeline",
+            repo_id="stabilityai/stable-diffusion-xl-base-1.0",
+            source="hf",
+            default_scheduler="EulerDiscreteScheduler",
+            default_resolution_px=(1024, 1024),
+            default_guidance_scale=5.0,
+            default_steps=50,
+            guidance="cfg",
+            schedulers=_UNET_SCHEDULERS,
+        ),
+        "sd15": ModelSpec(
+            name="sd15",
+            pipeline_class="StableDiffusionPipeline",
+            repo_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
+            source="hf",
+            default_scheduler="PNDMScheduler",
+            default_resolution_px=(512, 512),
+            default_guidance_scale=7.5,
+            default_steps=50,
+            guidance="cfg",
+            schedulers=(*_UNET_SCHEDULERS, "PNDMScheduler"),
+            note="PNDM (PLMS) runs num_inference_steps + 1 denoiser calls (one repeated timestep), still one per scheduler step",
+        ),
+        "sd3": ModelSpec(
+            name="sd3",
+            pipeline_class="StableDiffusion3Pipeline",
+            repo_id="stabilityai/stable-diffusion-3-medium-diffusers",
+            source="hf",
+            default_scheduler="FlowMatchEulerDiscreteScheduler",
+            default_resolution_px=(1024, 1024),
+            default_guidance_scale=7.0,
+            default_steps=28,
+            guidance="cfg",
+            schedulers=("FlowMatchEulerDiscreteScheduler",),
+        ),
+        "pixart-sigma": ModelSpec(
+            name="pixart-sigma",
+            pipeline_class="PixArtSigmaPipeline",
+            repo_id="PixArt-alpha/PixArt-Sigma-XL-2-1024-MS",
+            source="hf",
+            default_scheduler="DPMSolverMultistepScheduler",
+            default_resolution_px=(1024, 1024),
+            default_guidance_scale=4.5,
+            default_steps=20,
+            guidance="cfg",
+            schedulers=_UNET_SCHEDULERS,
+            note="predicts a learned variance too; the pipeline keeps the epsilon half before scheduler.step",
+        ),
+        "flux": ModelSpec(
+            name="flux",
+            pipeline_class="FluxPipeline",
+            repo_id="black-forest-labs/FLUX.1-dev",
+            source="hf",
+            default_scheduler="FlowMatchEulerDiscreteScheduler",
+            default_resolution_px=(1024, 1024),
+            default_guidance_scale=3.5,
+            default_steps=28,
+            guidance="embedded",
+            schedulers=("FlowMatchEulerDiscreteScheduler",),
+            note="FLUX.1-dev: guidance is an embedding (one batch-1 forward per step); gated repo: accept its license on huggingface.co before downloading",
+        ),
+        "digits": ModelSpec(
+            name="digits",
+            pipeline_class="parastep.models.digits.pipeline:DigitsPipeline",
+            repo_id=None,
+            source="package",
+            default_scheduler="DDIMScheduler",
+            default_resolution_px=(16, 16),
+            default_guidance_scale=2.0,
+            default_steps=50,
+            guidance="cfg",
+            schedulers=("DDIMScheduler",),
+            package="parastep.models.digits",
+            note="bundled class-conditional pixel-space model; weights ship in the package; the saved pipeline config is authoritative for resolution, scheduler and guidance",
+        ),
+    }
+)
+
+
+def model_names() -> tuple[str, ...]:
+    return tuple(REGISTRY)
+
+
+def get_spec(model: str) -> ModelSpec:
+    """The registry entry for ``model``; an unknown name is a UserError listing the known ones."""
+    try:
+        return REGISTRY[model]
+    except KeyError:
+        raise UserError(
+            f"unknown model '{model}': known models are {', '.join(REGISTRY)}; for any other diffusers pipeline pass --model-path DIR"
+        ) from None
+
+
+def describe(model: str) -> str:
+    """One line for messages: what ``model`` is and where it is loaded from."""
+    spec = get_spec(model)
+    where = f"HF repo {spec.repo_id} (local cache only)" if spec.source == "hf" else f"package folder of {spec.package}"
+    h, w = spec.default_resolution_px
+    return (
+        f"{spec.name}: {spec.pipeline_class_name} from {where}; defaults {spec.default_scheduler}, {h}x{w} px, "
+        f"{spec.default_steps} steps, guidance {spec.default_guidance_scale:g} ({spec.guidance})"
+    )
+
+
+def hf_cache_dir() -> Path:
+    """The Hugging Face hub cache directory that load_pipeline() searches (read at call time)."""
+    explicit = os.environ.get("HF_HUB_CACHE") or os.environ.get("HUGGINGFACE_HUB_CACHE")
+    if explicit:
+        return Path(explicit).expanduser()
+    home = os.environ.get("HF_HOME")
+    if home:
+        return Path(home).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg).expanduser() if xdg else Path.home() / ".cache"
+    return base / "huggingface" / "hub"
+
+
+def package_folder(spec: ModelSpec) -> Path:
+    """The folder of a bundled model's package (``source == "package"``), without importing torch."""
+    assert spec.package is not None
+    module = importlib.import_module(spec.package)
+    return Path(module.__file__).resolve().parent
+
+
+def _resolve_class(spec_class: str) -> Any:
+    """Import a pipeline class: a diffusers class name or ``module.path:ClassName``."""
+    if ":" in spec_class:
+        module_name, class_name = spec_class.split(":", 1)
+        try:
+            module = importlib.import_module(module_name)
+        except ImportError as exc:
+            raise UserError(f"pipeline module {module_name} cannot be imported ({exc}); reinstall parastep (pip install -e .)") from None
+        return getattr(module, class_name)
+    import diffusers
+
+    return getattr(diffusers, spec_class)
+
+
+def _custom_class_for(class_name: str) -> Any | None:
+    """Our own (non-diffusers) pipeline class named ``class_name`` in a model_index.json, if any."""
+    for spec in REGISTRY.values():
+        if ":" in spec.pipeline_class and spec.pipeline_class_name == class_name:
+            return _resolve_class(spec.pipeline_class)
+    return None
+
+
+def _read_model_index(folder: Path) -> dict[str, Any]:
+    index = folder / "model_index.json"
+    if not folder.is_dir():
+        raise UserError(f"model folder {folder} does not exist; pass --model-path a folder written by DiffusionPipeline.save_pretrained()")
+    if not index.is_file():
+        raise UserError(
+            f"{folder} has no model_index.json, so it is not a diffusers pipeline folder; pass --model-path a folder written by DiffusionPipeline.save_pretrained()"
+        )
+    try:
+        data = json.loads(index.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{index} is not valid JSON ({exc}); re-save the pipeline with save_pretrained()") from None
+    if not isinstance(data, dict) or not isinstance(data.get("_class_name"), str):
+        raise UserError(f"{index} has no '_class_name'; re-save the pipeline with save_pretrained()")
+    return data
+
+
+def _from_pretrained(cls: Any, source: str | Path, *, dtype: "torch.dtype | None", where: str, **kwargs: Any) -> "DiffusionPipeline":
+    options: dict[str, Any] = {"local_files_only": True, **kwargs}
+    if dtype is not None:
+        options["torch_dtype"] = dtype
+    try:
+        return cls.from_pretrained(str(source), **options)
+    except OSError as exc:  # incomplete cache / folder: a file a component needs is missing
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise UserError(f"could not load the pipeline from {where}: {first}; re-download it or re-save it with save_pretrained()") from None
+
+
+def load_pipeline(
+    model: str,
+    *,
+    model_path: str | os.PathLike[str] | None = None,
+    device: str = "cpu",
+    dtype: "torch.dtype | None" = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> "DiffusionPipeline":
+    """Load ``model`` offline and move it to ``device`` (never downloads).
+
+    ``model_path``: a diffusers pipeline folder (its class from ``model_index.json``); ``model`` is
+    then only a label and need not be in the registry. Otherwise ``model`` must be a registry name:
+    ``hf`` models come from the local HF cache (``cache_dir``, default :func:`hf_cache_dir`),
+    ``digits`` from its package folder. ``dtype`` is passed as ``torch_dtype`` (None: as saved).
+    """
+    if model_path is not None:
+        folder = Path(model_path).expanduser()
+        index = _read_model_index(folder)
+        cls = _custom_class_for(index["_class_name"])
+        if cls is None:
+            from diffusers import DiffusionPipeline
+
+            cls = DiffusionPipeline
+        pipe = _from_pretrained(cls, folder, dtype=dtype, where=str(folder))
+        return pipe.to(device)
+
+    spec = get_spec(model)
+    if spec.source == "package":
+        folder = package_folder(spec)
+        if not (folder / "model_index.json").is_file():
+            raise UserError(
+                f"bundled model '{model}' is not in {folder} (no model_index.json); reinstall parastep from a checkout that includes its weights, or pass --model-path DIR"
+            )
+        cls = _resolve_class(spec.pipeline_class)
+        pipe = _from_pretrained(cls, folder, dtype=dtype, where=str(folder))
+        return pipe.to(device)
+
+    assert spec.repo_id is not None
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else hf_cache_dir()
+    repo_folder = cache / ("models--" + spec.repo_id.replace("/", "--"))
+    if not _cached_model_index(spec.repo_id, cache):
+        raise UserError(
+            f"model '{model}' ({spec.repo_id}) is not in the local Hugging Face cache (looked in {repo_folder}); "
+            f"on a machine with internet run 'hf download {spec.repo_id}' (older huggingface_hub: 'huggingface-cli download {spec.repo_id}') "
+            f"and copy {repo_folder.name} into {cache} (or point HF_HOME at that cache), or pass --model-path DIR"
+        )
+    cls = _resolve_class(spec.pipeline_class)
+    pipe = _from_pretrained(cls, spec.repo_id, dtype=dtype, where=str(repo_folder), cache_dir=str(cache))
+    return pipe.to(device)
+
+
+def _cached_model_index(repo_id: str, cache: Path) -> bool:
+    """Whether the cache holds ``model_index.json`` of ``repo_id`` (revision ``main``); no network."""
+    from huggingface_hub import try_to_load_from_cache
+
+    found = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=str(cache))
+    return isinstance(found, str) and Path(found).is_file()
+
+
+def denoiser_of(pipe: Any) -> "torch.nn.Module":
+    """The pipeline's denoiser: its ``unet`` or ``transformer`` component (a torch module)."""
+    import torch
+
+    for attr in ("unet", "transformer"):
+        module = getattr(pipe, attr, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise UserError(
+        f"pipeline {type(pipe).__name__} has no 'unet' or 'transformer' component; parastep needs a pipeline whose denoiser is one of those"
+    )
+
+
+def set_scheduler(pipe: Any, scheduler: str) -> Any:
+    """Swap ``pipe.scheduler`` for ``scheduler`` (a class name in SCHEDULER_NAMES) built ``from_config``.
+
+    The new scheduler keeps the old one's config (betas, timestep spacing, shift, ...);
+    DPMSolverMultistepScheduler is pinned to deterministic DPM-Solver++ 2M. Returns ``pipe``.
+    """
+    if scheduler not in _SCHEDULER_OVERRIDES:
+        raise UserError(f"unsupported scheduler '{scheduler}': choose one of {', '.join(SCHEDULER_NAMES)}")
+    import diffusers
+
+    cls = getattr(diffusers, scheduler)
+    pipe.scheduler = cls.from_config(pipe.scheduler.config, **dict(_SCHEDULER_OVERRIDES[scheduler]))
+    return pipe
