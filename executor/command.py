@@ -1,0 +1,259 @@
+"""``parastep exec sched.yaml``: run a schedule on ``world_size`` processes (DESIGN §4, §8).
+
+Every rank loads the pipeline (``executor.registry.load_pipeline``), wraps it with
+``apply_parastep`` (a ``DistExchange`` over the world) and calls it with the same seed; rank 0
+writes the images (PNG) and ``report.json`` into ``--out``, atomically, at the very end:
+
+    world_size, num_steps, latency_s, bytes_exchanged (measured, sum over ranks of bytes
+    received), bytes_exchanged_schedule (schedule.totals), forwards_per_rank,
+    bytes_received_per_rank, windows: [{start, kind, size, seconds, bytes, exchange_s,
+    snapshot_s, replay_s}], images, and with --reference:
+    reference: {latency_s, speedup, psnr_db, ssim, identical}.
+
+``latency_s`` is rank 0's wall time of the whole pipeline call (prompt encoding and VAE decode
+included), started after a barrier. The reference is the plain pipeline (hooks removed), same
+seed, on rank 0 alone, after the parallel run. PSNR is ``null`` (and ``identical`` true) when
+the images are bit-identical. Ranks other than 0 skip the VAE decode (``output_type="latent"``).
+
+Test hook: ``PARASTEP_TEST_EXIT_AT=RANK:STEP`` makes that rank ``os._exit(17)`` after that step.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import os
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Optional
+
+from ..errors import UserError
+from ..schedules.check import violations
+from ..schedules.io import load_schedule
+from ..schedules.model import Schedule
+from .launch import RankContext, in_torchrun, launch
+
+DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
+
+
+@dataclass(frozen=True)
+class ExecJob:
+    schedule: Schedule
+    schedule_path: str
+    prompts: Optional[tuple[str, ...]]
+    seed: int
+    out_dir: str
+    reference: bool
+    model_path: Optional[str]
+    threads: int
+
+
+def call_kwargs(pipe, schedule: Schedule, *, prompts: Optional[tuple[str, ...]], seed: int, device,
+                output_type: str, num_inference_steps: int) -> dict[str, Any]:
+    """The keyword arguments of one pipeline call for ``schedule`` (only those the pipeline accepts)."""
+    import torch
+
+    params = inspect.signature(pipe.__call__).parameters
+    kw: dict[str, Any] = {"num_inference_steps": num_inference_steps,
+                          "generator": torch.Generator(device="cpu").manual_seed(seed)}
+    if "prompt" in params:
+        kw["prompt"] = list(prompts) if prompts else [DEFAULT_PROMPT]
+    elif prompts:
+        raise UserError(f"pipeline {type(pipe).__name__} takes no prompt; drop --prompt")
+    elif "batch_size" in params:
+        kw["batch_size"] = 1
+    if schedule.guidance_scale is not None:
+        if "guidance_scale" not in params:
+            raise UserError(f"the schedule sets guidance_scale={schedule.guidance_scale} but pipeline "
+                            f"{type(pipe).__name__} has no guidance_scale; remove it from the schedule")
+        kw["guidance_scale"] = schedule.guidance_scale
+    if schedule.resolution_px is not None and "height" in params and "width" in params:
+        kw["height"], kw["width"] = schedule.resolution_px
+    if "output_type" in params:
+        kw["output_type"] = output_type
+    return kw
+
+
+def inference_steps_for(scheduler, num_steps: int) -> int:
+    """``num_inference_steps`` that makes ``scheduler`` run exactly ``num_steps`` steps (PNDM/PLMS
+    runs one more step than asked for); ``num_steps`` when it cannot be probed."""
+    import copy
+
+    for n in (num_steps, num_steps - 1):
+        if n < 1:
+            continue
+        probe = copy.deepcopy(scheduler)
+        try:
+            probe.set_timesteps(n)
+        except Exception:  # e.g. flow-match with dynamic shifting needs mu: the pipeline knows it
+            return num_steps
+        if len(probe.timesteps) == num_steps:
+            return n
+    return num_steps
+
+
+def _prepare_pipeline(job: ExecJob, ctx: RankContext):
+    import torch
+
+    from .registry import SCHEDULER_NAMES, load_pipeline, set_scheduler
+
+    schedule = job.schedule
+    dtype = torch.float32 if ctx.device.type == "cpu" else None
+    pipe = load_pipeline(schedule.model, model_path=job.model_path, device=str(ctx.device), dtype=dtype)
+    have = type(pipe.scheduler).__name__
+    if have != schedule.scheduler:
+        if schedule.scheduler not in SCHEDULER_NAMES:
+            raise UserError(f"the schedule was planned for scheduler {schedule.scheduler} but the pipeline uses {have}; "
+                            f"re-profile and re-plan with {have}, or use one of {', '.join(SCHEDULER_NAMES)}")
+        set_scheduler(pipe, schedule.scheduler)
+        if ctx.rank == 0:
+            print(f"parastep: note: switched the pipeline's scheduler from {have} to {schedule.scheduler} as the schedule says",
+                  file=sys.stderr)
+    pipe.set_progress_bar_config(disable=ctx.rank != 0)
+    return pipe
+
+
+def _images_np(images) -> Any:
+    import numpy as np
+
+    if isinstance(images, np.ndarray):
+        return images
+    if isinstance(images, list) and images and hasattr(images[0], "size"):
+        return np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
+    import torch
+
+    if isinstance(images, torch.Tensor):
+        return images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
+    raise UserError(f"the pipeline returned images of type {type(images).__name__}; parastep cannot save them")
+
+
+def _to_tensor(images_np):
+    import torch
+
+    return torch.from_numpy(images_np).permute(0, 3, 1, 2).double().clamp(0, 1)
+
+
+def _write_outputs(out_dir: Path, images_np, report: dict) -> None:
+    """PNG per image + report.json; written into a temp folder, then moved in (report last)."""
+    from PIL import Image
+    import numpy as np
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = out_dir / f".parastep-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    names = []
+    for k, im in enumerate(images_np):
+        arr = (np.clip(im, 0, 1) * 255).round().astype("uint8")
+        if arr.shape[-1] == 1:
+            arr = arr[..., 0]
+        name = f"image_{k:03d}.png"
+        Image.fromarray(arr).save(tmp / name)
+        names.append(name)
+    report["images"] = names
+    (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    for name in names + ["report.json"]:
+        os.replace(tmp / name, out_dir / name)
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _test_exit_observer(rank: int):
+    spec = os.environ.get("PARASTEP_TEST_EXIT_AT")
+    if not spec:
+        return None
+    r, step = (int(v) for v in spec.split(":"))
+    if r != rank:
+        return None
+
+    def observer(record) -> None:
+        if record.step >= step:
+            os._exit(17)
+
+    return observer
+
+
+def rank_worker(ctx: RankContext, job: ExecJob) -> None:
+    """One rank of ``parastep exec`` (module level so that ``spawn`` can pickle it)."""
+    import torch
+    import torch.distributed as dist
+
+    from .exchange import DistExchange
+    from .hooks import ParaStepConfig, apply_parastep, remove_parastep
+
+    schedule = job.schedule
+    pipe = _prepare_pipeline(job, ctx)
+    steps = inference_steps_for(pipe.scheduler, schedule.num_steps)
+    handle = apply_parastep(pipe, ParaStepConfig(windows=schedule.windows, num_steps=schedule.num_steps,
+                                                 exchange=DistExchange(), observer=_test_exit_observer(ctx.rank)))
+    kw = call_kwargs(pipe, schedule, prompts=job.prompts, seed=job.seed, device=ctx.device,
+                     output_type="np" if ctx.rank == 0 else "latent", num_inference_steps=steps)
+    sync = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
+    dist.barrier()
+    t0 = time.perf_counter()
+    out = pipe(**kw)
+    sync()
+    latency_s = time.perf_counter() - t0
+    if handle.steps_done != schedule.num_steps:
+        raise UserError(f"the pipeline ran {handle.steps_done} scheduler steps, the schedule has {schedule.num_steps}; "
+                        "re-plan with the pipeline's step count")
+    mine = {"forwards": handle.forwards, "windows": [vars(w) for w in handle.stats()]}
+    gathered: list[Any] = [None] * ctx.world_size
+    dist.all_gather_object(gathered, mine)
+    remove_parastep(pipe)
+    if ctx.rank != 0:
+        return
+    images = _images_np(out.images if hasattr(out, "images") else out[0])
+    wins0 = gathered[0]["windows"]
+    bytes_per_rank = [sum(w["bytes_received"] for w in g["windows"]) for g in gathered]
+    windows = []
+    for k, w in enumerate(wins0):
+        windows.append({"start": w["start"], "kind": w["kind"], "size": w["size"], "seconds": w["seconds"],
+                        "bytes": sum(g["windows"][k]["bytes_received"] for g in gathered),
+                        "exchange_s": w["exchange_s"], "snapshot_s": w["snapshot_s"], "replay_s": w["replay_s"]})
+    report: dict[str, Any] = {
+        "schedule": job.schedule_path, "model": schedule.model, "scheduler": type(pipe.scheduler).__name__,
+        "world_size": ctx.world_size, "num_steps": schedule.num_steps, "device": str(ctx.device),
+        "threads_per_rank": job.threads if ctx.device.type == "cpu" else None, "seed": job.seed,
+        "prompts": kw.get("prompt"), "latency_s": latency_s,
+        "bytes_exchanged": sum(bytes_per_rank), "bytes_exchanged_schedule": schedule.totals.bytes_exchanged,
+        "bytes_received_per_rank": bytes_per_rank, "forwards_per_rank": [g["forwards"] for g in gathered],
+        "windows": windows,
+    }
+    if job.reference:
+        from .metrics import psnr_db, ssim
+
+        kw_ref = call_kwargs(pipe, schedule, prompts=job.prompts, seed=job.seed, device=ctx.device,
+                             output_type="np", num_inference_steps=steps)
+        t0 = time.perf_counter()
+        ref_out = pipe(**kw_ref)
+        sync()
+        ref_latency_s = time.perf_counter() - t0
+        ref_images = _images_np(ref_out.images if hasattr(ref_out, "images") else ref_out[0])
+        a, b = _to_tensor(images), _to_tensor(ref_images)
+        p = psnr_db(a, b)
+        report["reference"] = {"latency_s": ref_latency_s, "speedup": ref_latency_s / latency_s,
+                               "psnr_db": None if p == float("inf") else p, "ssim": ssim(a, b),
+                               "identical": p == float("inf")}
+    _write_outputs(Path(job.out_dir), images, report)
+    print(f"parastep: wrote {len(images)} image(s) and report.json to {job.out_dir} "
+          f"(latency {latency_s:.3f} s, {report['bytes_exchanged']} bytes exchanged)", file=sys.stderr)
+
+
+def run(args) -> int:
+    schedule = load_schedule(args.schedule)
+    problems = violations(schedule)
+    if problems:
+        raise UserError(f"{args.schedule}: invalid schedule: {problems[0]}; run 'parastep validate {args.schedule}'")
+    job = ExecJob(schedule=schedule, schedule_path=str(args.schedule),
+                  prompts=tuple(args.prompt) if args.prompt else None, seed=args.seed, out_dir=str(args.out),
+                  reference=bool(args.reference), model_path=args.model_path, threads=args.threads)
+    if not in_torchrun() and args.model_path is None:
+        from .registry import get_spec
+
+        get_spec(schedule.model)   # unknown model: one line before any process starts
+    launch(rank_worker, job, world_size=schedule.world_size, device=args.device, threads=args.threads,
+           timeout_s=args.timeout_s)
+    return 0

@@ -1,0 +1,186 @@
+"""Process launch for ``parastep exec`` (DESIGN §4): spawn the world ourselves, or join torchrun's.
+
+``launch(worker, job, world_size=..., device=..., threads=..., timeout_s=...)`` runs
+``worker(ctx, job)`` on every rank with torch.distributed initialized (gloo on CPU, nccl on CUDA,
+``timeout=timeout_s`` for every collective):
+
+- under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment, multi-node included) it runs
+  in this process with the given environment; a WORLD_SIZE different from the schedule's is
+  refused before ``worker`` (and so any model loading) runs;
+- otherwise it spawns ``world_size`` processes (``spawn`` start method, MASTER_ADDR=127.0.0.1,
+  a free port). If a rank raises or dies, the others are terminated and ONE line is raised in
+  the parent (``UserError``): the first error, rank-tagged. A rank that died without a message
+  (killed, ``os._exit``) is reported as such. Set ``PARASTEP_TRACEBACK=1`` to see tracebacks.
+
+CPU ranks use ``threads`` intra-op threads (default 1).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+import traceback
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any, Callable, Literal
+
+from ..errors import UserError
+
+DeviceChoice = Literal["auto", "cpu", "cuda"]
+_GRACE_S = 1.0       # after the first failure, how long to wait for the other ranks' messages
+
+
+@dataclass(frozen=True)
+class RankContext:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: Any          # torch.device
+    backend: str
+    torchrun: bool
+
+
+class RankFailed(UserError):
+    """A rank raised or died; the message names the rank and the first error."""
+
+
+def in_torchrun() -> bool:
+    return all(k in os.environ for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"))
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def resolve_device(device: DeviceChoice) -> str:
+    import torch
+
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("--device cuda was given but no CUDA device is available; use --device cpu")
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    return device
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return first if isinstance(exc, UserError) else f"{type(exc).__name__}: {first}"
+
+
+def _rank_main(worker: Callable, job: Any, *, rank: int, world_size: int, local_rank: int, device: str,
+               threads: int, timeout_s: float, torchrun: bool) -> None:
+    import torch
+    import torch.distributed as dist
+
+    if device == "cpu":
+        torch.set_num_threads(threads)
+        backend, dev = "gloo", torch.device("cpu")
+    else:
+        torch.cuda.set_device(local_rank)
+        backend, dev = "nccl", torch.device("cuda", local_rank)
+    kwargs: dict[str, Any] = {"backend": backend, "timeout": timedelta(seconds=timeout_s)}
+    if not torchrun:
+        kwargs.update(rank=rank, world_size=world_size)
+    if backend == "nccl":
+        kwargs["device_id"] = dev
+    dist.init_process_group(**kwargs)
+    try:
+        worker(RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                           device=dev, backend=backend, torchrun=torchrun), job)
+    finally:
+        try:
+            dist.destroy_process_group()
+        except Exception:  # a failed collective may leave the group unusable; exiting is what matters
+            pass
+
+
+def _child(rank: int, world_size: int, port: int, worker: Callable, job: Any, device: str, threads: int,
+           timeout_s: float, errors) -> None:
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
+                      WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
+    try:
+        _rank_main(worker, job, rank=rank, world_size=world_size, local_rank=rank, device=device,
+                   threads=threads, timeout_s=timeout_s, torchrun=False)
+    except BaseException as exc:  # report, then exit non-zero; the parent prints one line
+        if os.environ.get("PARASTEP_TRACEBACK"):
+            traceback.print_exc()
+        code = exc.exit_code if isinstance(exc, UserError) else 1
+        errors.put((time.time(), rank, isinstance(exc, UserError), _one_line(exc), code))
+        sys.stderr.flush()
+        os._exit(code)
+
+
+def launch(worker: Callable[[RankContext, Any], None], job: Any, *, world_size: int, device: DeviceChoice = "auto",
+           threads: int = 1, timeout_s: float = 300.0) -> None:
+    """Run ``worker(ctx, job)`` on every rank of a ``world_size`` world (see module docstring)."""
+    dev = resolve_device(device)
+    if in_torchrun():
+        launched = int(os.environ["WORLD_SIZE"])
+        if launched != world_size:
+            raise UserError(f"the schedule is for world_size={world_size} but torchrun launched {launched} processes; "
+                            f"run torchrun with {world_size} processes in all, or plan for {launched} GPUs")
+        _rank_main(worker, job, rank=int(os.environ["RANK"]), world_size=launched,
+                   local_rank=int(os.environ["LOCAL_RANK"]), device=dev, threads=threads, timeout_s=timeout_s,
+                   torchrun=True)
+        return
+    if dev == "cuda":
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < world_size:
+            raise UserError(f"the schedule needs {world_size} ranks but this machine has {have} CUDA device(s); "
+                            "use torchrun across machines, or plan for fewer GPUs")
+    import torch.multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    errors = ctx.SimpleQueue()
+    port = free_port()
+    procs = [ctx.Process(target=_child, args=(r, world_size, port, worker, job, dev, threads, timeout_s, errors),
+                         name=f"parastep-rank{r}") for r in range(world_size)]
+    for p in procs:
+        p.start()
+    messages: list[tuple] = []
+    failed_at: float | None = None
+    while True:
+        while not errors.empty():
+            messages.append(errors.get())
+        dead = [p for p in procs if p.exitcode not in (None, 0)]
+        if (messages or dead) and failed_at is None:
+            failed_at = time.monotonic()
+        alive = [p for p in procs if p.is_alive()]
+        if not alive or (failed_at is not None and time.monotonic() - failed_at > _GRACE_S):
+            break
+        time.sleep(0.02)
+    for p in procs:
+        if p.is_alive():
+            p.terminate()
+    for p in procs:
+        p.join(5)
+        if p.is_alive():
+            p.kill()
+            p.join()
+    while not errors.empty():
+        messages.append(errors.get())
+    if failed_at is None and all(p.exitcode == 0 for p in procs):
+        return
+    reported = {m[1] for m in messages}
+    silent = [r for r, p in enumerate(procs) if p.exitcode not in (0, None) and r not in reported
+              and p.exitcode != -15]   # -15: terminated by us after another rank failed
+    user = sorted((m for m in messages if m[2]), key=lambda m: m[0])
+    if user:
+        _, rank, _, text, code = user[0]
+        raise RankFailed(f"rank {rank}: {text}", exit_code=code)
+    if silent:
+        r = silent[0]
+        code = procs[r].exitcode
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise RankFailed(f"rank {r} {how} without an error message; the run was aborted on all {world_size} ranks", exit_code=1)
+    if messages:
+        _, rank, _, text, code = sorted(messages, key=lambda m: m[0])[0]
+        raise RankFailed(f"rank {rank}: {text}", exit_code=code or 1)
+    raise RankFailed(f"the run failed on {world_size} ranks without an error message", exit_code=1)
