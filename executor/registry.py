@@ -123,7 +123,7 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
             default_guidance_scale=7.0,
             default_steps=28,
             guidance="cfg",
-            schedulers=("FlowMatchEulerDiscreteScheduler",),
+            schedulers=("FlowMatchEulerDiscreteScheduler", "DPMSolverMultistepScheduler"),
         ),
         "pixart-sigma": ModelSpec(
             name="pixart-sigma",
@@ -148,7 +148,7 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
             default_guidance_scale=3.5,
             default_steps=28,
             guidance="embedded",
-            schedulers=("FlowMatchEulerDiscreteScheduler",),
+            schedulers=("FlowMatchEulerDiscreteScheduler", "DPMSolverMultistepScheduler"),
             note="FLUX.1-dev: guidance is an embedding (one batch-1 forward per step); gated repo: accept its license on huggingface.co before downloading",
         ),
         "digits": ModelSpec(
@@ -161,7 +161,7 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
             default_guidance_scale=2.0,
             default_steps=50,
             guidance="cfg",
-            schedulers=("DDIMScheduler",),
+            schedulers=_UNET_SCHEDULERS,
             package="parastep.models.digits",
             note="bundled class-conditional pixel-space model; weights ship in the package; the saved pipeline config is authoritative for resolution, scheduler and guidance",
         ),
@@ -336,16 +336,53 @@ def denoiser_of(pipe: Any) -> "torch.nn.Module":
     )
 
 
-def set_scheduler(pipe: Any, scheduler: str) -> Any:
-    """Swap ``pipe.scheduler`` for ``scheduler`` (a class name in SCHEDULER_NAMES) built ``from_config``.
+def is_flow_matching(scheduler: Any) -> bool:
+    """Whether ``scheduler`` drives a flow-matching model (SD3, Flux) rather than an epsilon/v one."""
+    config = scheduler.config
+    return (
+        "FlowMatch" in type(scheduler).__name__
+        or bool(config.get("use_flow_sigmas", False))
+        or config.get("prediction_type") == "flow_prediction"
+    )
 
-    The new scheduler keeps the old one's config (betas, timestep spacing, shift, ...);
-    DPMSolverMultistepScheduler is pinned to deterministic DPM-Solver++ 2M. Returns ``pipe``.
+
+# Scheduler classes that can drive each model family (DPM-Solver++ 2M does both, with flow sigmas for flow models).
+_FAMILY_SCHEDULERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
+    {
+        "flow": ("FlowMatchEulerDiscreteScheduler", "DPMSolverMultistepScheduler"),
+        "diffusion": ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler", "PNDMScheduler"),
+    }
+)
+
+
+def set_scheduler(pipe: Any, scheduler: str) -> Any:
+    """Swap ``pipe.scheduler`` for ``scheduler`` (a class name in SCHEDULER_NAMES) built from its config.
+
+    The new scheduler keeps the old one's config (betas, timestep spacing, shift, ...; keys the new
+    class does not take are dropped). DPMSolverMultistepScheduler is pinned to deterministic
+    DPM-Solver++ 2M; on a flow-matching pipeline it uses flow sigmas with the old ``shift``.
+    A scheduler of the other family (e.g. DDIM on SD3, flow-match Euler on SDXL) is refused: it
+    would run but produce noise. Returns ``pipe``.
     """
     if scheduler not in _SCHEDULER_OVERRIDES:
         raise UserError(f"unsupported scheduler '{scheduler}': choose one of {', '.join(SCHEDULER_NAMES)}")
+    import inspect
+
     import diffusers
 
+    family = "flow" if is_flow_matching(pipe.scheduler) else "diffusion"
+    if scheduler not in _FAMILY_SCHEDULERS[family]:
+        raise UserError(
+            f"scheduler {scheduler} cannot drive {type(pipe).__name__} (a {family} model with {type(pipe.scheduler).__name__}); "
+            f"choose one of {', '.join(_FAMILY_SCHEDULERS[family])}"
+        )
     cls = getattr(diffusers, scheduler)
-    pipe.scheduler = cls.from_config(pipe.scheduler.config, **dict(_SCHEDULER_OVERRIDES[scheduler]))
+    overrides = dict(_SCHEDULER_OVERRIDES[scheduler])
+    if family == "flow" and scheduler == "DPMSolverMultistepScheduler" and "FlowMatch" in type(pipe.scheduler).__name__:
+        overrides.update(use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=float(pipe.scheduler.config.get("shift", 1.0)))
+    if scheduler == "FlowMatchEulerDiscreteScheduler" and "flow_shift" in pipe.scheduler.config:
+        overrides["shift"] = float(pipe.scheduler.config["flow_shift"])  # back from flow DPM-Solver++
+    accepted = inspect.signature(cls.__init__).parameters
+    config = {k: v for k, v in pipe.scheduler.config.items() if k in accepted}
+    pipe.scheduler = cls.from_config({**config, **overrides})
     return pipe

@@ -8,6 +8,7 @@ HF-cache path round-trip to identical output; every missing/unknown model is one
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 from pathlib import Path
 
@@ -40,24 +41,31 @@ def _one_thread():
     torch.set_num_threads(before)
 
 
-def _generate(pipe, name: str, *, output_type: str, seed: int = 0):
-    generator = torch.Generator("cpu").manual_seed(seed)
+def _generate(pipe, name: str, *, output_type: str, seed: int = 0, generator: torch.Generator | None = None):
+    generator = generator if generator is not None else torch.Generator("cpu").manual_seed(seed)
     return pipe(PROMPT, generator=generator, output_type=output_type, **tiny_call_kwargs(name, num_inference_steps=STEPS)).images
 
 
 class _Counter:
     """Counts denoiser forwards (and their batch sizes) and scheduler.step calls on one pipeline."""
 
-    def __init__(self, pipe) -> None:
+    def __init__(self, pipe, generator: torch.Generator) -> None:
         self.forwards = 0
         self.steps = 0
+        self.rng_draws_in_step = 0  # scheduler.step calls that advanced the generator (stochastic steps)
         self.batch_sizes: list[int] = []
         self._handle = denoiser_of(pipe).register_forward_pre_hook(self._pre, with_kwargs=True)
         original_step = pipe.scheduler.step
 
+        # functools.wraps keeps step's signature visible: pipelines inspect it to decide whether to
+        # pass `generator` / `eta`, so a bare (*args, **kwargs) wrapper would change what they pass.
+        @functools.wraps(original_step)
         def counted_step(*args, **kwargs):
             self.steps += 1
-            return original_step(*args, **kwargs)
+            before = generator.get_state()
+            result = original_step(*args, **kwargs)
+            self.rng_draws_in_step += int(not torch.equal(before, generator.get_state()))
+            return result
 
         pipe.scheduler.step = counted_step
 
@@ -78,8 +86,9 @@ def test_deterministic_one_forward_per_step(name, scheduler):
     first = make_tiny_pipeline(name, scheduler=scheduler)
     second = make_tiny_pipeline(name, scheduler=scheduler)
     assert type(first.scheduler).__name__ == scheduler
-    counter = _Counter(first)
-    a = _generate(first, name, output_type="latent")
+    generator = torch.Generator("cpu").manual_seed(0)
+    counter = _Counter(first, generator)
+    a = _generate(first, name, output_type="latent", generator=generator)
     b = _generate(second, name, output_type="latent")
     assert torch.isfinite(a).all()
     assert torch.equal(a, b), "same weights seed and same generator seed must give bit-identical latents"
@@ -91,6 +100,8 @@ def test_deterministic_one_forward_per_step(name, scheduler):
     # CFG pipelines batch (uncond, cond) in one forward; Flux embeds guidance and runs batch 1.
     expected_batch = 2 if REGISTRY[name].guidance == "cfg" else 1
     assert counter.batch_sizes == [expected_batch] * scheduled
+    # Deterministic steps: no scheduler.step draws noise, so replaying a step never moves the generator.
+    assert counter.rng_draws_in_step == 0
     counter.remove()
 
     other = _generate(first, name, output_type="latent", seed=1)
@@ -135,6 +146,18 @@ def test_unsupported_scheduler_for_tiny_is_refused():
         make_tiny_pipeline("sd3", scheduler="DDIMScheduler")
     with pytest.raises(ValueError, match="no tiny pipeline"):
         make_tiny_pipeline("sd2")
+
+
+def test_stochastic_scheduler_is_detected():
+    """The rng_draws_in_step check above is not vacuous: DDPM's step draws noise from the generator."""
+    from diffusers import DDPMScheduler
+
+    pipe = make_tiny_pipeline("sd15")
+    pipe.scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+    generator = torch.Generator("cpu").manual_seed(0)
+    counter = _Counter(pipe, generator)
+    _generate(pipe, "sd15", output_type="latent", generator=generator)
+    assert counter.rng_draws_in_step > 0
 
 
 # ----------------------------------------------------------------------------- load_pipeline: --model-path
@@ -262,6 +285,38 @@ def test_digits_entry_loads_from_package_folder():
         assert str(folder) in str(err.value)
 
 
+def test_digits_class_resolved_from_model_index(tmp_path):
+    """A folder whose model_index.json names DigitsPipeline loads as parastep's class (not diffusers')."""
+    from diffusers import DDIMScheduler, UNet2DModel
+
+    from parastep.models.digits.pipeline import DigitsPipeline
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        unet = UNet2DModel(
+            sample_size=16, in_channels=1, out_channels=1, layers_per_block=1, block_out_channels=(8, 16),
+            down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"),
+            norm_num_groups=4, num_class_embeds=11,
+        ).eval()
+    DigitsPipeline(unet=unet, scheduler=DDIMScheduler()).save_pretrained(str(tmp_path), safe_serialization=True)
+    spec = REGISTRY["digits"]
+    for scheduler in spec.schedulers:
+        pipe = load_pipeline("digits", model_path=tmp_path)
+        assert type(pipe) is DigitsPipeline
+        pipe.set_progress_bar_config(disable=True)
+        if scheduler != type(pipe.scheduler).__name__:
+            set_scheduler(pipe, scheduler)
+        runs = []
+        for _ in range(2):
+            generator = torch.Generator("cpu").manual_seed(0)
+            counter = _Counter(pipe, generator)
+            runs.append(pipe("7", num_inference_steps=STEPS, generator=generator, output_type="latent").images)
+            counter.remove()
+            assert counter.forwards == counter.steps == STEPS and counter.batch_sizes == [2] * STEPS, scheduler
+            assert counter.rng_draws_in_step == 0, scheduler
+        assert torch.equal(runs[0], runs[1]), scheduler
+
+
 # ----------------------------------------------------------------------------- registry helpers
 
 
@@ -289,6 +344,19 @@ def test_set_scheduler_and_denoiser_errors():
     assert pipe.config.scheduler[1] == "DPMSolverMultistepScheduler"  # save_pretrained records the swap
     with pytest.raises(UserError, match="unsupported scheduler"):
         set_scheduler(pipe, "LMSDiscreteScheduler")
+    with pytest.raises(UserError, match="cannot drive StableDiffusionPipeline"):
+        set_scheduler(pipe, "FlowMatchEulerDiscreteScheduler")
+
+    flow = make_tiny_pipeline("sd3")
+    for wrong in ("DDIMScheduler", "EulerDiscreteScheduler", "PNDMScheduler"):
+        with pytest.raises(UserError, match="cannot drive StableDiffusion3Pipeline"):
+            set_scheduler(flow, wrong)
+    set_scheduler(flow, "DPMSolverMultistepScheduler")
+    config = flow.scheduler.config
+    assert config.use_flow_sigmas and config.prediction_type == "flow_prediction" and config.flow_shift == 3.0
+    assert "shift" not in config  # keys the new class does not take are dropped, not warned about
+    set_scheduler(flow, "FlowMatchEulerDiscreteScheduler")  # back again: still a flow model, same shift
+    assert flow.scheduler.config.shift == 3.0
 
     class NoDenoiser:
         pass
