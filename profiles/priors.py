@@ -118,7 +118,9 @@ def stand_in_error(d: list[float], *, start: int, ahead: int, predictor: Predict
                    params: Mapping[str, float] | None = None) -> float:
     """Relative error of the stand-in for e_{start+ahead-1} built from outputs before ``start``."""
     p = _params(params)
-    acc = math.fsum(d[start - 1:start + ahead - 1])
+    acc = 0.0
+    for x in d[start - 1:start + ahead - 1]:
+        acc += x
     if predictor == "last":
         return acc
     return p["linear_kappa"] * ahead ** (p["linear_power"] - 1.0) * acc
@@ -142,6 +144,8 @@ def deviation_tables(*, num_steps: int, max_window: int, params: Mapping[str, fl
     T, J = num_steps, max_window
     h = p["t_ref"] / T
     d = drift(num_steps=T, params=p)
+    kappa, power = p["linear_kappa"], p["linear_power"]
+    reuse_scale, par_scale = p["step_latent_rms"] * h, p["sensitivity"] * h
     parallel: dict[Predictor, DeviationStats] = {}
     reuse: dict[Predictor, DeviationStats] = {}
     for pred in PREDICTORS:
@@ -154,8 +158,17 @@ def deviation_tables(*, num_steps: int, max_window: int, params: Mapping[str, fl
                 reu_rows.append([])
                 continue
             n = min(J, T - s)
-            reu = [p["step_latent_rms"] * h * stand_in_error(d, start=s, ahead=j + 1, predictor=pred, params=p) for j in range(n)]
-            par = [0.0] + [p["sensitivity"] * h * math.fsum(reu[:j]) for j in range(1, n)]
+            reu, par = [], [0.0]
+            drift_sum = 0.0       # D(s, m), accumulated in order (same numbers as stand_in_error)
+            for j in range(n):
+                m = j + 1
+                drift_sum += d[s + m - 2]
+                err = drift_sum if pred == "last" else kappa * m ** (power - 1.0) * drift_sum
+                reu.append(reuse_scale * err)
+            running = 0.0
+            for j in range(1, n):
+                running += reu[j - 1]
+                par.append(par_scale * running)
             par_rows.append(par)
             reu_rows.append(reu)
         k = p["max_over_mean"]
