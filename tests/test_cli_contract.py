@@ -1,0 +1,97 @@
+"""Snapshot of the public contract: ``parastep`` subcommands, each one's flag names, and the
+schedule JSON Schema (DESIGN §8: "keep these names"; torchtitan-style snapshot test).
+
+A deliberate change: regenerate with ``PARASTEP_UPDATE_SNAPSHOTS=1 python -m pytest tests/test_cli_contract.py``
+and commit the diff of ``tests/snapshots/`` with the change that caused it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from parastep.cli import build_parser
+from parastep.schedules.io import schedule_json_schema
+
+SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
+UPDATE = os.environ.get("PARASTEP_UPDATE_SNAPSHOTS") == "1"
+
+# DESIGN §8 names that must never disappear (the snapshot may grow around them)
+REQUIRED = {
+    "plan": {"--model", "--gpus", "--steps", "--budget", "--min-psnr", "--policy", "--warmup", "--max-window", "--profile", "--interconnect"},
+    "validate": {"schedule"},
+    "simulate": {"schedule", "--plot"},
+    "exec": {"schedule", "--prompt", "--seed", "--out", "--reference"},
+    "profile": {"--model", "--gpus", "--steps", "--out"},
+}
+
+
+def cli_surface() -> dict:
+    """{command: {"flags": sorted option strings and positional names, "required": [...], "choices": {...}}}."""
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    out: dict = {}
+    for name, cmd in sorted(sub.choices.items()):
+        flags, required, choices = [], [], {}
+        for action in cmd._actions:
+            if isinstance(action, argparse._HelpAction):
+                continue
+            names = list(action.option_strings) or [action.dest]
+            flags.extend(names)
+            key = max(names, key=len)
+            if action.required and action.option_strings:
+                required.append(key)
+            if action.choices is not None:
+                choices[key] = sorted(map(str, action.choices))
+        out[name] = {"flags": sorted(flags), "required": sorted(required), "choices": dict(sorted(choices.items()))}
+    return out
+
+
+def _check(name: str, text: str) -> None:
+    path = SNAPSHOTS / name
+    if UPDATE or not path.exists():
+        SNAPSHOTS.mkdir(exist_ok=True)
+        path.write_text(text, encoding="utf-8")
+        if not UPDATE:
+            pytest.fail(f"snapshot {path} did not exist and was written; review and commit it")
+        return
+    want = path.read_text(encoding="utf-8")
+    assert text == want, (f"the public contract changed ({name}); if deliberate, regenerate with "
+                          f"PARASTEP_UPDATE_SNAPSHOTS=1 python -m pytest tests/test_cli_contract.py and commit tests/snapshots/")
+
+
+def test_cli_snapshot():
+    _check("cli.json", json.dumps(cli_surface(), indent=2, sort_keys=True) + "\n")
+
+
+def test_schedule_schema_snapshot():
+    _check("schedule.schema.json", schedule_json_schema())
+
+
+def test_design_names_are_present():
+    surface = cli_surface()
+    assert set(REQUIRED) <= set(surface)
+    for cmd, names in REQUIRED.items():
+        missing = names - set(surface[cmd]["flags"])
+        assert not missing, f"parastep {cmd} lost {sorted(missing)} (DESIGN §8)"
+    assert surface["plan"]["choices"]["--policy"] == ["fixed", "optimal"]
+
+
+def test_top_level_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit) as info:
+        build_parser().parse_args(["--help"])
+    assert info.value.code == 0
+    text = capsys.readouterr().out
+    for cmd in ("plan", "validate", "simulate", "exec", "profile", "schema"):
+        assert cmd in text
+
+
+def test_schema_command_matches_snapshot(capsys):
+    from parastep.cli import main
+
+    assert main(["schema", "schedule"]) == 0
+    assert capsys.readouterr().out == (SNAPSHOTS / "schedule.schema.json").read_text(encoding="utf-8")
