@@ -14,7 +14,13 @@ Nothing here ever downloads. :func:`load_pipeline` loads
 - ``digits``: the folder of the package ``parastep.models.digits``.
 
 Anything missing is a :class:`parastep.errors.UserError` with one line naming where it looked and
-how to provide the model.
+how to provide the model. :func:`set_scheduler` swaps a pipeline's scheduler by class name (refusing
+one of the wrong family: epsilon/v-prediction vs flow matching); :func:`denoiser_of` finds the
+denoiser module; :func:`describe` gives one line per model for messages.
+
+Loaded weights are views into the memory-mapped safetensors files; on CPU their unaligned
+addresses can change the last bits of some matmuls versus the same weights built in memory
+(~2e-7). Compare runs on the same loaded instance (or copy the weights) when asserting bit-exactness.
 
 Flux: the registry's ``flux`` is FLUX.1-dev (guidance-distilled, 28-50 steps). Its guidance scale
 is an *embedding* input of the transformer, not classifier-free guidance: the pipeline calls its
