@@ -1,0 +1,90 @@
+"""``parastep plan``: profile -> optimal (or fixed) schedule. Stdout is only the YAML, written after success."""
+
+from __future__ import annotations
+
+import sys
+
+from ..errors import UserError
+from ..profiles.io import resolve_profile
+from ..profiles.model import Prior, Profile
+
+
+def _derivable(profile: Profile) -> bool:
+    """Can the deviation and propagation tables be re-derived (prior rules with parameters)?"""
+    parts = (profile.provenance.deviation, profile.provenance.propagation)
+    return all(isinstance(p, Prior) and p.params for p in parts)
+
+
+def _adapt(profile: Profile, *, num_steps: int, max_window: int) -> Profile:
+    """The profile for T steps and windows up to J: itself, a re-derived prior, or a refusal."""
+    if num_steps == profile.num_steps and max_window <= profile.max_window:
+        return profile
+    if not _derivable(profile):
+        if num_steps != profile.num_steps:
+            raise UserError(f"profile '{profile.name}' was measured for T={profile.num_steps} steps; re-profile with --steps {num_steps} (or plan with --steps {profile.num_steps})")
+        raise UserError(f"profile '{profile.name}' holds windows up to {profile.max_window} steps; re-profile with --max-window {max_window} (or pass --max-window {profile.max_window})")
+    try:
+        from ..profiles.priors import derive_for_steps
+    except ImportError:
+        raise UserError(f"profile '{profile.name}' is a prior for T={profile.num_steps} steps and this parastep cannot re-derive it (no parastep.profiles.priors); plan with --steps {profile.num_steps}") from None
+    return derive_for_steps(profile, num_steps=num_steps, max_window=max(max_window, profile.max_window))
+
+
+def _with_interconnect(profile: Profile, *, name: str, world_size: int) -> Profile:
+    try:
+        from ..profiles.interconnects import comm_for
+    except ImportError:
+        raise UserError("interconnect presets are not available in this parastep (no parastep.profiles.interconnects); drop --interconnect") from None
+    comm = comm_for(name, world_size=world_size)
+    prov = profile.provenance.model_copy(update={"comm": Prior(rule=f"interconnect preset '{name}' (alpha-beta model, parastep.profiles.interconnects)",
+                                                               reference="parastep.profiles.interconnects")})
+    return profile.model_copy(update={"comm": comm, "provenance": prov})
+
+
+def run(args) -> int:
+    from .cpsat import SolverOptions
+    from .plan import plan_schedule
+
+    profile, sha = resolve_profile(args.model, args.profile)
+    G = args.gpus
+    T = args.steps if args.steps is not None else profile.num_steps
+    J = args.max_window if args.max_window is not None else min(G, max(profile.max_window, 1))
+    if args.warmup is not None and args.warmup >= T:
+        raise UserError(f"--warmup {args.warmup} must be less than the number of steps ({T}); pass a smaller --warmup")
+    if args.policy == "fixed" and (args.budget is not None or args.min_psnr is not None):
+        raise UserError("--budget/--min-psnr apply to --policy optimal; the fixed plan's error is set by --warmup: drop the budget or use --policy optimal")
+    profile = _adapt(profile, num_steps=T, max_window=J)
+    if args.interconnect is not None:
+        profile = _with_interconnect(profile, name=args.interconnect, world_size=G)
+    if G >= 2:
+        try:
+            profile.comm_entry(G)
+        except ValueError as exc:
+            raise UserError(f"{exc}; pass --interconnect NAME or re-profile with --gpus {G}") from None
+    budget = args.budget
+    if args.min_psnr is not None:
+        if profile.calibration is None:
+            raise UserError(f"--min-psnr needs a profile with a PSNR calibration and '{profile.name}' has none; profile with calibration ('parastep profile --verify N') or pass --budget")
+        budget = profile.calibration.deviation_for_psnr(args.min_psnr)
+    options = SolverOptions(time_limit_s=args.time_limit_s, workers=args.workers, seed=args.seed,
+                            deterministic=bool(getattr(args, "deterministic", False)))
+    result = plan_schedule(profile, profile_sha256=sha, world_size=G, max_window=J, budget=budget,
+                           min_psnr_db=args.min_psnr, policy=args.policy, warmup=args.warmup, solver=args.solver, options=options)
+    s = result.schedule
+    prior = profile.prior_parts()
+    if prior:
+        bar = "!" * 78
+        print(f"{bar}\n!! WARNING: profile '{profile.name}' has PRIOR (not measured) parts: {', '.join(prior)}.\n"
+              f"!! This plan is NOT from measurements of this model; its latency and quality\n"
+              f"!! predictions are only as good as the prior rules. Profile the model for a real plan.\n{bar}", file=sys.stderr)
+    for w in result.warnings:
+        print(f"parastep: warning: {w}", file=sys.stderr)
+    from ..schedules.io import dump_schedule
+
+    text = dump_schedule(s)
+    print(f"parastep plan: {s.policy} plan, {len(s.windows)} windows on {G} GPU(s), predicted {s.latency.predicted_s:.4g} s "
+          f"vs sequential {s.latency.sequential_s:.4g} s: speedup {s.latency.speedup:.3f}x, deviation {s.quality.predicted:.4g} "
+          f"(budget {s.quality.budget:.4g}); solver {s.solver.name} {s.solver.status} in {s.solver.wall_s:.3f} s", file=sys.stderr)
+    sys.stdout.write(text)
+    sys.stdout.flush()
+    return 0

@@ -1,0 +1,158 @@
+"""CP-SAT model of the planning problem: build / solve / decode as separate functions.
+
+Variables (one family): ``x[i]`` (bool) = candidate window ``problem.edges[i]`` is chosen.
+
+Constraints:
+- flow: one chosen window leaves boundary 0, one enters boundary T, and at every interior boundary
+  as many enter as leave (so the chosen windows form one path 0 -> T: a schedule);
+- budget: sum of chosen error units <= budget units.
+
+Objective: minimise the sum of chosen latency units.
+
+Determinism: CP-SAT's portfolio of parallel workers races, so which of several equally good plans
+comes back can vary run to run with ``workers > 1``. ``deterministic=True`` sets
+``interleave_search`` (workers take turns in fixed-size batches), which with a fixed ``seed`` makes
+the result a function of the input and ``workers``; one worker with a fixed seed is deterministic
+too. The optimal *value* never depends on any of this. A time limit can still cut a run short at a
+different point; for a reproducible result keep the default limit well above the solve time.
+
+Before building, ``bounds.lagrangian_reduce`` drops edges that provably lie on no optimal plan
+(Lagrangian and error-only bounds; exact) and supplies the best feasible path it met, which becomes
+the solution hint together with the caller's hint (e.g. the fixed plan), whichever is faster.
+The DP oracle never uses these reductions, so the differential tests also check them.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Optional, Sequence
+
+from ortools.sat.python import cp_model
+
+from .bounds import lagrangian_reduce
+from .problem import Problem
+
+
+@dataclass(frozen=True)
+class SolverOptions:
+    time_limit_s: float = 60.0
+    workers: Optional[int] = None        # None: the machine's CPU count
+    seed: int = 0
+    deterministic: bool = False
+    log: bool = False
+
+    def resolved_workers(self) -> int:
+        return self.workers if self.workers is not None else max(1, os.cpu_count() or 1)
+
+
+@dataclass(frozen=True)
+class CpSatResult:
+    status: str                           # OPTIMAL, FEASIBLE, INFEASIBLE, MODEL_INVALID, UNKNOWN
+    path: tuple[int, ...]                 # edge indices of the problem, empty without a solution
+    objective: Optional[int]
+    bound: Optional[int]
+    wall_s: float
+    edges_in_model: int
+    message: str = ""
+
+
+@dataclass
+class BuiltModel:
+    model: cp_model.CpModel
+    x: dict[int, cp_model.IntVar] = field(default_factory=dict)   # edge index -> "window chosen"
+
+
+def build_model(problem: Problem, *, keep: Optional[Sequence[bool]] = None, hint: Sequence[int] = (),
+                lower_bound_units: Optional[int] = None) -> BuiltModel:
+    """The CP-SAT model over the kept edges; ``hint`` is a path (edge indices) to start from;
+    ``lower_bound_units`` a proven lower bound on the objective (added as a constraint)."""
+    model = cp_model.CpModel()
+    built = BuiltModel(model=model)
+    active = [i for i in range(len(problem.edges)) if keep is None or keep[i]]
+    for i in active:
+        e = problem.edges[i]
+        built.x[i] = model.new_bool_var(f"x_{e.kind}_{e.start}_{e.size}")
+    T = problem.num_steps
+    for b in range(T + 1):
+        out_vars = [built.x[i] for i in problem.out_edges[b] if i in built.x]
+        in_vars = [built.x[i] for i in problem.in_edges[b] if i in built.x]
+        if b == 0:
+            model.add_linear_constraint(cp_model.LinearExpr.sum(out_vars), 1, 1)
+        elif b == T:
+            model.add_linear_constraint(cp_model.LinearExpr.sum(in_vars), 1, 1)
+        else:
+            model.add_linear_constraint(cp_model.LinearExpr.sum(in_vars) - cp_model.LinearExpr.sum(out_vars), 0, 0)
+    ids = list(built.x)
+    variables = [built.x[i] for i in ids]
+    model.add_linear_constraint(cp_model.LinearExpr.weighted_sum(variables, [problem.edges[i].error_units for i in ids]),
+                                -cp_model.INT_MAX, problem.budget_units)
+    objective = cp_model.LinearExpr.weighted_sum(variables, [problem.edges[i].latency_units for i in ids])
+    model.minimize(objective)
+    if lower_bound_units is not None and variables:
+        model.add_linear_constraint(objective, lower_bound_units, cp_model.INT_MAX)
+    if hint and all(i in built.x for i in hint):
+        chosen = set(hint)
+        for i, v in built.x.items():
+            model.add_hint(v, i in chosen)
+    return built
+
+
+def solve_model(built: BuiltModel, options: SolverOptions) -> tuple[cp_model.CpSolver, int, float]:
+    """(solver, status, wall seconds)."""
+    solver = cp_model.CpSolver()
+    p = solver.parameters
+    p.max_time_in_seconds = float(options.time_limit_s)
+    p.num_workers = options.resolved_workers()
+    p.random_seed = int(options.seed)
+    p.log_search_progress = bool(options.log)
+    if options.deterministic:
+        p.interleave_search = True
+    t0 = time.perf_counter()
+    status = solver.solve(built.model)
+    return solver, status, time.perf_counter() - t0
+
+
+def decode(problem: Problem, built: BuiltModel, solver: cp_model.CpSolver) -> tuple[int, ...]:
+    """The chosen windows as a path of edge indices from boundary 0 to T, in order."""
+    chosen = {problem.edges[i].start: i for i, v in built.x.items() if solver.boolean_value(v)}
+    path = []
+    b = 0
+    while b < problem.num_steps:
+        if b not in chosen:
+            raise RuntimeError(f"CP-SAT solution does not continue at boundary {b}")
+        path.append(chosen[b])
+        b = problem.edges[chosen[b]].stop
+    if len(path) != len(chosen):
+        raise RuntimeError(f"CP-SAT solution has {len(chosen)} windows but a path of {len(path)} (a cycle cannot exist in a DAG)")
+    return tuple(path)
+
+
+def solve_cpsat(problem: Problem, options: SolverOptions = SolverOptions(), *, hint: Sequence[int] = (),
+                reduce: bool = True) -> CpSatResult:
+    """Build, solve and decode. ``hint`` is a feasible path (edge indices) or empty."""
+    t0 = time.perf_counter()
+    keep = None
+    lower = None
+    if reduce:
+        red = lagrangian_reduce(problem, incumbent=hint)
+        keep = red.keep
+        if red.incumbent is not None:
+            hint = red.incumbent
+        if math.isfinite(red.lower_bound):
+            lower = math.ceil(red.lower_bound - 1e-6 * max(1.0, abs(red.lower_bound)))
+    built = build_model(problem, keep=keep, hint=hint, lower_bound_units=lower)
+    validation = built.model.validate()
+    if validation:
+        return CpSatResult(status="MODEL_INVALID", path=(), objective=None, bound=None, wall_s=time.perf_counter() - t0,
+                           edges_in_model=len(built.x), message=validation)
+    solver, status, _ = solve_model(built, options)
+    name = solver.status_name(status)
+    wall = time.perf_counter() - t0
+    if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+        return CpSatResult(status=name, path=decode(problem, built, solver), objective=round(solver.objective_value),
+                           bound=round(solver.best_objective_bound), wall_s=wall, edges_in_model=len(built.x))
+    return CpSatResult(status=name, path=(), objective=None, bound=None, wall_s=wall, edges_in_model=len(built.x),
+                       message=solver.solution_info())

@@ -1,0 +1,241 @@
+"""The planning problem of DESIGN §3 as integer data: a constrained shortest path over step boundaries.
+
+Nodes are the step boundaries 0..T (boundary b = "steps 0..b-1 are done"). An edge s -> s+w is a
+candidate window covering steps s..s+w-1; a path from 0 to T is a schedule. Each edge carries a
+latency (docs/cost-model.md) and an error (``Profile.window_deviation``); the planner minimises total
+latency subject to total error <= budget.
+
+Candidate edges (``build_problem``):
+
+- exact, w = 1, at every s (the only edge leaving boundary 0, so the first window is always exact);
+- parallel, w in 2..J, s >= 1; predictor ``last`` (s >= 1) or ``linear`` (s >= 2);
+- reuse, w in 1..J, s >= 1, same predictor rules.
+
+A parallel window of size 1 is not a candidate: it costs fwd(1) + exchange + step, never less than
+an exact window (fwd(1) + step) that has zero error.
+
+Placement of a parallel window: round robin, offset j on rank j % G. Its most loaded rank holds
+ceil(w / G) offsets. Any placement of w offsets on G ranks has some rank with at least ceil(w / G)
+offsets (pigeonhole) and the window's compute is max_r fwd(n_r); since fwd is nondecreasing in k
+under the cost model (one rank computing more offsets never takes less time) the round robin's
+fwd(ceil(w / G)) is the least possible, and the exchange and step terms do not depend on the
+placement. So round robin is optimal for every window. (If a measured forward table is not
+monotone the latency below is still exact for the emitted placement; only this optimality claim
+weakens, and ``build_problem`` reports it in ``Problem.notes``.)
+
+Dominance pruning (exact: it never changes the optimal value):
+
+1. Per (start, size, kind) the two predictors have equal latency, so only the one with the lower
+   error is kept (``last`` on ties).
+2. An edge whose error alone exceeds the budget can be on no feasible path: dropped.
+3. A parallel or reuse edge s -> s+w whose latency is at least w exact windows' latency is
+   dominated by that chain of exact windows (zero error, no more latency): dropped.
+
+Integer data. Latency: ``latency_units = round(latency_s * latency_units_per_s)`` (default 1e6,
+microseconds; rounding to the nearest unit, so a plan's integer latency is within T/2 units of its
+float latency). Error: ``error_units = ceil(error * error_units_per_unit)``: rounded *up*, so a
+path's integer error never understates its float error, and ``budget_units = floor(budget *
+error_units_per_unit)``: a plan that is feasible in integers is feasible in floats. The scale is
+1, 2 or 5 times a power of ten (readable), chosen so that the budget spans [1e4, 2.5e4) units
+(``error_scale_for``): fine enough that rounding up costs at most one unit per window (<= 1e-4 of
+the budget each), coarse enough that the DP oracle's table (boundaries x budget units, 25 M cells
+at T = 1000) stays small. When the budget is the fixed plan's
+own error the caller passes ``budget_units`` = that plan's integer error under the same scale, so
+the fixed plan is always feasible and the optimum can never lose to it.
+
+Budget 0: only zero-error edges survive (an edge with any positive error has error_units >= 1).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Literal, Optional
+
+from ..profiles.model import PREDICTORS, Predictor, Profile
+
+EdgeKind = Literal["exact", "parallel", "reuse"]
+DEFAULT_LATENCY_UNITS_PER_S = 1e6
+ZERO_BUDGET_ERROR_SCALE = 1e6
+
+
+@dataclass(frozen=True)
+class Edge:
+    """One candidate window: steps ``start .. start+size-1``."""
+
+    start: int
+    size: int
+    kind: EdgeKind
+    predictor: Optional[Predictor]        # None for exact windows
+    placement: tuple[int, ...]            # rank of each offset (parallel only; empty otherwise)
+    latency_s: float
+    error: float                          # predicted output deviation (profile units)
+    latency_units: int
+    error_units: int
+
+    @property
+    def stop(self) -> int:
+        return self.start + self.size
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Integer instance of the constrained shortest path; edges sorted by (start, size, kind)."""
+
+    num_steps: int
+    world_size: int
+    max_window: int
+    budget: float
+    budget_units: int
+    error_units_per_unit: float
+    latency_units_per_s: float
+    edges: tuple[Edge, ...]
+    notes: tuple[str, ...] = ()
+    out_edges: tuple[tuple[int, ...], ...] = field(default=(), repr=False)   # per boundary: edge indices leaving it
+    in_edges: tuple[tuple[int, ...], ...] = field(default=(), repr=False)    # per boundary: edge indices entering it
+
+    def edge_index(self, *, start: int, size: int, kind: EdgeKind) -> Optional[int]:
+        for i in self.out_edges[start]:
+            e = self.edges[i]
+            if e.size == size and e.kind == kind:
+                return i
+        return None
+
+
+def round_robin_placement(*, size: int, world_size: int) -> tuple[int, ...]:
+    """Offset j on rank j % G (see the module docstring for why this is optimal)."""
+    return tuple(j % world_size for j in range(size))
+
+
+def window_latency_s(profile: Profile, *, kind: EdgeKind, size: int, world_size: int,
+                     placement: tuple[int, ...] = ()) -> float:
+    """Latency of one window under docs/cost-model.md."""
+    step = profile.step_time_s()
+    if kind == "exact":
+        return profile.forward_time_s(1) + step
+    if kind == "reuse":
+        return size * step
+    loads = [0] * world_size
+    for rank in placement:
+        loads[rank] += 1
+    compute = max(profile.forward_time_s(n) for n in loads)
+    return (size - 1) * step + compute + profile.exchange_time_s(world_size, size) + size * step
+
+
+def error_scale_for(budget: float) -> float:
+    """A 1-2-5 scale (1, 2 or 5 times a power of ten) such that ``budget * scale`` lies in
+    [1e4, 2.5e4); ``ZERO_BUDGET_ERROR_SCALE`` for a zero (or negative) budget and for budgets below
+    1e-100 (no profile's deviations are that small: such a budget admits only zero-error windows)."""
+    if not budget > 1e-100:
+        return ZERO_BUDGET_ERROR_SCALE
+    exponent = 4 - math.floor(math.log10(budget)) - 1
+    for _ in range(8):   # a few steps around the float log10 estimate
+        for mantissa in (1.0, 2.0, 5.0):
+            scale = mantissa * 10.0 ** exponent
+            if 1e4 <= budget * scale < 2.5e4:
+                return scale
+        exponent += 1 if budget * 10.0 ** exponent < 1e4 else -1
+    raise AssertionError(f"no error scale found for budget {budget!r}")
+
+
+def error_units(error: float, *, scale: float) -> int:
+    """Round up: an integer total never understates the float total."""
+    return math.ceil(error * scale)
+
+
+def latency_units(latency_s: float, *, scale: float) -> int:
+    return round(latency_s * scale)
+
+
+def budget_units_for(budget: float, *, scale: float) -> int:
+    return math.floor(budget * scale)
+
+
+def _window_errors(profile: Profile, *, kind: Literal["parallel", "reuse"], start: int, predictor: Predictor) -> list[float]:
+    """``profile.window_deviation(kind, start=start, size=w, predictor=predictor)`` for w = 1..len(row),
+    bit for bit (the same products, the same exactly rounded ``math.fsum``), without recomputing
+    the products for every size."""
+    tables = profile.deviation if kind == "parallel" else profile.reuse_deviation
+    row = tables[predictor].mean[start]
+    gain = profile.propagation.gain
+    products = [gain[start + j] * row[j] for j in range(len(row))]
+    return [math.fsum(products[:w]) for w in range(1, len(row) + 1)]
+
+
+def candidate_windows(profile: Profile, *, world_size: int, max_window: int) -> list[tuple[int, int, EdgeKind, Optional[Predictor], tuple[int, ...], float, float]]:
+    """Every candidate window after predictor dominance (rule 1), before budget pruning:
+    (start, size, kind, predictor, placement, latency_s, error)."""
+    T = profile.num_steps
+    J = max_window
+    exact_s = window_latency_s(profile, kind="exact", size=1, world_size=world_size)
+    placements = {w: round_robin_placement(size=w, world_size=world_size) for w in range(2, J + 1)}
+    latency = {("parallel", w): window_latency_s(profile, kind="parallel", size=w, world_size=world_size, placement=placements[w])
+               for w in range(2, J + 1)}
+    latency.update({("reuse", w): window_latency_s(profile, kind="reuse", size=w, world_size=world_size) for w in range(1, J + 1)})
+    out = []
+    for s in range(T):
+        out.append((s, 1, "exact", None, (), exact_s, 0.0))
+        if s == 0:
+            continue
+        for kind in ("parallel", "reuse"):
+            first = 2 if kind == "parallel" else 1
+            errors = {pred: _window_errors(profile, kind=kind, start=s, predictor=pred) for pred in PREDICTORS}
+            for w in range(first, min(J, T - s) + 1):
+                best: Optional[tuple[float, Predictor]] = None
+                for pred in PREDICTORS:   # 'last' first: it wins ties
+                    errs = errors[pred]
+                    if w <= len(errs) and (best is None or errs[w - 1] < best[0]):
+                        best = (errs[w - 1], pred)
+                if best is None:
+                    continue
+                placement = placements[w] if kind == "parallel" else ()
+                out.append((s, w, kind, best[1], placement, latency[(kind, w)], best[0]))
+    return out
+
+
+def build_problem(profile: Profile, *, world_size: int, max_window: int, budget: float,
+                  budget_units: Optional[int] = None, error_units_per_unit: Optional[float] = None,
+                  latency_units_per_s: float = DEFAULT_LATENCY_UNITS_PER_S) -> Problem:
+    """The integer instance for ``profile`` on ``world_size`` ranks with windows up to ``max_window``.
+
+    ``budget_units`` overrides ``floor(budget * scale)`` (used when the budget is the fixed plan's
+    own integer error). ``error_units_per_unit`` overrides ``error_scale_for(budget)``.
+    A negative budget is allowed here (the instance is then infeasible); the CLI rejects it first.
+    """
+    if world_size < 1 or max_window < 1:
+        raise ValueError(f"world_size and max_window must be >= 1 (got {world_size}, {max_window})")
+    if max_window > profile.max_window:
+        raise ValueError(f"max_window={max_window} exceeds the profile's max_window={profile.max_window}")
+    T = profile.num_steps
+    scale = error_units_per_unit if error_units_per_unit is not None else error_scale_for(budget)
+    b_units = budget_units if budget_units is not None else budget_units_for(budget, scale=scale)
+    notes = []
+    fwd = profile.compute.forward_s
+    if any(b < a for a, b in zip(fwd, fwd[1:])):
+        notes.append("profile forward times are not nondecreasing in k: round-robin placement may not be optimal")
+    exact_units = latency_units(window_latency_s(profile, kind="exact", size=1, world_size=world_size), scale=latency_units_per_s)
+    edges: list[Edge] = []
+    for (s, w, kind, pred, placement, lat_s, err) in candidate_windows(profile, world_size=world_size, max_window=max_window):
+        e_units = error_units(err, scale=scale)
+        l_units = latency_units(lat_s, scale=latency_units_per_s)
+        if kind != "exact":
+            if e_units > b_units:                        # rule 2
+                continue
+            if l_units >= w * exact_units:               # rule 3
+                continue
+        edges.append(Edge(start=s, size=w, kind=kind, predictor=pred, placement=placement, latency_s=lat_s,
+                          error=err, latency_units=l_units, error_units=e_units))
+    out_edges: list[list[int]] = [[] for _ in range(T + 1)]
+    in_edges: list[list[int]] = [[] for _ in range(T + 1)]
+    for i, e in enumerate(edges):
+        out_edges[e.start].append(i)
+        in_edges[e.stop].append(i)
+    return Problem(num_steps=T, world_size=world_size, max_window=max_window, budget=budget,
+                   budget_units=b_units, error_units_per_unit=scale, latency_units_per_s=latency_units_per_s,
+                   edges=tuple(edges), notes=tuple(notes),
+                   out_edges=tuple(tuple(x) for x in out_edges), in_edges=tuple(tuple(x) for x in in_edges))
+
+
+def path_totals(problem: Problem, path: list[int]) -> tuple[int, int]:
+    """(latency units, error units) of a path given as edge indices."""
+    return (sum(problem.edges[i].latency_units for i in path), sum(problem.edges[i].error_units for i in path))

@@ -1,0 +1,109 @@
+"""Random valid profiles for tests: ``make_profile(num_steps=, max_window=, seed=)`` and the
+hypothesis strategy ``random_profiles(...)``.
+
+The numbers look like a real profile (deviation growing with the offset, ``linear`` better than
+``last`` for short windows and worse for long ones, propagation gains decaying over the run,
+forward time sublinear in the number of batched offsets, alpha-beta exchange costs), with
+magnitudes spread over many decades so that integer scaling is exercised. Everything is a pure
+function of the arguments (numpy Generator seeded with ``seed``).
+"""
+
+from __future__ import annotations
+
+from typing import Literal, Optional
+
+import numpy as np
+from hypothesis import strategies as st
+
+from parastep.profiles.model import (
+    Calibration, Comm, CommEntry, Compute, DeviationStats, Measured, Prior, Profile, Propagation,
+    Provenances, Similarity,
+)
+
+PREDICTOR_FIRST_STEP = {"last": 1, "linear": 2}
+
+
+def _tables(rng: np.random.Generator, *, num_steps: int, max_window: int, base: np.ndarray, reuse: bool) -> dict:
+    out = {}
+    # exponents: linear extrapolation wins for short windows, loses for long ones
+    shape = {"last": (rng.uniform(0.8, 1.3), 1.0), "linear": (rng.uniform(1.6, 2.4), rng.uniform(0.15, 0.6))}
+    for pred, (power, factor) in shape.items():
+        mean_rows, max_rows = [], []
+        for s in range(num_steps):
+            n = 0 if s < PREDICTOR_FIRST_STEP[pred] else min(max_window, num_steps - s)
+            j = np.arange(n, dtype=float)
+            x = j + 1.0 if reuse else j          # offset 0 of a parallel window is exact
+            noise = rng.lognormal(0.0, 0.25, size=n)
+            mean = base[s] * factor * x ** power * noise
+            if not reuse and n:
+                mean[0] = 0.0
+            spread = rng.uniform(1.0, 2.5, size=n)
+            mean_rows.append([float(v) for v in mean])
+            max_rows.append([float(v) for v in mean * spread])
+        out[pred] = DeviationStats(mean=mean_rows, max=max_rows)
+    return out
+
+
+def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "random", max_ranks: int = 64,
+                 forward_s: Optional[list[float]] = None, step_s: Optional[float] = None,
+                 step_overhead_s: Optional[float] = None, comm: Optional[Comm] = None,
+                 deviation_scale: Optional[float] = None, calibration: bool = False,
+                 provenance: Literal["prior", "measured"] = "prior", output_bytes: Optional[int] = None) -> Profile:
+    """A random valid profile. Any cost part given explicitly replaces the random one."""
+    rng = np.random.default_rng(seed)
+    T, J = num_steps, max_window
+    scale = deviation_scale if deviation_scale is not None else 10.0 ** rng.uniform(-5, 1)
+    base = scale * np.exp(-rng.uniform(0, 3) * np.arange(T) / max(T, 1)) * rng.lognormal(0, 0.3, size=T)
+    gain = np.exp(rng.uniform(-2, 1) * np.arange(T) / max(T, 1)) * rng.uniform(0.3, 3.0)
+    f1 = float(10.0 ** rng.uniform(-3, 0))
+    if forward_s is None:
+        beta = rng.uniform(0.3, 1.0)
+        forward_s = [f1 * (1.0 + beta * k) for k in range(J)]
+    if step_s is None:
+        step_s = float(f1 * rng.uniform(0.0, 0.1))
+    if step_overhead_s is None:
+        step_overhead_s = float(f1 * rng.uniform(0.0, 0.05))
+    out_bytes = output_bytes if output_bytes is not None else int(rng.integers(1_000, 20_000_000))
+    if comm is None:
+        alpha = float(10.0 ** rng.uniform(-6, -3))
+        bw = float(10.0 ** rng.uniform(8, 11))
+        comm = Comm(entries=[CommEntry(ranks=g, latency_s=alpha * (1 + np.log2(g)), bandwidth_bytes_per_s=bw / (1 + 0.1 * np.log2(g)))
+                             for g in range(2, max_ranks + 1)])
+    if provenance == "prior":
+        prov = Prior(rule=f"random test profile (tests/strategies.py make_profile seed={seed})", reference="tests")
+    else:
+        prov = Measured(device="test fixture", date="2026-01-01", notes=f"tests/strategies.py seed={seed}")
+    cal = None
+    if calibration:
+        cal = Calibration(intercept_db=float(rng.uniform(10, 30)), slope_db_per_decade=float(rng.uniform(5, 20)), fitted_on=40, how="synthetic")
+    return Profile(
+        name=f"{model}-T{T}-J{J}-seed{seed}", model=model, resolution_px=(64, 64), scheduler="DDIMScheduler",
+        guidance_scale=5.0, num_steps=T, max_window=J, output_bytes=out_bytes,
+        provenance=Provenances(deviation=prov, propagation=prov, similarity=prov, compute=prov, comm=prov,
+                               calibration=prov if calibration else None),
+        deviation=_tables(rng, num_steps=T, max_window=J, base=base, reuse=False),
+        reuse_deviation=_tables(rng, num_steps=T, max_window=J, base=base * float(10.0 ** rng.uniform(0, 1.5)), reuse=True),
+        propagation=Propagation(gain=[float(g) for g in gain]),
+        similarity=Similarity(cosine=[float(v) for v in rng.uniform(0.9, 1.0, size=T - 1)],
+                              rel_l1=[float(v) for v in rng.uniform(0.0, 0.2, size=T - 1)]),
+        compute=Compute(forward_s=[float(v) for v in forward_s], step_s=step_s, step_overhead_s=step_overhead_s),
+        comm=comm,
+        calibration=cal,
+    )
+
+
+def zero_comm(*, max_ranks: int = 64) -> Comm:
+    """Exchange costs of (numerically) zero: no latency, the largest float as bandwidth."""
+    return Comm(preset="zero", entries=[CommEntry(ranks=2, latency_s=0.0, bandwidth_bytes_per_s=float(np.finfo(float).max))])
+
+
+@st.composite
+def random_profiles(draw, *, min_steps: int = 1, max_steps: int = 60, min_window: int = 1, max_window: int = 16,
+                    calibration: Optional[bool] = None):
+    """Hypothesis strategy: a random valid Profile (num_steps in [min_steps, max_steps],
+    max_window in [min_window, max_window])."""
+    T = draw(st.integers(min_steps, max_steps))
+    J = draw(st.integers(min_window, max_window))
+    seed = draw(st.integers(0, 2**31 - 1))
+    cal = draw(st.booleans()) if calibration is None else calibration
+    return make_profile(num_steps=T, max_window=J, seed=seed, calibration=cal)
