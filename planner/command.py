@@ -27,17 +27,20 @@ def _adapt(profile: Profile, *, num_steps: int, max_window: int) -> Profile:
         from ..profiles.priors import derive_for_steps
     except ImportError:
         raise UserError(f"profile '{profile.name}' is a prior for T={profile.num_steps} steps and this parastep cannot re-derive it (no parastep.profiles.priors); plan with --steps {profile.num_steps}") from None
-    return derive_for_steps(profile, num_steps=num_steps, max_window=max(max_window, profile.max_window))
+    try:
+        return derive_for_steps(profile, num_steps=num_steps, max_window=max(max_window, profile.max_window))
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 def _with_interconnect(profile: Profile, *, name: str, world_size: int) -> Profile:
     try:
-        from ..profiles.interconnects import comm_for
+        from ..profiles.interconnects import comm_for, describe
     except ImportError:
         raise UserError("interconnect presets are not available in this parastep (no parastep.profiles.interconnects); drop --interconnect") from None
     comm = comm_for(name, world_size=world_size)
-    prov = profile.provenance.model_copy(update={"comm": Prior(rule=f"interconnect preset '{name}' (alpha-beta model, parastep.profiles.interconnects)",
-                                                               reference="parastep.profiles.interconnects")})
+    prov = profile.provenance.model_copy(update={"comm": Prior(rule=f"interconnect preset '{name}' (--interconnect; alpha-beta model, parastep.profiles.interconnects)",
+                                                               reference=describe(name))})
     return profile.model_copy(update={"comm": comm, "provenance": prov})
 
 
