@@ -80,12 +80,10 @@ def call_kwargs(pipe, schedule: Schedule, *, prompts: Optional[tuple[str, ...]],
 def inference_steps_for(scheduler, num_steps: int) -> int:
     """``num_inference_steps`` that makes ``scheduler`` run exactly ``num_steps`` steps (PNDM/PLMS
     runs one more step than asked for); ``num_steps`` when it cannot be probed."""
-    import copy
-
     for n in (num_steps, num_steps - 1):
         if n < 1:
             continue
-        probe = copy.deepcopy(scheduler)
+        probe = type(scheduler).from_config(scheduler.config)   # a fresh one: never the (hooked) original
         try:
             probe.set_timesteps(n)
         except Exception:  # e.g. flow-match with dynamic shifting needs mu: the pipeline knows it
