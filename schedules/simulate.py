@@ -73,25 +73,29 @@ class _Node:
     rank: int            # -1 for the shared exchange
     kind: OpKind
     window: int
-    index: int           # position inside the (rank, window) op list; keeps nodes distinct
+    index: int           # position inside the (rank, window) op list (for readers of the graph)
     duration_s: float
     step: Optional[int] = None
     offsets: int = 0
 
 
 def build_graph(schedule: Schedule, profile: Profile) -> nx.DiGraph:
-    """The op DAG of ``schedule`` with durations from ``profile`` (node attribute ``op``: ``_Node``)."""
+    """The op DAG of ``schedule`` with durations from ``profile``.
+
+    Nodes are integers (creation order) with attribute ``op`` (a ``_Node``); every edge u -> v
+    carries ``w`` = the duration of u, so a longest path over edge weights plus the last node's
+    duration is the node-weighted longest path.
+    """
     G = schedule.world_size
     step_s = profile.step_time_s()
     graph = nx.DiGraph()
-    last: list[Optional[_Node]] = [None] * G   # each rank's latest op
+    last: list[Optional[int]] = [None] * G   # each rank's latest op
 
-    def add(node: _Node, *, after: list[Optional[_Node]]) -> _Node:
-        graph.add_node(node, op=node)
-        for prev in after:
-            if prev is not None:
-                graph.add_edge(prev, node)
-        return node
+    def add(node: _Node, *, after: list[Optional[int]]) -> int:
+        idx = graph.number_of_nodes()
+        graph.add_node(idx, op=node)
+        graph.add_edges_from((prev, idx, {"w": graph.nodes[prev]["op"].duration_s}) for prev in after if prev is not None)
+        return idx
 
     for i, (w, (start, stop)) in enumerate(zip(schedule.windows, schedule.window_bounds())):
         size = stop - start
@@ -107,7 +111,7 @@ def build_graph(schedule: Schedule, profile: Profile) -> nx.DiGraph:
             counts = [0] * G
             for rank in w.placement:
                 counts[rank] += 1
-            ends: list[Optional[_Node]] = []
+            ends: list[Optional[int]] = []
             for r in range(G):
                 prev = last[r]
                 for j in range(size - 1):
@@ -117,7 +121,7 @@ def build_graph(schedule: Schedule, profile: Profile) -> nx.DiGraph:
                 ends.append(prev)
             exchange = add(_Node(-1, "exchange", i, 0, profile.exchange_time_s(G, size)), after=ends)
             for r in range(G):
-                prev: Optional[_Node] = exchange
+                prev: Optional[int] = exchange
                 for j in range(size):
                     prev = add(_Node(r, "step", i, size + 1 + j, step_s, step=start + j), after=[prev])
                 last[r] = prev
@@ -145,31 +149,34 @@ def simulate(schedule: Schedule, profile: Profile) -> SimulationResult:
         raise UserError(f"{exc}; pass --interconnect NAME or a profile measured for world size {schedule.world_size}") from None
     G = schedule.world_size
 
-    start: dict[_Node, float] = {}
-    for node in nx.topological_sort(graph):
-        start[node] = max((start[p] + p.duration_s for p in graph.predecessors(node)), default=0.0)
-    latency_s = max((start[n] + n.duration_s for n in graph.nodes), default=0.0)
+    nodes: list[_Node] = [graph.nodes[i]["op"] for i in range(graph.number_of_nodes())]
+    start = [0.0] * len(nodes)
+    for v in nx.topological_sort(graph):
+        start[v] = max((start[u] + nodes[u].duration_s for u in graph.predecessors(v)), default=0.0)
+    latency_s = max((start[i] + nodes[i].duration_s for i in range(len(nodes))), default=0.0)
 
-    # critical path: node weights moved onto out-edges, plus a sink that every node feeds
-    sink = "sink"
-    weighted = nx.DiGraph()
-    weighted.add_edges_from((u, v, {"w": u.duration_s}) for u, v in graph.edges)
-    weighted.add_edges_from((n, sink, {"w": n.duration_s}) for n in graph.nodes)
-    path = [n for n in nx.dag_longest_path(weighted, weight="w") if n != sink] if graph.number_of_nodes() else []
-    path_s = math.fsum(n.duration_s for n in path)
+    # critical path: networkx's longest path over edge weights (w = duration of the edge's source);
+    # a sink fed by every terminal node carries the last op's own duration (durations are >= 0, so a
+    # longest path can always be extended to a terminal node)
+    sink = len(nodes)
+    graph.add_edges_from([(i, sink, {"w": nodes[i].duration_s}) for i in range(len(nodes)) if graph.out_degree(i) == 0])
+    path = [i for i in nx.dag_longest_path(graph, weight="w") if i != sink] if nodes else []
+    graph.remove_node(sink)
+    path_s = math.fsum(nodes[i].duration_s for i in path)
     if not math.isclose(path_s, latency_s, rel_tol=1e-9, abs_tol=1e-12):
         raise AssertionError(f"critical path {path_s} s disagrees with the topological pass {latency_s} s")
 
-    def timed(n: _Node, rank: int) -> TimedOp:
-        return TimedOp(rank=rank, kind=n.kind, window=n.window, start_s=start[n], end_s=start[n] + n.duration_s,
+    def timed(i: int, rank: int) -> TimedOp:
+        n = nodes[i]
+        return TimedOp(rank=rank, kind=n.kind, window=n.window, start_s=start[i], end_s=start[i] + n.duration_s,
                        step=n.step, offsets=n.offsets)
 
     ops: list[TimedOp] = []
-    for n in graph.nodes:
+    for i, n in enumerate(nodes):
         if n.rank >= 0:
-            ops.append(timed(n, n.rank))
+            ops.append(timed(i, n.rank))
         else:
-            ops.extend(timed(n, r) for r in range(G))
+            ops.extend(timed(i, r) for r in range(G))
     ops.sort(key=lambda o: (o.start_s, o.rank, o.window, o.kind))
 
     busy = [0.0] * G
@@ -195,7 +202,7 @@ def simulate(schedule: Schedule, profile: Profile) -> SimulationResult:
         busy_s=tuple(busy), comm_s=tuple(comm), idle_s=tuple(idle), forwards=tuple(fwd),
         ops=tuple(ops),
         window_start_s=tuple(0.0 if math.isinf(t) else t for t in window_start),
-        critical_path=tuple(timed(n, n.rank) for n in path),
+        critical_path=tuple(timed(i, nodes[i].rank) for i in path),
     )
 
 
@@ -225,7 +232,7 @@ def plot_timeline(result: SimulationResult, schedule: Schedule, path: str | Path
     kinds_of = [w.kind for w in schedule.windows]
     for i, t in enumerate(result.window_start_s):
         if i > 0:
-            ax.axvline(t * scale, color="#444444", linewidth=0.6, linestyle=":", alpha=0.7)
+            ax.axvline(t * scale, color="#444444", linewidth=0.6, linestyle=":", alpha=0.7 if len(schedule.windows) <= 100 else 0.2)
     # window kinds along the top, where a window is wide enough to hold its label
     bounds = list(result.window_start_s) + [result.latency_s]
     min_width = result.latency_s / 70 if result.latency_s > 0 else 0.0
@@ -252,10 +259,10 @@ def plot_timeline(result: SimulationResult, schedule: Schedule, path: str | Path
     handles = [Patch(facecolor=_COLORS[k], label=f"{_LABELS[k]}: {100 * share[k]:.3g}%") for k in ("forward", "scratch", "step", "exchange")
                if any(o.kind == k for o in result.ops)]
     handles.append(Patch(facecolor="white", edgecolor="#999999", label=f"idle: {100 * share['idle']:.3g}%"))
-    ax.legend(handles=handles, loc="upper center", bbox_to_anchor=(0.5, -0.16), ncol=len(handles), fontsize=8, frameon=False,
-              title="share of rank-time", title_fontsize=8)
+    fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,
+               title="share of rank-time", title_fontsize=8)
     ax.grid(axis="x", alpha=0.25)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0.0, 0.6 / fig.get_figheight(), 1.0, 1.0))   # keep ~0.6 in at the bottom for the legend
     out = Path(path)
     tmp = out.with_name(f".{out.name}.tmp")
     try:
