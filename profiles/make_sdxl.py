@@ -79,7 +79,8 @@ def build_profile() -> Profile:
         max_window=MAX_WINDOW,
         output_bytes=output_bytes(height_px=RESOLUTION_PX[0], width_px=RESOLUTION_PX[1]),
         provenance=Provenances(
-            deviation=provenance(what=f"deviation and reuse_deviation tables; {no_weights}"),
+            deviation=provenance(what=f"deviation and reuse_deviation tables; {no_weights}; no calibration either "
+                                      "(deviation -> PSNR needs verification runs with real weights), so --min-psnr is unavailable"),
             propagation=provenance(what=f"propagation gain; {no_weights}"),
             similarity=provenance(what=f"adjacent-step similarity; {no_weights}"),
             compute=compute_prov,

@@ -26,7 +26,7 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 
 @st.composite
-def valid_schedules(draw, *, max_steps: int = 40, max_world: int = 8, max_window: int = 10) -> Schedule:
+def valid_schedules(draw, *, max_steps: int = 40, max_world: int = 64, max_window: int = 10) -> Schedule:
     """A random valid schedule: exact first window, then any mix of exact / parallel / reuse windows
     (predictor linear only from step 2), random placements, totals as the windows imply."""
     T = draw(st.integers(1, max_steps))
