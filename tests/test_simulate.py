@@ -315,3 +315,33 @@ def test_missing_schedule_and_unknown_model(tmp_path):
     sched = _write(tmp_path, fixed_plan(num_steps=10, warmup=2, gpus=2, model="no-such-model"))
     code, _, err = run_cli(["simulate", str(sched)])
     assert code == 2 and "no shipped profile" in err and err.count("\n") == 1
+
+
+# ---- differential: the planner's predicted latency vs the op graph --------------------------
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(st.integers(1, 64), st.integers(1, 60), st.sampled_from(["optimal", "fixed"]), st.integers(0, 2**31 - 1))
+def test_simulate_equals_planner_prediction(world_size, num_steps, policy, seed):
+    """Every schedule the planner emits (DP oracle, to stay fast) simulates to its own predicted latency."""
+    from strategies import make_profile as random_profile
+
+    from parastep.planner.plan import plan_schedule
+
+    profile = random_profile(num_steps=num_steps, max_window=min(16, max(1, world_size)), seed=seed)
+    schedule = plan_schedule(profile, profile_sha256="0" * 64, world_size=world_size, policy=policy, solver="dp").schedule
+    result = simulate(schedule, profile)
+    assert result.latency_s == pytest.approx(schedule.latency.predicted_s, rel=1e-9, abs=1e-12)
+    assert result.speedup == pytest.approx(schedule.latency.speedup, rel=1e-9)
+
+
+@pytest.mark.parametrize("gpus,steps", [(2, 50), (8, 50), (8, 20), (64, 200)])
+def test_simulate_equals_planner_on_shipped_sdxl(gpus, steps):
+    from parastep.planner.plan import plan_schedule
+    from parastep.profiles.io import resolve_profile
+    from parastep.profiles.priors import derive_for_steps
+
+    profile, sha = resolve_profile("sdxl")
+    profile = derive_for_steps(profile, num_steps=steps, max_window=max(profile.max_window, gpus))
+    for policy in ("fixed", "optimal"):
+        schedule = plan_schedule(profile, profile_sha256=sha, world_size=gpus, policy=policy, solver="dp").schedule
+        assert simulate(schedule, profile).latency_s == pytest.approx(schedule.latency.predicted_s, rel=1e-9)
