@@ -101,6 +101,14 @@ def _rank_main(worker: Callable, job: Any, *, rank: int, world_size: int, local_
 
 def _child(rank: int, world_size: int, port: int, worker: Callable, job: Any, device: str, threads: int,
            timeout_s: float, errors) -> None:
+    try:  # tqdm's default lock is a multiprocessing semaphore that a killed rank would leak
+        import threading
+
+        from tqdm import tqdm
+
+        tqdm.set_lock(threading.RLock())
+    except ImportError:
+        pass
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank),
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     try:
@@ -110,7 +118,11 @@ def _child(rank: int, world_size: int, port: int, worker: Callable, job: Any, de
         if os.environ.get("PARASTEP_TRACEBACK"):
             traceback.print_exc()
         code = exc.exit_code if isinstance(exc, UserError) else 1
-        errors.put((time.time(), rank, isinstance(exc, UserError), _one_line(exc), code))
+        try:
+            errors.send((time.time(), rank, isinstance(exc, UserError), _one_line(exc), code))
+            errors.close()
+        except OSError:
+            pass
         sys.stderr.flush()
         os._exit(code)
 
@@ -138,17 +150,28 @@ def launch(worker: Callable[[RankContext, Any], None], job: Any, *, world_size: 
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")
-    errors = ctx.SimpleQueue()
     port = free_port()
-    procs = [ctx.Process(target=_child, args=(r, world_size, port, worker, job, dev, threads, timeout_s, errors),
+    pipes = [ctx.Pipe(duplex=False) for _ in range(world_size)]     # (read end, write end): one per rank
+    procs = [ctx.Process(target=_child, args=(r, world_size, port, worker, job, dev, threads, timeout_s, pipes[r][1]),
                          name=f"parastep-rank{r}") for r in range(world_size)]
     for p in procs:
         p.start()
+    for _, w in pipes:
+        w.close()
     messages: list[tuple] = []
+    open_ends = [r for r, _ in pipes]
+
+    def drain() -> None:
+        for conn in list(open_ends):
+            try:
+                while conn.poll():
+                    messages.append(conn.recv())
+            except (EOFError, OSError):
+                open_ends.remove(conn)
+
     failed_at: float | None = None
     while True:
-        while not errors.empty():
-            messages.append(errors.get())
+        drain()
         dead = [p for p in procs if p.exitcode not in (None, 0)]
         if (messages or dead) and failed_at is None:
             failed_at = time.monotonic()
@@ -164,8 +187,9 @@ def launch(worker: Callable[[RankContext, Any], None], job: Any, *, world_size: 
         if p.is_alive():
             p.kill()
             p.join()
-    while not errors.empty():
-        messages.append(errors.get())
+    drain()
+    for r, _ in pipes:
+        r.close()
     if failed_at is None and all(p.exitcode == 0 for p in procs):
         return
     reported = {m[1] for m in messages}
