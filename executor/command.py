@@ -99,7 +99,11 @@ def _prepare_pipeline(job: ExecJob, ctx: RankContext):
     from .registry import SCHEDULER_NAMES, load_pipeline, set_scheduler
 
     schedule = job.schedule
-    dtype = torch.float32 if ctx.device.type == "cpu" else None
+    # CPU: float32 (half precision is slow and lossy there); CUDA: half precision, bf16 for Flux
+    if ctx.device.type == "cpu":
+        dtype = torch.float32
+    else:
+        dtype = torch.bfloat16 if schedule.model == "flux" else torch.float16
     pipe = load_pipeline(schedule.model, model_path=job.model_path, device=str(ctx.device), dtype=dtype)
     have = type(pipe.scheduler).__name__
     if have != schedule.scheduler:

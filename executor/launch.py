@@ -7,6 +7,7 @@
 - under torchrun (RANK, WORLD_SIZE, LOCAL_RANK in the environment, multi-node included) it runs
   in this process with the given environment; a WORLD_SIZE different from the schedule's is
   refused before ``worker`` (and so any model loading) runs;
+- a world of one runs in this process (no spawn);
 - otherwise it spawns ``world_size`` processes (``spawn`` start method, MASTER_ADDR=127.0.0.1,
   a free port). If a rank raises or dies, the others are terminated and ONE line is raised in
   the parent (``UserError``): the first error, rank-tagged. A rank that died without a message
@@ -127,6 +128,28 @@ def _child(rank: int, world_size: int, port: int, worker: Callable, job: Any, de
         os._exit(code)
 
 
+def _run_in_process(worker: Callable, job: Any, *, device: str, threads: int, timeout_s: float) -> None:
+    """A world of one: no process to spawn; a gloo/nccl group of size 1 on a free loopback port."""
+    keys = ("MASTER_ADDR", "MASTER_PORT")
+    saved = {k: os.environ.get(k) for k in keys}
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(free_port()))
+    try:
+        _rank_main(worker, job, rank=0, world_size=1, local_rank=0, device=device, threads=threads,
+                   timeout_s=timeout_s, torchrun=False)
+    except UserError:
+        raise
+    except Exception as exc:
+        if os.environ.get("PARASTEP_TRACEBACK"):
+            raise
+        raise RankFailed(f"rank 0: {_one_line(exc)}", exit_code=1) from None
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 def launch(worker: Callable[[RankContext, Any], None], job: Any, *, world_size: int, device: DeviceChoice = "auto",
            threads: int = 1, timeout_s: float = 300.0) -> None:
     """Run ``worker(ctx, job)`` on every rank of a ``world_size`` world (see module docstring)."""
@@ -139,6 +162,9 @@ def launch(worker: Callable[[RankContext, Any], None], job: Any, *, world_size: 
         _rank_main(worker, job, rank=int(os.environ["RANK"]), world_size=launched,
                    local_rank=int(os.environ["LOCAL_RANK"]), device=dev, threads=threads, timeout_s=timeout_s,
                    torchrun=True)
+        return
+    if world_size == 1:
+        _run_in_process(worker, job, device=dev, threads=threads, timeout_s=timeout_s)
         return
     if dev == "cuda":
         import torch

@@ -138,3 +138,30 @@ def test_bad_input_is_refused_before_loading(tmp_path):
     bad.write_text(sched_path.read_text().replace("bytes_exchanged: ", "bytes_exchanged: 1"))
     res = _exec([str(bad)], cwd=tmp_path)
     assert res.returncode == 2 and "totals-bytes" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_unconditional_pipeline_folder_world_of_one(tmp_path):
+    """Any saved diffusers pipeline runs with --model-path (here unconditional DDIMPipeline, no prompt);
+    a world of one runs in-process; an exact-only schedule reproduces the plain pipeline exactly."""
+    import diffusers
+    import torch
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=16, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 8), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    folder = tmp_path / "ddim"
+    diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler()).save_pretrained(str(folder))
+    n = 5
+    s = R.make_schedule([{"start": i, "kind": "exact"} for i in range(n)], num_steps=n, world_size=1,
+                        output_bytes=3 * 16 * 16 * 4, model="my-ddim", scheduler="DDIMScheduler", guidance_scale=None)
+    path = tmp_path / "s.yaml"
+    path.write_text(dump_schedule(s))
+    res = _exec([str(path), "--model-path", str(folder), "--out", str(tmp_path / "out"), "--reference"], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert report["world_size"] == 1 and report["bytes_exchanged"] == 0 and report["forwards_per_rank"] == [n]
+    assert report["reference"]["identical"] is True and report["reference"]["psnr_db"] is None
+    assert report["reference"]["ssim"] == 1.0
+    res = _exec([str(path), "--model-path", str(folder), "--prompt", "a cat"], cwd=tmp_path)
+    assert res.returncode == 2 and "takes no prompt" in _last_line(res.stderr)
