@@ -84,25 +84,14 @@ def run_plain(pipe, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.
 
 
 @torch.no_grad()
-def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.0,
-                      height: int = 16, width: int = 16) -> torch.Tensor:
-    """Final latents x_T of DESIGN §1 for ``windows`` (a list of dicts or schedule windows)."""
+def reference_loop(scheduler, guided, x0: torch.Tensor, windows, *, num_steps: int) -> torch.Tensor:
+    """DESIGN §1 literally. ``guided(sched, x, t)`` is the guided model output at (x, t) computed
+    with scheduler state ``sched`` (for ``scale_model_input``); ``scheduler`` is copied, not used."""
     wins = [w if isinstance(w, dict) else w.model_dump() for w in windows]
-    pos, neg = prompt_embeds()
-    cond = torch.cat([neg, pos])
-    sched = copy.deepcopy(pipe.scheduler)
+    sched = copy.deepcopy(scheduler)
     sched.set_timesteps(num_steps)
     ts = sched.timesteps
-    scale = pipe.vae_scale_factor
-    x = pipe.prepare_latents(pos.shape[0], pipe.unet.config.in_channels, height, width, pos.dtype,
-                             torch.device("cpu"), torch.Generator().manual_seed(seed))
-
-    def guided(s, xin, t):
-        inp = s.scale_model_input(torch.cat([xin] * 2), t)
-        raw = pipe.unet(inp, t, encoder_hidden_states=cond, return_dict=False)[0]
-        u, c = raw.chunk(2)
-        return u + guidance_scale * (c - u)
-
+    x = x0
     applied: list[torch.Tensor] = []   # e_0, e_1, ... applied to the real trajectory
 
     def stand_in(pred, k):
@@ -111,7 +100,6 @@ def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_
         return applied[-1] + (k + 1) * (applied[-1] - applied[-2])
 
     starts = [w["start"] for w in wins] + [num_steps]
-    assert scale > 0
     for n, w in enumerate(wins):
         s, size = w["start"], starts[n + 1] - w["start"]
         if w["kind"] == "exact":
@@ -135,6 +123,24 @@ def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_
                 x = sched.step(ehat[j], ts[s + j], x).prev_sample
                 applied.append(ehat[j])
     return x
+
+
+@torch.no_grad()
+def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.0,
+                      height: int = 16, width: int = 16) -> torch.Tensor:
+    """Final latents x_T of DESIGN §1 for the tiny SD pipeline (CFG written out here)."""
+    pos, neg = prompt_embeds()
+    cond = torch.cat([neg, pos])
+    x0 = pipe.prepare_latents(pos.shape[0], pipe.unet.config.in_channels, height, width, pos.dtype,
+                              torch.device("cpu"), torch.Generator().manual_seed(seed))
+
+    def guided(s, xin, t):
+        inp = s.scale_model_input(torch.cat([xin] * 2), t)
+        raw = pipe.unet(inp, t, encoder_hidden_states=cond, return_dict=False)[0]
+        u, c = raw.chunk(2)
+        return u + guidance_scale * (c - u)
+
+    return reference_loop(pipe.scheduler, guided, x0, windows, num_steps=num_steps)
 
 
 def random_windows(rng: random.Random, *, num_steps: int, world_size: int, max_window: int,

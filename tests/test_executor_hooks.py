@@ -205,3 +205,29 @@ def test_psnr_and_ssim():
     c1 = 0.01 ** 2
     x, y = (torch.full((1, 1, 16, 16), v, dtype=torch.float64) for v in (0.2, 0.6))
     assert ssim(x, y) == pytest.approx((2 * 0.2 * 0.6 + c1) / (0.2 ** 2 + 0.6 ** 2 + c1), rel=1e-9)
+
+
+def test_unconditional_pipeline_with_scheduler_output_objects_matches_reference():
+    """DDIMPipeline calls ``scheduler.step(...).prev_sample`` (return_dict=True) and has no CFG."""
+    import diffusers
+    from diffusers.utils.torch_utils import randn_tensor
+
+    torch.manual_seed(0)
+    unet = diffusers.UNet2DModel(sample_size=8, in_channels=3, out_channels=3, layers_per_block=1,
+                                 block_out_channels=(8, 8), norm_num_groups=4,
+                                 down_block_types=("DownBlock2D", "DownBlock2D"), up_block_types=("UpBlock2D", "UpBlock2D"))
+    pipe = diffusers.DDIMPipeline(unet=unet, scheduler=diffusers.DDIMScheduler())
+    pipe.set_progress_bar_config(disable=True)
+    n = 9
+    wins = [{"start": 0, "kind": "exact"}, {"start": 1, "kind": "parallel", "placement": [0, 1, 1], "predictor": "last"},
+            {"start": 4, "kind": "reuse", "size": 2, "predictor": "linear"},
+            {"start": 6, "kind": "parallel", "placement": [1, 0, 0], "predictor": "linear"}]
+    s = R.make_schedule(wins, num_steps=n, world_size=2, output_bytes=4, guidance_scale=None)
+    records = []
+    apply_parastep(pipe, ParaStepConfig(windows=s.windows, num_steps=n, observer=records.append))
+    pipe(batch_size=1, num_inference_steps=n, generator=torch.Generator().manual_seed(0), output_type="np")
+    remove_parastep(pipe)
+    x0 = randn_tensor((1, 3, 8, 8), generator=torch.Generator().manual_seed(0))
+    want = R.reference_loop(pipe.scheduler, lambda sch, x, t: unet(x, t).sample, x0, s.windows, num_steps=n)
+    assert torch.equal(records[0].latents_in, x0)
+    assert torch.equal(records[-1].latents_out, want)
