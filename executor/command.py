@@ -189,7 +189,8 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
     pipe = _prepare_pipeline(job, ctx)
     steps = inference_steps_for(pipe.scheduler, schedule.num_steps)
     handle = apply_parastep(pipe, ParaStepConfig(windows=schedule.windows, num_steps=schedule.num_steps,
-                                                 exchange=DistExchange(), observer=_test_exit_observer(ctx.rank)))
+                                                 exchange=DistExchange(), observer=_test_exit_observer(ctx.rank),
+                                                 sync_timing=ctx.device.type == "cuda"))
     kw = call_kwargs(pipe, schedule, prompts=job.prompts, seed=job.seed, device=ctx.device,
                      output_type="np" if ctx.rank == 0 else "latent", num_inference_steps=steps)
     sync = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)

@@ -124,6 +124,7 @@ class ParaStepConfig:
     exchange: Exchange = field(default_factory=LocalExchange)
     observer: Optional[Callable[[StepRecord], None]] = None
     override_outputs: Mapping[int, torch.Tensor] = field(default_factory=dict)
+    sync_timing: bool = False   # CUDA: synchronize at each step's end so window timings are wall-accurate
 
 
 def _step_plan(windows: Sequence[Any], num_steps: int) -> list[_StepPlan]:
@@ -236,7 +237,7 @@ class ParaStepHandle:
         for obj, name, orig in ((self.scheduler, "step", self._orig_step),
                                 (self.scheduler, "set_timesteps", self._orig_set_timesteps),
                                 (self.denoiser, "forward", self._orig_forward)):
-            if self._had["forward" if name == "forward" else name]:
+            if self._had[name]:
                 obj.__dict__[name] = orig
             else:
                 obj.__dict__.pop(name, None)
@@ -355,6 +356,8 @@ class ParaStepHandle:
         else:
             out = self._parallel_step(p, i, bound, e, x, t, stats)
         self.step_index = i + 1
+        if self.config.sync_timing and e.is_cuda:
+            torch.cuda.synchronize(e.device)
         now = time.perf_counter()
         stats.seconds += now - self._t_last
         self._t_last = now
