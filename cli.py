@@ -112,6 +112,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, action="append", dest="seeds", help="seed (repeatable)")
     pr.add_argument("--prompt", action="append", dest="prompts", help="prompt/class (repeatable)")
     pr.add_argument("--verify", type=int, default=None, help="verification runs for the PSNR calibration")
+    pr.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads on CPU (as exec's ranks use)")
+    pr.add_argument("--propagation-stride", type=_positive_int, default=1, dest="propagation_stride",
+                    help="measure propagation every k-th step and interpolate (cost ~T^2/(2k) forwards)")
     return p
 
 

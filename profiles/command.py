@@ -1,0 +1,188 @@
+"""``parastep profile``: measure a model (DESIGN §2) and write its profile YAML.
+
+    parastep profile --model digits --gpus 8 --steps 50 --max-window 16 --out digits.yaml \\
+        [--plot curves.png] [--seed S]... [--prompt P]... [--verify N] [--interconnect NAME]
+
+The pipeline is loaded offline like ``exec`` loads it (registry name or ``--model-path``), called
+with the registry's default guidance scale and resolution. ``--verify N`` adds a PSNR
+calibration fitted from N sampled schedules (``parastep.profiles.calibrate``), which is what
+``plan --min-psnr`` needs. Progress goes to stderr; the profile goes to ``--out``.
+"""
+
+from __future__ import annotations
+
+import inspect
+import sys
+from pathlib import Path
+
+from ..errors import UserError
+
+DIGIT_PROMPTS = tuple(str(d) for d in range(10))
+TEXT_PROMPTS = ("a photo of an astronaut riding a horse on the moon", "a red sports car parked by the sea at sunset",
+                "a bowl of fruit on a wooden table, studio lighting")
+DEFAULT_SEEDS = (0, 1)
+VERIFY_SEED_OFFSET = 1000      # verification runs use other seeds than the profiling runs
+
+
+def default_call(pipe, model: str):
+    """(call kwargs, resolution_px, default prompts, default steps) for ``pipe``."""
+    from ..executor.registry import REGISTRY
+
+    spec = REGISTRY.get(model)
+    params = inspect.signature(type(pipe).__call__).parameters
+    kwargs: dict = {}
+    if spec is not None and "guidance_scale" in params:
+        kwargs["guidance_scale"] = spec.default_guidance_scale
+    resolution = None
+    if "height" in params and "width" in params:
+        if spec is not None:
+            resolution = tuple(spec.default_resolution_px)
+            kwargs["height"], kwargs["width"] = resolution
+    else:
+        size = getattr(getattr(pipe, "unet", None), "config", {}).get("sample_size") if hasattr(pipe, "unet") else None
+        if isinstance(size, int):
+            resolution = (size, size)
+    digits = type(pipe).__name__ == "DigitsPipeline"
+    prompts = DIGIT_PROMPTS if digits else TEXT_PROMPTS
+    steps = spec.default_steps if spec is not None else 50
+    return kwargs, resolution, prompts, steps
+
+
+def run(args) -> int:
+    from ..executor.registry import load_pipeline
+    from .io import dump_profile, write_profile
+    from .model import profile_sha256
+    from .profiler import ProfilerSettings, measure_profile
+
+    if args.verify is not None and args.verify < 6:
+        raise UserError(f"--verify {args.verify} is too few runs to fit and check a calibration; pass --verify 6 or more (80+ for a solid fit)")
+    if args.interconnect is not None:
+        from .interconnects import preset
+
+        preset(args.interconnect)                     # unknown name: one-line UserError
+    out = Path(args.out)
+    if not out.parent.exists():
+        raise UserError(f"--out {out}: folder {out.parent} does not exist; create it or pass another path")
+    pipe = load_pipeline(args.model, model_path=args.model_path)
+    kwargs, resolution, default_prompts, default_steps = default_call(pipe, args.model)
+    T = args.steps or default_steps
+    if T < 2:
+        raise UserError(f"--steps {T}: profiling needs at least 2 steps; pass --steps 2 or more")
+    J = min(args.max_window or max(args.gpus, 8), T)
+    prompts = tuple(args.prompts) if args.prompts else default_prompts
+    seeds = tuple(args.seeds) if args.seeds else DEFAULT_SEEDS
+    settings = ProfilerSettings(model=args.model, num_steps=T, max_window=J, gpus=args.gpus, prompts=prompts,
+                                seeds=seeds, call_kwargs=kwargs, interconnect=args.interconnect,
+                                propagation_stride=getattr(args, "propagation_stride", 1) or 1,
+                                threads=getattr(args, "threads", 1) or 1, resolution_px=resolution)
+
+    def say(msg: str) -> None:
+        print(f"parastep profile: {msg}", file=sys.stderr, flush=True)
+
+    try:
+        run_ = measure_profile(pipe, settings, progress=say)
+    except ValueError as exc:
+        raise UserError(str(exc).splitlines()[0]) from None
+    profile = run_.profile
+    if args.verify is not None:
+        profile = calibrate_profile(pipe, profile, settings=settings, count=args.verify, say=say)
+    write_profile(profile, out)
+    say(f"wrote {out} (sha256 {profile_sha256(dump_profile(profile))[:12]}...)")
+    if args.plot:
+        plot_profile(profile, args.plot)
+        say(f"wrote {args.plot}")
+    return 0
+
+
+def calibrate_profile(pipe, profile, *, settings, count: int, say) -> "object":
+    """``profile`` with a PSNR calibration fitted from ``count`` verification runs."""
+    from .calibrate import fit_calibration, sample_schedules, verify
+    from .io import dump_profile
+    from .model import Measured, profile_sha256
+    from .profiler import cpu_threads, samples_of
+
+    sha = profile_sha256(dump_profile(profile))
+    sizes = tuple(g for g in (2, 4, 8) if g <= max(settings.gpus, 2)) or (2,)
+    schedules = sample_schedules(profile, sha, count=count, world_sizes=sizes, seed=0)
+    say(f"verify: {len(schedules)} distinct schedules for world sizes {list(sizes)}")
+    v_seeds = tuple(s + VERIFY_SEED_OFFSET for s in settings.seeds)
+    prompts, seeds = samples_of(settings.prompts, v_seeds)
+    with cpu_threads(pipe, settings.threads):
+        runs = verify(pipe, schedules, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say)
+    try:
+        cal, info = fit_calibration(runs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    say(f"calibration: psnr = {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} log10(E); held-out Spearman "
+        f"{cal.spearman:.3f}, median |error| {cal.median_abs_error_db:.2f} dB; {info}")
+    old = profile.provenance
+    prov = old.model_copy(update={"calibration": Measured(
+        device=old.deviation.device if isinstance(old.deviation, Measured) else "unknown",
+        date=old.deviation.date if isinstance(old.deviation, Measured) else "",
+        prompts=[str(p) for p in settings.prompts], seeds=list(v_seeds),
+        packages=old.deviation.packages if isinstance(old.deviation, Measured) else {},
+        notes=f"{len(runs)} verification schedules run in one process (quality does not depend on hardware)")})
+    return profile.model_copy(update={"calibration": cal, "provenance": prov})
+
+
+def plot_profile(profile, path: str) -> None:
+    """Similarity, deviation and propagation curves of a profile (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    T = profile.num_steps
+    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    ax = axes[0][0]
+    steps = list(range(1, T))
+    ax.plot(steps, profile.similarity.cosine, label="cosine(e_i-1, e_i)")
+    ax.set_xlabel("step i")
+    ax.set_ylabel("cosine")
+    ax2 = ax.twinx()
+    ax2.plot(steps, profile.similarity.rel_l1, color="tab:red", label="rel L1")
+    ax2.set_ylabel("relative L1", color="tab:red")
+    ax.set_title("adjacent-step similarity of guided outputs")
+    ax.legend(loc="lower center")
+
+    ax = axes[0][1]
+    for pred, style in (("last", "-"), ("linear", "--")):
+        rows = profile.deviation[pred].mean
+        for j in sorted({1, 3, 7, profile.max_window - 1}):
+            if j >= profile.max_window:
+                continue
+            xs = [s for s in range(T) if len(rows[s]) > j]
+            if xs:
+                ax.semilogy(xs, [max(rows[s][j], 1e-12) for s in xs], style, label=f"{pred}, offset {j}")
+    ax.set_xlabel("window start s")
+    ax.set_ylabel("local deviation (latent RMS)")
+    ax.set_title("deviation[s][j] of a parallel window")
+    ax.legend(fontsize=7)
+
+    ax = axes[1][0]
+    ax.semilogy(range(T), profile.propagation.gain)
+    ax.set_xlabel("step i")
+    ax.set_ylabel("output deviation per unit injected")
+    ax.set_title("propagation gain")
+
+    ax = axes[1][1]
+    for pred, style in (("last", "-"), ("linear", "--")):
+        for w in sorted({2, 4, 8, profile.max_window}):
+            if w > profile.max_window:
+                continue
+            xs, ys = [], []
+            for s in range(T):
+                v = profile.window_deviation("parallel", start=s, size=w, predictor=pred)
+                if v is not None:
+                    xs.append(s)
+                    ys.append(max(v, 1e-12))
+            if xs:
+                ax.semilogy(xs, ys, style, label=f"{pred}, w={w}")
+    ax.set_xlabel("window start s")
+    ax.set_ylabel("predicted output deviation")
+    ax.set_title("window error = sum_j gain * deviation")
+    ax.legend(fontsize=7)
+    fig.suptitle(f"profile {profile.name}")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,777 @@
+"""The profiler (DESIGN §2): measure one pipeline along its own reference trajectory.
+
+``measure_profile(pipe, settings)`` returns a :class:`parastep.profiles.model.Profile`. What it
+does, for a batch of samples (every prompt x every seed, one generator per sample):
+
+1. **Reference run** (T forwards): the pipeline's own loop, unmodified, with ``scheduler.step``
+   wrapped on the instance to record, before each step i, ``x_i``, the guided output ``e_i`` the
+   pipeline passes to ``step``, the step's other arguments, and a snapshot (deep copy of
+   ``scheduler.__dict__``) of the scheduler state. ``x_T`` is the output latent.
+2. **Deviation tables**, per predictor p and start s (``last``: s >= 1, ``linear``: s >= 2):
+   the pipeline runs the schedule ``exact 0..s-1 | parallel(s, w = min(J, T - s)) | ...`` through
+   the executor's own hooks (``parastep.executor.hooks``) with the prefix *replayed* from the
+   recorded outputs (``override_outputs``: no forwards, except the single placeholder forward the
+   hooks make at step 0), offset 0 placed on a "remote" rank whose output is injected as the
+   recorded ``e_s`` (no forward), and the run is stopped right after the window. So a start costs
+   ``w`` forwards per predictor (1 placeholder + w - 1 offsets): at most ``2 J`` per step for both
+   predictors, on top of the reference run. The observer yields ``xhat_{s+j}`` and
+   ``ehat_{s+j}``; then, on scratch copies of the *reference* scheduler state at step s+j::
+
+       deviation[p][s][j] = RMS( step_{s+j}(x_{s+j}, ehat_{s+j}) - step_{s+j}(x_{s+j}, e_{s+j}) )
+
+   per sample (latent units), stored as mean and max over samples. Offset 0 is exactly 0.
+   ``reuse_deviation[p][s][j]`` is the same with the predictor's stand-in in place of ``ehat``
+   (no forwards at all).
+3. **Propagation** ``gain[i]`` (how a deviation made at step i reaches the output): replay the
+   recorded outputs up to step i, add to ``x_{i+1}`` a random direction of RMS ``delta`` (the
+   median of the measured nonzero mean deviations, so gains are taken at the scale that matters),
+   run the remaining steps exactly, ``gain[i] = RMS(x_T' - x_T) / delta`` (mean over samples).
+   Cost: ``T - 1 - i`` forwards for step i plus one placeholder forward, i.e. about ``T^2 / 2 + T``
+   for the whole curve (``propagation_stride`` k measures every k-th step and interpolates
+   ``log gain`` linearly: about ``T^2 / (2k)``). ``gain[T-1] = 1`` by definition.
+4. **Similarity** of adjacent guided outputs along the reference (cosine, relative L1).
+5. **Compute**: batch-1 runs of the plain pipeline (the shape ``parastep exec`` runs), the
+   denoiser's ``forward`` and ``scheduler.step`` timed on the instance. ``forward_s[k-1]`` is the
+   median wall time of k *consecutive* forward calls (the executor computes a rank's offsets one
+   after another), ``step_s`` the median step, ``step_overhead_s`` the median of the remainder of
+   a step's wall time (pipeline bookkeeping: CFG concat/combine, callbacks, progress bar).
+6. **Comm**: the executor's own ``DistExchange`` over torch.distributed (gloo on CPU, nccl on
+   CUDA) in ``g`` spawned processes, ``g = 2..G``, timing the window exchange of ``n`` outputs
+   for three sizes and fitting ``latency + n * output_bytes / bandwidth`` by least squares.
+   Where this machine has fewer devices than G (CUDA) and an ``interconnect`` preset is given,
+   ranks beyond come from the preset and the part's provenance is ``prior``.
+
+Every forward the profiler makes is counted (``ProfileRun.forwards``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import datetime as _dt
+import functools
+import inspect
+import json
+import math
+import os
+import platform
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
+
+from .model import (
+    Comm, CommEntry, Compute, DeviationStats, Measured, Prior, Profile, Propagation, Provenances, Similarity,
+)
+
+PREDICTORS = ("last", "linear")
+
+
+# ---- settings and results -------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ProfilerSettings:
+    """What to measure. ``call_kwargs`` are passed to every pipeline call (guidance_scale, height, ...)."""
+
+    model: str
+    num_steps: int
+    max_window: int
+    gpus: int
+    prompts: tuple[Any, ...]
+    seeds: tuple[int, ...]
+    call_kwargs: Mapping[str, Any] = field(default_factory=dict)
+    name: Optional[str] = None
+    interconnect: Optional[str] = None
+    propagation_stride: int = 1
+    timing_repeats: int = 3
+    threads: int = 1
+    measure_comm: bool = True
+    comm_repeats: int = 20
+    resolution_px: Optional[tuple[int, int]] = None
+
+
+@dataclass
+class Trajectory:
+    """The recorded reference run of one batch: ``x[i]`` enters step i (``x[T]`` is the output)."""
+
+    x: list[Any]
+    e: list[Any]
+    states: list[dict]
+    bound: list[inspect.BoundArguments]
+    step_fn: Callable            # the scheduler class's unbound ``step``
+    forwards: int
+
+
+@dataclass
+class ProfileRun:
+    """A measured profile plus what it cost and the raw data the plot and tests use."""
+
+    profile: Profile
+    forwards: dict[str, int]
+    trajectory: Optional[Trajectory] = None
+    delta: float = 0.0
+    notes: list[str] = field(default_factory=list)
+
+
+class _Stop(Exception):
+    """Raised from inside the pipeline's loop to end a run early (never escapes the profiler)."""
+
+
+# ---- small helpers --------------------------------------------------------------------------
+
+def _torch():
+    import torch
+
+    return torch
+
+
+def rms_per_sample(diff) -> "Any":
+    """RMS over every dimension but the first (the batch): one value per sample."""
+    flat = diff.detach().reshape(diff.shape[0], -1).double()
+    return flat.pow(2).mean(dim=1).sqrt()
+
+
+def _first(out):
+    return out[0]
+
+
+def _snapshot(scheduler) -> dict:
+    return {k: copy.deepcopy(v) for k, v in scheduler.__dict__.items() if k not in ("step", "set_timesteps")}
+
+
+def denoiser_module(pipe):
+    torch = _torch()
+    for name in ("unet", "transformer"):
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            return module
+    raise ValueError(f"pipeline {type(pipe).__name__} has neither 'unet' nor 'transformer'")
+
+
+@contextlib.contextmanager
+def _instance_override(obj, name: str, impl_factory: Callable[[Callable], Callable]) -> Iterator[None]:
+    """Temporarily replace ``obj.name`` (a method) by ``impl_factory(orig)`` on the instance."""
+    had = name in obj.__dict__
+    old = obj.__dict__.get(name)
+    orig = getattr(obj, name)
+    impl = impl_factory(orig)
+    obj.__dict__[name] = functools.wraps(orig)(impl)
+    try:
+        yield
+    finally:
+        if had:
+            obj.__dict__[name] = old
+        else:
+            obj.__dict__.pop(name, None)
+
+
+@contextlib.contextmanager
+def count_forwards(module) -> Iterator[list[int]]:
+    """Counts calls of ``module`` (a forward pre-hook); use where no placeholder returns happen."""
+    box = [0]
+
+    def hook(mod, args, kwargs=None):
+        box[0] += 1
+
+    handle = module.register_forward_pre_hook(hook)
+    try:
+        yield box
+    finally:
+        handle.remove()
+
+
+def _scratch_step(traj: Trajectory, sched_cls: type, i: int, *, model_output, sample):
+    """``step_i(sample, model_output)`` on a fresh copy of the reference scheduler state at step i."""
+    scratch = object.__new__(sched_cls)
+    scratch.__dict__.update(copy.deepcopy(traj.states[i]))
+    b = inspect.BoundArguments(traj.bound[i].signature, dict(traj.bound[i].arguments))
+    b.arguments["model_output"] = model_output
+    b.arguments["sample"] = sample
+    return _first(traj.step_fn(scratch, *b.args, **b.kwargs))
+
+
+# ---- pipeline calls -------------------------------------------------------------------------
+
+def _call(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_steps: int, call_kwargs: Mapping[str, Any],
+          output_type: str = "latent", device=None):
+    torch = _torch()
+    dev = device if device is not None else getattr(pipe, "device", "cpu")
+    gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+    kwargs = dict(call_kwargs)
+    kwargs.setdefault("output_type", output_type)
+    return pipe(prompt=list(prompts), num_inference_steps=num_steps, generator=gens, **kwargs)
+
+
+def samples_of(prompts: Sequence[Any], seeds: Sequence[int]) -> tuple[list[Any], list[int]]:
+    """Every prompt with every seed: (prompt per sample, seed per sample)."""
+    return [p for s in seeds for p in prompts], [int(s) for s in seeds for _ in prompts]
+
+
+# ---- 1. reference -----------------------------------------------------------------------------
+
+def record_reference(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_steps: int,
+                     call_kwargs: Mapping[str, Any]) -> Trajectory:
+    """Run the unmodified pipeline once, recording x_i, e_i, step arguments and scheduler state."""
+    torch = _torch()
+    sched = pipe.scheduler
+    xs: list = []
+    es: list = []
+    states: list[dict] = []
+    bounds: list[inspect.BoundArguments] = []
+    last_out: list = []
+
+    def factory(orig):
+        sig = inspect.signature(orig)
+
+        def impl(*args, **kwargs):
+            b = sig.bind(*args, **kwargs)
+            states.append(_snapshot(sched))
+            bounds.append(inspect.BoundArguments(sig, dict(b.arguments)))
+            es.append(b.arguments["model_output"].detach().clone())
+            xs.append(b.arguments["sample"].detach().clone())
+            out = orig(*args, **kwargs)
+            last_out[:] = [_first(out).detach().clone()]
+            return out
+
+        return impl
+
+    with torch.no_grad(), _instance_override(sched, "step", factory), count_forwards(denoiser_module(pipe)) as n:
+        _call(pipe, prompts=prompts, seeds=seeds, num_steps=num_steps, call_kwargs=call_kwargs)
+    if len(es) != num_steps:
+        raise RuntimeError(f"the pipeline made {len(es)} scheduler steps for num_inference_steps={num_steps}; "
+                           "profile a first-order scheduler")
+    step_fn = type(sched).step
+    return Trajectory(x=xs + last_out, e=es, states=states, bound=bounds, step_fn=step_fn, forwards=n[0])
+
+
+# ---- 2. deviation tables ----------------------------------------------------------------------
+
+class _InjectExchange:
+    """A pretend world of two ranks: this process is rank 0 and computes every offset placed on 0;
+    offset 0 sits on 'rank 1', whose output is the recorded e_s (no forward needed)."""
+
+    rank = 0
+    world_size = 2
+
+    def __init__(self, e_start) -> None:
+        self.e_start = e_start
+
+    def owns(self, placement_rank: int) -> bool:
+        return placement_rank == 0
+
+    def exchange(self, owned, placement, *, like):
+        out = [self.e_start.to(device=like.device, dtype=like.dtype)]
+        out += [owned[j] for j in range(1, len(placement))]
+        return out, 0
+
+
+def stand_in(traj: Trajectory, *, predictor: str, start: int, k: int):
+    """The predictor's stand-in for the k-th reused step of a window starting at ``start``."""
+    e1 = traj.e[start - 1]
+    if predictor == "last":
+        return e1
+    e2 = traj.e[start - 2]
+    return e1 + (k + 1) * (e1 - e2)
+
+
+def window_predictions(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, call_kwargs, start: int,
+                       size: int, predictor: str) -> tuple[list, list, int]:
+    """(xhat_{s+j}, ehat_{s+j}) for j = 0..size-1 of a parallel window, from the executor's hooks.
+
+    The prefix is replayed from ``traj`` (no forwards but the hooks' step-0 placeholder); the run
+    stops after the window. Returns the inputs, the outputs and the forwards made.
+    """
+    torch = _torch()
+    from ..executor.hooks import ParaStepConfig, StepRecord, apply_parastep, remove_parastep
+    from ..schedules.model import ExactWindow, ParallelWindow
+
+    T = num_steps
+    windows = [ExactWindow(start=i) for i in range(start)]
+    windows.append(ParallelWindow(start=start, placement=[1] + [0] * (size - 1), predictor=predictor))
+    windows += [ExactWindow(start=i) for i in range(start + size, T)]
+    got: dict[int, tuple] = {}
+    stop_at = start + size - 1
+
+    def observer(rec: StepRecord) -> None:
+        if start <= rec.step <= stop_at:
+            got[rec.step] = (rec.denoiser_input.detach().clone(), rec.guided_output.detach().clone(),
+                             rec.latents_in.detach().clone())
+        if rec.step == stop_at:
+            raise _Stop()
+
+    cfg = ParaStepConfig(windows=windows, num_steps=T, exchange=_InjectExchange(traj.e[start]), observer=observer,
+                         override_outputs={i: traj.e[i] for i in range(start)})
+    handle = apply_parastep(pipe, cfg)
+    try:
+        with torch.no_grad():
+            _call(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=call_kwargs)
+    except _Stop:
+        pass
+    finally:
+        forwards = handle.forwards
+        remove_parastep(pipe)
+    if len(got) != size:
+        raise RuntimeError(f"profiler: window at step {start} produced {len(got)} of {size} records")
+    x_start = got[start][2]
+    if not torch.allclose(x_start, traj.x[start], rtol=1e-5, atol=1e-6):
+        raise RuntimeError(f"profiler: replaying the recorded prefix did not reproduce x_{start}; "
+                           "is the pipeline deterministic (seeded generator, first-order deterministic scheduler)?")
+    return [got[start + j][0] for j in range(size)], [got[start + j][1] for j in range(size)], forwards
+
+
+def deviation_tables(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, max_window: int, call_kwargs,
+                     progress: Optional[Callable[[str], None]] = None) -> tuple[dict, dict, int]:
+    """``(deviation, reuse_deviation, forwards)``; tables are ``{pred: {"mean": rows, "max": rows}}``."""
+    torch = _torch()
+    T, J = num_steps, max_window
+    sched_cls = type(pipe.scheduler)
+    ref_next = []
+    with torch.no_grad():
+        for i in range(T):
+            ref_next.append(_scratch_step(traj, sched_cls, i, model_output=traj.e[i], sample=traj.x[i]))
+    dev: dict = {p: {"mean": [], "max": []} for p in PREDICTORS}
+    reuse: dict = {p: {"mean": [], "max": []} for p in PREDICTORS}
+    forwards = 0
+    t0 = time.perf_counter()
+    for s in range(T):
+        size = min(J, T - s)
+        for p in PREDICTORS:
+            first_valid = 1 if p == "last" else 2
+            if s < first_valid:
+                for tab in (dev, reuse):
+                    tab[p]["mean"].append([])
+                    tab[p]["max"].append([])
+                continue
+            # reuse window: stand-ins, no forwards
+            r_mean, r_max = [], []
+            with torch.no_grad():
+                for j in range(size):
+                    a = stand_in(traj, predictor=p, start=s, k=j)
+                    d = rms_per_sample(_scratch_step(traj, sched_cls, s + j, model_output=a, sample=traj.x[s + j])
+                                       - ref_next[s + j])
+                    r_mean.append(float(d.mean()))
+                    r_max.append(float(d.max()))
+            reuse[p]["mean"].append(r_mean)
+            reuse[p]["max"].append(r_max)
+            # parallel window: offset 0 is exact, offsets j >= 1 need ehat_{s+j}
+            d_mean, d_max = [0.0], [0.0]
+            if size >= 2:
+                _, ehat, n = window_predictions(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T,
+                                                call_kwargs=call_kwargs, start=s, size=size, predictor=p)
+                forwards += n
+                with torch.no_grad():
+                    for j in range(1, size):
+                        d = rms_per_sample(_scratch_step(traj, sched_cls, s + j, model_output=ehat[j], sample=traj.x[s + j])
+                                           - ref_next[s + j])
+                        d_mean.append(float(d.mean()))
+                        d_max.append(float(d.max()))
+            dev[p]["mean"].append(d_mean)
+            dev[p]["max"].append(d_max)
+        if progress is not None and (s % 10 == 9 or s == T - 1):
+            progress(f"deviation: start {s + 1}/{T}, {forwards} forwards, {time.perf_counter() - t0:.1f} s")
+    return dev, reuse, forwards
+
+
+# ---- 3. propagation ---------------------------------------------------------------------------
+
+def perturbed_output(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, call_kwargs, step: int,
+                     direction) -> tuple[Any, int]:
+    """x_T when ``direction`` is added to x_{step+1}; the prefix 0..step is replayed (no forwards
+    but the hooks' step-0 placeholder). Returns (x_T', forwards)."""
+    torch = _torch()
+    from ..executor.hooks import ParaStepConfig, StepRecord, apply_parastep, remove_parastep
+    from ..schedules.model import ExactWindow
+
+    T = num_steps
+    calls = [0]
+    final: list = []
+
+    def factory(orig):
+        def impl(*args, **kwargs):
+            out = orig(*args, **kwargs)
+            i = calls[0]
+            calls[0] += 1
+            if i == step:
+                x = _first(out) + direction.to(device=_first(out).device, dtype=_first(out).dtype)
+                if isinstance(out, tuple):
+                    return (x, *out[1:])
+                out.prev_sample = x
+            return out
+
+        return impl
+
+    def observer(rec: StepRecord) -> None:
+        if rec.step == T - 1:
+            final[:] = [rec.latents_out.detach().clone()]
+
+    cfg = ParaStepConfig(windows=[ExactWindow(start=i) for i in range(T)], num_steps=T, observer=observer,
+                         override_outputs={i: traj.e[i] for i in range(step + 1)})
+    sched = pipe.scheduler
+    with _instance_override(sched, "step", factory):
+        handle = apply_parastep(pipe, cfg)
+        try:
+            with torch.no_grad():
+                _call(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=call_kwargs)
+        finally:
+            forwards = handle.forwards
+            remove_parastep(pipe)
+    return final[0], forwards
+
+
+def propagation_gain(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, call_kwargs, delta: float,
+                     stride: int = 1, seed: int = 0, progress: Optional[Callable[[str], None]] = None) -> tuple[list[float], int]:
+    """``gain[i]`` for i = 0..T-1 (see module docstring) and the forwards it cost."""
+    torch = _torch()
+    T = num_steps
+    measured: dict[int, float] = {T - 1: 1.0}
+    points = sorted(set(range(0, T - 1, max(1, stride))) | ({T - 2} if T >= 2 else set()))
+    forwards = 0
+    t0 = time.perf_counter()
+    for n_done, i in enumerate(points):
+        x_next = traj.x[i + 1]
+        g = torch.Generator().manual_seed(1_000_003 * (seed + 1) + i)
+        d = torch.randn(x_next.shape, generator=g, dtype=torch.float64)
+        d = d / rms_per_sample(d).view(-1, *([1] * (d.dim() - 1)))      # unit RMS per sample
+        direction = (d * delta).to(x_next.dtype)
+        applied = rms_per_sample(direction.double())
+        out, n = perturbed_output(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=call_kwargs,
+                                  step=i, direction=direction)
+        forwards += n
+        measured[i] = float((rms_per_sample(out - traj.x[T]) / applied).mean())
+        if progress is not None and (n_done % 10 == 9 or n_done == len(points) - 1):
+            progress(f"propagation: {n_done + 1}/{len(points)} injection steps, {forwards} forwards, {time.perf_counter() - t0:.1f} s")
+    known = sorted(measured)
+    gain = []
+    for i in range(T):
+        if i in measured:
+            gain.append(measured[i])
+            continue
+        lo = max(k for k in known if k < i)
+        hi = min(k for k in known if k > i)
+        a, b = math.log(max(measured[lo], 1e-30)), math.log(max(measured[hi], 1e-30))
+        gain.append(math.exp(a + (b - a) * (i - lo) / (hi - lo)))
+    return gain, forwards
+
+
+# ---- 4. similarity ----------------------------------------------------------------------------
+
+def similarity(traj: Trajectory) -> Similarity:
+    cos, rel = [], []
+    for a, b in zip(traj.e[:-1], traj.e[1:]):
+        fa, fb = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
+        c = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp_min(1e-30)
+        r = (fb - fa).abs().sum(1) / fa.abs().sum(1).clamp_min(1e-30)
+        cos.append(float(c.mean()))
+        rel.append(float(r.mean()))
+    return Similarity(cosine=cos, rel_l1=rel)
+
+
+# ---- 5. compute -------------------------------------------------------------------------------
+
+def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max_window: int, repeats: int,
+                    threads: int) -> tuple[Compute, int, dict]:
+    """Batch-1 timing of the plain pipeline: (Compute, output_bytes, details)."""
+    torch = _torch()
+    den = denoiser_module(pipe)
+    sched = pipe.scheduler
+    fwd_times: list[list[float]] = []
+    step_times: list[list[float]] = []
+    step_ends: list[list[float]] = []
+    out_bytes = [0]
+
+    def fwd_factory(orig):
+        def impl(*args, **kwargs):
+            t0 = time.perf_counter()
+            out = orig(*args, **kwargs)
+            fwd_times[-1].append(time.perf_counter() - t0)
+            return out
+
+        return impl
+
+    def step_factory(orig):
+        sig = inspect.signature(orig)
+
+        def impl(*args, **kwargs):
+            e = sig.bind(*args, **kwargs).arguments["model_output"]
+            out_bytes[0] = e.numel() * e.element_size()
+            t0 = time.perf_counter()
+            out = orig(*args, **kwargs)
+            t1 = time.perf_counter()
+            step_times[-1].append(t1 - t0)
+            step_ends[-1].append(t1)
+            return out
+
+        return impl
+
+    old_threads = torch.get_num_threads()
+    is_cpu = str(getattr(pipe, "device", "cpu")).startswith("cpu")
+    if is_cpu:
+        torch.set_num_threads(threads)
+    try:
+        with torch.no_grad(), _instance_override(den, "forward", fwd_factory), _instance_override(sched, "step", step_factory):
+            for r in range(repeats + 1):
+                fwd_times.append([])
+                step_times.append([])
+                step_ends.append([])
+                _call(pipe, prompts=[prompt], seeds=[seed], num_steps=num_steps, call_kwargs=call_kwargs)
+                if not is_cpu and torch.cuda.is_available():
+                    torch.cuda.synchronize()
+    finally:
+        if is_cpu:
+            torch.set_num_threads(old_threads)
+    fwd_times, step_times, step_ends = fwd_times[1:], step_times[1:], step_ends[1:]   # first run: warm-up
+    forward_s = []
+    for k in range(1, max_window + 1):
+        sums = [sum(run[i:i + k]) for run in fwd_times for i in range(0, len(run) - k + 1)]
+        forward_s.append(statistics.median(sums) if sums else k * statistics.median([t for run in fwd_times for t in run]))
+    step_s = statistics.median([t for run in step_times for t in run])
+    overheads = []
+    for f, s, ends in zip(fwd_times, step_times, step_ends):
+        for i in range(1, len(ends)):
+            overheads.append(ends[i] - ends[i - 1] - f[i] - s[i])
+    overhead = max(0.0, statistics.median(overheads)) if overheads else 0.0
+    details = {"forward_median_s": statistics.median([t for run in fwd_times for t in run]), "repeats": repeats,
+               "threads": threads if is_cpu else None}
+    return Compute(forward_s=forward_s, step_s=step_s, step_overhead_s=overhead), out_bytes[0], details
+
+
+# ---- 6. comm ----------------------------------------------------------------------------------
+
+def _comm_worker(ctx, job: dict) -> None:
+    """One rank of the exchange benchmark (module level: spawned processes import it)."""
+    import torch
+    import torch.distributed as dist
+
+    from ..executor.exchange import DistExchange
+
+    ex = DistExchange()
+    like = torch.zeros(job["shape"], dtype=getattr(torch, job["dtype"]), device=ctx.device)
+    results = {}
+    for n in job["sizes"]:
+        placement = [j % ctx.world_size for j in range(n)]
+        owned = {j: like + j for j in range(n) if placement[j] == ctx.rank}
+        times = []
+        for r in range(job["repeats"] + 2):
+            dist.barrier()
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            ex.exchange(owned, placement, like=like)
+            if ctx.device.type == "cuda":
+                torch.cuda.synchronize()
+            times.append(time.perf_counter() - t0)
+        results[n] = statistics.median(times[2:])
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, results)
+    if ctx.rank == 0:
+        worst = {n: max(g[n] for g in gathered) for n in job["sizes"]}   # the exchange ends when the slowest rank has all
+        Path(job["out"]).write_text(json.dumps({str(k): v for k, v in worst.items()}))
+
+
+def fit_alpha_beta(points: Sequence[tuple[int, float]], *, output_bytes: int) -> tuple[float, float]:
+    """Least squares ``t = a + n * b`` over (n, t); returns (latency_s >= 0, bandwidth_bytes_per_s > 0)."""
+    ns = [float(n) for n, _ in points]
+    ts = [float(t) for _, t in points]
+    mn, mt = statistics.fmean(ns), statistics.fmean(ts)
+    var = sum((n - mn) ** 2 for n in ns)
+    b = sum((n - mn) * (t - mt) for n, t in zip(ns, ts)) / var if var > 0 else 0.0
+    b = max(b, 1e-12)          # noise can make the slope <= 0 for tiny outputs: bandwidth is then "very large"
+    a = max(0.0, mt - b * mn)
+    return a, output_bytes / b
+
+
+def measure_comm(*, world_sizes: Sequence[int], output_shape: Sequence[int], dtype: str, output_bytes: int,
+                 repeats: int, device: str = "auto") -> tuple[list[CommEntry], dict]:
+    from ..executor.launch import launch
+
+    entries, raw = [], {}
+    for g in world_sizes:
+        sizes = [g, 2 * g, 4 * g]
+        with tempfile.TemporaryDirectory() as tmp:
+            out = Path(tmp) / "comm.json"
+            launch(_comm_worker, {"shape": list(output_shape), "dtype": dtype, "sizes": sizes, "repeats": repeats,
+                                  "out": str(out)}, world_size=g, device=device, threads=1, timeout_s=120.0)
+            res = {int(k): v for k, v in json.loads(out.read_text()).items()}
+        a, bw = fit_alpha_beta(sorted(res.items()), output_bytes=output_bytes)
+        entries.append(CommEntry(ranks=g, latency_s=a, bandwidth_bytes_per_s=bw))
+        raw[g] = res
+    return entries, raw
+
+
+def local_device_slots(device: str) -> tuple[str, int]:
+    """(device kind, how many ranks this machine hosts one per device): CUDA devices, or CPU cores."""
+    torch = _torch()
+    if device.startswith("cuda") or (device == "auto" and torch.cuda.is_available()):
+        return "cuda", torch.cuda.device_count()
+    return "cpu", os.cpu_count() or 1
+
+
+def device_description(pipe, threads: int) -> str:
+    torch = _torch()
+    dev = str(getattr(pipe, "device", "cpu"))
+    if dev.startswith("cuda"):
+        return torch.cuda.get_device_name(torch.device(dev))
+    proc = platform.processor() or platform.machine()
+    return f"cpu: {os.cpu_count()} cores ({proc}), {threads} thread(s) per rank"
+
+
+def package_versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
+    out = {"python": platform.python_version()}
+    for name in ("parastep", "torch", "diffusers", "transformers", "numpy"):
+        try:
+            out[name] = version(name)
+        except PackageNotFoundError:
+            pass
+    return out
+
+
+# ---- the whole profile ------------------------------------------------------------------------
+
+def _stats(table: dict) -> dict:
+    return {p: DeviationStats(mean=table[p]["mean"], max=table[p]["max"]) for p in PREDICTORS}
+
+
+@contextlib.contextmanager
+def cpu_threads(pipe, threads: int) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads when ``pipe`` is on the CPU (oversubscribed cores make
+    multi-threaded kernels crawl); restored afterwards."""
+    torch = _torch()
+    if not str(getattr(pipe, "device", "cpu")).startswith("cpu"):
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Callable[[str], None]] = None) -> ProfileRun:
+    """Measure every part of DESIGN §2 for ``pipe`` (see the module docstring)."""
+    with cpu_threads(pipe, settings.threads):
+        return _measure_profile(pipe, settings, progress=progress)
+
+
+def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Callable[[str], None]] = None) -> ProfileRun:
+    say = progress or (lambda msg: None)
+    T, J, G = settings.num_steps, min(settings.max_window, settings.num_steps), settings.gpus
+    prompts, seeds = samples_of(settings.prompts, settings.seeds)
+    kw = dict(settings.call_kwargs)
+    pipe.set_progress_bar_config(disable=True)
+    forwards: dict[str, int] = {}
+    notes: list[str] = []
+    date = _dt.date.today().isoformat()
+
+    t0 = time.perf_counter()
+    traj = record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=kw)
+    forwards["reference"] = traj.forwards
+    say(f"reference: {len(prompts)} samples x {T} steps, {traj.forwards} forwards, {time.perf_counter() - t0:.1f} s")
+
+    dev, reuse, n_dev = deviation_tables(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, max_window=J,
+                                         call_kwargs=kw, progress=say)
+    forwards["deviation"] = n_dev
+
+    nonzero = [v for p in PREDICTORS for row in dev[p]["mean"] for v in row if v > 0]
+    if nonzero:
+        delta = statistics.median(nonzero)
+    else:
+        delta = 1e-3 * float(rms_per_sample(traj.x[T]).mean())
+    gain, n_prop = propagation_gain(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=kw,
+                                    delta=delta, stride=settings.propagation_stride, progress=say)
+    forwards["propagation"] = n_prop
+    sim = similarity(traj)
+
+    compute, out_bytes, cdet = measure_compute(pipe, prompt=settings.prompts[0], seed=settings.seeds[0], num_steps=T,
+                                               call_kwargs=kw, max_window=J, repeats=settings.timing_repeats,
+                                               threads=settings.threads)
+    say(f"compute: forward {compute.forward_s[0] * 1e3:.3f} ms, step {compute.step_s * 1e3:.3f} ms, "
+        f"overhead {compute.step_overhead_s * 1e3:.3f} ms, output {out_bytes} bytes")
+
+    device_str = device_description(pipe, settings.threads)
+    measured = Measured(device=device_str, date=date, prompts=[str(p) for p in settings.prompts],
+                        seeds=[int(s) for s in settings.seeds], packages=package_versions())
+    comm, comm_prov = _comm_part(pipe, settings, out_bytes=out_bytes, traj=traj, measured=measured, say=say, notes=notes)
+
+    sched_name = type(pipe.scheduler).__name__
+    prov = Provenances(
+        deviation=measured.model_copy(update={"notes": f"RMS in latent units over {len(prompts)} samples; "
+                                                       f"forwards beyond the reference: {n_dev}"}),
+        propagation=measured.model_copy(update={"notes": f"random direction of RMS delta={delta:.4g} added to x_(i+1), "
+                                                         f"stride {settings.propagation_stride}; {n_prop} forwards"}),
+        similarity=measured,
+        compute=measured.model_copy(update={"notes": f"batch 1, median of {settings.timing_repeats} runs; forward_s[k-1] = "
+                                                     f"k consecutive forwards as the executor runs a rank's offsets"}),
+        comm=comm_prov,
+    )
+    guidance = kw.get("guidance_scale")
+    profile = Profile(
+        name=settings.name or f"{settings.model}-{sched_name}-{T}steps",
+        model=settings.model,
+        resolution_px=settings.resolution_px,
+        scheduler=sched_name,
+        guidance_scale=float(guidance) if guidance is not None else None,
+        num_steps=T,
+        max_window=J,
+        output_bytes=out_bytes,
+        provenance=prov,
+        deviation=_stats(dev),
+        reuse_deviation=_stats(reuse),
+        propagation=Propagation(gain=gain),
+        similarity=sim,
+        compute=compute,
+        comm=comm,
+    )
+    total_extra = n_dev
+    say(f"forwards: reference {traj.forwards}, deviation {n_dev} ({total_extra / T:.1f} per step; bound {1 + 2 * J}), "
+        f"propagation {n_prop}")
+    return ProfileRun(profile=profile, forwards=forwards, trajectory=traj, delta=delta, notes=notes)
+
+
+def _comm_part(pipe, settings: ProfilerSettings, *, out_bytes: int, traj: Trajectory, measured: Measured, say,
+               notes: list[str]):
+    from .interconnects import comm_for, describe
+
+    G = settings.gpus
+    if G < 2:
+        return Comm(), measured.model_copy(update={"notes": "world size 1: no exchange"})
+    dev = str(getattr(pipe, "device", "cpu"))
+    kind, slots = local_device_slots("cuda" if dev.startswith("cuda") else "cpu")
+    e0 = traj.e[0]
+    shape = [1, *e0.shape[1:]]
+    dtype = str(e0.dtype).replace("torch.", "")
+    if not settings.measure_comm:
+        if settings.interconnect is None:
+            raise ValueError("measure_comm=False needs an interconnect preset")
+        return comm_for(settings.interconnect, world_size=G), Prior(
+            rule=f"interconnect preset '{settings.interconnect}' (alpha-beta, parastep.profiles.interconnects)",
+            reference=describe(settings.interconnect))
+    can = G if kind == "cpu" else min(G, slots)
+    if kind == "cpu" and G > slots:
+        msg = f"exchange measured with {G} gloo processes on {slots} CPU cores (oversubscribed)"
+        notes.append(msg)
+        say(msg)
+    if can < G and settings.interconnect is None:
+        raise ValueError(f"this machine has {slots} CUDA device(s), fewer than --gpus {G}: pass --interconnect NAME "
+                         "for the ranks beyond them")
+    sizes = list(range(2, can + 1))
+    entries, raw = measure_comm(world_sizes=sizes, output_shape=shape, dtype=dtype, output_bytes=out_bytes,
+                                repeats=settings.comm_repeats, device=kind) if sizes else ([], {})
+    for e in entries:
+        say(f"comm g={e.ranks}: latency {e.latency_s * 1e6:.1f} us, bandwidth {e.bandwidth_bytes_per_s / 1e9:.3g} GB/s "
+            f"(raw {raw[e.ranks]})")
+    backend = "nccl" if kind == "cuda" else "gloo"
+    if can == G:
+        return Comm(entries=entries), measured.model_copy(update={
+            "notes": f"executor DistExchange over {backend}, g = 2..{G} spawned processes, alpha-beta fit over n = g, 2g, 4g "
+                     f"outputs; " + "; ".join(notes)})
+    preset = comm_for(settings.interconnect, world_size=G)
+    extra = [e for e in preset.entries if e.ranks > can]
+    return Comm(preset=settings.interconnect, entries=entries + extra), Prior(
+        rule=f"g = 2..{can} measured with the executor's DistExchange over {backend}; g = {can + 1}..{G} from interconnect "
+             f"preset '{settings.interconnect}' (alpha-beta, parastep.profiles.interconnects)",
+        reference=describe(settings.interconnect))
