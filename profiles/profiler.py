@@ -37,7 +37,7 @@ does, for a batch of samples (every prompt x every seed, one generator per sampl
    a step's wall time (pipeline bookkeeping: CFG concat/combine, callbacks, progress bar).
 6. **Comm**: the executor's own ``DistExchange`` over torch.distributed (gloo on CPU, nccl on
    CUDA) in ``g`` spawned processes, ``g = 2..G``, timing the window exchange of ``n`` outputs
-   for three sizes and fitting ``latency + n * output_bytes / bandwidth`` by least squares.
+   for four sizes and fitting ``latency + n * output_bytes / bandwidth`` (Theil-Sen, robust to a slow spell).
    Where this machine has fewer devices than G (CUDA) and an ``interconnect`` preset is given,
    ranks beyond come from the preset and the part's provenance is ``prior``.
 
@@ -571,14 +571,14 @@ def _comm_worker(ctx, job: dict) -> None:
 
 
 def fit_alpha_beta(points: Sequence[tuple[int, float]], *, output_bytes: int) -> tuple[float, float]:
-    """Least squares ``t = a + n * b`` over (n, t); returns (latency_s >= 0, bandwidth_bytes_per_s > 0)."""
-    ns = [float(n) for n, _ in points]
-    ts = [float(t) for _, t in points]
-    mn, mt = statistics.fmean(ns), statistics.fmean(ts)
-    var = sum((n - mn) ** 2 for n in ns)
-    b = sum((n - mn) * (t - mt) for n, t in zip(ns, ts)) / var if var > 0 else 0.0
+    """Robust line ``t = a + n * b`` over (n, t) (Theil-Sen: median of pairwise slopes, then the
+    median intercept; one slow spell on a shared machine does not skew it). Returns
+    (latency_s >= 0, bandwidth_bytes_per_s > 0)."""
+    pts = [(float(n), float(t)) for n, t in points]
+    slopes = [(t2 - t1) / (n2 - n1) for i, (n1, t1) in enumerate(pts) for (n2, t2) in pts[i + 1:] if n2 != n1]
+    b = statistics.median(slopes) if slopes else 0.0
     b = max(b, 1e-12)          # noise can make the slope <= 0 for tiny outputs: bandwidth is then "very large"
-    a = max(0.0, mt - b * mn)
+    a = max(0.0, statistics.median(t - b * n for n, t in pts))
     return a, output_bytes / b
 
 
@@ -588,7 +588,7 @@ def measure_comm(*, world_sizes: Sequence[int], output_shape: Sequence[int], dty
 
     entries, raw = [], {}
     for g in world_sizes:
-        sizes = [g, 2 * g, 4 * g]
+        sizes = [g, 2 * g, 4 * g, 8 * g]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "comm.json"
             launch(_comm_worker, {"shape": list(output_shape), "dtype": dtype, "sizes": sizes, "repeats": repeats,
@@ -767,7 +767,7 @@ def _comm_part(pipe, settings: ProfilerSettings, *, out_bytes: int, traj: Trajec
     backend = "nccl" if kind == "cuda" else "gloo"
     if can == G:
         return Comm(entries=entries), measured.model_copy(update={
-            "notes": f"executor DistExchange over {backend}, g = 2..{G} spawned processes, alpha-beta fit over n = g, 2g, 4g "
+            "notes": f"executor DistExchange over {backend}, g = 2..{G} spawned processes, Theil-Sen alpha-beta fit over n = g, 2g, 4g, 8g "
                      f"outputs; " + "; ".join(notes)})
     preset = comm_for(settings.interconnect, world_size=G)
     extra = [e for e in preset.entries if e.ranks > can]

@@ -144,6 +144,7 @@ def train(
     (out_dir / "training.json").write_text(json.dumps(info, indent=2) + "\n")
     assemble(out_dir=out_dir)
     print(f"[train] saved to {out_dir} ({info['wall_s']} s)", flush=True)
+    print(f"[train] quality at 50 DDIM steps: {json.dumps(evaluate(folder=out_dir))}", flush=True)
     return info
 
 
@@ -159,6 +160,25 @@ def assemble(*, out_dir: Path) -> None:
     DigitsPipeline(unet=unet, scheduler=scheduler).save_pretrained(out_dir, safe_serialization=True)
 
 
+def evaluate(*, folder: Path, num_samples: int = 64, steps: int = 50, guidance_scale: float | None = None,
+             seed: int = 0) -> dict:
+    """Quality of a saved model: ``num_samples`` samples (class k % 10), judged by the classifier."""
+    from parastep.models.digits.classifier import classify, real_digit_scores
+    from parastep.models.digits.pipeline import DEFAULT_GUIDANCE_SCALE, DigitsPipeline
+
+    pipe = DigitsPipeline.from_pretrained(folder, local_files_only=True)
+    pipe.set_progress_bar_config(disable=True)
+    g = DEFAULT_GUIDANCE_SCALE if guidance_scale is None else guidance_scale
+    wanted = [k % 10 for k in range(num_samples)]
+    gens = [torch.Generator().manual_seed(seed * 100_003 + k) for k in range(num_samples)]
+    with torch.no_grad():
+        images = pipe(wanted, num_inference_steps=steps, guidance_scale=g, generator=gens, output_type="pt").images
+    labels, top_p = classify(images)
+    return {"samples": num_samples, "steps": steps, "guidance_scale": g,
+            "agreement": float((labels == np.array(wanted)).mean()), "mean_top_probability": float(top_p.mean()),
+            "real_digits": real_digit_scores()}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parastep.models.digits.train", description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=4000, help="optimizer steps (determines the result)")
@@ -167,7 +187,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--assemble-only", action="store_true", help="only rewrite model_index.json and scheduler/")
+    parser.add_argument("--evaluate-only", action="store_true", help="only report the classifier's verdict on --out")
+    parser.add_argument("--guidance-scale", type=float, default=None, help="for --evaluate-only")
     args = parser.parse_args(argv)
+    if args.evaluate_only:
+        torch.set_num_threads(args.threads)
+        print(json.dumps(evaluate(folder=args.out, guidance_scale=args.guidance_scale), indent=2))
+        return 0
     if args.assemble_only:
         assemble(out_dir=args.out)
         return 0
