@@ -225,6 +225,10 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
         "bytes_received_per_rank": bytes_per_rank, "forwards_per_rank": [g["forwards"] for g in gathered],
         "windows": windows,
     }
+    if report["bytes_exchanged"] != schedule.totals.bytes_exchanged:
+        print(f"parastep: note: {report['bytes_exchanged']} bytes were exchanged but the schedule implies "
+              f"{schedule.totals.bytes_exchanged} (its output_bytes={schedule.output_bytes} is for another batch size, "
+              "resolution or dtype); the plan's exchange costs may be off", file=sys.stderr)
     if job.reference:
         from .metrics import psnr_db, ssim
 
