@@ -45,55 +45,74 @@ class LagrangeResult:
 
 
 class _Graph:
-    def __init__(self, problem: Problem, keep: Optional[Sequence[bool]] = None):
+    """The state-expanded graph (``Problem.state_edges``): node 3b + fresh; arcs map to edges."""
+
+    def __init__(self, problem: Problem):
         T = problem.num_steps
-        ids = [i for i in range(len(problem.edges)) if keep is None or keep[i]]
+        arcs = problem.state_edges()
         self.T = T
-        self.ids = np.array(ids, dtype=np.int64)
+        self.n_nodes = 3 * (T + 1)
+        self.ids = np.array([a[0] for a in arcs], dtype=np.int64)        # arc -> problem edge
+        self.start = np.array([a[1] for a in arcs], dtype=np.int64)      # from node
+        self.stop = np.array([a[2] for a in arcs], dtype=np.int64)       # to node
         e = problem.edges
-        self.start = np.array([e[i].start for i in ids], dtype=np.int64)
-        self.stop = np.array([e[i].stop for i in ids], dtype=np.int64)
-        self.lat = np.array([e[i].latency_units for i in ids], dtype=np.float64)
-        self.err = np.array([e[i].error_units for i in ids], dtype=np.float64)
+        self.lat = np.array([e[i].latency_units for i in self.ids], dtype=np.float64)
+        self.err = np.array([e[i].error_units for i in self.ids], dtype=np.float64)
         self.by_stop = np.argsort(self.stop, kind="stable")
-        self.in_ptr = np.searchsorted(self.stop[self.by_stop], np.arange(T + 2))
+        self.in_ptr = np.searchsorted(self.stop[self.by_stop], np.arange(self.n_nodes + 1))
         self.by_start = np.argsort(self.start, kind="stable")
-        self.out_ptr = np.searchsorted(self.start[self.by_start], np.arange(T + 2))
+        self.out_ptr = np.searchsorted(self.start[self.by_start], np.arange(self.n_nodes + 1))
+        self.ends = np.arange(3 * T, 3 * T + 3)
 
     def forward(self, w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Least weight from boundary 0 to each boundary, and the last edge (local index) on it."""
-        dist = np.full(self.T + 1, np.inf)
-        pred = np.full(self.T + 1, -1, dtype=np.int64)
+        """Least weight from node 0 to each node, and the last arc on it."""
+        dist = np.full(self.n_nodes, np.inf)
+        pred = np.full(self.n_nodes, -1, dtype=np.int64)
         dist[0] = 0.0
-        for t in range(1, self.T + 1):
-            idx = self.by_stop[self.in_ptr[t]:self.in_ptr[t + 1]]
+        for n in range(1, self.n_nodes):
+            idx = self.by_stop[self.in_ptr[n]:self.in_ptr[n + 1]]
             if idx.size:
                 vals = dist[self.start[idx]] + w[idx]
                 k = int(np.argmin(vals))
-                dist[t], pred[t] = vals[k], idx[k]
+                dist[n], pred[n] = vals[k], idx[k]
         return dist, pred
 
     def backward(self, w: np.ndarray) -> np.ndarray:
-        """Least weight from each boundary to boundary T."""
-        dist = np.full(self.T + 1, np.inf)
-        dist[self.T] = 0.0
-        for s in range(self.T - 1, -1, -1):
-            idx = self.by_start[self.out_ptr[s]:self.out_ptr[s + 1]]
+        """Least weight from each node to any end node (boundary T)."""
+        dist = np.full(self.n_nodes, np.inf)
+        dist[self.ends] = 0.0
+        for n in range(3 * self.T - 1, -1, -1):
+            idx = self.by_start[self.out_ptr[n]:self.out_ptr[n + 1]]
             if idx.size:
-                dist[s] = float(np.min(w[idx] + dist[self.stop[idx]]))
+                dist[n] = float(np.min(w[idx] + dist[self.stop[idx]]))
         return dist
 
-    def path(self, pred: np.ndarray) -> Optional[list[int]]:
+    def path(self, dist: np.ndarray, pred: np.ndarray) -> Optional[list[int]]:
+        """Arcs of the best path to boundary T, in order (None if T is unreachable)."""
+        n = int(self.ends[np.argmin(dist[self.ends])])
+        if not np.isfinite(dist[n]):
+            return None
         out = []
-        t = self.T
-        while t > 0:
-            k = int(pred[t])
-            if k < 0:
-                return None
+        while n > 0:
+            k = int(pred[n])
             out.append(k)
-            t = int(self.start[k])
+            n = int(self.start[k])
         out.reverse()
         return out
+
+
+def _arcs_of(g: _Graph, path: Sequence[int]) -> Optional[list[int]]:
+    """The arcs that follow a path of problem edges through the state graph (None if it breaks the
+    freshness rule or uses an edge absent from the graph)."""
+    by_edge_from: dict[tuple[int, int], int] = {(int(g.ids[k]), int(g.start[k])): k for k in range(g.ids.size)}
+    node, out = 0, []
+    for i in path:
+        k = by_edge_from.get((int(i), node))
+        if k is None:
+            return None
+        out.append(k)
+        node = int(g.stop[k])
+    return out
 
 
 def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_iterations: int = 60) -> LagrangeResult:
@@ -104,17 +123,18 @@ def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_it
     if g.ids.size == 0:
         return LagrangeResult(0.0, float("inf"), None, None, keep_none, 0)
 
-    best_path: Optional[list[int]] = None      # local indices
+    best_path: Optional[list[int]] = None      # arcs
     best_units: Optional[float] = None
     if incumbent:
-        local = {int(gi): k for k, gi in enumerate(g.ids)}
-        if all(i in local for i in incumbent):
-            best_path = [local[i] for i in incumbent]
+        best_path = _arcs_of(g, incumbent)
+        if best_path is not None:
             best_units = float(g.lat[best_path].sum())
+            if g.err[best_path].sum() > B:
+                best_path, best_units = None, None
 
     def relaxed(lam: float):
         dist, pred = g.forward(g.lat + lam * g.err)
-        p = g.path(pred)
+        p = g.path(dist, pred)
         return p, (float(g.lat[p].sum()), float(g.err[p].sum())) if p is not None else None
 
     def consider(p, lat_err):
@@ -132,7 +152,7 @@ def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_it
         # the least-error path (lexicographic: error, then latency)
         big = (g.lat.sum() + 1.0)
         dist, pred = g.forward(g.err * big + g.lat)
-        p_hi = g.path(pred)
+        p_hi = g.path(dist, pred)
         le_hi = (float(g.lat[p_hi].sum()), float(g.err[p_hi].sum()))
         iterations += 1
         if le_hi[1] > B:                                # infeasible: nothing to bound
@@ -154,14 +174,15 @@ def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_it
     w = g.lat + lam * g.err
     f, _ = g.forward(w)
     b = g.backward(w)
-    lower = float(f[g.T]) - lam * B
+    lower = float(np.min(f[g.ends])) - lam * B
     through = f[g.start] + w + b[g.stop] - lam * B
     # error alone: the least-error path through the edge must fit the budget (exact integers)
     fe, _ = g.forward(g.err)
     be = g.backward(g.err)
     err_through = fe[g.start] + g.err + be[g.stop]
     keep = list(keep_none)
-    # latencies are integers: a plan better than the incumbent costs at most UB - 1
+    # latencies are integers: a plan better than the incumbent costs at most UB - 1.
+    # An edge stays if any of its state copies (arcs) passes both tests.
     target = None if best_units is None else best_units - 1.0
     for k in range(g.ids.size):
         if err_through[k] <= B and (target is None or through[k] <= target + _MARGIN * max(1.0, abs(target) + lam * B)):

@@ -5,7 +5,11 @@ Variables (one family): ``x[i]`` (bool) = candidate window ``problem.edges[i]`` 
 Constraints:
 - flow: one chosen window leaves boundary 0, one enters boundary T, and at every interior boundary
   as many enter as leave (so the chosen windows form one path 0 -> T: a schedule);
-- budget: sum of chosen error units <= budget units.
+- budget: sum of chosen error units <= budget units;
+- freshness (problem.py): at each boundary b, a reuse window entering b excludes any parallel or
+  reuse window leaving b; a ``linear`` window leaving b also excludes "exact window b-1 -> b after
+  a reuse window entering b-1" (step b-2 would be a reuse step). Exactly one chosen window crosses
+  every boundary, so these pairwise exclusions are the whole rule.
 
 Objective: minimise the sum of chosen latency units.
 
@@ -85,6 +89,17 @@ def build_model(problem: Problem, *, keep: Optional[Sequence[bool]] = None, hint
             model.add_linear_constraint(cp_model.LinearExpr.sum(in_vars), 1, 1)
         else:
             model.add_linear_constraint(cp_model.LinearExpr.sum(in_vars) - cp_model.LinearExpr.sum(out_vars), 0, 0)
+    for b in range(1, T):
+        reuse_in = [built.x[i] for i in problem.in_edges[b] if i in built.x and problem.edges[i].kind == "reuse"]
+        needs_fresh_out = [built.x[i] for i in problem.out_edges[b] if i in built.x and problem.edges[i].kind != "exact"]
+        if reuse_in and needs_fresh_out:
+            model.add_linear_constraint(cp_model.LinearExpr.sum(reuse_in + needs_fresh_out), 0, 1)
+        linear_out = [built.x[i] for i in problem.out_edges[b] if i in built.x and problem.edges[i].predictor == "linear"]
+        if linear_out and b >= 2:
+            exact_prev = [built.x[i] for i in problem.in_edges[b] if i in built.x and problem.edges[i].kind == "exact"]
+            reuse_into_prev = [built.x[i] for i in problem.in_edges[b - 1] if i in built.x and problem.edges[i].kind == "reuse"]
+            if exact_prev and reuse_into_prev:
+                model.add_linear_constraint(cp_model.LinearExpr.sum(linear_out + exact_prev + reuse_into_prev), 0, 2)
     ids = list(built.x)
     variables = [built.x[i] for i in ids]
     model.add_linear_constraint(cp_model.LinearExpr.weighted_sum(variables, [problem.edges[i].error_units for i in ids]),

@@ -94,6 +94,12 @@ def verify_schedule(schedule: Schedule, profile: Profile) -> None:
     problems = violations(schedule)
     if problems:
         raise RuntimeError(f"planner bug: emitted schedule breaks an invariant: {problems[0]}")
+    step_kinds = [w.kind for w, (a, b) in zip(schedule.windows, schedule.window_bounds()) for _ in range(a, b)]
+    for w in schedule.windows:
+        if w.kind != "exact":
+            back = 2 if w.predictor == "linear" else 1
+            if any(step_kinds[w.start - d] == "reuse" for d in range(1, back + 1)):
+                raise RuntimeError(f"planner bug: window at step {w.start} ({w.kind}, {w.predictor}) extrapolates from a reuse step's stand-in")
     latency_s, error, lats, errs = recompute(schedule, profile)
     if not math.isclose(latency_s, schedule.latency.predicted_s, rel_tol=1e-9, abs_tol=1e-12):
         raise RuntimeError(f"planner bug: declared latency {schedule.latency.predicted_s} s, recomputed {latency_s} s")
@@ -116,7 +122,9 @@ def verify_schedule(schedule: Schedule, profile: Profile) -> None:
 
 def smallest_feasible_budget(profile: Profile, *, world_size: int, max_window: int) -> tuple[float, int, float]:
     """(budget, budget_units, error_units_per_unit): the least budget whose integer instance is
-    feasible (a min-error path over every candidate window, before any budget pruning)."""
+    feasible (a min-error path over every candidate window, before any budget pruning). The
+    freshness rule is relaxed here, which cannot matter: the all-exact plan has zero error and
+    obeys it, so the least error is 0 on both graphs."""
     cands = candidate_windows(profile, world_size=world_size, max_window=max_window)
     T = profile.num_steps
 
@@ -235,7 +243,7 @@ def _path_of(problem: Problem, fixed: Sequence[FixedWindow]) -> tuple[int, ...]:
     which dominate it); empty if some window has no edge."""
     path = []
     for f in fixed:
-        i = problem.edge_index(start=f.start, size=f.size, kind=f.kind)
+        i = problem.edge_index(start=f.start, size=f.size, kind=f.kind, predictor=f.predictor)
         if i is not None:
             path.append(i)
             continue

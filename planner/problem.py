@@ -11,6 +11,22 @@ Candidate edges (``build_problem``):
 - parallel, w in 2..J, s >= 1; predictor ``last`` (s >= 1) or ``linear`` (s >= 2);
 - reuse, w in 1..J, s >= 1, same predictor rules.
 
+Fresh reference outputs. A parallel or reuse window's stand-in is built from the guided output
+applied at step s-1 (and s-2 for ``linear``). The profile's tables measure deviations against the
+true e_{s-1} (e_{s-2}), which is what a step of an exact window applied, and approximately what a
+parallel window's prediction applied. A *reuse* step applies a stand-in itself, so a window right
+after a reuse window would extrapolate from a stale output and compound an error the tables do not
+see (1 forward + T-1 chained reuse steps would look nearly free). So the planner requires:
+
+- a parallel or reuse window starts only where step s-1 was not a reuse step;
+- with ``linear``, step s-2 was not a reuse step either.
+
+This is a path constraint, not a per-edge one. Its state at a boundary is how many of the steps
+just before it applied a computed output (``fresh`` in 0..2): exact -> min(2, fresh + 1), parallel
+-> 2, reuse -> 0; ``last`` needs fresh >= 1, ``linear`` fresh = 2 (``fresh_needed`` /
+``fresh_after``). The CP-SAT model states it with adjacency constraints; the DP oracle and the
+bounds expand the state into the graph.
+
 A parallel window of size 1 is not a candidate: it costs fwd(1) + exchange + step, never less than
 an exact window (fwd(1) + step) that has zero error.
 
@@ -25,11 +41,13 @@ weakens, and ``build_problem`` reports it in ``Problem.notes``.)
 
 Dominance pruning (exact: it never changes the optimal value):
 
-1. Per (start, size, kind) the two predictors have equal latency, so only the one with the lower
-   error is kept (``last`` on ties).
+1. Per (start, size, kind) the two predictors have equal latency. ``last`` needs less history than
+   ``linear``, so ``linear`` is kept only where its error is strictly lower (it then competes where
+   two fresh outputs precede the window, ``last`` elsewhere).
 2. An edge whose error alone exceeds the budget can be on no feasible path: dropped.
 3. A parallel or reuse edge s -> s+w whose latency is at least w exact windows' latency is
-   dominated by that chain of exact windows (zero error, no more latency): dropped.
+   dominated by that chain of exact windows (zero error, no more latency, needs no history and
+   leaves at least as many fresh outputs): dropped.
 
 Integer data. Latency: ``latency_units = round(latency_s * latency_units_per_s)`` (default 1e6,
 microseconds; rounding to the nearest unit, so a plan's integer latency is within T/2 units of its
@@ -94,12 +112,28 @@ class Problem:
     out_edges: tuple[tuple[int, ...], ...] = field(default=(), repr=False)   # per boundary: edge indices leaving it
     in_edges: tuple[tuple[int, ...], ...] = field(default=(), repr=False)    # per boundary: edge indices entering it
 
-    def edge_index(self, *, start: int, size: int, kind: EdgeKind) -> Optional[int]:
+    def edge_index(self, *, start: int, size: int, kind: EdgeKind, predictor: Optional[Predictor] = None) -> Optional[int]:
+        """The edge for this window (any predictor if ``predictor`` is None: the lowest error)."""
+        found = None
         for i in self.out_edges[start]:
             e = self.edges[i]
-            if e.size == size and e.kind == kind:
-                return i
-        return None
+            if e.size == size and e.kind == kind and (predictor is None or e.predictor == predictor):
+                if found is None or e.error_units < self.edges[found].error_units:
+                    found = i
+        return found
+
+    def state_edges(self) -> list[tuple[int, int, int]]:
+        """The graph with the freshness state expanded: (edge index, from node, to node), node =
+        3 * boundary + fresh; sorted by from node (a topological order). Path from node 0 to any
+        node 3T + k."""
+        out = []
+        for b in range(self.num_steps):
+            for k in range(3):
+                for i in self.out_edges[b]:
+                    e = self.edges[i]
+                    if k >= fresh_needed(kind=e.kind, predictor=e.predictor):
+                        out.append((i, 3 * b + k, 3 * e.stop + fresh_after(kind=e.kind, size=e.size, fresh_before=k)))
+        return out
 
 
 def round_robin_placement(*, size: int, world_size: int) -> tuple[int, ...]:
@@ -162,6 +196,22 @@ def _window_errors(profile: Profile, *, kind: Literal["parallel", "reuse"], star
     return [math.fsum(products[:w]) for w in range(1, len(row) + 1)]
 
 
+def fresh_needed(*, kind: EdgeKind, predictor: Optional[Predictor]) -> int:
+    """How many computed outputs must immediately precede a window of this kind (see module doc)."""
+    if kind == "exact":
+        return 0
+    return 2 if predictor == "linear" else 1
+
+
+def fresh_after(*, kind: EdgeKind, size: int, fresh_before: int) -> int:
+    """Computed outputs immediately before the boundary after the window (capped at 2)."""
+    if kind == "exact":
+        return min(2, fresh_before + 1)
+    if kind == "parallel":
+        return 2
+    return 0
+
+
 def candidate_windows(profile: Profile, *, world_size: int, max_window: int) -> list[tuple[int, int, EdgeKind, Optional[Predictor], tuple[int, ...], float, float]]:
     """Every candidate window after predictor dominance (rule 1), before budget pruning:
     (start, size, kind, predictor, placement, latency_s, error)."""
@@ -179,17 +229,16 @@ def candidate_windows(profile: Profile, *, world_size: int, max_window: int) -> 
             continue
         for kind in ("parallel", "reuse"):
             first = 2 if kind == "parallel" else 1
-            errors = {pred: _window_errors(profile, kind=kind, start=s, predictor=pred) for pred in PREDICTORS}
+            last = _window_errors(profile, kind=kind, start=s, predictor="last")
+            linear = _window_errors(profile, kind=kind, start=s, predictor="linear")
+            placement_of = placements if kind == "parallel" else {}
             for w in range(first, min(J, T - s) + 1):
-                best: Optional[tuple[float, Predictor]] = None
-                for pred in PREDICTORS:   # 'last' first: it wins ties
-                    errs = errors[pred]
-                    if w <= len(errs) and (best is None or errs[w - 1] < best[0]):
-                        best = (errs[w - 1], pred)
-                if best is None:
-                    continue
-                placement = placements[w] if kind == "parallel" else ()
-                out.append((s, w, kind, best[1], placement, latency[(kind, w)], best[0]))
+                lat = latency[(kind, w)]
+                placement = placement_of.get(w, ())
+                if w <= len(last):
+                    out.append((s, w, kind, "last", placement, lat, last[w - 1]))
+                if w <= len(linear) and (w > len(last) or linear[w - 1] < last[w - 1]):
+                    out.append((s, w, kind, "linear", placement, lat, linear[w - 1]))
     return out
 
 
