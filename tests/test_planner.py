@@ -1,0 +1,265 @@
+"""Planner: CP-SAT vs the DP oracle vs brute force, emitted schedules valid and self-consistent,
+the paper's arithmetic, never worse than the fixed plan, infeasibility message."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+import yaml
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from parastep.errors import UserError
+from parastep.planner.cpsat import SolverOptions, solve_cpsat
+from parastep.planner.fixed import default_warmup, fixed_error, fixed_error_units, fixed_latency_units, fixed_windows
+from parastep.planner.oracle import solve_dp
+from parastep.planner.plan import plan_schedule, recompute, smallest_feasible_budget
+from parastep.planner.problem import build_problem, error_scale_for, round_robin_placement
+from parastep.schedules.check import violations
+from parastep.schedules.io import dump_schedule, schedule_from_dict
+from parastep.schedules.simulate import simulate
+
+from strategies import make_profile, random_profiles, zero_comm
+
+SHA = "0" * 64
+ONE_WORKER = SolverOptions(workers=1, seed=0, time_limit_s=30.0)
+
+
+def _instance(seed: int, *, max_steps: int = 24, max_window: int = 6, max_gpus: int = 8):
+    r = random.Random(seed)
+    T, J, G = r.randint(1, max_steps), r.randint(1, max_window), r.randint(1, max_gpus)
+    prof = make_profile(num_steps=T, max_window=J, seed=seed)
+    Jp = min(J, r.randint(1, J + 2))
+    fixed = fixed_windows(prof, world_size=G, max_window=Jp, warmup=default_warmup(T))
+    kind = r.choice(["fixed", "scaled", "zero", "random"])
+    if kind == "fixed":
+        budget = fixed_error(fixed)
+        scale = error_scale_for(budget)
+        units = fixed_error_units(fixed, scale=scale)
+        return build_problem(prof, world_size=G, max_window=Jp, budget=budget, budget_units=units, error_units_per_unit=scale)
+    budget = {"scaled": fixed_error(fixed) * r.choice([0.1, 0.5, 2.0, 10.0]), "zero": 0.0,
+              "random": 10.0 ** r.uniform(-8, 2)}[kind]
+    return build_problem(prof, world_size=G, max_window=Jp, budget=budget)
+
+
+def _fresh_ok(path_edges) -> bool:
+    """The freshness rule, written out for the brute force: no non-exact window right after a
+    reuse step; linear needs steps s-1 and s-2 not to be reuse steps."""
+    step_kind = []
+    for e in path_edges:
+        if e.kind != "exact":
+            back = 2 if e.predictor == "linear" else 1
+            if len(step_kind) < back or any(k == "reuse" for k in step_kind[-back:]):
+                return False
+        step_kind.extend([e.kind] * e.size)
+    return True
+
+
+def _brute_force(problem) -> int | None:
+    """Least latency units over every path 0 -> T (exhaustive), or None."""
+    best = None
+    T = problem.num_steps
+
+    def walk(b, path, lat, err):
+        nonlocal best
+        if err > problem.budget_units or (best is not None and lat >= best):
+            return
+        if b == T:
+            if _fresh_ok([problem.edges[i] for i in path]):
+                best = lat
+            return
+        for i in problem.out_edges[b]:
+            e = problem.edges[i]
+            walk(e.stop, path + [i], lat + e.latency_units, err + e.error_units)
+
+    walk(0, [], 0, 0)
+    return best
+
+
+# ---- differential ----------------------------------------------------------------------------
+
+def test_cpsat_optimum_equals_dp_oracle_on_300_random_instances():
+    mismatches = []
+    for seed in range(300):
+        problem = _instance(seed)
+        dp = solve_dp(problem)
+        cs = solve_cpsat(problem, ONE_WORKER)
+        assert dp is not None, f"seed {seed}: the all-exact plan is always feasible"
+        if cs.status != "OPTIMAL" or cs.objective != dp.latency_units:
+            mismatches.append((seed, cs.status, cs.objective, dp.latency_units))
+        # the DP's own path really has the value it claims and fits the budget
+        assert sum(problem.edges[i].latency_units for i in dp.path) == dp.latency_units
+        assert dp.error_units <= problem.budget_units
+        assert _fresh_ok([problem.edges[i] for i in dp.path])
+        assert _fresh_ok([problem.edges[i] for i in cs.path])
+        assert sum(problem.edges[i].error_units for i in cs.path) <= problem.budget_units
+    assert mismatches == []
+
+
+def test_cpsat_without_reductions_matches_dp():
+    """The Lagrangian edge elimination is exact: the unreduced model has the same optimum."""
+    for seed in range(300, 360):
+        problem = _instance(seed)
+        assert solve_cpsat(problem, ONE_WORKER, reduce=False).objective == solve_dp(problem).latency_units
+
+
+def test_dp_oracle_equals_brute_force_on_tiny_instances():
+    for seed in range(1000, 1150):
+        problem = _instance(seed, max_steps=8, max_window=3, max_gpus=4)
+        assert solve_dp(problem).latency_units == _brute_force(problem), f"seed {seed}"
+
+
+# ---- the problem's data ------------------------------------------------------------------------
+
+def test_edge_errors_are_the_profiles_window_deviation_bit_for_bit():
+    prof = make_profile(num_steps=30, max_window=8, seed=7)
+    problem = build_problem(prof, world_size=4, max_window=8, budget=1e9)
+    assert any(e.kind == "reuse" for e in problem.edges) and any(e.predictor == "linear" for e in problem.edges)
+    for e in problem.edges:
+        if e.kind == "exact":
+            assert e.error == 0.0 and e.error_units == 0
+        else:
+            assert e.error == prof.window_deviation(e.kind, start=e.start, size=e.size, predictor=e.predictor)
+            assert e.error_units == math.ceil(e.error * problem.error_units_per_unit)
+
+
+def test_error_scale_spans_1e4_to_2_5e4_units_and_rounds_up():
+    for budget in [1e-9, 3.3e-4, 0.5, 1.0, 2.5, 9.99, 123456.0]:
+        scale = error_scale_for(budget)
+        assert 1e4 <= budget * scale < 2.5e4
+        mantissa = scale / 10 ** math.floor(math.log10(scale))
+        assert any(math.isclose(mantissa, m) for m in (1, 2, 5))
+    prof = make_profile(num_steps=20, max_window=4, seed=3)
+    problem = build_problem(prof, world_size=4, max_window=4, budget=0.0)
+    assert problem.budget_units == 0
+    assert all(e.error_units == 0 for e in problem.edges)      # only zero-error windows survive
+
+
+@pytest.mark.parametrize("w,g", [(1, 1), (5, 1), (8, 8), (9, 8), (17, 4), (3, 64)])
+def test_round_robin_placement_has_least_max_load(w, g):
+    p = round_robin_placement(size=w, world_size=g)
+    loads = [p.count(r) for r in range(g)]
+    assert max(loads) == -(-w // g) and sum(loads) == w
+
+
+# ---- emitted schedules -------------------------------------------------------------------------
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=random_profiles(max_steps=40, max_window=12), gpus=st.integers(1, 64),
+       budget_factor=st.sampled_from([None, 0.0, 0.3, 1.0, 3.0]), policy=st.sampled_from(["optimal", "optimal", "fixed"]),
+       solver=st.sampled_from(["cp-sat", "dp"]))
+def test_every_emitted_schedule_is_valid_and_round_trips(profile, gpus, budget_factor, policy, solver):
+    J = min(gpus, profile.max_window)
+    budget = None
+    if budget_factor is not None and policy == "optimal":
+        budget = budget_factor * fixed_error(fixed_windows(profile, world_size=gpus, max_window=J, warmup=default_warmup(profile.num_steps)))
+    res = plan_schedule(profile, profile_sha256=SHA, world_size=gpus, budget=budget, policy=policy, solver=solver, options=ONE_WORKER)
+    s = res.schedule
+    assert violations(s) == []
+    assert s.quality.predicted_units <= s.quality.budget_units or policy == "fixed"
+    assert s.quality.predicted <= s.quality.budget * (1 + 1e-12) or policy == "fixed"
+    if policy == "optimal":
+        assert s.solver.status == "OPTIMAL" and s.solver.objective == s.solver.bound
+    # YAML round trip is lossless
+    again = schedule_from_dict(yaml.safe_load(dump_schedule(s)))
+    assert again == s
+    # the planner's latency is simulate's (op graph, critical path)
+    assert math.isclose(simulate(s, profile).latency_s, s.latency.predicted_s, rel_tol=1e-9, abs_tol=1e-12)
+    # a calibrated profile reports the predicted PSNR
+    assert (s.quality.predicted_psnr_db is not None) == (profile.calibration is not None)
+
+
+@pytest.mark.parametrize("T,G,J", [(1000, 64, 4), (400, 3, 8)])
+def test_big_instances_emit_valid_schedules(T, G, J):
+    profile = make_profile(num_steps=T, max_window=J, seed=T + G)
+    res = plan_schedule(profile, profile_sha256=SHA, world_size=G, solver="dp")
+    assert violations(res.schedule) == [] and res.schedule.solver.status == "OPTIMAL"
+    # CP-SAT under a short limit still emits a checked plan (OPTIMAL or FEASIBLE, never worse than the hint)
+    cs = plan_schedule(profile, profile_sha256=SHA, world_size=G, options=SolverOptions(workers=1, time_limit_s=2.0))
+    assert violations(cs.schedule) == [] and cs.schedule.solver.status in ("OPTIMAL", "FEASIBLE")
+    assert cs.schedule.solver.objective >= res.schedule.solver.objective
+    if cs.schedule.solver.status == "FEASIBLE":
+        assert any("time limit" in w for w in cs.warnings)
+
+
+@settings(max_examples=25, deadline=None)
+@given(profile=random_profiles(max_steps=60, max_window=16), gpus=st.integers(1, 64), warmup_frac=st.floats(0.0, 0.9))
+def test_optimal_is_never_slower_than_the_fixed_plan_at_its_budget(profile, gpus, warmup_frac):
+    T = profile.num_steps
+    W = max(1, min(T - 1, round(warmup_frac * T))) if T > 1 else None
+    fixed = plan_schedule(profile, profile_sha256=SHA, world_size=gpus, policy="fixed", warmup=W).schedule
+    opt = plan_schedule(profile, profile_sha256=SHA, world_size=gpus, warmup=W, options=ONE_WORKER).schedule
+    assert opt.quality.budget_units == fixed.quality.predicted_units        # same integer units
+    assert opt.solver.objective <= fixed.solver.objective                   # integer latency
+    assert opt.latency.predicted_s <= fixed.latency.predicted_s + len(fixed.windows) * 0.5 / opt.solver.latency_units_per_s
+    assert opt.quality.predicted_units <= fixed.quality.predicted_units
+
+
+def test_fixed_plan_follows_the_paper():
+    profile = make_profile(num_steps=50, max_window=8, seed=1)
+    s = plan_schedule(profile, profile_sha256=SHA, world_size=8, policy="fixed").schedule
+    assert default_warmup(50) == 5 and [w.kind for w in s.windows[:5]] == ["exact"] * 5
+    assert [w.start for w in s.windows[5:]] == [5, 13, 21, 29, 37, 45]
+    assert all(w.placement == list(range(len(w.placement))) and w.predictor == "last" for w in s.windows[5:])
+    assert len(s.windows[-1].placement) == 5                                   # last one shorter
+    assert [default_warmup(t) for t in (1, 4, 5, 14, 15, 25, 200)] == [1, 1, 1, 1, 2, 3, 20]
+
+
+# ---- the paper's arithmetic --------------------------------------------------------------------
+
+CASES = [(200, 5, 8), (50, 5, 8), (50, 1, 2), (37, 4, 5), (100, 10, 4), (16, 1, 16), (64, 3, 7), (11, 10, 3), (999, 17, 64), (2, 1, 2)]
+
+
+@pytest.mark.parametrize("T,W,N", CASES)
+def test_fixed_plan_speedup_is_the_papers_formula_exactly(T, W, N):
+    profile = make_profile(num_steps=T, max_window=N, seed=T, forward_s=[1.0] * N, step_s=0.0, step_overhead_s=0.0, comm=zero_comm())
+    s = plan_schedule(profile, profile_sha256=SHA, world_size=N, policy="fixed", warmup=W).schedule
+    expected = T / (W + math.ceil((T - W) / N))
+    assert s.latency.speedup == expected
+    assert simulate(s, profile).speedup == expected
+    if (T, W, N) == (200, 5, 8):
+        assert f"{expected:.2f}" == "6.67"
+
+
+# ---- budget edge cases -------------------------------------------------------------------------
+
+def test_infeasible_budget_names_the_smallest_feasible_budget():
+    profile = make_profile(num_steps=20, max_window=4, seed=5)
+    least, units, _scale = smallest_feasible_budget(profile, world_size=4, max_window=4)
+    assert least == 0.0 and units == 0                                       # all-exact is always feasible
+    for solver in ("cp-sat", "dp"):
+        with pytest.raises(UserError, match=r"smallest feasible budget is 0\.0 .*pass --budget 0\.0"):
+            plan_schedule(profile, profile_sha256=SHA, world_size=4, budget=-1e-3, solver=solver, options=ONE_WORKER)
+
+
+def test_zero_budget_gives_only_zero_error_windows():
+    profile = make_profile(num_steps=30, max_window=6, seed=9)
+    s = plan_schedule(profile, profile_sha256=SHA, world_size=4, budget=0.0, options=ONE_WORKER).schedule
+    assert s.quality.predicted == 0.0 and s.quality.budget_units == 0
+    _lat, err, _l, errs = recompute(s, profile)
+    assert err == 0.0 and all(e == 0.0 for e in errs)
+
+
+def test_budget_monotone_latency():
+    profile = make_profile(num_steps=40, max_window=8, seed=11)
+    base = fixed_error(fixed_windows(profile, world_size=8, max_window=8, warmup=4))
+    lats = [plan_schedule(profile, profile_sha256=SHA, world_size=8, budget=base * f, solver="dp").schedule.latency.predicted_s
+            for f in (0.0, 0.1, 0.5, 1.0, 4.0)]
+    assert all(a >= b - 1e-5 for a, b in zip(lats, lats[1:]))
+
+
+def test_deterministic_option_reproduces_the_plan():
+    profile = make_profile(num_steps=30, max_window=8, seed=21)
+    opts = SolverOptions(workers=2, seed=3, deterministic=True)
+    a = plan_schedule(profile, profile_sha256=SHA, world_size=8, options=opts).schedule
+    b = plan_schedule(profile, profile_sha256=SHA, world_size=8, options=opts).schedule
+    assert a.windows == b.windows and a.solver.objective == b.solver.objective
+
+
+def test_fixed_latency_units_match_the_plan():
+    profile = make_profile(num_steps=50, max_window=8, seed=2)
+    fw = fixed_windows(profile, world_size=8, max_window=8, warmup=5)
+    s = plan_schedule(profile, profile_sha256=SHA, world_size=8, policy="fixed").schedule
+    assert s.solver.objective == fixed_latency_units(fw, scale=s.solver.latency_units_per_s)
