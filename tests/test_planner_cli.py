@@ -1,0 +1,148 @@
+"""``parastep plan`` from the outside: stdout is only a valid schedule, errors are one line, exit 2."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from parastep.cli import main
+from parastep.profiles.io import shipped_profiles, write_profile
+from parastep.schedules.check import violations
+from parastep.schedules.io import schedule_from_dict
+
+from strategies import make_profile
+
+
+@pytest.fixture
+def prior_file(tmp_path):
+    path = tmp_path / "prof.yaml"
+    write_profile(make_profile(num_steps=30, max_window=8, seed=4, calibration=True), path)
+    return path
+
+
+@pytest.fixture
+def measured_file(tmp_path):
+    path = tmp_path / "measured.yaml"
+    write_profile(make_profile(num_steps=30, max_window=8, seed=6, provenance="measured"), path)
+    return path
+
+
+def _plan(capsys, *argv):
+    code = main(["plan", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def _assert_user_error(code, out, err, *, needle):
+    assert code == 2
+    assert out == ""
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("parastep: error: "), err
+    assert "Traceback" not in err
+    assert needle in err, err
+
+
+def test_plan_writes_only_a_valid_schedule_to_stdout(capsys, prior_file):
+    code, out, err = _plan(capsys, "--model", "random", "--gpus", "4", "--profile", str(prior_file), "--workers", "1")
+    assert code == 0
+    s = schedule_from_dict(yaml.safe_load(out))
+    assert violations(s) == [] and s.world_size == 4 and s.solver.status == "OPTIMAL"
+    assert "WARNING" in err and "PRIOR" in err and "deviation" in err      # loud prior warning
+    assert "speedup" in err and "OPTIMAL" in err                           # one-line summary
+
+
+def test_plan_fixed_policy_and_dp_solver(capsys, prior_file):
+    code, out, _ = _plan(capsys, "--model", "random", "--gpus", "8", "--profile", str(prior_file), "--policy", "fixed", "--warmup", "3")
+    s = schedule_from_dict(yaml.safe_load(out))
+    assert code == 0 and s.policy == "fixed" and [w.kind for w in s.windows[:4]] == ["exact"] * 3 + ["parallel"]
+    code, out, _ = _plan(capsys, "--model", "random", "--gpus", "8", "--profile", str(prior_file), "--solver", "dp")
+    assert code == 0 and schedule_from_dict(yaml.safe_load(out)).solver.name == "dp"
+
+
+def test_min_psnr_uses_the_calibration(capsys, prior_file):
+    code, out, _ = _plan(capsys, "--model", "random", "--gpus", "4", "--profile", str(prior_file), "--min-psnr", "40", "--workers", "1")
+    s = schedule_from_dict(yaml.safe_load(out))
+    assert code == 0 and s.quality.min_psnr_db == 40.0
+    assert s.quality.predicted_psnr_db >= 40.0 - 1e-9
+
+
+@pytest.mark.parametrize("argv,needle", [
+    (["--model", "no-such-model", "--gpus", "2"], "no shipped profile for model 'no-such-model'"),
+    (["--model", "random", "--gpus", "2", "--profile", "/nonexistent/p.yaml"], "does not exist"),
+    (["--model", "random", "--gpus", "0"], "expected a positive integer"),
+    (["--model", "random", "--gpus", "2", "--budget", "-1"], "expected a finite number >= 0"),
+])
+def test_bad_flags_are_one_line_exit_2(capsys, argv, needle):
+    _assert_user_error(*_plan(capsys, *argv), needle=needle)
+
+
+def test_malformed_and_truncated_profiles(capsys, tmp_path, prior_file):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("parastep_profile: 1\nname: [unclosed\n")
+    _assert_user_error(*_plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(bad)), needle="not valid YAML")
+    half = tmp_path / "half.yaml"
+    half.write_text(prior_file.read_text()[: len(prior_file.read_text()) // 2].rsplit("\n", 1)[0] + "\n")
+    code, out, err = _plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(half))
+    assert code == 2 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_profile_for_another_model_and_bad_warmup(capsys, prior_file):
+    _assert_user_error(*_plan(capsys, "--model", "sdxl", "--gpus", "2", "--profile", str(prior_file)), needle="is for model 'random'")
+    _assert_user_error(*_plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(prior_file), "--warmup", "30"),
+                       needle="--warmup 30 must be less than the number of steps (30)")
+    _assert_user_error(*_plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(prior_file), "--policy", "fixed", "--budget", "1"),
+                       needle="apply to --policy optimal")
+
+
+def test_measured_profile_refuses_other_steps_and_windows(capsys, measured_file):
+    _assert_user_error(*_plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(measured_file), "--steps", "40"),
+                       needle="re-profile with --steps 40")
+    _assert_user_error(*_plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(measured_file), "--max-window", "12"),
+                       needle="re-profile with --max-window 12")
+    _assert_user_error(*_plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(measured_file), "--min-psnr", "30"),
+                       needle="needs a profile with a PSNR calibration")
+    code, out, err = _plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(measured_file), "--workers", "1")
+    assert code == 0 and "WARNING" not in err                              # measured: no prior warning
+
+
+@pytest.mark.skipif("sdxl" not in shipped_profiles(), reason="the shipped sdxl profile is not in this checkout")
+def test_shipped_sdxl_plans_optimally_with_the_prior_warning(capsys):
+    code, out, err = _plan(capsys, "--model", "sdxl", "--gpus", "8")
+    s = schedule_from_dict(yaml.safe_load(out))
+    assert code == 0 and violations(s) == [] and s.solver.status == "OPTIMAL" and s.model == "sdxl"
+    assert "PRIOR" in err and "NOT from measurements" in err
+    assert s.latency.speedup > 1.0 and s.quality.predicted <= s.quality.budget
+
+
+@pytest.mark.skipif("sdxl" not in shipped_profiles(), reason="the shipped sdxl profile is not in this checkout")
+def test_sdxl_prior_is_rederived_for_other_steps_and_interconnects(capsys):
+    code, out, _ = _plan(capsys, "--model", "sdxl", "--gpus", "4", "--steps", "20", "--max-window", "20")
+    s = schedule_from_dict(yaml.safe_load(out))
+    assert code == 0 and s.num_steps == 20 and s.max_window == 20 and violations(s) == []
+    code, out_nv, _ = _plan(capsys, "--model", "sdxl", "--gpus", "8", "--policy", "fixed")
+    code2, out_eth, _ = _plan(capsys, "--model", "sdxl", "--gpus", "8", "--policy", "fixed", "--interconnect", "ethernet-1g")
+    nv, eth = (schedule_from_dict(yaml.safe_load(o)) for o in (out_nv, out_eth))
+    assert code == code2 == 0 and eth.latency.predicted_s > nv.latency.predicted_s and "comm" in eth.profile.prior_parts
+    _assert_user_error(*_plan(capsys, "--model", "sdxl", "--gpus", "8", "--interconnect", "carrier-pigeon"), needle="unknown interconnect")
+
+
+def test_console_script_subprocess(tmp_path, prior_file):
+    exe = str(Path(sys.executable).with_name("parastep"))
+    assert Path(exe).exists() or shutil.which("parastep"), "the parastep console script is not installed"
+    exe = exe if Path(exe).exists() else shutil.which("parastep")
+    ok = subprocess.run([exe, "plan", "--model", "random", "--gpus", "2", "--profile", str(prior_file), "--workers", "1"],
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0, ok.stderr
+    s = schedule_from_dict(yaml.safe_load(ok.stdout))
+    assert violations(s) == [] and math.isfinite(s.latency.speedup)
+    sched = tmp_path / "s.yaml"
+    sched.write_text(ok.stdout)
+    assert subprocess.run([exe, "validate", str(sched)], capture_output=True, text=True, timeout=60).returncode == 0
+    bad = subprocess.run([exe, "plan", "--model", "nope", "--gpus", "2"], capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stdout == "" and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
