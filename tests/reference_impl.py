@@ -84,14 +84,15 @@ def run_plain(pipe, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.
 
 
 @torch.no_grad()
-def reference_loop(scheduler, guided, x0: torch.Tensor, windows, *, num_steps: int) -> torch.Tensor:
+def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps: int) -> torch.Tensor:
     """DESIGN §1 literally. ``guided(sched, x, t)`` is the guided model output at (x, t) computed
-    with scheduler state ``sched`` (for ``scale_model_input``); ``scheduler`` is copied, not used."""
+    with scheduler state ``sched`` (for ``scale_model_input``); ``scheduler`` is copied, not used;
+    x_0 = noise * init_noise_sigma (after set_timesteps, as pipelines do)."""
     wins = [w if isinstance(w, dict) else w.model_dump() for w in windows]
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(num_steps)
     ts = sched.timesteps
-    x = x0
+    x = noise * sched.init_noise_sigma
     applied: list[torch.Tensor] = []   # e_0, e_1, ... applied to the real trajectory
 
     def stand_in(pred, k):
@@ -125,14 +126,21 @@ def reference_loop(scheduler, guided, x0: torch.Tensor, windows, *, num_steps: i
     return x
 
 
+def _noise(pipe, height: int, width: int, dtype, seed: int) -> torch.Tensor:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    f = pipe.vae_scale_factor
+    shape = (1, pipe.unet.config.in_channels, height // f, width // f)
+    return randn_tensor(shape, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"), dtype=dtype)
+
+
 @torch.no_grad()
 def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.0,
                       height: int = 16, width: int = 16) -> torch.Tensor:
     """Final latents x_T of DESIGN §1 for the tiny SD pipeline (CFG written out here)."""
     pos, neg = prompt_embeds()
     cond = torch.cat([neg, pos])
-    x0 = pipe.prepare_latents(pos.shape[0], pipe.unet.config.in_channels, height, width, pos.dtype,
-                              torch.device("cpu"), torch.Generator().manual_seed(seed))
+    x0 = _noise(pipe, height, width, pos.dtype, seed)
 
     def guided(s, xin, t):
         inp = s.scale_model_input(torch.cat([xin] * 2), t)
@@ -187,3 +195,27 @@ def make_schedule(windows: list[dict], *, num_steps: int, world_size: int, outpu
     bad = violations(sched)
     assert not bad, bad
     return sched
+
+
+@torch.no_grad()
+def reference_latents_sdxl(pipe, windows, *, num_steps: int, prompt: str, seed: int, height: int, width: int,
+                           guidance_scale: float) -> torch.Tensor:
+    """DESIGN §1 for a StableDiffusionXLPipeline: its conditioning (two text encoders, pooled text
+    embeds, size/crop time ids) and CFG written out here, then ``reference_loop``."""
+    device = torch.device("cpu")
+    pe, npe, ppe, nppe = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1,
+                                            do_classifier_free_guidance=True)
+    x0 = _noise(pipe, height, width, pe.dtype, seed)
+    proj = pipe.text_encoder_2.config.projection_dim
+    ids = pipe._get_add_time_ids((height, width), (0, 0), (height, width), dtype=pe.dtype,
+                                 text_encoder_projection_dim=proj)
+    cond = torch.cat([npe, pe])
+    added = {"text_embeds": torch.cat([nppe, ppe]), "time_ids": torch.cat([ids, ids])}
+
+    def guided(s, xin, t):
+        inp = s.scale_model_input(torch.cat([xin] * 2), t)
+        raw = pipe.unet(inp, t, encoder_hidden_states=cond, added_cond_kwargs=added, return_dict=False)[0]
+        u, c = raw.chunk(2)
+        return u + guidance_scale * (c - u)
+
+    return reference_loop(pipe.scheduler, guided, x0, windows, num_steps=num_steps)

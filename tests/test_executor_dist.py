@@ -7,8 +7,10 @@ saves its final latents; the test checks, bit for bit:
 - tiny SD pipeline (3 schedulers): equal to ``reference_impl.reference_latents`` (the
   independent loop of DESIGN §1);
 - every registered tiny pipeline (sd15, sdxl, sd3, pixart-sigma, flux) with each scheduler
-  it supports: an exact-only schedule equals the plain pipeline; a random schedule equals the
-  single-process emulation (``LocalExchange``);
+  it supports: an exact-only schedule equals the plain pipeline; a random schedule equals
+  ``reference_impl.reference_latents_sdxl`` for SDXL and the single-process emulation
+  (``LocalExchange``, itself checked against the reference loop for SD/SDXL/DDIMPipeline) for the
+  others;
 - bytes received, summed over ranks, equal ``implied_totals``; forwards per rank too.
 """
 
@@ -97,7 +99,12 @@ def _expected(case: dict) -> torch.Tensor:
         return R.reference_latents(pipe, sched.windows, num_steps=case["num_steps"])
     from parastep.executor.exchange import LocalExchange
 
-    lat, _ = _run(pipe, case, LocalExchange())
+    if case["pipe"] == "sdxl":   # independent reference with SDXL's conditioning written out
+        kw = TP.tiny_call_kwargs("sdxl", num_inference_steps=case["num_steps"])
+        lat = R.reference_latents_sdxl(pipe, case["windows"], num_steps=case["num_steps"], prompt="a red cat", seed=0,
+                                       height=kw["height"], width=kw["width"], guidance_scale=kw["guidance_scale"])
+    else:                        # sd3, pixart-sigma, flux, sd15+PNDM: the single-process emulation
+        lat, _ = _run(pipe, case, LocalExchange())
     if all(w["kind"] == "exact" for w in case["windows"]):
         steps = inference_steps_for(pipe.scheduler, case["num_steps"])
         kw = TP.tiny_call_kwargs(case["pipe"], num_inference_steps=steps)

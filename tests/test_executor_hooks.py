@@ -67,15 +67,32 @@ def test_random_schedules_match_reference_implementation(seed, scheduler, num_st
     pipe = R.tiny_sd_pipeline(scheduler)
     wins = R.random_windows(random.Random(seed), num_steps=num_steps, world_size=3, max_window=4)
     sched = R.make_schedule(wins, num_steps=num_steps, world_size=3, output_bytes=4)
+    want = R.reference_latents(pipe, sched.windows, num_steps=num_steps)   # on the fresh pipeline
     handle = apply_parastep(pipe, ParaStepConfig(windows=sched.windows, num_steps=num_steps, exchange=LocalExchange()))
     got = R.run_plain(pipe, num_steps=num_steps)
     remove_parastep(pipe)
-    want = R.reference_latents(pipe, sched.windows, num_steps=num_steps)
     assert torch.equal(got, want), (wins, (got - want).abs().max())
     forwards = sum(1 if w["kind"] == "exact" else len(w.get("placement", [])) for w in wins)
     assert handle.forwards == forwards
     assert sum(s.forwards for s in handle.stats()) == forwards
     assert [s.start for s in handle.stats()] == [w["start"] for w in wins]
+
+
+@pytest.mark.parametrize("scheduler", TP.supported_schedulers("sdxl"))
+def test_sdxl_random_schedules_match_reference_implementation(scheduler):
+    pipe = TP.make_tiny_pipeline("sdxl", scheduler=scheduler)
+    n = 7
+    kw = TP.tiny_call_kwargs("sdxl", num_inference_steps=n)
+    rng = random.Random(sum(map(ord, scheduler)))   # fixed per scheduler
+    for _ in range(3):
+        wins = R.random_windows(rng, num_steps=n, world_size=2, max_window=3)
+        sched = R.make_schedule(wins, num_steps=n, world_size=2, output_bytes=4)
+        apply_parastep(pipe, ParaStepConfig(windows=sched.windows, num_steps=n))
+        got = _call_tiny(pipe, "sdxl", steps=n)
+        remove_parastep(pipe)
+        want = R.reference_latents_sdxl(pipe, wins, num_steps=n, prompt="a red cat", seed=0, height=kw["height"],
+                                        width=kw["width"], guidance_scale=kw["guidance_scale"])
+        assert torch.equal(got, want), wins
 
 
 def test_parallel_window_differs_from_sequential_and_linear_differs_from_last():
