@@ -84,15 +84,19 @@ def run_plain(pipe, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.
 
 
 @torch.no_grad()
-def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps: int) -> torch.Tensor:
+def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps: int,
+                   inference_steps: int | None = None, timestep_kwargs: dict | None = None,
+                   scale_noise: bool = True) -> torch.Tensor:
     """DESIGN §1 literally. ``guided(sched, x, t)`` is the guided model output at (x, t) computed
     with scheduler state ``sched`` (for ``scale_model_input``); ``scheduler`` is copied, not used;
-    x_0 = noise * init_noise_sigma (after set_timesteps, as pipelines do)."""
+    ``set_timesteps(inference_steps or num_steps, **timestep_kwargs)`` must give ``num_steps``
+    timesteps; x_0 = noise * init_noise_sigma (after set_timesteps, as UNet pipelines do) or noise."""
     wins = [w if isinstance(w, dict) else w.model_dump() for w in windows]
     sched = copy.deepcopy(scheduler)
-    sched.set_timesteps(num_steps)
+    sched.set_timesteps(inference_steps or num_steps, **(timestep_kwargs or {}))
     ts = sched.timesteps
-    x = noise * sched.init_noise_sigma
+    assert len(ts) == num_steps, (len(ts), num_steps)
+    x = noise * sched.init_noise_sigma if scale_noise else noise
     applied: list[torch.Tensor] = []   # e_0, e_1, ... applied to the real trajectory
 
     def stand_in(pred, k):
@@ -219,3 +223,103 @@ def reference_latents_sdxl(pipe, windows, *, num_steps: int, prompt: str, seed: 
         return u + guidance_scale * (c - u)
 
     return reference_loop(pipe.scheduler, guided, x0, windows, num_steps=num_steps)
+
+
+def _cfg(raw: torch.Tensor, guidance_scale: float) -> torch.Tensor:
+    u, c = raw.chunk(2)
+    return u + guidance_scale * (c - u)
+
+
+@torch.no_grad()
+def reference_latents_tiny(name: str, pipe, windows, *, num_steps: int, inference_steps: int, prompt: str, seed: int,
+                           call_kwargs: dict) -> torch.Tensor:
+    """DESIGN §1 for the registry's tiny pipelines (``tests/tiny_pipelines.py``): each pipeline's
+    conditioning, denoiser call and guidance written out here, then ``reference_loop``."""
+    from diffusers.utils.torch_utils import randn_tensor
+
+    device = torch.device("cpu")
+    h, w, g = call_kwargs["height"], call_kwargs["width"], call_kwargs["guidance_scale"]
+    gen = torch.Generator().manual_seed(seed)
+    if name == "sdxl":
+        return reference_latents_sdxl(pipe, windows, num_steps=num_steps, prompt=prompt, seed=seed, height=h, width=w,
+                                      guidance_scale=g)
+    if name == "sd15":
+        pe, npe = pipe.encode_prompt(prompt, device, 1, True)
+        cond = torch.cat([npe, pe])
+        noise = _noise(pipe, h, w, pe.dtype, seed)
+
+        def guided(s, x, t):
+            inp = s.scale_model_input(torch.cat([x] * 2), t)
+            return _cfg(pipe.unet(inp, t, encoder_hidden_states=cond, return_dict=False)[0], g)
+
+        return reference_loop(pipe.scheduler, guided, noise, windows, num_steps=num_steps, inference_steps=inference_steps)
+    if name == "sd3":
+        pe, npe, ppe, nppe = pipe.encode_prompt(prompt=prompt, prompt_2=None, prompt_3=None, device=device,
+                                                num_images_per_prompt=1, do_classifier_free_guidance=True,
+                                                max_sequence_length=call_kwargs["max_sequence_length"])
+        cond, pooled = torch.cat([npe, pe]), torch.cat([nppe, ppe])
+        f = pipe.vae_scale_factor
+        noise = randn_tensor((1, pipe.transformer.config.in_channels, h // f, w // f), generator=gen, device=device,
+                             dtype=pe.dtype)
+
+        def guided(s, x, t):
+            inp = torch.cat([x] * 2)
+            raw = pipe.transformer(hidden_states=inp, timestep=t.expand(2), encoder_hidden_states=cond,
+                                   pooled_projections=pooled, joint_attention_kwargs=None, return_dict=False)[0]
+            return _cfg(raw, g)
+
+        assert not pipe.scheduler.config.get("use_dynamic_shifting")
+        return reference_loop(pipe.scheduler, guided, noise, windows, num_steps=num_steps, scale_noise=False)
+    if name == "pixart-sigma":
+        pe, pm, npe, npm = pipe.encode_prompt(prompt, True, device=device, clean_caption=False,
+                                              max_sequence_length=call_kwargs["max_sequence_length"])
+        cond, mask = torch.cat([npe, pe]), torch.cat([npm, pm])
+        noise = _noise_transformer(pipe, h, w, pe.dtype, seed)
+        channels = pipe.transformer.config.in_channels
+
+        def guided(s, x, t):
+            inp = s.scale_model_input(torch.cat([x] * 2), t)
+            raw = pipe.transformer(inp, encoder_hidden_states=cond, encoder_attention_mask=mask, timestep=t[None].expand(2),
+                                   added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+            e = _cfg(raw, g)
+            return e.chunk(2, dim=1)[0] if pipe.transformer.config.out_channels // 2 == channels else e
+
+        return reference_loop(pipe.scheduler, guided, noise, windows, num_steps=num_steps)
+    if name == "flux":
+        import numpy as np
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        pe, ppe, text_ids = pipe.encode_prompt(prompt=prompt, prompt_2=None, device=device, num_images_per_prompt=1,
+                                               max_sequence_length=call_kwargs["max_sequence_length"])
+        c = pipe.transformer.config.in_channels // 4
+        f = pipe.vae_scale_factor
+        hh, ww = 2 * (h // (f * 2)), 2 * (w // (f * 2))
+        raw_noise = randn_tensor((1, c, hh, ww), generator=gen, device=device, dtype=pe.dtype)
+        noise = raw_noise.view(1, c, hh // 2, 2, ww // 2, 2).permute(0, 2, 4, 1, 3, 5).reshape(1, (hh // 2) * (ww // 2), c * 4)
+        ids = torch.zeros(hh // 2, ww // 2, 3)
+        ids[..., 1] = ids[..., 1] + torch.arange(hh // 2)[:, None]
+        ids[..., 2] = ids[..., 2] + torch.arange(ww // 2)[None, :]
+        img_ids = ids.reshape(-1, 3).to(device=device, dtype=pe.dtype)
+        cfg = pipe.scheduler.config
+        mu = calculate_shift(noise.shape[1], cfg.get("base_image_seq_len", 256), cfg.get("max_image_seq_len", 4096),
+                             cfg.get("base_shift", 0.5), cfg.get("max_shift", 1.15))
+        sigmas = np.linspace(1.0, 1 / num_steps, num_steps)
+        guidance = torch.full([1], g, dtype=torch.float32).expand(1) if pipe.transformer.config.guidance_embeds else None
+
+        def guided(s, x, t):
+            return pipe.transformer(hidden_states=x, timestep=t.expand(1).to(x.dtype) / 1000, guidance=guidance,
+                                    pooled_projections=ppe, encoder_hidden_states=pe, txt_ids=text_ids, img_ids=img_ids,
+                                    joint_attention_kwargs={}, return_dict=False)[0]
+
+        kwargs = {"mu": mu} if cfg.get("use_flow_sigmas") else {"sigmas": sigmas, "mu": mu}
+        return reference_loop(pipe.scheduler, guided, noise, windows, num_steps=num_steps, timestep_kwargs=kwargs,
+                              scale_noise=False)
+    raise ValueError(f"no reference for {name}")
+
+
+def _noise_transformer(pipe, height: int, width: int, dtype, seed: int) -> torch.Tensor:
+    from diffusers.utils.torch_utils import randn_tensor
+
+    f = pipe.vae_scale_factor
+    shape = (1, pipe.transformer.config.in_channels, height // f, width // f)
+    return randn_tensor(shape, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"), dtype=dtype)

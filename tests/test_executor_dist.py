@@ -8,9 +8,8 @@ saves its final latents; the test checks, bit for bit:
   independent loop of DESIGN §1);
 - every registered tiny pipeline (sd15, sdxl, sd3, pixart-sigma, flux) with each scheduler
   it supports: an exact-only schedule equals the plain pipeline; a random schedule equals
-  ``reference_impl.reference_latents_sdxl`` for SDXL and the single-process emulation
-  (``LocalExchange``, itself checked against the reference loop for SD/SDXL/DDIMPipeline) for the
-  others;
+  ``reference_impl.reference_latents_tiny`` (each pipeline's conditioning and guidance written
+  out in the test reference, not the executor);
 - bytes received, summed over ranks, equal ``implied_totals``; forwards per rank too.
 """
 
@@ -97,19 +96,13 @@ def _expected(case: dict) -> torch.Tensor:
     if case["pipe"] == "sd-tiny":
         sched = R.make_schedule(case["windows"], num_steps=case["num_steps"], world_size=case["world_size"], output_bytes=4)
         return R.reference_latents(pipe, sched.windows, num_steps=case["num_steps"])
-    from parastep.executor.exchange import LocalExchange
-
-    if case["pipe"] == "sdxl":   # independent reference with SDXL's conditioning written out
-        kw = TP.tiny_call_kwargs("sdxl", num_inference_steps=case["num_steps"])
-        lat = R.reference_latents_sdxl(pipe, case["windows"], num_steps=case["num_steps"], prompt="a red cat", seed=0,
-                                       height=kw["height"], width=kw["width"], guidance_scale=kw["guidance_scale"])
-    else:                        # sd3, pixart-sigma, flux, sd15+PNDM: the single-process emulation
-        lat, _ = _run(pipe, case, LocalExchange())
-    if all(w["kind"] == "exact" for w in case["windows"]):
-        steps = inference_steps_for(pipe.scheduler, case["num_steps"])
-        kw = TP.tiny_call_kwargs(case["pipe"], num_inference_steps=steps)
+    steps = inference_steps_for(pipe.scheduler, case["num_steps"])
+    kw = TP.tiny_call_kwargs(case["pipe"], num_inference_steps=steps)
+    lat = R.reference_latents_tiny(case["pipe"], pipe, case["windows"], num_steps=case["num_steps"], inference_steps=steps,
+                                   prompt="a red cat", seed=0, call_kwargs=kw)
+    if all(w["kind"] == "exact" for w in case["windows"]):   # and the exact-only reference is the plain pipeline
         plain = pipe(prompt="a red cat", generator=torch.Generator().manual_seed(0), output_type="latent", **kw).images
-        assert torch.equal(lat, plain), f"exact-only local run differs from the plain pipeline: {case}"
+        assert torch.equal(lat, plain), f"exact-only reference differs from the plain pipeline: {case}"
     return lat
 
 

@@ -78,20 +78,23 @@ def test_random_schedules_match_reference_implementation(seed, scheduler, num_st
     assert [s.start for s in handle.stats()] == [w["start"] for w in wins]
 
 
-@pytest.mark.parametrize("scheduler", TP.supported_schedulers("sdxl"))
-def test_sdxl_random_schedules_match_reference_implementation(scheduler):
-    pipe = TP.make_tiny_pipeline("sdxl", scheduler=scheduler)
-    n = 7
-    kw = TP.tiny_call_kwargs("sdxl", num_inference_steps=n)
-    rng = random.Random(sum(map(ord, scheduler)))   # fixed per scheduler
-    for _ in range(3):
+@pytest.mark.parametrize("name,scheduler", TP.supported_pairs())
+def test_every_tiny_pipeline_matches_reference_implementation(name, scheduler):
+    """Each registered pipeline class: random schedules through the hooks (local emulation) equal the
+    reference loop with that pipeline's conditioning and guidance written out in reference_impl."""
+    pipe = TP.make_tiny_pipeline(name, scheduler=scheduler)
+    steps = 6
+    n = steps + 1 if scheduler == "PNDMScheduler" else steps      # PNDM (PLMS) runs one step more
+    kw = TP.tiny_call_kwargs(name, num_inference_steps=steps)
+    rng = random.Random(sum(map(ord, name + scheduler)))           # fixed per case
+    for _ in range(2):
         wins = R.random_windows(rng, num_steps=n, world_size=2, max_window=3)
         sched = R.make_schedule(wins, num_steps=n, world_size=2, output_bytes=4)
+        want = R.reference_latents_tiny(name, pipe, wins, num_steps=n, inference_steps=steps, prompt="a red cat", seed=0,
+                                        call_kwargs=kw)
         apply_parastep(pipe, ParaStepConfig(windows=sched.windows, num_steps=n))
-        got = _call_tiny(pipe, "sdxl", steps=n)
+        got = _call_tiny(pipe, name, steps=steps)
         remove_parastep(pipe)
-        want = R.reference_latents_sdxl(pipe, wins, num_steps=n, prompt="a red cat", seed=0, height=kw["height"],
-                                        width=kw["width"], guidance_scale=kw["guidance_scale"])
         assert torch.equal(got, want), wins
 
 
