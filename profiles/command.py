@@ -31,8 +31,12 @@ def default_call(pipe, model: str):
     spec = REGISTRY.get(model)
     params = inspect.signature(type(pipe).__call__).parameters
     kwargs: dict = {}
-    if spec is not None and "guidance_scale" in params:
-        kwargs["guidance_scale"] = spec.default_guidance_scale
+    if "guidance_scale" in params:
+        own = params["guidance_scale"].default
+        if spec is not None and spec.source != "package":
+            kwargs["guidance_scale"] = spec.default_guidance_scale
+        elif isinstance(own, (int, float)):
+            kwargs["guidance_scale"] = float(own)      # our own pipelines: their signature default is authoritative
     resolution = None
     if "height" in params and "width" in params:
         if spec is not None:

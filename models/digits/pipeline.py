@@ -31,7 +31,7 @@ from diffusers.utils.torch_utils import randn_tensor
 
 NULL_CLASS = 10
 NUM_DIGITS = 10
-DEFAULT_GUIDANCE_SCALE = 2.0
+DEFAULT_GUIDANCE_SCALE = 1.5   # classifier agreement at 50 DDIM steps, 64 samples: g=1.0 98%, 1.25 100%, 1.5 97%, 2.0 83%, 3.0 20%
 
 PromptLike = Union[str, int, Sequence[Union[str, int]], None]
 

@@ -71,14 +71,14 @@ def _lr_at(step: int, *, total_steps: int, peak_lr: float, warmup_steps: int) ->
 def train(
     *,
     out_dir: Path,
-    steps: int = 4000,
+    steps: int = 3000,
     minutes: float = 25.0,
     batch_size: int = 128,
     peak_lr: float = 2e-3,
     label_dropout: float = 0.15,
     ema_decay: float = 0.999,
     seed: int = 0,
-    threads: int = 2,
+    threads: int = 1,
     log_every: int = 100,
 ) -> dict:
     from diffusers import DDPMScheduler, UNet2DModel
@@ -181,11 +181,11 @@ def evaluate(*, folder: Path, num_samples: int = 64, steps: int = 50, guidance_s
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m parastep.models.digits.train", description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4000, help="optimizer steps (determines the result)")
+    parser.add_argument("--steps", type=int, default=3000, help="optimizer steps (determines the result)")
     parser.add_argument("--minutes", type=float, default=25.0, help="safety cap on wall time")
     parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent, help="output folder")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--assemble-only", action="store_true", help="only rewrite model_index.json and scheduler/")
     parser.add_argument("--evaluate-only", action="store_true", help="only report the classifier's verdict on --out")
     parser.add_argument("--guidance-scale", type=float, default=None, help="for --evaluate-only")
