@@ -225,7 +225,7 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
             raise UserError(f"CP-SAT found no plan within --time-limit {options.time_limit_s:g} s (status {res.status}); raise --time-limit or use --solver dp")
         if res.status == "FEASIBLE":
             warnings.append(f"CP-SAT stopped at the time limit ({options.time_limit_s:g} s) before proving optimality: "
-                            f"plan latency {res.objective} units, best bound {res.bound} units; raise --time-limit for an optimal plan")
+                            f"plan latency {res.objective} units, best bound {res.bound} units; raise --time-limit, or use --solver dp (the exact DP, fast at this size)")
         path = res.path
         solver_info = dict(name="cp-sat", status=res.status, objective=res.objective, bound=res.bound, wall_s=res.wall_s)
 
