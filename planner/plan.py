@@ -156,7 +156,10 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     """Plan ``profile.num_steps`` steps on ``world_size`` ranks.
 
     budget: bound on predicted output deviation; None = the fixed plan's own error (with
-    ``warmup``, default ``default_warmup(T)``), in the fixed plan's own integer units.
+    ``warmup``, default ``default_warmup(T)``), in the fixed plan's own integer units: the bound
+    then holds in integer units (so the fixed plan is feasible and the optimum never loses to it),
+    and the float deviation may exceed the fixed plan's by at most one unit per fixed window.
+    An explicit budget holds in floats too (window units are rounded up, the budget down).
     ``min_psnr_db`` is recorded in the schedule (the caller converts it to ``budget``).
     policy "fixed": the paper's hand plan (budget must then be None).
     """
