@@ -32,10 +32,17 @@ Stand-ins (k = 0, 1, ...): ``last``: ``e_{s-1}``; ``linear``: ``e_{s-1} + (k+1)(
 where ``e_{s-1}, e_{s-2}`` are the guided outputs *applied* to the real trajectory at steps s-1,
 s-2 (a reuse step's applied output is its stand-in).
 
-Refused (``UserError``, at apply time or at the first offending call): stochastic schedulers
-(DDPM, ancestral, SDE variants, LCM/TCD, flow-match with ``stochastic_sampling``, DDIM with
-``eta > 0``, Euler with ``s_churn > 0``), schedulers of order != 1, a pipeline that calls its
-denoiser more than once per step, a run with more steps than the schedule.
+Stochastic first-order schedulers (DDPM, Euler ancestral, DPM-Solver++ SDE, LCM/TCD, flow-match
+with ``stochastic_sampling``, DDIM with ``eta > 0``, Euler with ``s_churn > 0``) are exact too when
+the pipeline passes a seeded ``generator`` to ``step`` (diffusers pipelines do): the generator
+state is snapshotted with the scheduler at a parallel window's start and restored before the
+replay, so step i always draws the noise a sequential run draws at step i (the scratch steps draw
+the same noise on their copy: DESIGN §1's ``step`` includes its noise). Every rank seeds the same
+generator, so exact and reuse steps draw identical noise everywhere.
+
+Refused (``UserError``, at apply time or at the first offending call): schedulers of order != 1
+(Heun, KDPM2, DPM-Solver SDE), noise not drawn from a step ``generator``, a pipeline that calls
+its denoiser more than once per step, a run with more steps than the schedule.
 
 Profiler API (observer and replay):
 
@@ -69,12 +76,15 @@ from .exchange import Exchange, LocalExchange
 
 WindowKind = Literal["exact", "parallel", "reuse"]
 
-# scheduler classes whose step draws noise (refused: replaying their noise is not implemented)
+# first-order scheduler classes whose step draws noise: supported when the pipeline passes a
+# seeded ``generator`` to ``step`` (its state is snapshotted with the scheduler's and restored
+# before the replay, so every step draws exactly the noise a sequential run draws)
 STOCHASTIC_SCHEDULERS = frozenset({
     "DDPMScheduler", "DDPMParallelScheduler", "DDPMWuerstchenScheduler", "EulerAncestralDiscreteScheduler",
-    "KDPM2AncestralDiscreteScheduler", "DPMSolverSDEScheduler", "LCMScheduler", "TCDScheduler",
-    "CMStochasticIterativeScheduler", "ScoreSdeVeScheduler", "KarrasVeScheduler", "EDMEulerScheduler",
+    "LCMScheduler", "TCDScheduler", "CMStochasticIterativeScheduler",
 })
+# noise from somewhere a generator cannot replay (Brownian tree, SDE-VE's own sampler): refused
+UNSUPPORTED_SCHEDULERS = frozenset({"DPMSolverSDEScheduler", "ScoreSdeVeScheduler", "KarrasVeScheduler"})
 _SDE_ALGORITHMS = frozenset({"sde-dpmsolver", "sde-dpmsolver++"})
 _ATTR = "_parastep_handle"
 
@@ -157,22 +167,32 @@ def denoiser_of(pipe) -> tuple[str, torch.nn.Module]:
     raise UserError(f"pipeline {type(pipe).__name__} has neither a 'unet' nor a 'transformer'; parastep cannot find its denoiser")
 
 
-def check_scheduler_supported(scheduler) -> None:
-    """Refuse stochastic and higher-order schedulers with one clear line."""
-    name = type(scheduler).__name__
+def is_stochastic(scheduler) -> bool:
+    """Does ``scheduler.step`` draw noise (by class or config; DDIM eta and Euler s_churn are step kwargs)?"""
     cfg = getattr(scheduler, "config", {}) or {}
+    return (type(scheduler).__name__ in STOCHASTIC_SCHEDULERS or cfg.get("algorithm_type") in _SDE_ALGORITHMS
+            or bool(cfg.get("stochastic_sampling")))
+
+
+def check_scheduler_supported(scheduler) -> None:
+    """Refuse higher-order schedulers and noise a generator cannot replay, with one clear line."""
+    name = type(scheduler).__name__
     why = None
-    if name in STOCHASTIC_SCHEDULERS:
-        why = "its step draws random noise"
-    elif cfg.get("algorithm_type") in _SDE_ALGORITHMS:
-        why = f"algorithm_type={cfg.get('algorithm_type')} draws random noise"
-    elif cfg.get("stochastic_sampling"):
-        why = "stochastic_sampling=True draws random noise"
+    if name in UNSUPPORTED_SCHEDULERS:
+        why = "its noise does not come from the step's generator, so it cannot be replayed"
     elif getattr(scheduler, "order", 1) != 1:
         why = f"it is of order {scheduler.order} (several model calls per step)"
     if why:
-        raise UserError(f"scheduler {name} is not supported by parastep: {why}; use a deterministic first-order "
-                        "scheduler (DDIM, Euler, DPM-Solver++ multistep, UniPC, flow-match Euler)")
+        raise UserError(f"scheduler {name} is not supported by parastep: {why}; use a first-order scheduler "
+                        "(DDIM, Euler, Euler ancestral, DPM-Solver++ multistep, UniPC, DDPM, flow-match Euler)")
+
+
+def _generators(value: Any) -> list[torch.Generator]:
+    if isinstance(value, torch.Generator):
+        return [value]
+    if isinstance(value, (list, tuple)):
+        return [g for g in value if isinstance(g, torch.Generator)]
+    return []
 
 
 def _wrapper(orig: Callable, impl: Callable) -> Callable:
@@ -207,6 +227,7 @@ class ParaStepHandle:
         self._had = {"step": "step" in self.scheduler.__dict__,
                      "set_timesteps": "set_timesteps" in self.scheduler.__dict__,
                      "forward": "forward" in self.denoiser.__dict__}
+        self._stochastic = is_stochastic(self.scheduler)
         self._step_sig = inspect.signature(self._orig_step)
         for needed in ("model_output", "sample"):
             if needed not in self._step_sig.parameters:
@@ -317,12 +338,12 @@ class ParaStepHandle:
                                             guided_output=guided, applied_output=applied, latents_out=x_out))
 
     def _check_step_kwargs(self, args: Mapping[str, Any]) -> None:
-        eta = args.get("eta")
-        if eta is not None and float(eta) > 0:
-            raise UserError(f"eta={eta} makes {type(self.scheduler).__name__} stochastic; parastep needs eta=0")
-        churn = args.get("s_churn")
-        if churn is not None and float(churn) > 0:
-            raise UserError(f"s_churn={churn} makes {type(self.scheduler).__name__} stochastic; parastep needs s_churn=0")
+        eta, churn = args.get("eta"), args.get("s_churn")
+        noisy = (self._stochastic or (eta is not None and float(eta) > 0)
+                 or (churn is not None and float(churn) > 0))
+        if noisy and not _generators(args.get("generator")) and args.get("variance_noise") is None:
+            raise UserError(f"{type(self.scheduler).__name__}.step draws noise but the pipeline passes it no generator; "
+                            "parastep replays noise only from a seeded generator: pass generator=torch.Generator().manual_seed(S)")
 
     def _step(self, *args, **kwargs):
         bound = self._step_sig.bind(*args, **kwargs)
@@ -368,8 +389,9 @@ class ParaStepHandle:
         if j == 0:
             t0 = time.perf_counter()
             snap = {k: copy.deepcopy(v) for k, v in self.scheduler.__dict__.items() if k not in ("step", "set_timesteps")}
+            gens = [(g, g.get_state()) for g in _generators(bound.arguments.get("generator"))]
             stats.snapshot_s += time.perf_counter() - t0
-            self._win = {"snap": snap, "x": x, "owned": {}, "calls": [], "inputs": []}
+            self._win = {"snap": snap, "gens": gens, "x": x, "owned": {}, "calls": [], "inputs": []}
         win = self._win
         if self.exchange.owns(p.placement[j]):
             win["owned"][j] = e
@@ -386,6 +408,8 @@ class ParaStepHandle:
         for k in [k for k in d if k not in win["snap"] and k not in ("step", "set_timesteps")]:
             del d[k]
         d.update(win["snap"])
+        for g, state in win["gens"]:
+            g.set_state(state)
         t2 = time.perf_counter()
         stats.snapshot_s += t2 - t1
         xk = win["x"]

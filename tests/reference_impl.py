@@ -17,13 +17,15 @@ generator of valid schedules.
 from __future__ import annotations
 
 import copy
+import inspect
 import random
 from typing import Literal
 
 import torch
 
-SchedulerName = Literal["ddim", "euler", "dpm++2m", "unipc"]
+SchedulerName = Literal["ddim", "euler", "dpm++2m", "unipc", "euler-a", "ddpm", "dpm++2m-sde"]
 SCHEDULERS: tuple[SchedulerName, ...] = ("ddim", "euler", "dpm++2m")
+STOCHASTIC: tuple[SchedulerName, ...] = ("euler-a", "ddpm", "dpm++2m-sde")
 _SCHEDULER_CLASS = {"ddim": "DDIMScheduler", "euler": "EulerDiscreteScheduler",
                     "dpm++2m": "DPMSolverMultistepScheduler", "unipc": "UniPCMultistepScheduler"}
 TEXT_DIM = 16
@@ -42,6 +44,12 @@ def make_scheduler(name: SchedulerName):
         return diffusers.DPMSolverMultistepScheduler(**kw, algorithm_type="dpmsolver++", solver_order=2, steps_offset=1)
     if name == "unipc":
         return diffusers.UniPCMultistepScheduler(**kw)
+    if name == "euler-a":
+        return diffusers.EulerAncestralDiscreteScheduler(**kw, steps_offset=1)
+    if name == "ddpm":
+        return diffusers.DDPMScheduler(**kw, clip_sample=False, steps_offset=1)
+    if name == "dpm++2m-sde":
+        return diffusers.DPMSolverMultistepScheduler(**kw, algorithm_type="sde-dpmsolver++", solver_order=2, steps_offset=1)
     raise ValueError(name)
 
 
@@ -75,28 +83,38 @@ def prompt_embeds(*, seed: int = 1, batch: int = 1) -> tuple[torch.Tensor, torch
     return pos, neg
 
 
-def run_plain(pipe, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.0, height: int = 16, width: int = 16):
+def run_plain(pipe, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.0, height: int = 16, width: int = 16,
+              eta: float = 0.0):
     """The pipeline's own call (final latents)."""
     pos, neg = prompt_embeds()
     return pipe(prompt_embeds=pos, negative_prompt_embeds=neg, num_inference_steps=num_steps,
-                guidance_scale=guidance_scale, height=height, width=width, output_type="latent",
+                guidance_scale=guidance_scale, height=height, width=width, output_type="latent", eta=eta,
                 generator=torch.Generator().manual_seed(seed)).images
 
 
 @torch.no_grad()
 def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps: int,
                    inference_steps: int | None = None, timestep_kwargs: dict | None = None,
-                   scale_noise: bool = True) -> torch.Tensor:
+                   scale_noise: bool = True, generator: torch.Generator | None = None,
+                   step_kwargs: dict | None = None) -> torch.Tensor:
     """DESIGN §1 literally. ``guided(sched, x, t)`` is the guided model output at (x, t) computed
     with scheduler state ``sched`` (for ``scale_model_input``); ``scheduler`` is copied, not used;
     ``set_timesteps(inference_steps or num_steps, **timestep_kwargs)`` must give ``num_steps``
-    timesteps; x_0 = noise * init_noise_sigma (after set_timesteps, as UNet pipelines do) or noise."""
+    timesteps; x_0 = noise * init_noise_sigma (after set_timesteps, as UNet pipelines do) or noise.
+    ``generator`` (stochastic schedulers): the real steps draw from it in order; the scratch steps
+    of a parallel window draw from a copy of its state at the window's start (scratch state)."""
     wins = [w if isinstance(w, dict) else w.model_dump() for w in windows]
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(inference_steps or num_steps, **(timestep_kwargs or {}))
     ts = sched.timesteps
     assert len(ts) == num_steps, (len(ts), num_steps)
     x = noise * sched.init_noise_sigma if scale_noise else noise
+    extra = dict(step_kwargs or {})
+
+    def step(s, e, t, xin, gen):
+        kw = dict(extra, generator=gen) if gen is not None else extra
+        return s.step(e, t, xin, **kw).prev_sample
+
     applied: list[torch.Tensor] = []   # e_0, e_1, ... applied to the real trajectory
 
     def stand_in(pred, k):
@@ -109,42 +127,49 @@ def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps
         s, size = w["start"], starts[n + 1] - w["start"]
         if w["kind"] == "exact":
             e = guided(sched, x, ts[s])
-            x = sched.step(e, ts[s], x).prev_sample
+            x = step(sched, e, ts[s], x, generator)
             applied.append(e)
         elif w["kind"] == "reuse":
             refs = [stand_in(w["predictor"], k) for k in range(size)]
             for k in range(size):
-                x = sched.step(refs[k], ts[s + k], x).prev_sample
+                x = step(sched, refs[k], ts[s + k], x, generator)
             applied.extend(refs)
         else:
             scratch = copy.deepcopy(sched)
+            scratch_gen = None
+            if generator is not None:
+                scratch_gen = torch.Generator(device=generator.device)
+                scratch_gen.set_state(generator.get_state())
             xh = x
             ehat = []
             for j in range(size):
                 ehat.append(guided(scratch, xh, ts[s + j]))
                 if j < size - 1:
-                    xh = scratch.step(stand_in(w["predictor"], j), ts[s + j], xh).prev_sample
+                    xh = step(scratch, stand_in(w["predictor"], j), ts[s + j], xh, scratch_gen)
             for j in range(size):
-                x = sched.step(ehat[j], ts[s + j], x).prev_sample
+                x = step(sched, ehat[j], ts[s + j], x, generator)
                 applied.append(ehat[j])
     return x
 
 
-def _noise(pipe, height: int, width: int, dtype, seed: int) -> torch.Tensor:
+def _noise(pipe, height: int, width: int, dtype, seed_or_gen) -> torch.Tensor:
     from diffusers.utils.torch_utils import randn_tensor
 
+    gen = seed_or_gen if isinstance(seed_or_gen, torch.Generator) else torch.Generator().manual_seed(seed_or_gen)
     f = pipe.vae_scale_factor
     shape = (1, pipe.unet.config.in_channels, height // f, width // f)
-    return randn_tensor(shape, generator=torch.Generator().manual_seed(seed), device=torch.device("cpu"), dtype=dtype)
+    return randn_tensor(shape, generator=gen, device=torch.device("cpu"), dtype=dtype)
 
 
 @torch.no_grad()
 def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.0,
-                      height: int = 16, width: int = 16) -> torch.Tensor:
-    """Final latents x_T of DESIGN §1 for the tiny SD pipeline (CFG written out here)."""
+                      height: int = 16, width: int = 16, eta: float = 0.0) -> torch.Tensor:
+    """Final latents x_T of DESIGN §1 for the tiny SD pipeline (CFG written out here). Like the
+    pipeline, one seeded generator makes the initial noise and then feeds every step's noise."""
     pos, neg = prompt_embeds()
     cond = torch.cat([neg, pos])
-    x0 = _noise(pipe, height, width, pos.dtype, seed)
+    gen = torch.Generator().manual_seed(seed)
+    x0 = _noise(pipe, height, width, pos.dtype, gen)
 
     def guided(s, xin, t):
         inp = s.scale_model_input(torch.cat([xin] * 2), t)
@@ -152,7 +177,10 @@ def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_
         u, c = raw.chunk(2)
         return u + guidance_scale * (c - u)
 
-    return reference_loop(pipe.scheduler, guided, x0, windows, num_steps=num_steps)
+    params = inspect.signature(pipe.scheduler.step).parameters
+    return reference_loop(pipe.scheduler, guided, x0, windows, num_steps=num_steps,
+                          generator=gen if "generator" in params else None,
+                          step_kwargs={"eta": eta} if "eta" in params else None)
 
 
 def random_windows(rng: random.Random, *, num_steps: int, world_size: int, max_window: int,

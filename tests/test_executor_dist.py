@@ -4,7 +4,8 @@ One spawn per world size runs many cases (process start-up dominates the cost). 
 saves its final latents; the test checks, bit for bit:
 
 - every rank ends with the same latents;
-- tiny SD pipeline (3 schedulers): equal to ``reference_impl.reference_latents`` (the
+- tiny SD pipeline (DDIM, Euler, DPM-Solver++ 2M, and the stochastic Euler ancestral, DDPM,
+  DPM-Solver++ 2M SDE with their noise replayed): equal to ``reference_impl.reference_latents`` (the
   independent loop of DESIGN §1);
 - every registered tiny pipeline (sd15, sdxl, sd3, pixart-sigma, flux) with each scheduler
   it supports: an exact-only schedule equals the plain pipeline; a random schedule equals
@@ -72,8 +73,8 @@ def _steps(case_pipe: str, scheduler: str) -> int:
 def _cases(world_size: int, seed: int) -> list[dict]:
     rng = random.Random(seed)
     cases = []
-    for sch in R.SCHEDULERS:
-        for _ in range(2):
+    for sch in R.SCHEDULERS + R.STOCHASTIC:
+        for _ in range(2 if sch in R.SCHEDULERS else 1):
             n = rng.randint(6, 10)
             cases.append({"pipe": "sd-tiny", "scheduler": sch, "num_steps": n, "world_size": world_size,
                           "windows": R.random_windows(rng, num_steps=n, world_size=world_size, max_window=world_size + 1)})
