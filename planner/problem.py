@@ -70,7 +70,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Literal, Optional
 
-from ..profiles.model import PREDICTORS, Predictor, Profile
+from ..profiles.model import Predictor, Profile
 
 EdgeKind = Literal["exact", "parallel", "reuse"]
 DEFAULT_LATENCY_UNITS_PER_S = 1e6
