@@ -74,7 +74,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--time-limit", type=_nonneg_float, dest="time_limit_s", default=60.0, help="CP-SAT time limit in seconds")
     plan.add_argument("--workers", type=_positive_int, default=None, help="CP-SAT search workers (default: CPU count)")
     plan.add_argument("--seed", type=int, default=0, help="CP-SAT random seed")
-    plan.add_argument("--solver", choices=["cp-sat", "dp"], default="cp-sat", help="cp-sat (default) or the exact DP oracle")
+    plan.add_argument("--solver", choices=["cp-sat", "dp"], default="dp", help="dp (default: the exact DP, fast) or cp-sat (the CP-SAT model; slower to prove optimality at large T)")
     plan.add_argument("--deterministic", action="store_true", help="CP-SAT: reproducible result for a given --seed and --workers (interleaved search)")
 
     val = sub.add_parser("validate", help="check every invariant of a schedule (exit 0 valid, 1 invalid)")
