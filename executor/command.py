@@ -37,6 +37,15 @@ from ..schedules.model import Schedule
 from .launch import RankContext, in_torchrun, launch
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
+# pipelines whose prompt is not free text (class-conditional); a pipeline may also define ``default_prompt``
+_DEFAULT_PROMPT_BY_CLASS = {"DigitsPipeline": "7"}
+
+
+def default_prompt(pipe) -> str:
+    own = getattr(pipe, "default_prompt", None)
+    if isinstance(own, str):
+        return own
+    return _DEFAULT_PROMPT_BY_CLASS.get(type(pipe).__name__, DEFAULT_PROMPT)
 
 
 @dataclass(frozen=True)
@@ -60,7 +69,7 @@ def call_kwargs(pipe, schedule: Schedule, *, prompts: Optional[tuple[str, ...]],
     kw: dict[str, Any] = {"num_inference_steps": num_inference_steps,
                           "generator": torch.Generator(device="cpu").manual_seed(seed)}
     if "prompt" in params:
-        kw["prompt"] = list(prompts) if prompts else [DEFAULT_PROMPT]
+        kw["prompt"] = list(prompts) if prompts else [default_prompt(pipe)]
     elif prompts:
         raise UserError(f"pipeline {type(pipe).__name__} takes no prompt; drop --prompt")
     elif "batch_size" in params:

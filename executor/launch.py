@@ -74,7 +74,7 @@ def _one_line(exc: BaseException) -> str:
 
 
 def _rank_main(worker: Callable, job: Any, *, rank: int, world_size: int, local_rank: int, device: str,
-               threads: int, timeout_s: float, torchrun: bool) -> None:
+               threads: int, timeout_s: float, torchrun: bool, destroy: bool = True) -> None:
     import torch
     import torch.distributed as dist
 
@@ -94,10 +94,11 @@ def _rank_main(worker: Callable, job: Any, *, rank: int, world_size: int, local_
         worker(RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
                            device=dev, backend=backend, torchrun=torchrun), job)
     finally:
-        try:
-            dist.destroy_process_group()
-        except Exception:  # a failed collective may leave the group unusable; exiting is what matters
-            pass
+        if destroy:
+            try:
+                dist.destroy_process_group()
+            except Exception:  # a failed collective may leave the group unusable; exiting is what matters
+                pass
 
 
 def _child(rank: int, world_size: int, port: int, worker: Callable, job: Any, device: str, threads: int,
@@ -114,7 +115,14 @@ def _child(rank: int, world_size: int, port: int, worker: Callable, job: Any, de
                       WORLD_SIZE=str(world_size), LOCAL_RANK=str(rank))
     try:
         _rank_main(worker, job, rank=rank, world_size=world_size, local_rank=rank, device=device,
-                   threads=threads, timeout_s=timeout_s, torchrun=False)
+                   threads=threads, timeout_s=timeout_s, torchrun=False, destroy=False)
+        errors.send((time.time(), rank, None, "done", 0))
+        errors.close()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # skip interpreter teardown: a gloo pair torn down while a peer is still working (rank 0's
+        # --reference run) can abort in a C++ destructor; the work is done and its files are closed
+        os._exit(0)
     except BaseException as exc:  # report, then exit non-zero; the parent prints one line
         if os.environ.get("PARASTEP_TRACEBACK"):
             traceback.print_exc()
@@ -198,8 +206,9 @@ def launch(worker: Callable[[RankContext, Any], None], job: Any, *, world_size: 
     failed_at: float | None = None
     while True:
         drain()
-        dead = [p for p in procs if p.exitcode not in (None, 0)]
-        if (messages or dead) and failed_at is None:
+        finished = {m[1] for m in messages if m[2] is None}       # ranks that reported their work done
+        dead = [r for r, p in enumerate(procs) if p.exitcode not in (None, 0) and r not in finished]
+        if (any(m[2] is not None for m in messages) or dead) and failed_at is None:
             failed_at = time.monotonic()
         alive = [p for p in procs if p.is_alive()]
         if not alive or (failed_at is not None and time.monotonic() - failed_at > _GRACE_S):
@@ -216,6 +225,13 @@ def launch(worker: Callable[[RankContext, Any], None], job: Any, *, world_size: 
     drain()
     for r, _ in pipes:
         r.close()
+    done = {m[1] for m in messages if m[2] is None}
+    messages = [m for m in messages if m[2] is not None]
+    if len(done) == world_size and not messages:
+        crashed = [r for r, p in enumerate(procs) if p.exitcode != 0]
+        if crashed:   # every rank finished its work; a crash after that cannot have touched the output
+            print(f"parastep: warning: rank(s) {crashed} exited abnormally after finishing their work", file=sys.stderr)
+        return
     if failed_at is None and all(p.exitcode == 0 for p in procs):
         return
     reported = {m[1] for m in messages}

@@ -104,19 +104,35 @@ def _torchrun(args: list[str], *, cwd: Path) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
+def _two_nodes(common: list[str], out: Path, cwd: Path, *, tries: int = 2) -> None:
+    """Two torchrun agents (--nnodes 2) on loopback; a port taken by another process between
+    free_port() and the bind is retried on a fresh port."""
+    errs: list[str] = []
+    for _ in range(tries):
+        port = str(free_port())
+        nodes = [_torchrun(["--nnodes", "2", "--node-rank", str(i), "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
+                            "--master-port", port, *common, "--out", str(out)], cwd=cwd) for i in (0, 1)]
+        try:
+            errs = [p.communicate(timeout=150)[1] for p in nodes]
+        except subprocess.TimeoutExpired:
+            errs = ["timed out"]
+        for p in nodes:
+            if p.poll() is None:
+                p.kill()
+                p.communicate()
+        if [p.returncode for p in nodes] == [0, 0]:
+            return
+    raise AssertionError(f"2-node torchrun failed: {[e[-2000:] for e in errs]}")
+
+
 def test_torchrun_single_node_and_two_nodes_on_loopback(tmp_path, model_dir):
     sched_path, sched = _schedule_file(tmp_path)
     common = ["-m", "parastep.cli", "exec", str(sched_path), "--model-path", str(model_dir), "--timeout", "120"]
-    one = _torchrun(["--nproc-per-node", "2", "--master-addr", "127.0.0.1", "--master-port", str(free_port()),
-                     *common, "--out", str(tmp_path / "single")], cwd=tmp_path)
+    one = _torchrun(["--standalone", "--nproc-per-node", "2", *common, "--out", str(tmp_path / "single")], cwd=tmp_path)
     _, err = one.communicate(timeout=240)
     assert one.returncode == 0, err[-3000:]
     single = _check_report(tmp_path / "single", sched)
-    port = str(free_port())
-    nodes = [_torchrun(["--nnodes", "2", "--node-rank", str(i), "--nproc-per-node", "1", "--master-addr", "127.0.0.1",
-                        "--master-port", port, *common, "--out", str(tmp_path / "multi")], cwd=tmp_path) for i in (0, 1)]
-    errs = [p.communicate(timeout=240)[1] for p in nodes]
-    assert [p.returncode for p in nodes] == [0, 0], [e[-2000:] for e in errs]
+    _two_nodes(common, tmp_path / "multi", tmp_path)
     multi = _check_report(tmp_path / "multi", sched)
     assert (tmp_path / "single" / "image_000.png").read_bytes() == (tmp_path / "multi" / "image_000.png").read_bytes()
     assert single["bytes_received_per_rank"] == multi["bytes_received_per_rank"]
