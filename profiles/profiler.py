@@ -38,8 +38,10 @@ does, for a batch of samples (every prompt x every seed, one generator per sampl
 6. **Comm**: the executor's own ``DistExchange`` over torch.distributed (gloo on CPU, nccl on
    CUDA) in ``g`` spawned processes, ``g = 2..G``, timing the window exchange of ``n`` outputs
    for four sizes and fitting ``latency + n * output_bytes / bandwidth`` (Theil-Sen, robust to a slow spell).
-   Where this machine has fewer devices than G (CUDA) and an ``interconnect`` preset is given,
-   ranks beyond come from the preset and the part's provenance is ``prior``.
+   Where this machine has fewer devices than G (CUDA devices, or CPU cores) and an ``interconnect``
+   preset is given, ranks beyond them come from the preset and the part's provenance is ``prior``;
+   on CPU without a preset the g processes oversubscribe the cores (said in the provenance notes);
+   on CUDA without a preset it is an error.
 
 Every forward the profiler makes is counted (``ProfileRun.forwards``).
 """
@@ -750,8 +752,9 @@ def _comm_part(pipe, settings: ProfilerSettings, *, out_bytes: int, traj: Trajec
         return comm_for(settings.interconnect, world_size=G), Prior(
             rule=f"interconnect preset '{settings.interconnect}' (alpha-beta, parastep.profiles.interconnects)",
             reference=describe(settings.interconnect))
-    can = G if kind == "cpu" else min(G, slots)
-    if kind == "cpu" and G > slots:
+    # ranks beyond this machine's devices: the preset if one is named; on CPU without one, oversubscribe the cores
+    can = min(G, slots) if (kind == "cuda" or settings.interconnect is not None) else G
+    if can == G and G > slots:
         msg = f"exchange measured with {G} gloo processes on {slots} CPU cores (oversubscribed)"
         notes.append(msg)
         say(msg)

@@ -259,3 +259,32 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
     assert main(["profile", "--model", "digits", "--verify", "2", "--out", str(tmp_path / "x.yaml")]) == 2
     err = capsys.readouterr().err
     assert "Traceback" not in err and err.count("parastep: error:") == 3
+
+
+@pytest.mark.parametrize("interconnect", [None, "pcie4"])
+def test_comm_ranks_beyond_the_machine(monkeypatch, interconnect):
+    """CPU with fewer cores than --gpus: a preset covers the ranks beyond the cores (prior
+    provenance); without one every g is measured by oversubscribing (measured provenance)."""
+    import parastep.profiles.profiler as prof
+    from parastep.profiles.model import CommEntry
+
+    measured_g: list[int] = []
+
+    def fake_measure(*, world_sizes, **kw):
+        measured_g.extend(world_sizes)
+        return [CommEntry(ranks=g, latency_s=1e-4 * g, bandwidth_bytes_per_s=1e9) for g in world_sizes], {g: {} for g in world_sizes}
+
+    monkeypatch.setattr(prof, "measure_comm", fake_measure)
+    monkeypatch.setattr(prof, "local_device_slots", lambda device: ("cpu", 2))
+    pipe = tiny_digits()
+    prompts, seeds = samples_of(PROMPTS, SEEDS)
+    traj = record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=3, call_kwargs={"guidance_scale": GUIDANCE})
+    st = settings(gpus=5, interconnect=interconnect, measure_comm=True)
+    measured = prof.Measured(device="cpu", date="2026-01-01")
+    comm, prov = prof._comm_part(pipe, st, out_bytes=256, traj=traj, measured=measured, say=lambda m: None, notes=[])
+    assert sorted(e.ranks for e in comm.entries) == [2, 3, 4, 5]
+    if interconnect is None:
+        assert measured_g == [2, 3, 4, 5] and prov.source == "measured" and "oversubscribed" in prov.notes
+    else:
+        assert measured_g == [2] and prov.source == "prior" and comm.preset == "pcie4"
+        assert next(e for e in comm.entries if e.ranks == 2).latency_s == 2e-4
