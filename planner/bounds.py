@@ -29,7 +29,7 @@ from typing import Optional, Sequence
 
 import numpy as np
 
-from .problem import Problem
+from .problem import Problem, fresh_after, fresh_needed
 
 _MARGIN = 1e-9
 
@@ -192,3 +192,66 @@ def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_it
             keep[int(g.ids[k])] = True
     inc = tuple(int(g.ids[k]) for k in best_path) if best_path is not None else None
     return LagrangeResult(lam, lower, inc, int(round(best_units)) if best_units is not None else None, keep, iterations)
+
+
+def rounded_up_path(problem: Problem, *, keep: Optional[Sequence[bool]] = None, levels: int = 2000) -> Optional[tuple[int, ...]]:
+    """A feasible plan (heuristic, not necessarily optimal): the least-latency path when every
+    edge's error units are rounded *up* to multiples of ``delta = ceil(B / levels)`` and the budget
+    down (``B // delta`` coarse units). A path within the coarse budget is within the real one
+    (sum of ceil(c / delta) * delta >= sum of c), so the result is feasible; rounding up wastes at
+    most ``delta - 1`` units per window, so it is near-optimal when windows are few and costs
+    O(3 x edges x levels). Used only as the CP-SAT hint and the incumbent of the edge reduction
+    (whose soundness does not depend on how good the incumbent is). None if no coarse path."""
+    B = problem.budget_units
+    T = problem.num_steps
+    if B < 0:
+        return None
+    delta = max(1, -(-B // max(1, levels)))
+    K = B // delta
+    inf = np.iinfo(np.int64).max // 4
+    best = np.full((T + 1, 3, K + 1), inf, dtype=np.int64)
+    best[0, 0, :] = 0
+    edges = problem.edges
+    arcs: list[tuple[int, int, int, int, int]] = []   # (edge, start, stop, coarse error, needs)
+    for i, e in enumerate(edges):
+        if keep is not None and not keep[i]:
+            continue
+        c = -(-e.error_units // delta)
+        if c <= K:
+            arcs.append((i, e.start, e.stop, c, fresh_needed(kind=e.kind, predictor=e.predictor)))
+    arcs.sort(key=lambda a: a[1])
+    for (i, s, t, c, need) in arcs:
+        e = edges[i]
+        for k in range(need, 3):
+            src = best[s, k, : K + 1 - c]
+            if src[-1] >= inf:
+                continue
+            dst = best[t, fresh_after(kind=e.kind, size=e.size, fresh_before=k), c:]
+            np.minimum(dst, src + e.latency_units, out=dst)
+    k_end = int(np.argmin(best[T, :, K]))
+    if best[T, k_end, K] >= inf:
+        return None
+    into: dict[int, list[tuple[int, int, int, int, int]]] = {}
+    for a in arcs:
+        into.setdefault(a[2], []).append(a)
+    path: list[int] = []
+    t, k2, left = T, k_end, K
+    while t > 0:
+        target = best[t, k2, left]
+        step = None
+        for (i, s, _, c, need) in into.get(t, ()):
+            if c > left:
+                continue
+            e = edges[i]
+            for k in range(need, 3):
+                if fresh_after(kind=e.kind, size=e.size, fresh_before=k) == k2 and best[s, k, left - c] + e.latency_units == target:
+                    step = (i, s, k, c)
+                    break
+            if step is not None:
+                break
+        if step is None:  # pragma: no cover - would mean the table is inconsistent
+            raise RuntimeError(f"rounded-up DP backtrack failed at boundary {t}")
+        path.append(step[0])
+        t, k2, left = step[1], step[2], left - step[3]
+    path.reverse()
+    return tuple(path)

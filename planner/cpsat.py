@@ -9,7 +9,10 @@ Constraints:
 - freshness (problem.py): at each boundary b, a reuse window entering b excludes any parallel or
   reuse window leaving b; a ``linear`` window leaving b also excludes "exact window b-1 -> b after
   a reuse window entering b-1" (step b-2 would be a reuse step). Exactly one chosen window crosses
-  every boundary, so these pairwise exclusions are the whole rule.
+  every boundary, so these pairwise exclusions are the whole rule;
+- covering (redundant, implied by the flow): every step lies in exactly one chosen window, one
+  exactly-one constraint per step. It changes no solution but lets CP-SAT propagate a chosen window
+  to all overlapping ones and strengthens its LP (see the measured limits below).
 
 Objective: minimise the sum of chosen latency units.
 
@@ -23,17 +26,27 @@ different point; for a reproducible result keep the default limit well above the
 Before building, ``bounds.lagrangian_reduce`` drops edges that provably lie on no optimal plan
 (Lagrangian and error-only bounds; exact) and supplies the best feasible path it met, which becomes
 the solution hint together with the caller's hint (e.g. the fixed plan), whichever is faster.
+``bounds.rounded_up_path`` (a DP with error units rounded up to ~2000 coarse levels: a heuristic,
+always feasible, never claimed optimal) may supply a faster incumbent, which tightens the reduction.
 The DP oracle never uses these reductions, so the differential tests also check them.
 
-Measured limits (benchmarks/results/planner.md, sdxl prior, 2 cores): OPTIMAL in 0.04-0.8 s up to
-T = 200 except T = 200, G = 8 (about 6 s), but at T = 1000 with G >= 8 the proof stalls: the
-Lagrangian (= LP) bound sits 0.4-0.9 % below the optimum (about one window's worth of latency: the
-budget is spent in lumpy window-sized pieces), thousands of edges survive the reduction, and
-CP-SAT's search does not close that gap in 60 s although its plan is within 0.01 % of the optimum
-(status FEASIBLE, with a warning). The DP oracle, pseudo-polynomial in the budget units, solves the
-same instances exactly in under a second. On random profiles (tests/strategies.py, one worker)
-T <= 30 with windows <= 8 solves in under 2 s, but about 1 in 10 instances with T = 20..60 and
-windows up to 16 takes 2-20 s.
+Measured limits (benchmarks/results/planner.md, sdxl prior, 2 shared cores, 2 workers): OPTIMAL in
+0.02-0.7 s up to T = 200 (T = 200, G = 8 took about 6 s before the covering constraints) and on
+``digits`` G = 4 (0.6 s solve; it stalled at the Lagrangian bound, 2 % below the optimum, before);
+T = 1000, G = 2 in 0.2 s. At T = 1000 with G >= 8 the proof still does not finish in 10 s: the
+covering constraints lift CP-SAT's bound from the Lagrangian (= LP of the flow model) bound, 0.4-0.9 %
+below the optimum (the budget is spent in lumpy window-sized pieces), to within about 10 units
+(1e-6 relative) of it in 2-3 s, but closing those last units takes search that does not end in
+10-20 s, even with the exact optimum as hint (status FEASIBLE, with a warning; its plan is within
+0.01 % of the optimum). With 2 workers on 2 cores the second thread runs LNS and the bound at
+G = 64 sometimes stays at the Lagrangian one; 1 worker was better there in some runs, not all. Tried
+without effect on that tail: linearization_level 2, symmetry_level 4, optimize_with_core,
+optimize_with_lb_tree_search, objective shaving, add_lp_constraints_lazily off, 1/2/8 workers,
+window-type count variables (latency depends only on kind and size) as objective, and covering
+constraints *instead of* the flow (much worse). The DP oracle, pseudo-polynomial in the budget
+units, solves the same instances exactly in under a second. On random profiles (tests/strategies.py,
+one worker; measured before the covering constraints) T <= 30 with windows <= 8 solves in under 2 s,
+but about 1 in 10 instances with T = 20..60 and windows up to 16 takes 2-20 s.
 """
 
 from __future__ import annotations
@@ -46,7 +59,7 @@ from typing import Optional, Sequence
 
 from ortools.sat.python import cp_model
 
-from .bounds import lagrangian_reduce
+from .bounds import lagrangian_reduce, rounded_up_path
 from .problem import Problem
 
 
@@ -110,6 +123,18 @@ def build_model(problem: Problem, *, keep: Optional[Sequence[bool]] = None, hint
             reuse_into_prev = [built.x[i] for i in problem.in_edges[b - 1] if i in built.x and problem.edges[i].kind == "reuse"]
             if exact_prev and reuse_into_prev:
                 model.add_linear_constraint(cp_model.LinearExpr.sum(linear_out + exact_prev + reuse_into_prev), 0, 2)
+    # redundant: every step lies in exactly one chosen window (implied by the flow). As exactly-one
+    # constraints (cliques) they make CP-SAT propagate "this window is chosen" to every overlapping
+    # window at once and strengthen its LP; measured: the bound at T = 1000 rises from the
+    # Lagrangian bound (0.4-0.9 % below the optimum) to within about 0.001 % of it.
+    covering: list[list[cp_model.IntVar]] = [[] for _ in range(T)]
+    for i, v in built.x.items():
+        e = problem.edges[i]
+        for s in range(e.start, e.stop):
+            covering[s].append(v)
+    for vs in covering:
+        if vs:
+            model.add_exactly_one(vs)
     ids = list(built.x)
     variables = [built.x[i] for i in ids]
     model.add_linear_constraint(cp_model.LinearExpr.weighted_sum(variables, [problem.edges[i].error_units for i in ids]),
@@ -163,6 +188,10 @@ def solve_cpsat(problem: Problem, options: SolverOptions = SolverOptions(), *, h
     lower = None
     if reduce:
         red = lagrangian_reduce(problem, incumbent=hint)
+        # a better incumbent tightens the reduction and the hint: the rounded-up DP (heuristic)
+        better = rounded_up_path(problem, keep=red.keep) if red.incumbent is not None else None
+        if better is not None and sum(problem.edges[i].latency_units for i in better) < red.incumbent_units:
+            red = lagrangian_reduce(problem, incumbent=better)
         keep = red.keep
         if red.incumbent is not None:
             hint = red.incumbent
