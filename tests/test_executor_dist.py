@@ -29,7 +29,8 @@ from parastep.executor.hooks import ParaStepConfig, apply_parastep, remove_paras
 from parastep.executor.launch import launch
 from parastep.schedules.check import implied_totals
 
-pytestmark = pytest.mark.distributed
+pytestmark = [pytest.mark.distributed,
+              pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")]
 
 
 def _build(case: dict):
