@@ -164,7 +164,7 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
             source="package",
             default_scheduler="DDIMScheduler",
             default_resolution_px=(16, 16),
-            default_guidance_scale=2.0,
+            default_guidance_scale=1.5,
             default_steps=50,
             guidance="cfg",
             schedulers=_UNET_SCHEDULERS,
@@ -263,11 +263,23 @@ def _from_pretrained(cls: Any, source: str | Path, *, dtype: "torch.dtype | None
     options: dict[str, Any] = {"local_files_only": True, **kwargs}
     if dtype is not None:
         options["torch_dtype"] = dtype
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()       # no "accelerate not found" / loading chatter per rank
+    diffusers_logging.disable_progress_bar()
     try:
-        return cls.from_pretrained(str(source), **options)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)   # torch_dtype -> dtype rename (diffusers >= 0.36)
+            return cls.from_pretrained(str(source), **options)
     except OSError as exc:  # incomplete cache / folder: a file a component needs is missing
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"could not load the pipeline from {where}: {first}; re-download it or re-save it with save_pretrained()") from None
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
+        diffusers_logging.enable_progress_bar()
 
 
 def load_pipeline(
