@@ -95,8 +95,7 @@ class DistExchange:
         received = sum(len(js) for r, js in offsets_of.items() if r != self.rank) * one
         counts = {len(offsets_of.get(r, [])) for r in range(self.world_size)}
         if len(counts) == 1:
-            # every rank owns n offsets: one all_gather, no padding
-            n = counts.pop()
+            # every rank owns the same number of offsets: one all_gather, no padding
             send = torch.stack([owned[j] for j in mine]).contiguous()
             bufs = [send if r == self.rank else torch.empty_like(send) for r in range(self.world_size)]
             dist.all_gather(bufs, send)

@@ -661,7 +661,7 @@ def measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Call
 
 def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Callable[[str], None]] = None) -> ProfileRun:
     say = progress or (lambda msg: None)
-    T, J, G = settings.num_steps, min(settings.max_window, settings.num_steps), settings.gpus
+    T, J = settings.num_steps, min(settings.max_window, settings.num_steps)
     prompts, seeds = samples_of(settings.prompts, settings.seeds)
     kw = dict(settings.call_kwargs)
     pipe.set_progress_bar_config(disable=True)

@@ -16,14 +16,6 @@ from parastep.models.digits.pipeline import NULL_CLASS, DigitsPipeline, parse_di
 FOLDER = Path(digits_pkg.__file__).resolve().parent
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)          # 2 shared cores: multi-threaded kernels crawl when oversubscribed
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def pipe():
     p = DigitsPipeline.from_pretrained(FOLDER, local_files_only=True)

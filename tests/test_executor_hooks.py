@@ -21,14 +21,6 @@ T = 4
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::FutureWarning")
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _exact(n: int, world_size: int = 1):
     return R.make_schedule([{"start": i, "kind": "exact"} for i in range(n)], num_steps=n, world_size=world_size,
                            output_bytes=4)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import copy
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -23,14 +22,6 @@ J = 4
 PROMPTS = ("1", "7")
 SEEDS = (0, 3)
 GUIDANCE = 2.5
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
 
 
 def tiny_digits(scheduler: str = "ddim") -> DigitsPipeline:

@@ -32,15 +32,6 @@ PROMPT = "a red cube on a table"
 STEPS = 4
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One intra-op thread: fast on a shared 2-core machine and the same reduction order every run."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _generate(pipe, name: str, *, output_type: str, seed: int = 0, generator: torch.Generator | None = None):
     generator = generator if generator is not None else torch.Generator("cpu").manual_seed(seed)
     return pipe(PROMPT, generator=generator, output_type=output_type, **tiny_call_kwargs(name, num_inference_steps=STEPS)).images

@@ -3,26 +3,24 @@ closed-form cost model of docs/cost-model.md (written here independently, not th
 
 from __future__ import annotations
 
-import contextlib
-import io
 import math
 from pathlib import Path
 
 import pytest
-import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from parastep.cli import main as cli_main
 from parastep.errors import UserError
 from parastep.profiles.interconnects import comm_for
-from parastep.profiles.io import dump_profile, write_profile
+from parastep.profiles.io import write_profile
 from parastep.profiles.model import Comm, CommEntry, Compute, Profile, Provenances
 from parastep.profiles.priors import deviation_tables, propagation, provenance, similarity
 from parastep.schedules.check import implied_totals
 from parastep.schedules.io import dump_schedule, schedule_from_dict
 from parastep.schedules.model import ExactWindow, ParallelWindow, ProfileRef, ReuseWindow, Schedule
 from parastep.schedules.simulate import plot_timeline, simulate
+
+from clitools import run_cli
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "schedules" / "examples").glob("*.yaml"))
 ZERO_COMM = Comm(entries=[CommEntry(ranks=g, latency_s=0.0, bandwidth_bytes_per_s=math.inf) for g in range(2, 65)])
@@ -198,13 +196,6 @@ def test_graph_latency_equals_cost_model(pair):
 
 
 # ---- examples, plot, command line -----------------------------------------------------------
-
-def run_cli(argv):
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli_main(argv)
-    return code, out.getvalue(), err.getvalue()
-
 
 def test_examples_simulate_with_shipped_profile():
     for path in EXAMPLES:

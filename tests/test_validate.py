@@ -3,8 +3,6 @@ with the right code; YAML round-trips; the CLI's exit codes and one-line errors.
 
 from __future__ import annotations
 
-import contextlib
-import io
 import os
 import subprocess
 import sys
@@ -16,10 +14,11 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from parastep.cli import main as cli_main
 from parastep.schedules.check import implied_totals, violations, window_size
 from parastep.schedules.io import dump_schedule, schedule_from_dict
 from parastep.schedules.model import ExactWindow, ParallelWindow, ReuseWindow, Schedule
+
+from clitools import run_cli
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "schedules" / "examples").glob("*.yaml"))
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -217,13 +216,6 @@ def test_duplicating_a_window_is_rejected(schedule, data):
 
 
 # ---- the command line -------------------------------------------------------------------
-
-def run_cli(argv: list[str]) -> tuple[int, str, str]:
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = cli_main(argv)
-    return code, out.getvalue(), err.getvalue()
-
 
 def test_cli_valid_exits_0():
     for path in EXAMPLES:
