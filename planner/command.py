@@ -23,10 +23,8 @@ def _adapt(profile: Profile, *, num_steps: int, max_window: int) -> Profile:
         if num_steps != profile.num_steps:
             raise UserError(f"profile '{profile.name}' was measured for T={profile.num_steps} steps; re-profile with --steps {num_steps} (or plan with --steps {profile.num_steps})")
         raise UserError(f"profile '{profile.name}' holds windows up to {profile.max_window} steps; re-profile with --max-window {max_window} (or pass --max-window {profile.max_window})")
-    try:
-        from ..profiles.priors import derive_for_steps
-    except ImportError:
-        raise UserError(f"profile '{profile.name}' is a prior for T={profile.num_steps} steps and this parastep cannot re-derive it (no parastep.profiles.priors); plan with --steps {profile.num_steps}") from None
+    from ..profiles.priors import derive_for_steps
+
     try:
         return derive_for_steps(profile, num_steps=num_steps, max_window=max(max_window, profile.max_window))
     except ValueError as exc:
@@ -34,10 +32,8 @@ def _adapt(profile: Profile, *, num_steps: int, max_window: int) -> Profile:
 
 
 def _with_interconnect(profile: Profile, *, name: str, world_size: int) -> Profile:
-    try:
-        from ..profiles.interconnects import comm_for, describe
-    except ImportError:
-        raise UserError("interconnect presets are not available in this parastep (no parastep.profiles.interconnects); drop --interconnect") from None
+    from ..profiles.interconnects import comm_for, describe
+
     comm = comm_for(name, world_size=world_size)
     prov = profile.provenance.model_copy(update={"comm": Prior(rule=f"interconnect preset '{name}' (--interconnect; alpha-beta model, parastep.profiles.interconnects)",
                                                                reference=describe(name))})
@@ -51,7 +47,9 @@ def run(args) -> int:
     profile, sha = resolve_profile(args.model, args.profile)
     G = args.gpus
     T = args.steps if args.steps is not None else profile.num_steps
-    J = args.max_window if args.max_window is not None else min(G, max(profile.max_window, 1))
+    # default max window: one offset per GPU; a measured profile caps it at what it measured,
+    # a prior is re-derived for any window size
+    J = args.max_window if args.max_window is not None else (G if _derivable(profile) else min(G, profile.max_window))
     if args.warmup is not None and args.warmup >= T:
         raise UserError(f"--warmup {args.warmup} must be less than the number of steps ({T}); pass a smaller --warmup")
     if args.policy == "fixed" and (args.budget is not None or args.min_psnr is not None):
