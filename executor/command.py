@@ -266,10 +266,10 @@ def run(args) -> int:
     job = ExecJob(schedule=schedule, schedule_path=str(args.schedule),
                   prompts=tuple(args.prompt) if args.prompt else None, seed=args.seed, out_dir=str(args.out),
                   reference=bool(args.reference), model_path=args.model_path, threads=args.threads)
-    if not in_torchrun() and args.model_path is None:
-        from .registry import get_spec
+    if not in_torchrun():
+        from .registry import locate
 
-        get_spec(schedule.model)   # unknown model: one line before any process starts
+        locate(schedule.model, model_path=args.model_path)   # unknown or missing model: one line before any process starts
     launch(rank_worker, job, world_size=schedule.world_size, device=args.device, threads=args.threads,
            timeout_s=args.timeout_s)
     return 0

@@ -38,7 +38,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 from types import MappingProxyType
-from typing import TYPE_CHECKING, Any, Literal, Mapping
+from typing import TYPE_CHECKING, Any, Literal, Mapping, Optional
 
 from ..errors import UserError
 
@@ -282,6 +282,47 @@ def _from_pretrained(cls: Any, source: str | Path, *, dtype: "torch.dtype | None
         diffusers_logging.enable_progress_bar()
 
 
+@dataclass(frozen=True)
+class Location:
+    """Where a model's weights are (checked to exist, nothing loaded): see :func:`locate`."""
+
+    source: str                       # folder path, or HF repo id (then ``cache_dir`` is set)
+    where: str                        # what error messages name
+    class_name: Optional[str]         # "module:Class" of the pipeline, None = from model_index.json
+    cache_dir: Optional[str] = None
+
+
+def locate(model: str, *, model_path: str | os.PathLike[str] | None = None,
+           cache_dir: str | os.PathLike[str] | None = None) -> Location:
+    """Find ``model`` offline without loading it; a missing model is a one-line ``UserError``
+    saying where parastep looked and how to provide it. Cheap: the CLI calls it before it
+    starts any process."""
+    if model_path is not None:
+        folder = Path(model_path).expanduser()
+        _read_model_index(folder)
+        return Location(source=str(folder), where=str(folder), class_name=None)
+
+    spec = get_spec(model)
+    if spec.source == "package":
+        folder = package_folder(spec)
+        if not (folder / "model_index.json").is_file():
+            raise UserError(
+                f"bundled model '{model}' is not in {folder} (no model_index.json); reinstall parastep from a checkout that includes its weights, or pass --model-path DIR"
+            )
+        return Location(source=str(folder), where=str(folder), class_name=spec.pipeline_class)
+
+    assert spec.repo_id is not None
+    cache = Path(cache_dir).expanduser() if cache_dir is not None else hf_cache_dir()
+    repo_folder = cache / ("models--" + spec.repo_id.replace("/", "--"))
+    if not _cached_model_index(spec.repo_id, cache):
+        raise UserError(
+            f"model '{model}' ({spec.repo_id}) is not in the local Hugging Face cache (looked in {repo_folder}); "
+            f"on a machine with internet run 'hf download {spec.repo_id}' (older huggingface_hub: 'huggingface-cli download {spec.repo_id}') "
+            f"and copy {repo_folder.name} into {cache} (or point HF_HOME at that cache), or pass --model-path DIR"
+        )
+    return Location(source=spec.repo_id, where=str(repo_folder), class_name=spec.pipeline_class, cache_dir=str(cache))
+
+
 def load_pipeline(
     model: str,
     *,
@@ -297,39 +338,17 @@ def load_pipeline(
     ``hf`` models come from the local HF cache (``cache_dir``, default :func:`hf_cache_dir`),
     ``digits`` from its package folder. ``dtype`` is passed as ``torch_dtype`` (None: as saved).
     """
-    if model_path is not None:
-        folder = Path(model_path).expanduser()
-        index = _read_model_index(folder)
-        cls = _custom_class_for(index["_class_name"])
+    loc = locate(model, model_path=model_path, cache_dir=cache_dir)
+    if loc.class_name is not None:
+        cls = _resolve_class(loc.class_name)
+    else:
+        cls = _custom_class_for(_read_model_index(Path(loc.source))["_class_name"])
         if cls is None:
             from diffusers import DiffusionPipeline
 
             cls = DiffusionPipeline
-        pipe = _from_pretrained(cls, folder, dtype=dtype, where=str(folder))
-        return pipe.to(device)
-
-    spec = get_spec(model)
-    if spec.source == "package":
-        folder = package_folder(spec)
-        if not (folder / "model_index.json").is_file():
-            raise UserError(
-                f"bundled model '{model}' is not in {folder} (no model_index.json); reinstall parastep from a checkout that includes its weights, or pass --model-path DIR"
-            )
-        cls = _resolve_class(spec.pipeline_class)
-        pipe = _from_pretrained(cls, folder, dtype=dtype, where=str(folder))
-        return pipe.to(device)
-
-    assert spec.repo_id is not None
-    cache = Path(cache_dir).expanduser() if cache_dir is not None else hf_cache_dir()
-    repo_folder = cache / ("models--" + spec.repo_id.replace("/", "--"))
-    if not _cached_model_index(spec.repo_id, cache):
-        raise UserError(
-            f"model '{model}' ({spec.repo_id}) is not in the local Hugging Face cache (looked in {repo_folder}); "
-            f"on a machine with internet run 'hf download {spec.repo_id}' (older huggingface_hub: 'huggingface-cli download {spec.repo_id}') "
-            f"and copy {repo_folder.name} into {cache} (or point HF_HOME at that cache), or pass --model-path DIR"
-        )
-    cls = _resolve_class(spec.pipeline_class)
-    pipe = _from_pretrained(cls, spec.repo_id, dtype=dtype, where=str(repo_folder), cache_dir=str(cache))
+    extra = {"cache_dir": loc.cache_dir} if loc.cache_dir is not None else {}
+    pipe = _from_pretrained(cls, loc.source, dtype=dtype, where=loc.where, **extra)
     return pipe.to(device)
 
 

@@ -150,6 +150,12 @@ def test_bad_input_is_refused_before_loading(tmp_path):
     bad.write_text(text)
     res = _exec([str(bad)], cwd=tmp_path)
     assert res.returncode == 2 and "unknown model 'nosuchmodel'" in res.stderr and "Traceback" not in res.stderr
+    # a registry model missing from the (empty) HF cache: one line naming where it looked, before any rank starts
+    bad.write_text(sched_path.read_text().replace("model: sd15", "model: sdxl"))
+    res = _exec([str(bad)], cwd=tmp_path, env=_env(HF_HUB_CACHE=str(tmp_path / "empty-cache")))
+    last = _last_line(res.stderr)
+    assert res.returncode == 2 and "not in the local Hugging Face cache" in last and str(tmp_path / "empty-cache") in last
+    assert "rank" not in last and "Traceback" not in res.stderr
     # totals that disagree with the windows
     bad.write_text(sched_path.read_text().replace("bytes_exchanged: ", "bytes_exchanged: 1"))
     res = _exec([str(bad)], cwd=tmp_path)
