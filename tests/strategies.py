@@ -1,5 +1,5 @@
 """Random valid profiles for tests: ``make_profile(num_steps=, max_window=, seed=)`` and the
-hypothesis strategy ``random_profiles(...)``.
+hypothesis strategy ``random_profiles(...)``; and random valid schedules: ``valid_schedules(...)``.
 
 The numbers look like a real profile (deviation growing with the offset, ``linear`` better than
 ``last`` for short windows and worse for long ones, propagation gains decaying over the run,
@@ -15,6 +15,8 @@ from typing import Literal, Optional
 import numpy as np
 from hypothesis import strategies as st
 
+from parastep.schedules.check import implied_totals
+from parastep.schedules.model import ExactWindow, ParallelWindow, ReuseWindow, Schedule
 from parastep.profiles.model import (
     Calibration, Comm, CommEntry, Compute, DeviationStats, Measured, Prior, Profile, Propagation,
     Provenances, Similarity,
@@ -107,3 +109,34 @@ def random_profiles(draw, *, min_steps: int = 1, max_steps: int = 60, min_window
     seed = draw(st.integers(0, 2**31 - 1))
     cal = draw(st.booleans()) if calibration is None else calibration
     return make_profile(num_steps=T, max_window=J, seed=seed, calibration=cal)
+
+
+@st.composite
+def valid_schedules(draw, *, max_steps: int = 40, max_world: int = 64, max_window: int = 10) -> Schedule:
+    """A random valid schedule: exact first window, then any mix of exact / parallel / reuse windows
+    (predictor linear only from step 2), random placements, totals as the windows imply."""
+    T = draw(st.integers(1, max_steps))
+    G = draw(st.integers(1, max_world))
+    J = draw(st.integers(1, max_window))
+    windows: list = [ExactWindow(start=0)]
+    s = 1
+    while s < T:
+        kind = draw(st.sampled_from(["exact", "parallel", "reuse"]))
+        if kind == "exact":
+            windows.append(ExactWindow(start=s))
+            s += 1
+            continue
+        size = draw(st.integers(1, min(J, T - s)))
+        pred = draw(st.sampled_from(["last", "linear"] if s >= 2 else ["last"]))
+        if kind == "parallel":
+            placement = draw(st.lists(st.integers(0, G - 1), min_size=size, max_size=size))
+            windows.append(ParallelWindow(start=s, placement=placement, predictor=pred))
+        else:
+            windows.append(ReuseWindow(start=s, size=size, predictor=pred))
+        s += size
+    output_bytes = draw(st.integers(1, 1 << 20))
+    return Schedule(
+        model=draw(st.sampled_from(["sdxl", "digits", "toy"])), scheduler="EulerDiscreteScheduler",
+        num_steps=T, world_size=G, max_window=J, output_bytes=output_bytes,
+        totals=implied_totals(windows, world_size=G, output_bytes=output_bytes), windows=windows,
+    )

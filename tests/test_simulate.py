@@ -21,6 +21,7 @@ from parastep.schedules.model import ExactWindow, ParallelWindow, ProfileRef, Re
 from parastep.schedules.simulate import plot_timeline, simulate
 
 from clitools import run_cli
+from strategies import valid_schedules
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "schedules" / "examples").glob("*.yaml"))
 ZERO_COMM = Comm(entries=[CommEntry(ranks=g, latency_s=0.0, bandwidth_bytes_per_s=math.inf) for g in range(2, 65)])
@@ -152,24 +153,8 @@ def cost_model_latency(schedule: Schedule, profile: Profile) -> float:
 
 @st.composite
 def schedules_and_profiles(draw):
-    T = draw(st.integers(1, 30))
-    G = draw(st.integers(1, 6))
-    windows: list = [ExactWindow(start=0)]
-    s = 1
-    while s < T:
-        kind = draw(st.sampled_from(["exact", "parallel", "reuse"]))
-        if kind == "exact":
-            windows.append(ExactWindow(start=s))
-            s += 1
-            continue
-        size = draw(st.integers(1, min(8, T - s)))
-        pred = draw(st.sampled_from(["last", "linear"] if s >= 2 else ["last"]))
-        if kind == "parallel":
-            windows.append(ParallelWindow(start=s, placement=draw(st.lists(st.integers(0, G - 1), min_size=size, max_size=size)), predictor=pred))
-        else:
-            windows.append(ReuseWindow(start=s, size=size, predictor=pred))
-        s += size
-    schedule = make_schedule(windows, num_steps=T, world_size=G, max_window=8)
+    schedule = draw(valid_schedules(max_steps=30, max_world=6, max_window=8))
+    T, G = schedule.num_steps, schedule.world_size
     fwd = sorted(draw(st.lists(st.floats(1e-3, 2.0), min_size=1, max_size=4)))
     comm = comm_for(draw(st.sampled_from(["nvlink", "pcie4", "pcie3", "ethernet-10g", "ethernet-1g"])), world_size=max(G, 2))
     profile = make_profile(num_steps=T, forward_s=fwd, step_s=draw(st.floats(0.0, 0.5)), comm=comm,

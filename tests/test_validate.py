@@ -16,43 +16,13 @@ from hypothesis import strategies as st
 
 from parastep.schedules.check import implied_totals, violations, window_size
 from parastep.schedules.io import dump_schedule, schedule_from_dict
-from parastep.schedules.model import ExactWindow, ParallelWindow, ReuseWindow, Schedule
+from parastep.schedules.model import ExactWindow, ParallelWindow, Schedule
 
 from clitools import run_cli
+from strategies import valid_schedules
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "schedules" / "examples").glob("*.yaml"))
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-
-
-@st.composite
-def valid_schedules(draw, *, max_steps: int = 40, max_world: int = 64, max_window: int = 10) -> Schedule:
-    """A random valid schedule: exact first window, then any mix of exact / parallel / reuse windows
-    (predictor linear only from step 2), random placements, totals as the windows imply."""
-    T = draw(st.integers(1, max_steps))
-    G = draw(st.integers(1, max_world))
-    J = draw(st.integers(1, max_window))
-    windows: list = [ExactWindow(start=0)]
-    s = 1
-    while s < T:
-        kind = draw(st.sampled_from(["exact", "parallel", "reuse"]))
-        if kind == "exact":
-            windows.append(ExactWindow(start=s))
-            s += 1
-            continue
-        size = draw(st.integers(1, min(J, T - s)))
-        pred = draw(st.sampled_from(["last", "linear"] if s >= 2 else ["last"]))
-        if kind == "parallel":
-            placement = draw(st.lists(st.integers(0, G - 1), min_size=size, max_size=size))
-            windows.append(ParallelWindow(start=s, placement=placement, predictor=pred))
-        else:
-            windows.append(ReuseWindow(start=s, size=size, predictor=pred))
-        s += size
-    output_bytes = draw(st.integers(1, 1 << 20))
-    return Schedule(
-        model=draw(st.sampled_from(["sdxl", "digits", "toy"])), scheduler="EulerDiscreteScheduler",
-        num_steps=T, world_size=G, max_window=J, output_bytes=output_bytes,
-        totals=implied_totals(windows, world_size=G, output_bytes=output_bytes), windows=windows,
-    )
 
 
 def rebuilt(schedule: Schedule, **changes) -> Schedule:
