@@ -151,7 +151,7 @@ def smallest_feasible_budget(profile: Profile, *, world_size: int, max_window: i
 
 def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max_window: Optional[int] = None,
                   budget: Optional[float] = None, min_psnr_db: Optional[float] = None, policy: Policy = "optimal",
-                  warmup: Optional[int] = None, solver: SolverName = "cp-sat", options=None,
+                  warmup: Optional[int] = None, solver: SolverName = "dp", options=None,
                   latency_units_per_s: float = DEFAULT_LATENCY_UNITS_PER_S) -> PlanResult:
     """Plan ``profile.num_steps`` steps on ``world_size`` ranks.
 

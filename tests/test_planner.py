@@ -185,7 +185,7 @@ def test_big_instances_emit_valid_schedules(T, G, J):
     # the limit ends before its first solution (status UNKNOWN; possible on a loaded machine) -- a one-line
     # UserError telling the user to raise --time-limit. Never an unchecked plan.
     try:
-        cs = plan_schedule(profile, profile_sha256=SHA, world_size=G, options=SolverOptions(workers=1, time_limit_s=2.0))
+        cs = plan_schedule(profile, profile_sha256=SHA, world_size=G, solver="cp-sat", options=SolverOptions(workers=1, time_limit_s=2.0))
     except UserError as exc:
         assert "raise --time-limit" in str(exc) and "UNKNOWN" in str(exc)
         return
@@ -249,7 +249,7 @@ def test_infeasible_budget_names_the_smallest_feasible_budget():
 
 def test_zero_budget_gives_only_zero_error_windows():
     profile = make_profile(num_steps=30, max_window=6, seed=9)
-    s = plan_schedule(profile, profile_sha256=SHA, world_size=4, budget=0.0, options=ONE_WORKER).schedule
+    s = plan_schedule(profile, profile_sha256=SHA, world_size=4, budget=0.0, solver="cp-sat", options=ONE_WORKER).schedule
     assert s.quality.predicted == 0.0 and s.quality.budget_units == 0
     _lat, err, _l, errs = recompute(s, profile)
     assert err == 0.0 and all(e == 0.0 for e in errs)
@@ -266,8 +266,8 @@ def test_budget_monotone_latency():
 def test_deterministic_option_reproduces_the_plan():
     profile = make_profile(num_steps=30, max_window=8, seed=21)
     opts = SolverOptions(workers=2, seed=3, deterministic=True)
-    a = plan_schedule(profile, profile_sha256=SHA, world_size=8, options=opts).schedule
-    b = plan_schedule(profile, profile_sha256=SHA, world_size=8, options=opts).schedule
+    a = plan_schedule(profile, profile_sha256=SHA, world_size=8, solver="cp-sat", options=opts).schedule
+    b = plan_schedule(profile, profile_sha256=SHA, world_size=8, solver="cp-sat", options=opts).schedule
     assert a.windows == b.windows and a.solver.objective == b.solver.objective
 
 
