@@ -175,10 +175,6 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
 )
 
 
-def model_names() -> tuple[str, ...]:
-    return tuple(REGISTRY)
-
-
 def get_spec(model: str) -> ModelSpec:
     """The registry entry for ``model``; an unknown name is a UserError listing the known ones."""
     try:

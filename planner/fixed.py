@@ -64,10 +64,6 @@ def fixed_error(windows: list[FixedWindow]) -> float:
     return math.fsum(w.error for w in windows)
 
 
-def fixed_latency_s(windows: list[FixedWindow]) -> float:
-    return math.fsum(w.latency_s for w in windows)
-
-
 def fixed_error_units(windows: list[FixedWindow], *, scale: float) -> int:
     """The hand plan's integer error: each window rounded up, exactly as the planner's edges are."""
     return sum(error_units(w.error, scale=scale) for w in windows)

@@ -20,10 +20,10 @@ from ..schedules.check import implied_totals, violations
 from ..schedules.model import (
     ExactWindow, Latency, ParallelWindow, ProfileRef, Quality, ReuseWindow, Schedule, Solver, Window,
 )
-from .fixed import FixedWindow, default_warmup, fixed_error, fixed_error_units, fixed_windows
+from .fixed import FixedWindow, default_warmup, fixed_error, fixed_error_units, fixed_latency_units, fixed_windows
 from .problem import (
     DEFAULT_LATENCY_UNITS_PER_S, Problem, budget_units_for, build_problem, candidate_windows, error_scale_for,
-    error_units, latency_units,
+    error_units,
 )
 
 SolverName = Literal["cp-sat", "dp"]
@@ -184,7 +184,7 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         scale = error_scale_for(err)
         b_units = fixed_error_units(fixed, scale=scale)
         chosen = [_Chosen(f.start, f.size, f.kind, f.predictor, f.placement, f.latency_s, f.error) for f in fixed]
-        lat_units = sum(latency_units(f.latency_s, scale=latency_units_per_s) for f in fixed)
+        lat_units = fixed_latency_units(fixed, scale=latency_units_per_s)
         solver_info = dict(name="fixed", status="NOT_SOLVED", objective=lat_units, bound=None, wall_s=0.0)
         schedule = _assemble(profile, profile_sha256=profile_sha256, world_size=G, max_window=J, policy="fixed", chosen=chosen,
                              budget=err, budget_units=b_units, scale=scale, min_psnr_db=None, solver_info=solver_info,

@@ -284,7 +284,3 @@ def build_problem(profile: Profile, *, world_size: int, max_window: int, budget:
                    edges=tuple(edges), notes=tuple(notes),
                    out_edges=tuple(tuple(x) for x in out_edges), in_edges=tuple(tuple(x) for x in in_edges))
 
-
-def path_totals(problem: Problem, path: list[int]) -> tuple[int, int]:
-    """(latency units, error units) of a path given as edge indices."""
-    return (sum(problem.edges[i].latency_units for i in path), sum(problem.edges[i].error_units for i in path))

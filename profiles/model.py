@@ -28,7 +28,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 PROFILE_SCHEMA_VERSION = 1
 Predictor = Literal["last", "linear"]
 PREDICTORS: tuple[Predictor, ...] = ("last", "linear")
-ProfilePart = Literal["deviation", "propagation", "similarity", "compute", "comm", "calibration"]
 
 
 class _Strict(BaseModel):
