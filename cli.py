@@ -19,7 +19,7 @@ COMMANDS = {
     "simulate": "parastep.schedules.command",
     "schema": "parastep.schedules.command",
     "exec": "parastep.executor.command",
-    "profile": "parastep.profiles.command",
+    "profile": "parastep.profiler.command",
 }
 
 

@@ -62,9 +62,9 @@ def main(argv=None) -> int:
     from parastep.models.digits.classifier import classify
     from parastep.planner.cpsat import SolverOptions
     from parastep.planner.plan import plan_schedule, smallest_feasible_budget
-    from parastep.profiles.calibrate import psnr_db_per_sample, run_schedule
+    from parastep.profiler.calibrate import psnr_db_per_sample, run_schedule
     from parastep.profiles.io import resolve_profile
-    from parastep.profiles.profiler import samples_of
+    from parastep.profiler.measure import samples_of
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=2, help="held-out seeds per class")

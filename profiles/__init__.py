@@ -1,7 +1,7 @@
-"""The profile contract (models, I/O, registry, interconnect presets) and the profiler.
+"""The profile contract (models, I/O, interconnect presets, prior rules) and the shipped profiles.
 
-``model``, ``io``, ``interconnects`` and ``priors`` import neither torch nor ortools;
-the profiler (``profiler``) does import torch and is only loaded by ``parastep profile``.
+Data and pure functions only: nothing here imports torch, ortools or another parastep stage.
+The profiler that *measures* profiles lives in ``parastep.profiler``.
 """
 
 from .io import dump_profile, load_profile, resolve_profile, shipped_profiles, write_profile

@@ -1,5 +1,6 @@
-"""DESIGN §6 as tests: planner and executor never import each other; the contracts import
-neither torch nor ortools (so `parastep validate` and `simulate` start fast anywhere)."""
+"""DESIGN §6 as tests: every import points down the stage DAG (contracts <- planner, executor <-
+profiler <- cli), planner and executor never import each other, and the contracts import neither
+torch nor ortools (so `parastep validate` and `simulate` start fast anywhere)."""
 
 import ast
 import subprocess
@@ -39,3 +40,29 @@ def test_contracts_import_neither_torch_nor_ortools():
             "print(sorted(m for m in ('torch', 'ortools', 'diffusers') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+# Which parastep packages each package may import (DESIGN §6). The contracts (schedules, profiles)
+# are one layer: the schedule's simulator prices with the profile's cost primitives.
+ALLOWED = {
+    "schedules": {"errors", "schedules", "profiles"},
+    "profiles": {"errors", "profiles", "schedules"},
+    "models": {"errors", "models"},
+    "planner": {"errors", "schedules", "profiles", "planner"},
+    "executor": {"errors", "schedules", "profiles", "models", "executor"},
+    "profiler": {"errors", "schedules", "profiles", "models", "planner", "executor", "profiler"},
+}
+
+
+def test_every_import_points_down_the_stage_dag():
+    bad = {}
+    for package, allowed in ALLOWED.items():
+        used = {n.split(".")[1] for n in _imports(package) if n.startswith("parastep.") and n.count(".") >= 1}
+        if used - allowed:
+            bad[package] = sorted(used - allowed)
+    assert bad == {}, f"imports against DESIGN §6: {bad}"
+
+
+def test_every_package_is_placed_in_the_dag():
+    packages = {p.name for p in ROOT.iterdir() if (p / "__init__.py").exists() and p.name not in ("tests", "benchmarks")}
+    assert packages == set(ALLOWED)

@@ -13,7 +13,7 @@ from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from parastep.models.digits.pipeline import NULL_CLASS, DigitsPipeline
 from parastep.profiles.io import dump_profile, load_profile, write_profile
 from parastep.profiles.model import Profile
-from parastep.profiles.profiler import (
+from parastep.profiler.measure import (
     ProfilerSettings, deviation_tables, fit_alpha_beta, measure_profile, record_reference, samples_of,
 )
 
@@ -256,7 +256,7 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
 def test_comm_ranks_beyond_the_machine(monkeypatch, interconnect):
     """CPU with fewer cores than --gpus: a preset covers the ranks beyond the cores (prior
     provenance); without one every g is measured by oversubscribing (measured provenance)."""
-    import parastep.profiles.profiler as prof
+    import parastep.profiler.measure as prof
     from parastep.profiles.model import CommEntry
 
     measured_g: list[int] = []

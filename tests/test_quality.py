@@ -12,9 +12,9 @@ import statistics
 import pytest
 import torch
 
-from parastep.profiles.calibrate import psnr_db_per_sample, run_schedule
+from parastep.profiler.calibrate import psnr_db_per_sample, run_schedule
 from parastep.profiles.io import resolve_profile
-from parastep.profiles.profiler import samples_of
+from parastep.profiler.measure import samples_of
 
 HELD_OUT_SEEDS = (7001, 7002)
 PROMPTS = tuple(str(d) for d in range(10))

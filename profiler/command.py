@@ -5,7 +5,7 @@
 
 The pipeline is loaded offline like ``exec`` loads it (registry name or ``--model-path``), called
 with the registry's default guidance scale and resolution. ``--verify N`` adds a PSNR
-calibration fitted from N sampled schedules (``parastep.profiles.calibrate``), which is what
+calibration fitted from N sampled schedules (``parastep.profiler.calibrate``), which is what
 ``plan --min-psnr`` needs. Progress goes to stderr; the profile goes to ``--out``.
 """
 
@@ -56,14 +56,14 @@ def default_call(pipe, model: str):
 
 def run(args) -> int:
     from ..executor.registry import load_pipeline
-    from .io import dump_profile, write_profile
-    from .model import profile_sha256
-    from .profiler import ProfilerSettings, measure_profile
+    from ..profiles.io import dump_profile, write_profile
+    from ..profiles.model import profile_sha256
+    from .measure import ProfilerSettings, measure_profile
 
     if args.verify is not None and args.verify < 6:
         raise UserError(f"--verify {args.verify} is too few runs to fit and check a calibration; pass --verify 6 or more (80+ for a solid fit)")
     if args.interconnect is not None:
-        from .interconnects import preset
+        from ..profiles.interconnects import preset
 
         preset(args.interconnect)                     # unknown name: one-line UserError
     out = Path(args.out)
@@ -103,9 +103,9 @@ def run(args) -> int:
 def calibrate_profile(pipe, profile, *, settings, count: int, say) -> "object":
     """``profile`` with a PSNR calibration fitted from ``count`` verification runs."""
     from .calibrate import fit_calibration, sample_schedules, verify
-    from .io import dump_profile
-    from .model import Measured, profile_sha256
-    from .profiler import cpu_threads, samples_of
+    from ..profiles.io import dump_profile
+    from ..profiles.model import Measured, profile_sha256
+    from .measure import cpu_threads, samples_of
 
     sha = profile_sha256(dump_profile(profile))
     sizes = tuple(g for g in (2, 4, 8) if g <= max(settings.gpus, 2)) or (2,)

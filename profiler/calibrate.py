@@ -21,7 +21,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
-from .model import Calibration, Profile
+from ..profiles.model import Calibration, Profile
 
 
 @dataclass(frozen=True)
@@ -83,7 +83,7 @@ def run_schedule(pipe, schedule, *, num_steps: int, prompts: Sequence[Any], seed
     import torch
 
     from ..executor.hooks import ParaStepConfig, apply_parastep, remove_parastep
-    from .profiler import _call
+    from .measure import _call
 
     kw = {**call_kwargs, "output_type": "np"}
     if schedule is not None:

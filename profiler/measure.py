@@ -64,7 +64,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
-from .model import (
+from ..profiles.model import (
     Comm, CommEntry, Compute, DeviationStats, Measured, Prior, Profile, Propagation, Provenances, Similarity,
 )
 
@@ -736,7 +736,7 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
 
 def _comm_part(pipe, settings: ProfilerSettings, *, out_bytes: int, traj: Trajectory, measured: Measured, say,
                notes: list[str]):
-    from .interconnects import comm_for, describe
+    from ..profiles.interconnects import comm_for, describe
 
     G = settings.gpus
     if G < 2:
