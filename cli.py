@@ -19,6 +19,7 @@ COMMANDS = {
     "simulate": "parastep.schedules.command",
     "schema": "parastep.schedules.command",
     "exec": "parastep.executor.command",
+    "evaluate": "parastep.executor.evaluate_command",
     "profile": "parastep.profiler.command",
 }
 
@@ -99,6 +100,17 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ex.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads per rank on CPU")
     ex.add_argument("--timeout", type=_nonneg_float, default=300.0, dest="timeout_s", help="collective timeout in seconds")
+    ex.add_argument("--repeats", type=_positive_int, default=1,
+                    help="timed runs of each side after a warm-up; latency and speedup are their medians (default 1)")
+
+    ev = sub.add_parser("evaluate", help="a schedule's PSNR/SSIM vs sequential on one device, per prompt x seed")
+    ev.add_argument("schedule")
+    ev.add_argument("--prompt", action="append", help="prompt (or class label for digits); repeatable (default: 0-9 on digits)")
+    ev.add_argument("--seed", type=int, action="append", help="seed; repeatable (default: 1000 and 1001)")
+    ev.add_argument("--model-path", dest="model_path", help="local folder with the pipeline (default: registry / HF cache)")
+    ev.add_argument("--out", required=True, help="output folder (quality.json)")
+    ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    ev.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads on CPU")
 
     pr = sub.add_parser("profile", help="measure a model: deviations, similarity, compute and exchange costs")
     pr.add_argument("--model", required=True)

@@ -7,13 +7,20 @@ writes the images (PNG) and ``report.json`` into ``--out``, atomically, at the v
     world_size, num_steps, latency_s, bytes_exchanged (measured, sum over ranks of bytes
     received), bytes_exchanged_schedule (schedule.totals), forwards_per_rank,
     bytes_received_per_rank, windows: [{start, kind, size, seconds, bytes, exchange_s,
-    snapshot_s, replay_s}], images, and with --reference:
-    reference: {latency_s, speedup, psnr_db, ssim, identical}.
+    snapshot_s, replay_s}], images, repeats, warmup_runs, latency_spread_s: {median, min, max,
+    runs}, and with --reference:
+    reference: {latency_s, speedup, psnr_db, ssim, identical, latency_spread_s}.
 
 ``latency_s`` is rank 0's wall time of the whole pipeline call (prompt encoding and VAE decode
 included), started after a barrier. The reference is the plain pipeline (hooks removed), same
-seed, on rank 0 alone, after the parallel run. PSNR is ``null`` (and ``identical`` true) when
+seed, on rank 0 alone, after the parallel runs. PSNR is ``null`` (and ``identical`` true) when
 the images are bit-identical. Ranks other than 0 skip the VAE decode (``output_type="latent"``).
+
+Timing (``--repeats N``, default 1): with ``--reference`` or N > 1, one untimed warm-up run of
+each side comes first; then N timed runs of each side; ``latency_s`` (both sides) is the median
+and ``speedup`` the ratio of the medians; ``latency_spread_s`` keeps every run's time. Windows
+and forwards are the last parallel run's. ``exec --reference`` ends with one human line on
+stderr (ranks, latency vs sequential, speedup, PSNR, SSIM); report.json is for tools.
 
 Test hook: ``PARASTEP_TEST_EXIT_AT=RANK:STEP`` makes that rank ``os._exit(17)`` after that step.
 """
@@ -24,11 +31,12 @@ import inspect
 import json
 import os
 import shutil
+import statistics
 import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 from ..errors import UserError
 from ..schedules.check import violations
@@ -58,6 +66,12 @@ class ExecJob:
     reference: bool
     model_path: Optional[str]
     threads: int
+    repeats: int = 1
+
+    @property
+    def warmup(self) -> bool:
+        """One untimed run of each side first, whenever timings are compared or repeated."""
+        return self.reference or self.repeats > 1
 
 
 def call_kwargs(pipe, schedule: Schedule, *, prompts: Optional[tuple[str, ...]], seed: int, device,
@@ -102,29 +116,84 @@ def inference_steps_for(scheduler, num_steps: int) -> int:
     return num_steps
 
 
-def _prepare_pipeline(job: ExecJob, ctx: RankContext):
+def prepare_pipeline(schedule: Schedule, *, model_path: Optional[str], device, announce: bool = True):
+    """Load the schedule's pipeline on ``device`` (a torch.device) with the schedule's scheduler:
+    float32 on CPU (half precision is slow and lossy there), float16 on CUDA (bfloat16 for Flux).
+    ``announce``: print the scheduler switch note and show progress bars (rank 0 / one process)."""
     import torch
 
     from .registry import SCHEDULER_NAMES, load_pipeline, set_scheduler
 
-    schedule = job.schedule
-    # CPU: float32 (half precision is slow and lossy there); CUDA: half precision, bf16 for Flux
-    if ctx.device.type == "cpu":
+    if device.type == "cpu":
         dtype = torch.float32
     else:
         dtype = torch.bfloat16 if schedule.model == "flux" else torch.float16
-    pipe = load_pipeline(schedule.model, model_path=job.model_path, device=str(ctx.device), dtype=dtype)
+    pipe = load_pipeline(schedule.model, model_path=model_path, device=str(device), dtype=dtype)
     have = type(pipe.scheduler).__name__
     if have != schedule.scheduler:
         if schedule.scheduler not in SCHEDULER_NAMES:
             raise UserError(f"the schedule was planned for scheduler {schedule.scheduler} but the pipeline uses {have}; "
                             f"re-profile and re-plan with {have}, or use one of {', '.join(SCHEDULER_NAMES)}")
         set_scheduler(pipe, schedule.scheduler)
-        if ctx.rank == 0:
+        if announce:
             print(f"parastep: note: switched the pipeline's scheduler from {have} to {schedule.scheduler} as the schedule says",
                   file=sys.stderr)
-    pipe.set_progress_bar_config(disable=ctx.rank != 0)
+    pipe.set_progress_bar_config(disable=not announce)
     return pipe
+
+
+def _prepare_pipeline(job: ExecJob, ctx: RankContext):
+    return prepare_pipeline(job.schedule, model_path=job.model_path, device=ctx.device, announce=ctx.rank == 0)
+
+
+def pipeline_class_of(model: str, model_path: Optional[str]):
+    """The pipeline class a run would load (imported, no weights read), or None if unknown here
+    (an unknown model or missing folder is reported by ``registry.locate``)."""
+    from . import registry
+
+    try:
+        if model_path is not None:
+            name = registry._read_model_index(Path(model_path).expanduser())["_class_name"]
+            cls = registry._custom_class_for(name)
+            if cls is None:
+                import diffusers
+
+                cls = getattr(diffusers, name, None)
+            return cls
+        return registry._resolve_class(registry.get_spec(model).pipeline_class)
+    except (UserError, ImportError, AttributeError):
+        return None
+
+
+def check_prompts(model: str, model_path: Optional[str], prompts: Optional[Sequence[str]]) -> None:
+    """Refuse, before anything loads, prompts the pipeline cannot take: any prompt for a pipeline
+    without a ``prompt`` argument, and a non-digit for the class-conditional digits pipeline."""
+    if not prompts:
+        return
+    cls = pipeline_class_of(model, model_path)
+    if cls is None:
+        return
+    if "prompt" not in inspect.signature(cls.__call__).parameters:
+        raise UserError(f"pipeline {cls.__name__} takes no prompt; drop --prompt")
+    if cls.__name__ == "DigitsPipeline":
+        from ..models.digits.pipeline import parse_digit_prompt
+
+        for p in prompts:
+            try:
+                parse_digit_prompt(p)
+            except ValueError:
+                raise UserError(f"--prompt {p!r}: the digits model is class-conditional; give a class label "
+                                "'0'..'9' per --prompt") from None
+
+
+def check_out_dir(out: str, *, flag: str = "--out") -> None:
+    """Refuse an output folder that is an existing file (or under one), before any work is done."""
+    path = Path(out)
+    for p in (path, *path.parents):
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{flag} {out}: {p} is an existing file, not a folder; choose another {flag} folder")
+        if p.exists():
+            break
 
 
 def _images_np(images) -> Any:
@@ -200,14 +269,25 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
     handle = apply_parastep(pipe, ParaStepConfig(windows=schedule.windows, num_steps=schedule.num_steps,
                                                  exchange=DistExchange(), observer=_test_exit_observer(ctx.rank),
                                                  sync_timing=ctx.device.type == "cuda"))
-    kw = call_kwargs(pipe, schedule, prompts=job.prompts, seed=job.seed, device=ctx.device,
-                     output_type="np" if ctx.rank == 0 else "latent", num_inference_steps=steps)
     sync = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
-    dist.barrier()
-    t0 = time.perf_counter()
-    out = pipe(**kw)
-    sync()
-    latency_s = time.perf_counter() - t0
+
+    def parallel_run():
+        kw = call_kwargs(pipe, schedule, prompts=job.prompts, seed=job.seed, device=ctx.device,
+                         output_type="np" if ctx.rank == 0 else "latent", num_inference_steps=steps)
+        dist.barrier()
+        t0 = time.perf_counter()
+        result = pipe(**kw)
+        sync()
+        pipe.set_progress_bar_config(disable=True)   # one progress bar per command, not one per run
+        return time.perf_counter() - t0, result, kw
+
+    if job.warmup:
+        parallel_run()
+    times = []
+    for _ in range(job.repeats):   # every run has the same seed, so the same output; the last one's is kept
+        t, out, kw = parallel_run()
+        times.append(t)
+    latency_s = statistics.median(times)
     if handle.steps_done != schedule.num_steps:
         raise UserError(f"the pipeline ran {handle.steps_done} scheduler steps, the schedule has {schedule.num_steps}; "
                         "re-plan with the pipeline's step count")
@@ -232,7 +312,8 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
         "prompts": kw.get("prompt"), "latency_s": latency_s,
         "bytes_exchanged": sum(bytes_per_rank), "bytes_exchanged_schedule": schedule.totals.bytes_exchanged,
         "bytes_received_per_rank": bytes_per_rank, "forwards_per_rank": [g["forwards"] for g in gathered],
-        "windows": windows,
+        "windows": windows, "repeats": job.repeats, "warmup_runs": int(job.warmup),
+        "latency_spread_s": _spread(times),
     }
     if report["bytes_exchanged"] != schedule.totals.bytes_exchanged:
         print(f"parastep: note: {report['bytes_exchanged']} bytes were exchanged but the schedule implies "
@@ -241,21 +322,50 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
     if job.reference:
         from .metrics import psnr_db, ssim
 
-        kw_ref = call_kwargs(pipe, schedule, prompts=job.prompts, seed=job.seed, device=ctx.device,
-                             output_type="np", num_inference_steps=steps)
-        t0 = time.perf_counter()
-        ref_out = pipe(**kw_ref)
-        sync()
-        ref_latency_s = time.perf_counter() - t0
+        def sequential_run():
+            kw_ref = call_kwargs(pipe, schedule, prompts=job.prompts, seed=job.seed, device=ctx.device,
+                                 output_type="np", num_inference_steps=steps)
+            t0 = time.perf_counter()
+            result = pipe(**kw_ref)
+            sync()
+            return time.perf_counter() - t0, result
+
+        if job.warmup:
+            sequential_run()
+        ref_times = []
+        for _ in range(job.repeats):
+            t, ref_out = sequential_run()
+            ref_times.append(t)
+        ref_latency_s = statistics.median(ref_times)
         ref_images = _images_np(ref_out.images if hasattr(ref_out, "images") else ref_out[0])
         a, b = _to_tensor(images), _to_tensor(ref_images)
         p = psnr_db(a, b)
         report["reference"] = {"latency_s": ref_latency_s, "speedup": ref_latency_s / latency_s,
                                "psnr_db": None if p == float("inf") else p, "ssim": ssim(a, b),
-                               "identical": p == float("inf")}
+                               "identical": p == float("inf"), "latency_spread_s": _spread(ref_times)}
     _write_outputs(Path(job.out_dir), images, report)
-    print(f"parastep: wrote {len(images)} image(s) and report.json to {job.out_dir} "
-          f"(latency {latency_s:.3f} s, {report['bytes_exchanged']} bytes exchanged)", file=sys.stderr)
+    if job.reference:
+        print(summary_line(report, out_dir=job.out_dir), file=sys.stderr)
+    else:
+        print(f"parastep: wrote {len(images)} image(s) and report.json to {job.out_dir} "
+              f"(latency {latency_s:.3f} s, {report['bytes_exchanged']} bytes exchanged)", file=sys.stderr)
+
+
+def _spread(times: list[float]) -> dict[str, Any]:
+    return {"median": statistics.median(times), "min": min(times), "max": max(times), "runs": list(times)}
+
+
+def summary_line(report: dict, *, out_dir: str) -> str:
+    """The one human line ``exec --reference`` ends with (report.json keeps every number)."""
+    ref = report["reference"]
+    n = report["repeats"]
+    runs = f"median of {n} runs each" if n > 1 else "1 run each"
+    quality = ("identical to sequential (PSNR inf, SSIM 1.000)" if ref["identical"]
+               else f"PSNR {ref['psnr_db']:.1f} dB, SSIM {ref['ssim']:.4f} vs sequential")
+    ranks = report["world_size"]
+    return (f"parastep: {ranks} rank{'s' if ranks != 1 else ''} on {report['device']}: {report['latency_s']:.3f} s "
+            f"vs {ref['latency_s']:.3f} s sequential, speedup {ref['speedup']:.2f}x ({runs}); {quality}; "
+            f"report in {Path(out_dir) / 'report.json'}")
 
 
 def run(args) -> int:
@@ -265,7 +375,10 @@ def run(args) -> int:
         raise UserError(f"{args.schedule}: invalid schedule: {problems[0]}; run 'parastep validate {args.schedule}'")
     job = ExecJob(schedule=schedule, schedule_path=str(args.schedule),
                   prompts=tuple(args.prompt) if args.prompt else None, seed=args.seed, out_dir=str(args.out),
-                  reference=bool(args.reference), model_path=args.model_path, threads=args.threads)
+                  reference=bool(args.reference), model_path=args.model_path, threads=args.threads,
+                  repeats=getattr(args, "repeats", 1))
+    check_out_dir(job.out_dir)
+    check_prompts(schedule.model, args.model_path, job.prompts)
     if not in_torchrun():
         from .registry import locate
 

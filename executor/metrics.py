@@ -56,3 +56,40 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window_px: int = 11, sigma: float 
     num = (2 * mu_x * mu_y + c1) * (2 * sxy + c2)
     den = (mu_x ** 2 + mu_y ** 2 + c1) * (sxx + syy + c2)
     return float((num / den).mean().item())
+
+
+def psnr_db_per_sample(images, reference, *, cap_db: float = 100.0) -> list[float]:
+    """PSNR (data range 1) of each image vs the reference of the same index, capped at ``cap_db``.
+
+    ``images`` and ``reference`` are tensors ``(B, ...)`` of one layout (any: NHWC, NCHW, video
+    frames); each sample is compared as a flat vector in float64. Identical samples (and any whose
+    MSE is at or below ``10 ** (-cap_db / 10)``) get exactly ``cap_db``, so the list is always finite.
+    """
+    a = images.reshape(images.shape[0], -1).double()
+    b = reference.reshape(reference.shape[0], -1).double()
+    mse = (a - b).pow(2).mean(dim=1)
+    return [cap_db if m <= 10 ** (-cap_db / 10) else min(cap_db, -10.0 * math.log10(m)) for m in mse.tolist()]
+
+
+_CHANNEL_COUNTS = (1, 2, 3, 4)
+
+
+def sample_as_nchw(sample: torch.Tensor) -> torch.Tensor:
+    """One decoded sample as (N, C, H, W) for :func:`ssim`: an image (H, W, C) or (C, H, W) gives
+    N = 1, video frames (F, H, W, C) or (F, C, H, W) give N = F. Channels-last is recognised by a
+    last dimension of at most 4 channels where the third-from-last is not."""
+    x = torch.as_tensor(sample)
+    if x.dim() == 2:
+        x = x.unsqueeze(0)
+    if x.dim() not in (3, 4):
+        raise ValueError(f"expected an image (H, W, C) / (C, H, W) or frames (F, ...), got shape {tuple(x.shape)}")
+    if x.shape[-1] in _CHANNEL_COUNTS and x.shape[-3] not in _CHANNEL_COUNTS:
+        x = x.movedim(-1, -3)
+    return x if x.dim() == 4 else x.unsqueeze(0)
+
+
+def ssim_per_sample(images, reference) -> list[float]:
+    """:func:`ssim` of each sample vs the reference of the same index (layouts as in :func:`sample_as_nchw`)."""
+    if tuple(images.shape) != tuple(reference.shape):
+        raise ValueError(f"shapes differ: {tuple(images.shape)} vs {tuple(reference.shape)}")
+    return [ssim(sample_as_nchw(a), sample_as_nchw(b)) for a, b in zip(images, reference)]

@@ -75,12 +75,26 @@ def test_exec_spawned_world_with_reference(tmp_path, model_dir):
     sched_path, sched = _schedule_file(tmp_path)
     out = tmp_path / "out"
     res = _exec([str(sched_path), "--model-path", str(model_dir), "--out", str(out), "--reference", "--seed", "3",
-                 "--prompt", "a red cat"], cwd=tmp_path)
+                 "--prompt", "a red cat", "--repeats", "3"], cwd=tmp_path)
     assert res.returncode == 0, res.stderr[-3000:]
     report = _check_report(out, sched)
     ref = report["reference"]
     assert ref["latency_s"] > 0 and ref["speedup"] > 0 and 0 < ref["ssim"] <= 1
     assert ref["identical"] is False and ref["psnr_db"] > 10   # parallel windows approximate, so not identical
+    # --repeats 3: a warm-up, then 3 timed runs of each side; medians and their ratio, every run kept
+    assert report["repeats"] == 3 and report["warmup_runs"] == 1
+    for side, spread in (("parallel", report["latency_spread_s"]), ("sequential", ref["latency_spread_s"])):
+        runs = spread["runs"]
+        assert len(runs) == 3 and all(t > 0 for t in runs), side
+        assert spread["min"] == min(runs) and spread["max"] == max(runs) and spread["median"] == sorted(runs)[1], side
+    assert report["latency_s"] == report["latency_spread_s"]["median"]
+    assert ref["latency_s"] == ref["latency_spread_s"]["median"]
+    assert ref["speedup"] == pytest.approx(ref["latency_s"] / report["latency_s"])
+    # the run ends with ONE human line: ranks, latency vs sequential, speedup, PSNR, SSIM
+    last = _last_line(res.stderr)
+    assert last.startswith("parastep: 2 ranks on cpu: ") and "sequential" in last, last
+    assert f"speedup {ref['speedup']:.2f}x" in last and f"PSNR {ref['psnr_db']:.1f} dB" in last
+    assert f"SSIM {ref['ssim']:.4f}" in last and "median of 3 runs" in last
 
 
 def test_killed_rank_fails_fast_with_one_clear_line(tmp_path, model_dir):
@@ -162,6 +176,26 @@ def test_bad_input_is_refused_before_loading(tmp_path):
     assert res.returncode == 2 and "totals-bytes" in res.stderr and "Traceback" not in res.stderr
 
 
+def test_exec_refuses_bad_out_prompts_and_repeats_before_any_process(tmp_path):
+    """An --out that is a file, a digits prompt that is not a class, --repeats 0: one line, exit 2,
+    before any rank starts (a nonexistent HF cache would fail later; nothing is written)."""
+    s = R.make_schedule([{"start": i, "kind": "exact"} for i in range(4)], num_steps=4, world_size=2,
+                        output_bytes=16 * 16 * 4, model="digits", scheduler="DDIMScheduler", guidance_scale=1.5,
+                        resolution_px=(16, 16))
+    path = tmp_path / "d.yaml"
+    path.write_text(dump_schedule(s))
+    a_file = tmp_path / "taken"
+    a_file.write_text("keep")
+    for args, must in (([ "--out", str(a_file)], "existing file"),
+                       (["--prompt", "cat", "--out", str(tmp_path / "o")], "class label"),
+                       (["--repeats", "0", "--out", str(tmp_path / "o")], "--repeats")):
+        res = _exec([str(path), *args], cwd=tmp_path)
+        last = _last_line(res.stderr)
+        assert res.returncode == 2 and must in last and "rank" not in last, res.stderr
+        assert "Traceback" not in res.stderr and len(res.stderr.strip().splitlines()) == 1
+    assert a_file.read_text() == "keep" and not (tmp_path / "o").exists()
+
+
 def test_unconditional_pipeline_folder_world_of_one(tmp_path):
     """Any saved diffusers pipeline runs with --model-path (here unconditional DDIMPipeline, no prompt);
     a world of one runs in-process; an exact-only schedule reproduces the plain pipeline exactly."""
@@ -185,5 +219,12 @@ def test_unconditional_pipeline_folder_world_of_one(tmp_path):
     assert report["world_size"] == 1 and report["bytes_exchanged"] == 0 and report["forwards_per_rank"] == [n]
     assert report["reference"]["identical"] is True and report["reference"]["psnr_db"] is None
     assert report["reference"]["ssim"] == 1.0
+    assert report["repeats"] == 1 and report["warmup_runs"] == 1 and len(report["latency_spread_s"]["runs"]) == 1
+    assert "rank on cpu" in _last_line(res.stderr) and "identical to sequential" in _last_line(res.stderr)
     res = _exec([str(path), "--model-path", str(folder), "--prompt", "a cat"], cwd=tmp_path)
     assert res.returncode == 2 and "takes no prompt" in _last_line(res.stderr)
+    # no --reference, no --repeats: one run, no warm-up (as before --repeats existed)
+    res = _exec([str(path), "--model-path", str(folder), "--out", str(tmp_path / "out2")], cwd=tmp_path)
+    assert res.returncode == 0, res.stderr[-3000:]
+    report = json.loads((tmp_path / "out2" / "report.json").read_text())
+    assert report["repeats"] == 1 and report["warmup_runs"] == 0 and "reference" not in report
