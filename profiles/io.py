@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import yaml
 from pydantic import ValidationError
 
-from ..errors import UserError
+from ..errors import MalformedInput, UserError
 from ..schedules.io import first_error
+from ..schedules.yamlio import dump_yaml, read_yaml_file
 from .model import Profile, profile_sha256
 
 SHIPPED_DIR = Path(__file__).resolve().parent
+REMAKE = "re-run 'parastep profile'"
 
 
 def shipped_profiles() -> dict[str, Path]:
@@ -20,28 +21,24 @@ def shipped_profiles() -> dict[str, Path]:
 
 
 def load_profile(path: str | Path) -> tuple[Profile, str]:
-    """(profile, sha256 of the file's text). Any problem is a one-line UserError."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"profile file '{p}' does not exist; make one with 'parastep profile --model M --out {p}' or pass an existing --profile")
-    text = p.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError:
-        raise UserError(f"profile file '{p}' is not valid YAML (truncated?); re-run 'parastep profile'") from None
-    if not isinstance(data, dict) or data.get("parastep_profile") != 1:
-        raise UserError(f"profile file '{p}' is not a parastep profile (no 'parastep_profile: 1'); re-run 'parastep profile'")
+    """(profile, sha256 of the file's text). Any problem is a one-line UserError: ``InputPathError``
+    for a path that cannot be read, ``MalformedInput`` for content (``schedules.yamlio`` reads it)."""
+    data, text = read_yaml_file(path, what="profile", fix=REMAKE)
+    version = data.get("parastep_profile")
+    if type(version) is not int or version != 1:  # noqa: E721 - True == 1 must not pass
+        raise MalformedInput(f"profile file '{path}' is not a parastep profile (no 'parastep_profile: 1'); {REMAKE}")
     try:
         return Profile.model_validate(data), profile_sha256(text)
     except ValidationError as exc:
-        raise UserError(f"profile file '{p}': {first_error(exc)}; re-run 'parastep profile'") from None
+        raise MalformedInput(f"profile file '{path}': {first_error(exc)}; {REMAKE}") from None
 
 
-def resolve_profile(model: str, profile_path: str | Path | None = None) -> tuple[Profile, str]:
-    """The profile to plan with: ``profile_path`` if given, else the shipped one for ``model``."""
+def resolve_profile(model: str | None, profile_path: str | Path | None = None) -> tuple[Profile, str]:
+    """The profile to plan with: ``profile_path`` if given (checked against ``model`` when both are
+    given), else the shipped one for ``model``."""
     if profile_path is not None:
         prof, sha = load_profile(profile_path)
-        if prof.model != model:
+        if model is not None and prof.model != model:
             raise UserError(f"profile '{profile_path}' is for model '{prof.model}', not '{model}'; pass --model {prof.model} or another --profile")
         return prof, sha
     shipped = shipped_profiles()
@@ -51,7 +48,7 @@ def resolve_profile(model: str, profile_path: str | Path | None = None) -> tuple
 
 
 def dump_profile(profile: Profile) -> str:
-    return yaml.safe_dump(profile.model_dump(mode="json", exclude_none=True), sort_keys=False, default_flow_style=None, width=200)
+    return dump_yaml(profile.model_dump(mode="json", exclude_none=True), sort_keys=False, default_flow_style=None, width=200)
 
 
 def write_profile(profile: Profile, path: str | Path) -> None:

@@ -3,6 +3,13 @@
 ``violations(schedule)`` lists every broken invariant; ``implied_totals`` is the
 single place that says what windows imply (forwards per rank, bytes exchanged),
 used by the planner when it emits a schedule and by the checker when it reads one.
+
+``cautions(schedule)`` lists what is valid but cannot be priced by the planner's error model:
+the freshness rule of ``planner/problem.py``. A parallel or reuse window builds its stand-in from
+the output applied at step s-1 (and s-2 for ``linear``); the profile measures deviations against
+computed outputs there, so after a reuse step the stand-in is stale and its error compounds unseen.
+The planner never emits such a window; ``validate`` warns about one (it still runs exactly as
+DESIGN §1 says, so it is not a violation).
 """
 
 from __future__ import annotations
@@ -22,6 +29,12 @@ ViolationCode = Literal[
     "linear-too-early",    # a linear-predictor window starts before step 2
     "totals-forwards",     # declared forwards per rank differ from what the windows imply
     "totals-bytes",        # declared bytes exchanged differ from what the windows imply
+]
+
+
+CautionCode = Literal[
+    "stale-reference",         # a parallel/reuse window right after a reuse step
+    "stale-linear-reference",  # a linear window whose step s-2 was a reuse step
 ]
 
 
@@ -98,4 +111,37 @@ def violations(schedule: Schedule) -> list[Violation]:
         out.append(Violation("totals-forwards", f"totals.forwards_per_rank is {list(schedule.totals.forwards_per_rank)} but the windows imply {implied.forwards_per_rank}"))
     if schedule.totals.bytes_exchanged != implied.bytes_exchanged:
         out.append(Violation("totals-bytes", f"totals.bytes_exchanged is {schedule.totals.bytes_exchanged} but the windows imply {implied.bytes_exchanged}"))
+    return out
+
+
+@dataclass(frozen=True)
+class Caution:
+    """Valid, but outside what the planner's error model prices (see the module docstring)."""
+
+    code: CautionCode
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.code}: {self.message}"
+
+
+def cautions(schedule: Schedule) -> list[Caution]:
+    """Windows that break the freshness rule, in window order. Meaningful on a schedule with no
+    ``violations`` (the step kinds are read from the windows' starts and declared sizes)."""
+    reuse_step: dict[int, bool] = {}   # step -> applied a stand-in (a reuse step)
+    for w, (start, stop) in zip(schedule.windows, schedule.window_bounds()):
+        for step in range(start, max(start, stop)):
+            reuse_step[step] = isinstance(w, ReuseWindow)
+    out: list[Caution] = []
+    for i, (w, (start, _)) in enumerate(zip(schedule.windows, schedule.window_bounds())):
+        if not isinstance(w, (ParallelWindow, ReuseWindow)):
+            continue
+        where = f"window {i} (start {start}, kind {w.kind})"
+        if reuse_step.get(start - 1, False):
+            out.append(Caution("stale-reference", f"{where} starts right after a reuse step, so its stand-in reuses a stand-in "
+                                                  f"and the profile cannot price its error; put an exact step before it"))
+        elif w.predictor == "linear" and reuse_step.get(start - 2, False):
+            out.append(Caution("stale-linear-reference", f"{where}: predictor 'linear' extrapolates from step {start - 2}, "
+                                                         f"a reuse step, so the profile cannot price its error; use 'last' "
+                                                         f"or put two computed steps before it"))
     return out

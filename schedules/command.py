@@ -4,23 +4,26 @@ from __future__ import annotations
 
 import sys
 
-from ..errors import InvalidSchedule, UserError
-from .check import violations
+from ..errors import InvalidSchedule, MalformedInput, one_line
+from .check import cautions, violations
 from .io import load_schedule, schedule_json_schema
 
 
 def _validate(args) -> int:
+    """Exit 0 valid (cautions as warnings on stderr), 1 invalid (the file's content, whatever is
+    wrong with it), 2 when the path cannot be read at all (``InputPathError`` passes through)."""
     try:
         schedule = load_schedule(args.schedule)
-    except UserError as exc:
-        if "does not exist" in str(exc):
-            raise
+    except MalformedInput as exc:
         raise InvalidSchedule(str(exc)) from None
     problems = violations(schedule)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
         raise InvalidSchedule(f"{args.schedule}: invalid: {problems[0]}{more}")
-    print(f"{args.schedule}: valid ({len(schedule.windows)} windows, {schedule.num_steps} steps, world size {schedule.world_size})", file=sys.stderr)
+    for caution in cautions(schedule):
+        print(one_line(f"parastep: warning: {args.schedule}: {caution}"), file=sys.stderr)
+    print(one_line(f"{args.schedule}: valid ({len(schedule.windows)} windows, {schedule.num_steps} steps, "
+                   f"world size {schedule.world_size})"), file=sys.stderr)
     return 0
 
 

@@ -1,4 +1,10 @@
-"""YAML load/dump of schedules, JSON Schema export. Errors are ``UserError`` one-liners."""
+"""Schedule YAML load/dump and JSON Schema export. Errors are one-line ``UserError`` subclasses.
+
+Reading goes through ``yamlio`` (the one YAML reader for schedules and profiles); validation is
+pydantic in strict mode (``model.py``). A path that cannot be read raises ``InputPathError``; a
+file whose content is not a schedule raises ``MalformedInput`` (``validate`` reports that as an
+invalid schedule, other commands as bad input).
+"""
 
 from __future__ import annotations
 
@@ -6,11 +12,20 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import ValidationError
 
-from ..errors import UserError
-from .model import Schedule
+from ..errors import MalformedInput
+from .model import SCHEMA_VERSION, Schedule
+from .yamlio import dump_yaml, read_yaml_file
+
+REGENERATE = "regenerate it with 'parastep plan'"
+
+
+def _shown(value: Any) -> str:
+    if isinstance(value, (dict, list, tuple)):
+        return type(value).__name__
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def first_error(exc: ValidationError) -> str:
@@ -18,53 +33,39 @@ def first_error(exc: ValidationError) -> str:
     err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
     more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-    value = err.get("input")
-    shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
-    return f"field '{loc}': {err['msg']} (got {shown}){more}"
+    return f"field {_shown(loc)}: {err['msg']} (got {_shown(err.get('input'))}){more}"
 
 
-def read_yaml(path: str | Path, *, what: str) -> Any:
-    """Parse a YAML file; a missing, unreadable or malformed file is a UserError naming it."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"{what} file '{p}' does not exist; check the path")
-    try:
-        text = p.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise UserError(f"cannot read {what} file '{p}': {exc}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        at = f" at line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{what} file '{p}' is not valid YAML{at} (truncated or hand-edited?); regenerate it") from None
+def schedule_from_dict(data: Any, *, source: str = "schedule") -> Schedule:
+    """Validate a parsed schedule (strict: no type coercion). Any problem is ``MalformedInput``."""
     if not isinstance(data, dict):
-        raise UserError(f"{what} file '{p}' must hold a YAML mapping, got {type(data).__name__}; regenerate it")
-    return data
-
-
-def schedule_from_dict(data: dict, *, source: str = "schedule") -> Schedule:
+        raise MalformedInput(f"{source}: a schedule is a YAML mapping, got {type(data).__name__}; {REGENERATE}")
     version = data.get("parastep_schedule")
-    if version != 1:
-        raise UserError(f"{source}: 'parastep_schedule: {version}' is not a schedule version this parastep reads (expected 1); regenerate it with 'parastep plan'")
+    if "parastep_schedule" not in data:
+        raise MalformedInput(f"{source}: no 'parastep_schedule' key: not a parastep schedule (a schedule file holds "
+                             f"'parastep_schedule: {SCHEMA_VERSION}'); {REGENERATE}")
+    if type(version) is not int or version != SCHEMA_VERSION:  # noqa: E721 - True == 1 must not pass
+        raise MalformedInput(f"{source}: 'parastep_schedule: {_shown(version)}' is not a schedule version this "
+                             f"parastep reads (expected {SCHEMA_VERSION}); {REGENERATE}")
     try:
         return Schedule.model_validate(data)
     except ValidationError as exc:
-        raise UserError(f"{source}: {first_error(exc)}") from None
+        raise MalformedInput(f"{source}: {first_error(exc)}; {REGENERATE}") from None
 
 
 def load_schedule(path: str | Path) -> Schedule:
-    return schedule_from_dict(read_yaml(path, what="schedule"), source=str(path))
+    data, _ = read_yaml_file(path, what="schedule", fix=REGENERATE)
+    return schedule_from_dict(data, source=str(path))
 
 
 def dump_schedule(schedule: Schedule) -> str:
     """YAML text; windows one per line (flow style) so a diff reads like the plan."""
     data = schedule.model_dump(mode="json", exclude_none=True)
     windows = data.pop("windows")
-    head = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=120)
+    head = dump_yaml(data, sort_keys=False, default_flow_style=None, width=120)
     lines = ["windows:"]
     for w in windows:
-        lines.append("  - " + yaml.safe_dump(w, default_flow_style=True, sort_keys=False, width=100000).strip())
+        lines.append("  - " + dump_yaml(w, default_flow_style=True, sort_keys=False, width=100000).strip())
     return head + "\n".join(lines) + "\n"
 
 

@@ -4,6 +4,13 @@ Pure data: no torch, no ortools. Field-level checks live here (types, signs,
 unknown keys); cross-window invariants of DESIGN §1 live in ``check.py`` so
 that ``validate`` can name which invariant broke.
 
+Parsing is strict (DESIGN §7: reject, never fix silently): no type coercion (``"3"``, ``1.0``
+or ``true`` is not an integer; ``1`` is accepted where a float is expected), no unknown keys, finite
+floats only, and every integer bounded (``MAX_WORLD_SIZE``, ``MAX_STEPS``) before anything is
+sized by it. The JSON Schema's ``required`` lists are exactly what validation requires: the
+discriminator ``kind`` of a window and ``parastep_schedule`` have defaults for Python callers but
+must be in a file (``io.schedule_from_dict``), so the schema lists them as required.
+
 Window sizes: a window's size is implied by the next window's start (or by
 ``num_steps`` for the last window). A parallel window states its size through
 ``len(placement)``; a reuse window through ``size``; both must agree with the
@@ -14,32 +21,53 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
 
 SCHEMA_VERSION = 1
+MAX_STEPS = 100_000          # denoising steps: far above any sampler in use (1000 is the usual top)
+MAX_WORLD_SIZE = 65_536      # ranks: bounds what is sized by it ([0] * world_size)
+MAX_WINDOW = MAX_STEPS
 
 Predictor = Literal["last", "linear"]
+# an image side; Strict() survives the tuple's strict=False (YAML has lists, not tuples)
+Pixels = Annotated[int, Strict(), Field(ge=1, le=1 << 20)]
 Policy = Literal["optimal", "fixed"]
 SolverStatus = Literal["OPTIMAL", "FEASIBLE", "INFEASIBLE", "MODEL_INVALID", "UNKNOWN", "NOT_SOLVED"]
 
 
+def _require(*names: str):
+    """JSON Schema hook: list ``names`` as required (fields whose Python default a file may not omit)."""
+
+    def hook(schema: dict) -> None:
+        schema["required"] = sorted(set(schema.get("required", [])) | set(names), key=list(schema["properties"]).index)
+
+    return hook
+
+
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True, allow_inf_nan=False)
 
 
 class ExactWindow(_Strict):
     """One step, computed redundantly by every rank. No communication."""
 
-    start: int = Field(ge=0)
+    model_config = ConfigDict(json_schema_extra=_require("kind"))
+
+    start: int = Field(ge=0, le=MAX_STEPS)
     kind: Literal["exact"] = "exact"
 
 
 class ParallelWindow(_Strict):
-    """Reuse-then-predict over ``len(placement)`` steps; offset j is computed on rank ``placement[j]``."""
+    """Reuse-then-predict over ``len(placement)`` steps; offset j is computed on rank ``placement[j]``.
 
-    start: int = Field(ge=0)
+    DESIGN §1 requires w >= 2; a one-entry placement parses but ``check.violations`` rejects it
+    (``parallel-too-small``), so that ``validate`` names the invariant."""
+
+    model_config = ConfigDict(json_schema_extra=_require("kind"))
+
+    start: int = Field(ge=0, le=MAX_STEPS)
     kind: Literal["parallel"] = "parallel"
-    placement: list[Annotated[int, Field(ge=0)]] = Field(min_length=1)
+    placement: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=MAX_WINDOW)
     predictor: Predictor = "last"
 
     @property
@@ -50,9 +78,11 @@ class ParallelWindow(_Strict):
 class ReuseWindow(_Strict):
     """``size`` steps with no forward at all: each applies the predictor's stand-in output."""
 
-    start: int = Field(ge=0)
+    model_config = ConfigDict(json_schema_extra=_require("kind"))
+
+    start: int = Field(ge=0, le=MAX_STEPS)
     kind: Literal["reuse"] = "reuse"
-    size: int = Field(ge=1)
+    size: int = Field(ge=1, le=MAX_WINDOW)
     predictor: Predictor = "last"
 
 
@@ -97,27 +127,37 @@ class Solver(_Strict):
 class Totals(_Strict):
     """What the windows imply; ``check.py`` recomputes and compares."""
 
-    forwards_per_rank: list[Annotated[int, Field(ge=0)]]
+    forwards_per_rank: list[Annotated[int, Field(ge=0)]] = Field(max_length=MAX_WORLD_SIZE)
     bytes_exchanged: int = Field(ge=0, description="sum over windows and ranks of bytes each rank receives")
 
 
 class Schedule(_Strict):
+    model_config = ConfigDict(json_schema_extra=_require("parastep_schedule"))
+
     parastep_schedule: Literal[1] = SCHEMA_VERSION
     model: str = Field(min_length=1, description="model registry name (or a folder given with --model-path)")
-    resolution_px: Optional[tuple[int, int]] = Field(default=None, description="(height, width) in pixels")
+    # strict=False on the container only: YAML has lists, not tuples; the items stay strict ints
+    resolution_px: Optional[tuple[Pixels, Pixels]] = Field(default=None, strict=False, description="(height, width) in pixels")
     scheduler: str = Field(min_length=1, description="diffusers scheduler class name the profile was made with")
     guidance_scale: Optional[float] = None
-    num_steps: int = Field(ge=1)
-    world_size: int = Field(ge=1)
-    max_window: int = Field(ge=1)
-    output_bytes: int = Field(ge=1, description="bytes of one guided output (what an exchange moves per offset)")
+    num_steps: int = Field(ge=1, le=MAX_STEPS)
+    world_size: int = Field(ge=1, le=MAX_WORLD_SIZE)
+    max_window: int = Field(ge=1, le=MAX_WINDOW)
+    output_bytes: int = Field(ge=1, le=1 << 53, description="bytes of one guided output (what an exchange moves per offset)")
     policy: Policy = "optimal"
     profile: Optional[ProfileRef] = None
     quality: Optional[Quality] = None
     latency: Optional[Latency] = None
     solver: Optional[Solver] = None
     totals: Totals
-    windows: list[Window] = Field(min_length=1)
+    windows: list[Window] = Field(min_length=1, max_length=MAX_STEPS)
+
+    @field_validator("parastep_schedule", mode="before")
+    @classmethod
+    def _version_is_an_int(cls, value):
+        if isinstance(value, bool):  # Literal[1] alone accepts True (True == 1)
+            raise ValueError("must be the integer 1, not a boolean")
+        return value
 
     def window_bounds(self) -> list[tuple[int, int]]:
         """(start, stop) of every window, stop implied by the next start (may be inconsistent: see check)."""

@@ -14,7 +14,8 @@ import yaml
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from parastep.schedules.check import implied_totals, violations, window_size
+from parastep.errors import UserError
+from parastep.schedules.check import cautions, implied_totals, violations, window_size
 from parastep.schedules.io import dump_schedule, schedule_from_dict
 from parastep.schedules.model import ExactWindow, ParallelWindow, Schedule
 
@@ -23,6 +24,22 @@ from strategies import valid_schedules
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "schedules" / "examples").glob("*.yaml"))
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+
+
+def _no_single_parallel(schedule: Schedule) -> Schedule:
+    """``valid_schedules`` may draw a parallel window of size 1, which DESIGN §1 forbids (w >= 2):
+    make such a window exact (same extent, zero error) and recompute the totals."""
+    wins = [ExactWindow(start=w.start) if isinstance(w, ParallelWindow) and len(w.placement) == 1 else w
+            for w in schedule.windows]
+    data = schedule.model_dump(mode="json")
+    data["windows"] = [w.model_dump(mode="json") for w in wins]
+    data["totals"] = implied_totals(wins, world_size=schedule.world_size, output_bytes=schedule.output_bytes).model_dump()
+    return Schedule.model_validate(data)
+
+
+def design_schedules(**kwargs):
+    """Random schedules valid under DESIGN §1 (``strategies.valid_schedules`` minus size-1 parallel windows)."""
+    return valid_schedules(**kwargs).map(_no_single_parallel)
 
 
 def rebuilt(schedule: Schedule, **changes) -> Schedule:
@@ -43,13 +60,13 @@ def codes(schedule: Schedule) -> set[str]:
 # ---- valid schedules --------------------------------------------------------------------------
 
 @FAST
-@given(valid_schedules())
+@given(design_schedules())
 def test_random_valid_schedules_have_no_violations(schedule):
     assert violations(schedule) == []
 
 
 @FAST
-@given(valid_schedules())
+@given(design_schedules())
 def test_yaml_round_trip_is_lossless(schedule):
     text = dump_schedule(schedule)
     again = schedule_from_dict(yaml.safe_load(text))
@@ -69,7 +86,7 @@ def test_examples_are_valid():
 # ---- mutations: each breaks exactly one invariant and must be named -----------------------
 
 @FAST
-@given(valid_schedules(), st.data())
+@given(design_schedules(), st.data())
 def test_moving_a_start_is_rejected(schedule, data):
     wins = windows_json(schedule)
     bounds = schedule.window_bounds()
@@ -87,7 +104,7 @@ def test_moving_a_start_is_rejected(schedule, data):
 
 
 @FAST
-@given(valid_schedules(), st.sampled_from(["parallel", "reuse"]))
+@given(design_schedules(), st.sampled_from(["parallel", "reuse"]))
 def test_first_window_not_exact_is_rejected(schedule, kind):
     wins = windows_json(schedule)
     wins[0] = {"start": 0, "kind": "parallel", "placement": [0]} if kind == "parallel" else {"start": 0, "kind": "reuse", "size": 1}
@@ -97,7 +114,7 @@ def test_first_window_not_exact_is_rejected(schedule, kind):
 
 
 @FAST
-@given(valid_schedules(), st.data())
+@given(design_schedules(), st.data())
 def test_placement_rank_out_of_range_is_rejected(schedule, data):
     par = [i for i, w in enumerate(schedule.windows) if isinstance(w, ParallelWindow)]
     assume(par)
@@ -109,7 +126,7 @@ def test_placement_rank_out_of_range_is_rejected(schedule, data):
 
 
 @FAST
-@given(valid_schedules())
+@given(design_schedules())
 def test_window_larger_than_max_window_is_rejected(schedule):
     largest = max(window_size(w) for w in schedule.windows)
     assume(largest >= 2)
@@ -117,7 +134,7 @@ def test_window_larger_than_max_window_is_rejected(schedule):
 
 
 @FAST
-@given(valid_schedules(), st.data())
+@given(design_schedules(), st.data())
 def test_declared_size_mismatch_is_rejected(schedule, data):
     grow = [i for i, w in enumerate(schedule.windows) if not isinstance(w, ExactWindow)]
     assume(grow)
@@ -132,11 +149,12 @@ def test_declared_size_mismatch_is_rejected(schedule, data):
 
 
 @FAST
-@given(valid_schedules(), st.sampled_from(["parallel", "reuse"]))
+@given(design_schedules(), st.sampled_from(["parallel", "reuse"]))
 def test_linear_at_step_one_is_rejected(schedule, kind):
     assume(schedule.num_steps >= 2)
     wins = windows_json(schedule)
     size = schedule.window_bounds()[1][1] - 1   # window 1 covers steps 1..size: same extent, now linear
+    assume(kind == "reuse" or size >= 2)        # a 1-step parallel window is a violation of its own
     if kind == "parallel":
         wins[1] = {"start": 1, "kind": "parallel", "placement": [0] * size, "predictor": "linear"}
     else:
@@ -148,7 +166,7 @@ def test_linear_at_step_one_is_rejected(schedule, kind):
 
 
 @FAST
-@given(valid_schedules(), st.data())
+@given(design_schedules(), st.data())
 def test_wrong_forward_totals_are_rejected(schedule, data):
     fwd = list(schedule.totals.forwards_per_rank)
     r = data.draw(st.integers(0, len(fwd) - 1))
@@ -158,14 +176,14 @@ def test_wrong_forward_totals_are_rejected(schedule, data):
 
 
 @FAST
-@given(valid_schedules(), st.integers(1, 10**6))
+@given(design_schedules(), st.integers(1, 10**6))
 def test_wrong_byte_totals_are_rejected(schedule, delta):
     totals = {"forwards_per_rank": list(schedule.totals.forwards_per_rank), "bytes_exchanged": schedule.totals.bytes_exchanged + delta}
     assert codes(rebuilt(schedule, totals=totals)) == {"totals-bytes"}
 
 
 @FAST
-@given(valid_schedules(), st.data())
+@given(design_schedules(), st.data())
 def test_removing_a_window_is_rejected(schedule, data):
     assume(len(schedule.windows) >= 2)
     i = data.draw(st.integers(1, len(schedule.windows) - 1))
@@ -177,7 +195,7 @@ def test_removing_a_window_is_rejected(schedule, data):
 
 
 @FAST
-@given(valid_schedules(), st.data())
+@given(design_schedules(), st.data())
 def test_duplicating_a_window_is_rejected(schedule, data):
     i = data.draw(st.integers(0, len(schedule.windows) - 1))
     wins = windows_json(schedule)
@@ -196,7 +214,7 @@ def test_cli_valid_exits_0():
 
 
 @settings(max_examples=15, deadline=None)
-@given(valid_schedules(), st.sampled_from(["totals-bytes", "window-too-large", "first-not-exact"]))
+@given(design_schedules(), st.sampled_from(["totals-bytes", "window-too-large", "first-not-exact"]))
 def test_cli_invalid_exits_1_naming_the_code(schedule, code_wanted):
     if code_wanted == "totals-bytes":
         bad = rebuilt(schedule, totals={"forwards_per_rank": list(schedule.totals.forwards_per_rank),
@@ -262,3 +280,251 @@ def test_cli_real_process_no_traceback(tmp_path):
         assert proc.stderr.count("\n") == 1
         assert proc.stdout == ""
     assert "totals-bytes" in subprocess.run(cmd + ["validate", str(bad)], capture_output=True, text=True, env=env, cwd=tmp_path).stderr
+
+
+# ---- DESIGN §1 window sizes and the freshness rule ----------------------------------------
+
+def _example(name: str) -> dict:
+    return yaml.safe_load((EXAMPLES[0].parent / name).read_text())
+
+
+def _with_windows(data: dict, windows: list[dict]) -> dict:
+    sched = Schedule.model_validate({**data, "windows": windows})
+    totals = implied_totals(sched.windows, world_size=sched.world_size, output_bytes=sched.output_bytes)
+    return {**data, "windows": windows, "totals": totals.model_dump()}
+
+
+def _tiny(windows: list[dict], *, num_steps: int, world_size: int = 2, max_window: int = 4) -> dict:
+    base = {"parastep_schedule": 1, "model": "toy", "scheduler": "DDIMScheduler", "num_steps": num_steps,
+            "world_size": world_size, "max_window": max_window, "output_bytes": 8,
+            "totals": {"forwards_per_rank": [0] * world_size, "bytes_exchanged": 0}}
+    return _with_windows(base, windows)
+
+
+def _validate_dict(tmp_path, data: dict, text: str | None = None) -> tuple[int, str]:
+    path = tmp_path / "s.yaml"
+    path.write_text(text if text is not None else yaml.safe_dump(data, sort_keys=False))
+    code, out, err = run_cli(["validate", str(path)])
+    assert out == ""
+    return code, err
+
+
+E, R, P = ({"kind": "exact"}, {"kind": "reuse", "size": 1}, {"kind": "parallel", "placement": [0, 1]})
+
+
+def _chain(*kinds: dict, predictor: str = "last") -> list[dict]:
+    out, s = [], 0
+    for k in kinds:
+        w = {"start": s, **k}
+        if k["kind"] != "exact":
+            w["predictor"] = predictor
+        out.append(w)
+        s += 1 if k["kind"] == "exact" else (k.get("size") or len(k["placement"]))
+    return out
+
+
+@pytest.mark.parametrize("kinds,predictor,caution", [
+    ((E, E, R, P), "last", "stale-reference"),          # parallel right after a reuse step
+    ((E, E, R, R), "last", "stale-reference"),          # reuse right after a reuse step
+    ((E, E, R, E, P), "linear", "stale-linear-reference"),   # linear: step s-2 was a reuse step
+    ((E, E, R, E, R), "linear", "stale-linear-reference"),
+    ((E, E, R, E, P), "last", None),                    # last needs only s-1 computed
+    ((E, E, R, E, E, P), "linear", None),
+    ((E, E, P, R), "linear", None),                     # a parallel window's steps are computed
+    ((E, P, P), "last", None),
+])
+def test_freshness_rule_warns_and_still_exits_0(tmp_path, kinds, predictor, caution):
+    windows = _chain(*kinds, predictor=predictor)
+    for w in windows[:-1]:           # only the last window carries the predictor under test
+        if w["kind"] != "exact":
+            w["predictor"] = "last"
+    n = windows[-1]["start"] + (1 if windows[-1]["kind"] == "exact" else windows[-1].get("size") or len(windows[-1]["placement"]))
+    data = _tiny(windows, num_steps=n)
+    sched = schedule_from_dict(data)
+    assert violations(sched) == []
+    assert {c.code for c in cautions(sched)} == ({caution} if caution else set())
+    code, err = _validate_dict(tmp_path, data)
+    assert code == 0
+    lines = err.splitlines()
+    assert lines[-1].endswith(f"world size 2)") and "valid" in lines[-1]
+    if caution:
+        assert len(lines) == 2 and lines[0].startswith("parastep: warning: ") and caution in lines[0]
+    else:
+        assert len(lines) == 1
+
+
+def test_examples_obey_the_freshness_rule():
+    for path in EXAMPLES:
+        assert cautions(schedule_from_dict(yaml.safe_load(path.read_text()))) == [], path
+    mixed = schedule_from_dict(_example("mixed-4gpu.yaml"))
+    kinds = {w.kind for w in mixed.windows}
+    assert kinds == {"exact", "parallel", "reuse"}
+    assert {w.predictor for w in mixed.windows if w.kind != "exact"} == {"last", "linear"}
+
+
+# ---- strict parsing: no coercion, bounded integers, required = schema's required ------------
+
+@pytest.mark.parametrize("change", [
+    {"num_steps": "50"}, {"num_steps": 50.0}, {"num_steps": True}, {"world_size": 2.0}, {"parastep_schedule": True},
+    {"parastep_schedule": 1.0}, {"parastep_schedule": "1"}, {"output_bytes": "131072"}, {"model": 5},
+    {"resolution_px": [1024, "1024"]}, {"resolution_px": [1024, True]}, {"resolution_px": [1024]},
+    {"guidance_scale": "5.0"}, {"guidance_scale": float("nan")}, {"guidance_scale": float("inf")},
+    {"world_size": 2**62}, {"world_size": 10**20}, {"num_steps": 10**6}, {"policy": "best"},
+    {"totals": {"forwards_per_rank": [50.0, 50], "bytes_exchanged": 0}},
+    {"totals": {"forwards_per_rank": [50, 50], "bytes_exchanged": False}},
+])
+def test_no_type_coercion_and_bounded_integers(change):
+    data = {**_example("exact-only.yaml"), **change}
+    with pytest.raises(UserError):
+        schedule_from_dict(data)
+
+
+@pytest.mark.parametrize("window", [
+    {"start": 1.0, "kind": "exact"}, {"start": "1", "kind": "exact"}, {"start": True, "kind": "exact"},
+    {"start": 1, "kind": "parallel", "placement": [False, True]}, {"start": 1, "kind": "parallel", "placement": [0.0, 1]},
+    {"start": 1, "kind": "reuse", "size": 1.0}, {"start": 1, "kind": "reuse", "size": "1"},
+    {"start": 1, "kind": "reuse", "size": 1, "predictor": "Last"}, {"start": 1}, {"start": 1, "kind": "EXACT"},
+])
+def test_window_fields_are_strict(window):
+    data = _example("exact-only.yaml")
+    data["windows"] = [data["windows"][0], window] + data["windows"][2:]
+    with pytest.raises(UserError):
+        schedule_from_dict(data)
+
+
+def test_float_fields_accept_integers():
+    data = {**_example("exact-only.yaml"), "guidance_scale": 5}
+    assert schedule_from_dict(data).guidance_scale == 5.0
+
+
+def _required_paths(schema: dict, node: dict, prefix: tuple) -> set[tuple]:
+    out = set()
+    if "$ref" in node:
+        node = schema["$defs"][node["$ref"].split("/")[-1]]
+    for name in node.get("required", []):
+        out.add(prefix + (name,))
+    return out
+
+
+def test_schema_required_fields_are_exactly_what_validation_requires():
+    """Deleting a field the schema lists as required is refused; deleting any other keeps the
+    schedule valid (top level, totals, and each window kind)."""
+    schema = Schedule.model_json_schema()
+    data = _example("mixed-4gpu.yaml")
+    data["quality"] = {"budget": 1.0, "predicted": 0.5, "error_units_per_unit": 1e4, "budget_units": 10000, "predicted_units": 5000}
+    assert violations(schedule_from_dict(data)) == []
+
+    def check(container: dict, props: dict, required: set[str], where: str) -> None:
+        for name in props:
+            if name not in container:
+                continue
+            mutated = dict(container)
+            del mutated[name]
+            container_backup = dict(container)
+            container.clear()
+            container.update(mutated)
+            try:
+                try:
+                    ok = violations(schedule_from_dict(data)) == []
+                except UserError:
+                    ok = False
+            finally:
+                container.clear()
+                container.update(container_backup)
+            assert ok == (name not in required), f"{where}.{name}: schema says required={name in required}, validation says {not ok}"
+
+    check(data, schema["properties"], set(schema["required"]), "schedule")
+    totals = schema["$defs"]["Totals"]
+    check(data["totals"], totals["properties"], set(totals["required"]), "totals")
+    quality = schema["$defs"]["Quality"]
+    check(data["quality"], quality["properties"], set(quality["required"]), "quality")
+    for kind, name in (("exact", "ExactWindow"), ("parallel", "ParallelWindow"), ("reuse", "ReuseWindow")):
+        i = next(i for i, w in enumerate(data["windows"]) if w["kind"] == kind)
+        d = schema["$defs"][name]
+        check(data["windows"][i], d["properties"], set(d["required"]), f"windows.{i}")
+    assert "parastep_schedule" in schema["required"]
+    for name in ("ExactWindow", "ParallelWindow", "ReuseWindow"):
+        assert "kind" in schema["$defs"][name]["required"]
+
+
+# ---- the one YAML reader ---------------------------------------------------------------------
+
+GOOD = (Path(__file__).resolve().parents[1] / "schedules" / "examples" / "exact-only.yaml").read_text()
+
+
+@pytest.mark.parametrize("text,needle", [
+    (GOOD.replace("num_steps: 50", "num_steps: 50\nnum_steps: 50"), "duplicate key 'num_steps'"),
+    (GOOD.replace("num_steps: 50", "num_steps: !!int three"), "'three' is not an integer"),
+    (GOOD.replace("policy: optimal", "policy: !!bool maybe"), "'maybe' is not a boolean"),
+    (GOOD.replace("model: sdxl", "model: !!timestamp foo"), "!!timestamp"),
+    (GOOD.replace("model: sdxl", "model: !!binary aGVsbG8="), "!!binary"),
+    (GOOD.replace("model: sdxl", "model: !!python/object/apply:os.getcwd []"), "!!python/object/apply:os.getcwd"),
+    (GOOD.replace("world_size: 2", "world_size: 100000000000000000000"), "out of range"),
+    (GOOD.replace("world_size: 2", "world_size: " + "9" * 4301), "out of range"),
+    (GOOD.replace("guidance_scale: 5.0", "guidance_scale: .nan"), "not a number"),
+    (GOOD.replace("model: sdxl", "model: " + "[" * 1000 + "]" * 1000), "nesting deeper"),
+    (GOOD.replace("model: sdxl", "model: &m [1, *m]"), "refers to a value that contains it"),
+    (GOOD.replace("model: sdxl", "model: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(
+        f"x{i}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(9))), "aliases are expanded"),
+    (GOOD.replace("num_steps: 50", '"num\\nsteps": 50\nnum_steps: 50'), "'num\\nsteps'"),
+    (GOOD + "---\nmore: 1\n", "another document"),
+    ("", "empty file"),
+    ("- 1\n- 2\n", "list"),
+])
+def test_reader_refuses_in_one_line(tmp_path, text, needle):
+    code, err = _validate_dict(tmp_path, {}, text=text)
+    assert code == 1, err
+    assert err.count("\n") == 1 and err.startswith("parastep: error: ") and "Traceback" not in err
+    assert needle in err
+
+
+@pytest.mark.parametrize("blob", [b"\x00\x01\x02binary\xff", b"model: caf\xe9\n", b"\xff\xfe\x00m\x00o\x00"])
+def test_binary_and_non_utf8_files_are_refused(tmp_path, blob):
+    path = tmp_path / "b.yaml"
+    path.write_bytes(blob)
+    code, out, err = run_cli(["validate", str(path)])
+    assert code == 1 and err.count("\n") == 1 and ("binary" in err or "UTF-8" in err)
+
+
+def test_too_large_file_is_refused_before_parsing(tmp_path, monkeypatch):
+    from parastep.schedules import yamlio
+
+    path = tmp_path / "big.yaml"
+    path.write_text(GOOD + "#" * 2000 + "\n")
+    monkeypatch.setattr(yamlio, "MAX_FILE_BYTES", len(GOOD) + 100)
+    code, _, err = run_cli(["validate", str(path)])
+    assert code == 1 and "byte limit" in err and err.count("\n") == 1
+
+
+def test_directory_is_a_directory_not_missing(tmp_path):
+    code, out, err = run_cli(["validate", str(tmp_path)])
+    assert code == 2 and "is a directory" in err and "does not exist" not in err and err.count("\n") == 1
+
+
+def test_unquoted_date_is_text_and_profiles_read_the_same(tmp_path):
+    from parastep.profiles.io import load_profile, shipped_profiles
+    from parastep.schedules.yamlio import parse_yaml
+
+    assert parse_yaml("d: 2026-01-01", source="t", fix="f") == {"d": "2026-01-01"}
+    for path in shipped_profiles().values():
+        prof, sha = load_profile(path)
+        assert prof.num_steps >= 1 and len(sha) == 64
+
+
+def test_profile_reader_refuses_like_the_schedule_reader(tmp_path):
+    from parastep.profiles.io import load_profile, shipped_profiles
+
+    text = next(iter(shipped_profiles().values())).read_text()
+    bad = tmp_path / "p.yaml"
+    bad.write_text(text.replace("num_steps:", "num_steps: 3\nnum_steps:", 1))
+    with pytest.raises(UserError, match="duplicate key 'num_steps'"):
+        load_profile(bad)
+    with pytest.raises(UserError, match="is a directory"):
+        load_profile(tmp_path)
+
+
+def test_validate_exit_code_does_not_depend_on_message_text(tmp_path, monkeypatch):
+    """A content problem whose message happens to say 'does not exist' is still an invalid schedule."""
+    text = GOOD.replace("model: sdxl", "model: sdxl\ndoes not exist: 1")
+    code, err = _validate_dict(tmp_path, {}, text=text)
+    assert code == 1 and "does not exist" in err
