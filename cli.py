@@ -2,16 +2,20 @@
 
 Every command's implementation is ``run(args) -> int`` in ``<stage>/command.py`` and is
 imported lazily, so ``parastep validate`` never pays for torch or ortools. ``UserError``
-becomes one line on stderr and its exit code (2, or 1 for an invalid schedule).
+becomes one line on stderr and its exit code (2, or 1 for an invalid schedule). Anything else
+(a bug, an unhandled case) becomes one line and exit 1, with a pointer to ``parastep --debug``
+(or ``PARASTEP_DEBUG=1``), which prints the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
+import traceback
 
-from .errors import UserError
+from .errors import UserError, one_line
 
 COMMANDS = {
     "plan": "parastep.planner.command",
@@ -58,6 +62,7 @@ def _float(text: str) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="parastep", description="Planned parallel denoising for diffusion models.")
+    p.add_argument("--debug", action="store_true", help="on an unexpected error, print the traceback (also PARASTEP_DEBUG=1)")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     plan = sub.add_parser("plan", help="profile -> optimal schedule (YAML on stdout)")
@@ -130,17 +135,38 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def _debug_requested(argv: list[str] | None, args) -> bool:
+    if os.environ.get("PARASTEP_DEBUG", "") not in ("", "0"):
+        return True
+    if args is not None:
+        return bool(getattr(args, "debug", False))
+    return "--debug" in (sys.argv[1:] if argv is None else argv)   # the parser itself failed
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command. Exit codes: the command's own (0 ok), a ``UserError``'s (2 bad input, 1 an
+    invalid schedule), 1 for anything unexpected, 130 on Ctrl-C. Errors are one line on stderr."""
+    args = None
     try:
         args = build_parser().parse_args(argv)
         module = importlib.import_module(COMMANDS[args.command])
         code = module.run(args)
     except UserError as exc:
+        if _debug_requested(argv, args):
+            traceback.print_exc(file=sys.stderr)
         print(f"parastep: error: {exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("parastep: interrupted", file=sys.stderr)
         return 130
+    except Exception as exc:  # noqa: BLE001 - the contract: one line, never a raw traceback
+        debug = _debug_requested(argv, args)
+        if debug:
+            traceback.print_exc(file=sys.stderr)
+        what = one_line(f"{type(exc).__name__}: {exc}", limit=300)
+        hint = "" if debug else "; rerun with 'parastep --debug ...' for the traceback"
+        print(f"parastep: error: unexpected {what} (a bug or an unhandled case; please report it){hint}", file=sys.stderr)
+        return 1
     return int(code or 0)
 
 

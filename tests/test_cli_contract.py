@@ -95,3 +95,60 @@ def test_schema_command_matches_snapshot(capsys):
 
     assert main(["schema", "schedule"]) == 0
     assert capsys.readouterr().out == (SNAPSHOTS / "schedule.schema.json").read_text(encoding="utf-8")
+
+
+# ---- main: every failure is one line on stderr ----------------------------------------------
+
+def _boom(args):
+    raise RuntimeError("boom\nsecond line")
+
+
+def _run(argv, monkeypatch, capsys, *, env_debug: str | None = None):
+    import parastep.schedules.command as command
+    from parastep.cli import main
+
+    monkeypatch.setattr(command, "run", _boom)
+    if env_debug is None:
+        monkeypatch.delenv("PARASTEP_DEBUG", raising=False)
+    else:
+        monkeypatch.setenv("PARASTEP_DEBUG", env_debug)
+    code = main(argv)
+    cap = capsys.readouterr()
+    return code, cap.out, cap.err
+
+
+def test_unexpected_error_is_one_line_exit_1_with_debug_pointer(monkeypatch, capsys):
+    code, out, err = _run(["validate", "x.yaml"], monkeypatch, capsys)
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert err.startswith("parastep: error: unexpected RuntimeError: boom\\nsecond line")
+    assert "--debug" in err
+
+
+@pytest.mark.parametrize("argv,env", [(["--debug", "validate", "x.yaml"], None), (["validate", "x.yaml"], "1")])
+def test_debug_prints_the_traceback(monkeypatch, capsys, argv, env):
+    code, _, err = _run(argv, monkeypatch, capsys, env_debug=env)
+    assert code == 1
+    assert "Traceback (most recent call last)" in err and "_boom" in err
+    assert err.splitlines()[-1].startswith("parastep: error: unexpected RuntimeError")
+
+
+def test_user_error_stays_exit_2_one_line(tmp_path, capsys):
+    from parastep.cli import main
+
+    assert main(["validate", str(tmp_path / "missing.yaml")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "does not exist" in err
+    assert main(["simulate", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "is a directory" in err
+    assert main(["plan", "--gpus", "zero"]) == 2
+    assert capsys.readouterr().err.count("\n") == 1
+
+
+def test_user_error_message_is_one_line_whatever_it_quotes():
+    from parastep.errors import UserError
+
+    msg = str(UserError("key 'a\nb' value 'c\r\u2028d\x1b'"))
+    assert "\n" not in msg and "\r" not in msg and len(msg.splitlines()) == 1
+    assert "a\\nb" in msg and "\\u2028" in msg and "\\x1b" in msg
