@@ -87,7 +87,10 @@ def run(args) -> int:
     a = quality["psnr_db"]
     same = sum(r.identical for r in records)
     note = f", {same} identical" if same else ""
-    print(f"parastep: {len(records)} images ({len(prompts)} prompts x {len(seeds)} seeds{note}): "
+    def n(k: int, what: str) -> str:
+        return f"{k} {what}{'' if k == 1 else 's'}"
+
+    print(f"parastep: {n(len(records), 'image')} ({n(len(prompts), 'prompt')} x {n(len(seeds), 'seed')}{note}): "
           f"PSNR mean {a['mean']:.1f} / p10 {a['p10']:.1f} / min {a['min']:.1f} dB, "
           f"SSIM mean {quality['ssim']['mean']:.4f} vs sequential; wrote {out}", file=sys.stderr)
     return 0

@@ -154,3 +154,25 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch):
     _one_line_exit_2(["evaluate", str(other), "--out", str(out)], must="unknown model 'nosuchmodel'")
     assert not out.exists()
     assert a_file.read_text() == "x"
+
+
+@pytest.mark.distributed
+def test_evaluate_equals_a_two_rank_exec(tmp_path):
+    """One device emulating every rank gives what 2 spawned ranks give: the same PSNR and SSIM."""
+    import os
+    import subprocess
+    import sys
+
+    path = _write(tmp_path, PARALLEL, "par.yaml")
+    env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PARASTEP_TEST_EXIT_AT")}
+    res = subprocess.run([sys.executable, "-m", "parastep.cli", "exec", str(path), "--reference", "--prompt", "4",
+                          "--seed", "11", "--out", str(tmp_path / "x")], cwd=tmp_path, env=env, capture_output=True,
+                         text=True, timeout=240)
+    assert res.returncode == 0, res.stderr[-3000:]
+    ref = json.loads((tmp_path / "x" / "report.json").read_text())["reference"]
+    code, _, err = run_cli(["evaluate", str(path), "--prompt", "4", "--seed", "11", "--out", str(tmp_path / "q")])
+    assert code == 0, err
+    assert "1 image (1 prompt x 1 seed)" in err
+    image = json.loads((tmp_path / "q" / "quality.json").read_text())["images"][0]
+    assert image["psnr_db"] == pytest.approx(ref["psnr_db"], abs=1e-9)
+    assert image["ssim"] == pytest.approx(ref["ssim"], abs=1e-9)
