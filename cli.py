@@ -18,7 +18,7 @@ import traceback
 from .errors import UserError, one_line
 
 COMMANDS = {
-    "plan": "parastep.planner.command",
+    "plan": "parastep.profiler.plan_command",      # the planner's command, plus --verify (runs the executor)
     "validate": "parastep.schedules.command",
     "simulate": "parastep.schedules.command",
     "schema": "parastep.schedules.command",
@@ -66,12 +66,16 @@ def build_parser() -> argparse.ArgumentParser:
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
     plan = sub.add_parser("plan", help="profile -> optimal schedule (YAML on stdout)")
-    plan.add_argument("--model", required=True, help="registry name (e.g. sdxl, digits)")
+    plan.add_argument("--model", help="registry name (e.g. sdxl, digits); not needed with --profile")
     plan.add_argument("--gpus", type=_positive_int, required=True, help="world size")
     plan.add_argument("--steps", type=_positive_int, help="number of denoising steps (default: the profile's)")
     q = plan.add_mutually_exclusive_group()
-    q.add_argument("--budget", type=_nonneg_float, help="bound on predicted output deviation (latent RMS)")
-    q.add_argument("--min-psnr", type=_float, dest="min_psnr", help="target PSNR (dB) vs the sequential output; needs a calibrated profile")
+    q.add_argument("--budget", type=_nonneg_float, help="per-image bound on the predicted output deviation (latent RMS); "
+                   "every calibration image unless --coverage")
+    q.add_argument("--min-psnr", type=_float, dest="min_psnr", help="target PSNR (dB) of each image vs the sequential output "
+                   "of the same seed; needs a calibrated profile")
+    plan.add_argument("--coverage", type=_float, help="share of images that must meet --min-psnr/--budget (default 0.9 with "
+                      "--min-psnr, 1 with --budget)")
     plan.add_argument("--policy", choices=["optimal", "fixed"], default="optimal")
     plan.add_argument("--warmup", type=_positive_int, help="exact steps before the first parallel window (fixed policy; default 10%% of steps)")
     plan.add_argument("--max-window", type=_positive_int, dest="max_window", help="largest window (default: min(gpus, profile max))")
@@ -80,7 +84,12 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--time-limit", type=_nonneg_float, dest="time_limit_s", default=60.0, help="CP-SAT time limit in seconds")
     plan.add_argument("--workers", type=_positive_int, default=None, help="CP-SAT search workers (default: CPU count)")
     plan.add_argument("--seed", type=int, default=0, help="CP-SAT random seed")
-    plan.add_argument("--solver", choices=["cp-sat", "dp"], default="dp", help="dp (default: the exact DP, fast) or cp-sat (the CP-SAT model; slower to prove optimality at large T)")
+    plan.add_argument("--solver", choices=["auto", "cp-sat", "dp"], default="auto",
+                      help="auto (default): CP-SAT for per-image statements over a profile's calibration samples, the exact "
+                           "DP where one budget says it all (priors); cp-sat or dp to force one")
+    plan.add_argument("--verify", type=int, default=0, metavar="N", help="run the plan on N held-out images in one process "
+                      "and record per-image PSNR vs sequential in quality.measured; re-plan (up to 3 rounds) if it misses its target")
+    plan.add_argument("--model-path", dest="model_path", help="pipeline folder for --verify (default: the registry's)")
     plan.add_argument("--deterministic", action="store_true", help="CP-SAT: reproducible result for a given --seed and --workers (interleaved search)")
 
     val = sub.add_parser("validate", help="check every invariant of a schedule (exit 0 valid, 1 invalid)")

@@ -58,7 +58,7 @@ def default_prompts(pipe) -> list[Optional[str]]:
     return [default_prompt(pipe)]
 
 
-def _call(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_steps: int, call_kwargs: Mapping[str, Any]):
+def call_pipeline(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_steps: int, call_kwargs: Mapping[str, Any]):
     """One pipeline call for all samples: ``prompt=list(prompts)`` (or ``batch_size=len(seeds)``
     for a pipeline without prompts) and one generator per sample, seeded, on the pipeline's device.
     ``call_kwargs`` may override ``num_inference_steps`` (default ``num_steps``)."""
@@ -101,7 +101,7 @@ def run_schedule_local(pipe, schedule, *, num_steps: int, prompts: Sequence[Any]
         handle = apply_parastep(pipe, ParaStepConfig(windows=schedule.windows, num_steps=num_steps))
     try:
         with torch.no_grad():
-            out = _call(pipe, prompts=prompts, seeds=seeds, num_steps=num_steps, call_kwargs=kw)
+            out = call_pipeline(pipe, prompts=prompts, seeds=seeds, num_steps=num_steps, call_kwargs=kw)
         if handle is not None and handle.steps_done != num_steps:
             raise UserError(f"the pipeline ran {handle.steps_done} scheduler steps, the schedule has {num_steps}; "
                             "re-plan with the pipeline's step count")

@@ -116,7 +116,12 @@ def _arcs_of(g: _Graph, path: Sequence[int]) -> Optional[list[int]]:
 
 
 def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_iterations: int = 60) -> LagrangeResult:
-    """Dual bound, best feasible path seen, and the edges that may still be on an optimal plan."""
+    """Dual bound, best feasible path seen, and the edges that may still be on an optimal plan.
+
+    With several calibration samples the single constraint is the sum of the per-sample ones (a
+    valid relaxation when every sample is required; ``NO_AGGREGATE_BOUND`` otherwise, so only the
+    incumbent's latency prunes), and incumbents must meet the per-sample statement: the reduction
+    stays exact."""
     g = _Graph(problem)
     B = float(problem.budget_units)
     keep_none = [False] * len(problem.edges)
@@ -129,7 +134,7 @@ def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_it
         best_path = _arcs_of(g, incumbent)
         if best_path is not None:
             best_units = float(g.lat[best_path].sum())
-            if g.err[best_path].sum() > B:
+            if g.err[best_path].sum() > B or not problem.path_feasible(list(incumbent)):
                 best_path, best_units = None, None
 
     def relaxed(lam: float):
@@ -140,7 +145,10 @@ def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_it
     def consider(p, lat_err):
         nonlocal best_path, best_units
         if p is not None and lat_err[1] <= B and (best_units is None or lat_err[0] < best_units):
-            best_path, best_units = p, lat_err[0]
+            # with several samples the aggregate bound B is only a relaxation: an incumbent (which
+            # sets the pruning threshold) must satisfy the per-sample statement itself
+            if problem.single_budget or problem.path_feasible([int(g.ids[k]) for k in p]):
+                best_path, best_units = p, lat_err[0]
 
     iterations = 1
     p_lo, le_lo = relaxed(0.0)

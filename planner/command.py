@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import sys
+from dataclasses import dataclass
+from typing import Optional
 
 from ..errors import UserError
 from ..profiles.io import resolve_profile
@@ -40,10 +43,39 @@ def _with_interconnect(profile: Profile, *, name: str, world_size: int) -> Profi
     return profile.model_copy(update={"comm": comm, "provenance": prov})
 
 
-def run(args) -> int:
-    from .cpsat import SolverOptions
-    from .plan import plan_schedule
+def _per_image(s) -> str:
+    q = s.quality
+    text = ""
+    if q.per_sample is not None:
+        text = f", {q.per_sample.within}/{q.per_sample.samples} calibration images within their bound ({q.per_sample.required} required)"
+    if q.predicted_psnr_db is not None:
+        text += f", predicted PSNR {q.predicted_psnr_db:.1f} dB at the coverage quantile"
+    return text
 
+
+@dataclass(frozen=True)
+class PlanRequest:
+    """What ``parastep plan``'s arguments ask for, checked: the (adapted) profile and the statement."""
+
+    profile: Profile
+    sha256: str
+    world_size: int
+    max_window: int
+    budget: Optional[float]
+    coverage: Optional[float]
+    min_psnr_db: Optional[float]
+    policy: str
+    warmup: Optional[int]
+    solver: str
+    options: object
+
+
+def request_from_args(args) -> PlanRequest:
+    """Check the arguments and load/adapt the profile (one-line UserError on bad input)."""
+    from .options import SolverOptions
+
+    if args.model is None and args.profile is None:
+        raise UserError("plan needs --model NAME or --profile FILE; pass one")
     profile, sha = resolve_profile(args.model, args.profile)
     G = args.gpus
     T = args.steps if args.steps is not None else profile.num_steps
@@ -63,14 +95,38 @@ def run(args) -> int:
         except ValueError as exc:
             raise UserError(f"{exc}; pass --interconnect NAME or re-profile with --gpus {G}") from None
     budget = args.budget
+    coverage = args.coverage
+    if coverage is not None and not (math.isfinite(coverage) and 0 < coverage <= 1):
+        raise UserError(f"--coverage {coverage} must be in (0, 1]; pass e.g. --coverage 0.9")
+    if coverage is not None and budget is None and args.min_psnr is None:
+        raise UserError("--coverage applies to --min-psnr or --budget; pass one of them")
     if args.min_psnr is not None:
+        if not math.isfinite(args.min_psnr):
+            raise UserError(f"--min-psnr {args.min_psnr} is not a finite number of dB; pass e.g. --min-psnr 35")
         if profile.calibration is None:
             raise UserError(f"--min-psnr needs a profile with a PSNR calibration and '{profile.name}' has none; profile with calibration ('parastep profile --verify N') or pass --budget")
         budget = profile.calibration.deviation_for_psnr(args.min_psnr)
+        coverage = 0.9 if coverage is None else coverage
     options = SolverOptions(time_limit_s=args.time_limit_s, workers=args.workers, seed=args.seed,
                             deterministic=bool(getattr(args, "deterministic", False)))
-    result = plan_schedule(profile, profile_sha256=sha, world_size=G, max_window=J, budget=budget,
-                           min_psnr_db=args.min_psnr, policy=args.policy, warmup=args.warmup, solver=args.solver, options=options)
+    return PlanRequest(profile=profile, sha256=sha, world_size=G, max_window=J, budget=budget, coverage=coverage,
+                       min_psnr_db=args.min_psnr, policy=args.policy, warmup=args.warmup, solver=args.solver, options=options)
+
+
+def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_factor: float = 1.0):
+    """Plan ``req`` (``budget`` overrides the request's, e.g. a re-plan after a measurement)."""
+    from .plan import plan_schedule
+
+    return plan_schedule(req.profile, profile_sha256=req.sha256, world_size=req.world_size, max_window=req.max_window,
+                         budget=req.budget if budget is None else budget, coverage=req.coverage, min_psnr_db=req.min_psnr_db,
+                         policy=req.policy, warmup=req.warmup, solver=req.solver, options=req.options,
+                         fixed_bound_factor=fixed_bound_factor)
+
+
+def emit(result, profile: Profile) -> None:
+    """Warnings and the summary line on stderr, then the YAML on stdout (only after success)."""
+    from ..schedules.io import dump_schedule
+
     s = result.schedule
     prior = profile.prior_parts()
     if prior:
@@ -80,12 +136,15 @@ def run(args) -> int:
               f"!! predictions are only as good as the prior rules. Profile the model for a real plan.\n{bar}", file=sys.stderr)
     for w in result.warnings:
         print(f"parastep: warning: {w}", file=sys.stderr)
-    from ..schedules.io import dump_schedule
-
     text = dump_schedule(s)
-    print(f"parastep plan: {s.policy} plan, {len(s.windows)} windows on {G} GPU(s), predicted {s.latency.predicted_s:.4g} s "
+    print(f"parastep plan: {s.policy} plan, {len(s.windows)} windows on {s.world_size} GPU(s), predicted {s.latency.predicted_s:.4g} s "
           f"vs sequential {s.latency.sequential_s:.4g} s: speedup {s.latency.speedup:.3f}x, deviation {s.quality.predicted:.4g} "
-          f"(budget {s.quality.budget:.4g}); solver {s.solver.name} {s.solver.status} in {s.solver.wall_s:.3f} s", file=sys.stderr)
+          f"(budget {s.quality.budget:.4g}{_per_image(s)}); solver {s.solver.name} {s.solver.status} in {s.solver.wall_s:.3f} s", file=sys.stderr)
     sys.stdout.write(text)
     sys.stdout.flush()
+
+
+def run(args) -> int:
+    req = request_from_args(args)
+    emit(make_plan(req), req.profile)
     return 0

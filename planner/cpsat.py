@@ -5,7 +5,9 @@ Variables (one family): ``x[i]`` (bool) = candidate window ``problem.edges[i]`` 
 Constraints:
 - flow: one chosen window leaves boundary 0, one enters boundary T, and at every interior boundary
   as many enter as leave (so the chosen windows form one path 0 -> T: a schedule);
-- budget: sum of chosen error units <= budget units;
+- quality, per calibration sample n: sum of chosen error units of n <= n's bound; with a coverage
+  below 1 each such constraint is enforced by a boolean ``within[n]`` and at least ``min_within``
+  of them are true (the per-image statement the single-budget DP cannot express);
 - freshness (problem.py): at each boundary b, a reuse window entering b excludes any parallel or
   reuse window leaving b; a ``linear`` window leaving b also excludes "exact window b-1 -> b after
   a reuse window entering b-1" (step b-2 would be a reuse step). Exactly one chosen window crosses
@@ -52,7 +54,6 @@ but about 1 in 10 instances with T = 20..60 and windows up to 16 takes 2-20 s.
 from __future__ import annotations
 
 import math
-import os
 import time
 from dataclasses import dataclass, field
 from typing import Optional, Sequence
@@ -60,19 +61,8 @@ from typing import Optional, Sequence
 from ortools.sat.python import cp_model
 
 from .bounds import lagrangian_reduce, rounded_up_path
+from .options import SolverOptions
 from .problem import Problem
-
-
-@dataclass(frozen=True)
-class SolverOptions:
-    time_limit_s: float = 60.0
-    workers: Optional[int] = None        # None: the machine's CPU count
-    seed: int = 0
-    deterministic: bool = False
-    log: bool = False
-
-    def resolved_workers(self) -> int:
-        return self.workers if self.workers is not None else max(1, os.cpu_count() or 1)
 
 
 @dataclass(frozen=True)
@@ -90,6 +80,7 @@ class CpSatResult:
 class BuiltModel:
     model: cp_model.CpModel
     x: dict[int, cp_model.IntVar] = field(default_factory=dict)   # edge index -> "window chosen"
+    within: dict[int, cp_model.IntVar] = field(default_factory=dict)   # sample -> "its bound holds" (coverage < 1 only)
 
 
 def build_model(problem: Problem, *, keep: Optional[Sequence[bool]] = None, hint: Sequence[int] = (),
@@ -137,8 +128,22 @@ def build_model(problem: Problem, *, keep: Optional[Sequence[bool]] = None, hint
             model.add_exactly_one(vs)
     ids = list(built.x)
     variables = [built.x[i] for i in ids]
-    model.add_linear_constraint(cp_model.LinearExpr.weighted_sum(variables, [problem.edges[i].error_units for i in ids]),
-                                -cp_model.INT_MAX, problem.budget_units)
+    # quality: one constraint per calibration sample; with a coverage below 1 each is enforced only
+    # where its indicator ``within[n]`` is true, and at least ``min_within`` indicators are true
+    N, K = problem.samples, problem.min_within
+    for n in range(N):
+        coeffs = [problem.edges[i].sample_error_units[n] for i in ids]
+        terms = [(v, c) for v, c in zip(variables, coeffs) if c]
+        if not terms:
+            continue
+        ct = model.add_linear_constraint(cp_model.LinearExpr.weighted_sum([v for v, _ in terms], [c for _, c in terms]),
+                                         -cp_model.INT_MAX, problem.sample_budget_units[n])
+        if K < N:
+            built.within[n] = model.new_bool_var(f"within_{n}")
+            ct.only_enforce_if(built.within[n])
+    if K < N:
+        free = N - len(built.within)                # samples no kept window can push past their bound
+        model.add(cp_model.LinearExpr.sum(list(built.within.values())) >= K - free)
     objective = cp_model.LinearExpr.weighted_sum(variables, [problem.edges[i].latency_units for i in ids])
     model.minimize(objective)
     if lower_bound_units is not None and variables:
@@ -188,8 +193,8 @@ def solve_cpsat(problem: Problem, options: SolverOptions = SolverOptions(), *, h
     lower = None
     if reduce:
         red = lagrangian_reduce(problem, incumbent=hint)
-        # a better incumbent tightens the reduction and the hint: the rounded-up DP (heuristic)
-        better = rounded_up_path(problem, keep=red.keep) if red.incumbent is not None else None
+        # a better incumbent tightens the reduction and the hint: the rounded-up DP (heuristic; one budget only)
+        better = rounded_up_path(problem, keep=red.keep) if red.incumbent is not None and problem.single_budget else None
         if better is not None and sum(problem.edges[i].latency_units for i in better) < red.incumbent_units:
             red = lagrangian_reduce(problem, incumbent=better)
         keep = red.keep
@@ -208,5 +213,11 @@ def solve_cpsat(problem: Problem, options: SolverOptions = SolverOptions(), *, h
     if status in (cp_model.OPTIMAL, cp_model.FEASIBLE):
         return CpSatResult(status=name, path=decode(problem, built, solver), objective=round(solver.objective_value),
                            bound=round(solver.best_objective_bound), wall_s=wall, edges_in_model=len(built.x))
+    if status == cp_model.UNKNOWN and hint and problem.path_feasible(hint):
+        # the time limit ended before CP-SAT's first solution, but the incumbent we started from is
+        # a checked feasible plan: return it as FEASIBLE with the proven lower bound, not nothing
+        return CpSatResult(status="FEASIBLE", path=tuple(hint), objective=sum(problem.edges[i].latency_units for i in hint),
+                           bound=lower, wall_s=wall, edges_in_model=len(built.x),
+                           message="time limit before CP-SAT's first solution: the incumbent plan (Lagrangian/rounded DP or hint)")
     return CpSatResult(status=name, path=(), objective=None, bound=None, wall_s=wall, edges_in_model=len(built.x),
                        message=solver.solution_info())

@@ -13,22 +13,9 @@ Default warm-up: 10% of the steps rounded half up, at least 1, at most T:
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Optional
+from ..profiles.model import Profile
+from .problem import PlannedWindow, error_units, latency_units, window_latency_s
 
-from ..profiles.model import Predictor, Profile
-from .problem import EdgeKind, error_units, latency_units, window_latency_s
-
-
-@dataclass(frozen=True)
-class FixedWindow:
-    start: int
-    size: int
-    kind: EdgeKind
-    predictor: Optional[Predictor]
-    placement: tuple[int, ...]
-    latency_s: float
-    error: float
 
 
 def default_warmup(num_steps: int) -> int:
@@ -36,38 +23,46 @@ def default_warmup(num_steps: int) -> int:
     return min(num_steps, max(1, (num_steps + 5) // 10))
 
 
-def fixed_windows(profile: Profile, *, world_size: int, max_window: int, warmup: int) -> list[FixedWindow]:
+def fixed_windows(profile: Profile, *, world_size: int, max_window: int, warmup: int) -> list[PlannedWindow]:
     """The hand plan's windows with their latency and predicted error."""
     T = profile.num_steps
     if not 1 <= warmup <= T:
         raise ValueError(f"warmup must be in 1..{T}, got {warmup}")
     n = min(world_size, max_window)
-    out: list[FixedWindow] = []
+    out: list[PlannedWindow] = []
     exact_s = window_latency_s(profile, kind="exact", size=1, world_size=world_size)
+    zero = (0.0,) * profile.quality_samples
     s = 0
     while s < T:
         w = 1 if s < warmup else min(n, T - s)
         if w == 1:
-            out.append(FixedWindow(start=s, size=1, kind="exact", predictor=None, placement=(), latency_s=exact_s, error=0.0))
+            out.append(PlannedWindow(start=s, size=1, kind="exact", predictor=None, placement=(), latency_s=exact_s, errors=zero))
         else:
             placement = tuple(range(w))
-            err = profile.window_deviation("parallel", start=s, size=w, predictor="last")
+            err = profile.window_errors("parallel", start=s, size=w, predictor="last")
             if err is None:
                 raise ValueError(f"profile '{profile.name}' has no deviation for a window of {w} steps at step {s}")
             lat = window_latency_s(profile, kind="parallel", size=w, world_size=world_size, placement=placement)
-            out.append(FixedWindow(start=s, size=w, kind="parallel", predictor="last", placement=placement, latency_s=lat, error=err))
+            out.append(PlannedWindow(start=s, size=w, kind="parallel", predictor="last", placement=placement, latency_s=lat, errors=err))
         s += w
     return out
 
 
-def fixed_error(windows: list[FixedWindow]) -> float:
-    return math.fsum(w.error for w in windows)
+def fixed_sample_errors(windows: list[PlannedWindow]) -> tuple[float, ...]:
+    """The hand plan's predicted error per calibration sample."""
+    return tuple(math.fsum(col) for col in zip(*(w.errors for w in windows)))
 
 
-def fixed_error_units(windows: list[FixedWindow], *, scale: float) -> int:
-    """The hand plan's integer error: each window rounded up, exactly as the planner's edges are."""
-    return sum(error_units(w.error, scale=scale) for w in windows)
+def fixed_error(windows: list[PlannedWindow]) -> float:
+    """Mean over samples."""
+    per = fixed_sample_errors(windows)
+    return math.fsum(per) / len(per)
 
 
-def fixed_latency_units(windows: list[FixedWindow], *, scale: float) -> int:
+def fixed_sample_error_units(windows: list[PlannedWindow], *, scale: float) -> tuple[int, ...]:
+    """The hand plan's integer error per sample: each window rounded up, exactly as the planner's edges are."""
+    return tuple(sum(col) for col in zip(*((error_units(x, scale=scale) for x in w.errors) for w in windows)))
+
+
+def fixed_latency_units(windows: list[PlannedWindow], *, scale: float) -> int:
     return sum(latency_units(w.latency_s, scale=scale) for w in windows)

@@ -18,15 +18,17 @@ from ..errors import UserError
 from ..profiles.model import Profile
 from ..schedules.check import implied_totals, violations
 from ..schedules.model import (
-    ExactWindow, Latency, ParallelWindow, ProfileRef, Quality, ReuseWindow, Schedule, Solver, Window,
+    ExactWindow, Latency, ParallelWindow, ProfileRef, Quality, ReuseWindow, SampleQuality, Schedule, Solver, Window,
 )
-from .fixed import FixedWindow, default_warmup, fixed_error, fixed_error_units, fixed_latency_units, fixed_windows
+from .fixed import (
+    default_warmup, fixed_error, fixed_latency_units, fixed_sample_error_units, fixed_sample_errors,
+    fixed_windows,
+)
 from .problem import (
-    DEFAULT_LATENCY_UNITS_PER_S, Problem, budget_units_for, build_problem, candidate_windows, error_scale_for,
-    error_units,
+    DEFAULT_LATENCY_UNITS_PER_S, PlannedWindow, Problem, build_problem, error_scale_for, error_units,
 )
 
-SolverName = Literal["cp-sat", "dp"]
+SolverName = Literal["auto", "cp-sat", "dp"]
 Policy = Literal["optimal", "fixed"]
 
 
@@ -38,19 +40,17 @@ class PlanResult:
 
 
 @dataclass(frozen=True)
-class _Chosen:
-    """A decoded window, whatever produced it."""
+class SolveOutcome:
+    """What the solver (or the fixed policy) says about the plan, as recorded in the schedule."""
 
-    start: int
-    size: int
-    kind: str
-    predictor: Optional[str]
-    placement: tuple[int, ...]
-    latency_s: float                     # the planner's own numbers for this window
-    error: float
+    name: Literal["cp-sat", "dp", "fixed"]
+    status: str
+    objective: Optional[int]             # latency units
+    bound: Optional[int]
+    wall_s: float
 
 
-def _to_window(c: _Chosen) -> Window:
+def _to_window(c: PlannedWindow) -> Window:
     if c.kind == "exact":
         return ExactWindow(start=c.start)
     if c.kind == "parallel":
@@ -64,29 +64,30 @@ def _window_size(w: Window, stop: int) -> int:
     return 1 if isinstance(w, ExactWindow) else stop - w.start
 
 
-def recompute(schedule: Schedule, profile: Profile) -> tuple[float, float, list[float], list[float]]:
-    """(latency_s, error, per-window latencies, per-window errors) of a schedule, recomputed from
-    its windows with docs/cost-model.md written out here (not the planner's edge data)."""
+def recompute(schedule: Schedule, profile: Profile) -> tuple[float, list[float], list[tuple[float, ...]]]:
+    """(latency_s, per-window latencies, per-window per-sample errors) of a schedule, recomputed
+    from its windows with docs/cost-model.md written out here (not the planner's edge data)."""
     G = schedule.world_size
     fwd = profile.forward_time_s
     step = profile.compute.step_s + profile.compute.step_overhead_s
+    zero = (0.0,) * profile.quality_samples
     lats, errs = [], []
     for w, (start, stop) in zip(schedule.windows, schedule.window_bounds()):
         size = _window_size(w, stop)
         if isinstance(w, ExactWindow):
             lats.append(fwd(1) + step)
-            errs.append(0.0)
+            errs.append(zero)
         elif isinstance(w, ReuseWindow):
             lats.append(w.size * step)
-            errs.append(profile.window_deviation("reuse", start=start, size=w.size, predictor=w.predictor))
+            errs.append(profile.window_errors("reuse", start=start, size=w.size, predictor=w.predictor))
         else:
             per_rank = [sum(1 for r in w.placement if r == rank) for rank in range(G)]
             exchange = 0.0 if G == 1 else profile.exchange_time_s(G, size)
             lats.append((size - 1) * step + max(fwd(n) for n in per_rank) + exchange + size * step)
-            errs.append(profile.window_deviation("parallel", start=start, size=size, predictor=w.predictor))
+            errs.append(profile.window_errors("parallel", start=start, size=size, predictor=w.predictor))
     if any(e is None for e in errs):
         raise RuntimeError("planner bug: a window has no deviation in the profile")
-    return math.fsum(lats), math.fsum(errs), lats, errs
+    return math.fsum(lats), lats, errs
 
 
 def verify_schedule(schedule: Schedule, profile: Profile) -> None:
@@ -100,148 +101,151 @@ def verify_schedule(schedule: Schedule, profile: Profile) -> None:
             back = 2 if w.predictor == "linear" else 1
             if any(step_kinds[w.start - d] == "reuse" for d in range(1, back + 1)):
                 raise RuntimeError(f"planner bug: window at step {w.start} ({w.kind}, {w.predictor}) extrapolates from a reuse step's stand-in")
-    latency_s, error, lats, errs = recompute(schedule, profile)
+    latency_s, lats, errs = recompute(schedule, profile)
     if not math.isclose(latency_s, schedule.latency.predicted_s, rel_tol=1e-9, abs_tol=1e-12):
         raise RuntimeError(f"planner bug: declared latency {schedule.latency.predicted_s} s, recomputed {latency_s} s")
     q = schedule.quality
+    per_sample = [math.fsum(col) for col in zip(*errs)]
+    error = math.fsum(per_sample) / len(per_sample)
     if not math.isclose(error, q.predicted, rel_tol=1e-9, abs_tol=1e-300):
         raise RuntimeError(f"planner bug: declared error {q.predicted}, recomputed {error}")
-    units = sum(math.ceil(e * q.error_units_per_unit) for e in errs)
-    if units != q.predicted_units:
-        raise RuntimeError(f"planner bug: declared {q.predicted_units} error units, recomputed {units}")
+    units = [sum(col) for col in zip(*((math.ceil(x * q.error_units_per_unit) for x in e) for e in errs))]
+    if sum(units) != q.predicted_units:
+        raise RuntimeError(f"planner bug: declared {q.predicted_units} error units, recomputed {sum(units)}")
     s = schedule.solver
-    if s.name != "fixed" and units > q.budget_units:
-        raise RuntimeError(f"planner bug: {units} error units exceed the budget of {q.budget_units}")
+    if q.per_sample is not None:
+        ps = q.per_sample
+        if ps.predicted_units != units or len(ps.budget_units) != len(units):
+            raise RuntimeError(f"planner bug: declared per-sample error units {ps.predicted_units}, recomputed {units}")
+        within = sum(1 for u, b in zip(units, ps.budget_units) if u <= b)
+        if within != ps.within or sum(ps.budget_units) != q.budget_units:
+            raise RuntimeError(f"planner bug: declared {ps.within} samples within their bound, recomputed {within}")
+        if s.name != "fixed" and within < ps.required:
+            raise RuntimeError(f"planner bug: {within} samples within their bound, {ps.required} required")
+    elif s.name != "fixed" and sum(units) > q.budget_units:
+        raise RuntimeError(f"planner bug: {sum(units)} error units exceed the budget of {q.budget_units}")
     if s.objective is not None:
         lat_units = sum(round(x * s.latency_units_per_s) for x in lats)
         if lat_units != s.objective:
             raise RuntimeError(f"planner bug: solver objective {s.objective} latency units, recomputed {lat_units}")
 
 
-# ---- smallest feasible budget ----------------------------------------------------------------
-
-def smallest_feasible_budget(profile: Profile, *, world_size: int, max_window: int) -> tuple[float, int, float]:
-    """(budget, budget_units, error_units_per_unit): the least budget whose integer instance is
-    feasible (a min-error path over every candidate window, before any budget pruning). The
-    freshness rule is relaxed here, which cannot matter: the all-exact plan has zero error and
-    obeys it, so the least error is 0 on both graphs."""
-    cands = candidate_windows(profile, world_size=world_size, max_window=max_window)
-    T = profile.num_steps
-
-    def min_error(weight) -> float:
-        best = [math.inf] * (T + 1)
-        best[0] = 0
-        for (s, w, _k, _p, _pl, _l, err) in sorted(cands, key=lambda c: c[0]):
-            v = best[s] + weight(err)
-            if v < best[s + w]:
-                best[s + w] = v
-        return best[T]
-
-    budget = min_error(lambda e: e)
-    for _ in range(10):
-        scale = error_scale_for(budget)
-        need = min_error(lambda e: error_units(e, scale=scale))
-        if budget_units_for(budget, scale=scale) >= need:
-            return budget, int(need), scale
-        budget = (need + 0.5) / scale
-    raise RuntimeError("planner bug: no self-consistent smallest budget")
-
-
 # ---- the entry point ---------------------------------------------------------------------------
 
 def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max_window: Optional[int] = None,
-                  budget: Optional[float] = None, min_psnr_db: Optional[float] = None, policy: Policy = "optimal",
-                  warmup: Optional[int] = None, solver: SolverName = "dp", options=None,
+                  budget: Optional[float] = None, coverage: Optional[float] = None, min_psnr_db: Optional[float] = None,
+                  policy: Policy = "optimal", warmup: Optional[int] = None, solver: SolverName = "auto", options=None,
+                  fixed_bound_factor: float = 1.0,
                   latency_units_per_s: float = DEFAULT_LATENCY_UNITS_PER_S) -> PlanResult:
     """Plan ``profile.num_steps`` steps on ``world_size`` ranks.
 
-    budget: bound on predicted output deviation; None = the fixed plan's own error (with
-    ``warmup``, default ``default_warmup(T)``), in the fixed plan's own integer units: the bound
-    then holds in integer units (so the fixed plan is feasible and the optimum never loses to it),
-    and the float deviation may exceed the fixed plan's by at most one unit per fixed window.
-    An explicit budget holds in floats too (window units are rounded up, the budget down).
+    Quality statement, per calibration sample of the profile (one "sample" for a prior):
+    - ``budget`` given: at least ``ceil(coverage * N)`` samples (coverage default 1: all) have a
+      predicted output error <= budget; the bound holds in floats (units rounded up, bound down).
+    - ``budget`` None: every sample's error is at most its error under the fixed plan (with
+      ``warmup``, default ``default_warmup(T)``), in the fixed plan's own integer units, so the fixed
+      plan is feasible and the optimum never loses to it. ``fixed_bound_factor`` < 1 tightens those
+      bounds (``plan --verify`` does, when a measurement shows the model was too kind).
     ``min_psnr_db`` is recorded in the schedule (the caller converts it to ``budget``).
+    solver "auto": the DP oracle where one budget says it all (N = 1), CP-SAT otherwise.
     policy "fixed": the paper's hand plan (budget must then be None).
     """
-    from .cpsat import SolverOptions
+    from .options import SolverOptions
 
     options = options if options is not None else SolverOptions()
     T = profile.num_steps
     G = world_size
+    N = profile.quality_samples
     J = max_window if max_window is not None else min(G, profile.max_window)
     if J > profile.max_window:
         raise UserError(f"--max-window {J} exceeds the profile's max_window={profile.max_window}; re-profile with --max-window {J} or pass a smaller --max-window")
     W = warmup if warmup is not None else default_warmup(T)
     if warmup is not None and not 1 <= warmup < T:
         raise UserError(f"--warmup {warmup} must be in 1..{T - 1} for {T} steps; pass a smaller --warmup")
+    if coverage is not None and not 0 < coverage <= 1:
+        raise UserError(f"--coverage {coverage} must be in (0, 1]; pass e.g. --coverage 0.9")
     fixed = fixed_windows(profile, world_size=G, max_window=J, warmup=W)
     warnings: list[str] = []
+    fixed_per_sample = fixed_sample_errors(fixed)
 
     if policy == "fixed":
         if budget is not None:
             raise UserError("--budget/--min-psnr apply to --policy optimal; the fixed plan's error is set by --warmup: drop the budget or use --policy optimal")
-        err = fixed_error(fixed)
-        scale = error_scale_for(err)
-        b_units = fixed_error_units(fixed, scale=scale)
-        chosen = [_Chosen(f.start, f.size, f.kind, f.predictor, f.placement, f.latency_s, f.error) for f in fixed]
-        lat_units = fixed_latency_units(fixed, scale=latency_units_per_s)
-        solver_info = dict(name="fixed", status="NOT_SOLVED", objective=lat_units, bound=None, wall_s=0.0)
+        scale = error_scale_for(min(fixed_per_sample))
+        units = fixed_sample_error_units(fixed, scale=scale)
+        chosen = list(fixed)
+        outcome = SolveOutcome(name="fixed", status="NOT_SOLVED", objective=fixed_latency_units(fixed, scale=latency_units_per_s),
+                               bound=None, wall_s=0.0)
         schedule = _assemble(profile, profile_sha256=profile_sha256, world_size=G, max_window=J, policy="fixed", chosen=chosen,
-                             budget=err, budget_units=b_units, scale=scale, min_psnr_db=None, solver_info=solver_info,
-                             latency_units_per_s=latency_units_per_s, options=None)
+                             budget=fixed_error(fixed), sample_budget_units=units, required=N, coverage=None, scale=scale,
+                             min_psnr_db=None, outcome=outcome, latency_units_per_s=latency_units_per_s, options=None)
         verify_schedule(schedule, profile)
         return PlanResult(schedule=schedule, warnings=tuple(warnings), problem=None)
 
     if budget is None:
-        budget = fixed_error(fixed)
-        scale = error_scale_for(budget)
-        b_units = fixed_error_units(fixed, scale=scale)
+        scale = error_scale_for(min(fixed_per_sample))
+        b_units = fixed_sample_error_units(fixed, scale=scale)
+        if fixed_bound_factor != 1.0:
+            b_units = tuple(math.floor(u * fixed_bound_factor) for u in b_units)
+        problem = build_problem(profile, world_size=G, max_window=J, budget=fixed_error(fixed),
+                                sample_budget_units=b_units, error_units_per_unit=scale, latency_units_per_s=latency_units_per_s)
+        reported_budget = fixed_error(fixed)
     else:
-        scale = error_scale_for(budget)
-        b_units = budget_units_for(budget, scale=scale)
-    problem = build_problem(profile, world_size=G, max_window=J, budget=budget, budget_units=b_units,
-                            error_units_per_unit=scale, latency_units_per_s=latency_units_per_s)
+        required = N if coverage is None else max(1, math.ceil(coverage * N - 1e-9))
+        problem = build_problem(profile, world_size=G, max_window=J, budget=budget, min_within=required,
+                                latency_units_per_s=latency_units_per_s)
+        reported_budget = budget
     warnings.extend(problem.notes)
     hint = _path_of(problem, fixed)
+    if hint and not problem.path_feasible(hint):
+        hint = ()
+    name = ("dp" if problem.single_budget else "cp-sat") if solver == "auto" else solver
 
-    if solver == "dp":
+    if name == "dp":
         import time
 
         from .oracle import solve_dp
 
+        if not problem.single_budget:
+            raise UserError(f"--solver dp solves one budget; profile '{profile.name}' states quality per image over {N} "
+                            "calibration samples: use --solver cp-sat (the default)")
         t0 = time.perf_counter()
         res = solve_dp(problem)
         wall = time.perf_counter() - t0
         if res is None:
-            _raise_infeasible(profile, world_size=G, max_window=J, budget=budget, budget_units=b_units, scale=scale)
+            _raise_infeasible(problem)
         path = res.path
-        solver_info = dict(name="dp", status="OPTIMAL", objective=res.latency_units, bound=res.latency_units, wall_s=wall)
+        outcome = SolveOutcome(name="dp", status="OPTIMAL", objective=res.latency_units, bound=res.latency_units, wall_s=wall)
     else:
         from .cpsat import solve_cpsat
 
-        res = solve_cpsat(problem, options, hint=hint if b_units >= sum(problem.edges[i].error_units for i in hint) else ())
+        res = solve_cpsat(problem, options, hint=hint)
         if res.status == "INFEASIBLE":
-            _raise_infeasible(profile, world_size=G, max_window=J, budget=budget, budget_units=b_units, scale=scale)
+            _raise_infeasible(problem)
         if res.status == "MODEL_INVALID":
             raise RuntimeError(f"planner bug: CP-SAT rejected the model: {res.message}")
         if res.status not in ("OPTIMAL", "FEASIBLE"):
-            raise UserError(f"CP-SAT found no plan within --time-limit {options.time_limit_s:g} s (status {res.status}); raise --time-limit or use --solver dp")
+            raise UserError(f"CP-SAT found no plan within --time-limit {options.time_limit_s:g} s (status {res.status}); raise --time-limit"
+                            + (" or use --solver dp" if problem.single_budget else ""))
         if res.status == "FEASIBLE":
             warnings.append(f"CP-SAT stopped at the time limit ({options.time_limit_s:g} s) before proving optimality: "
-                            f"plan latency {res.objective} units, best bound {res.bound} units; raise --time-limit, or use --solver dp (the exact DP, fast at this size)")
+                            f"plan latency {res.objective} units, best bound {res.bound} units "
+                            f"(gap {(res.objective - res.bound) / max(1, res.objective):.3%}); raise --time-limit"
+                            + (", or use --solver dp (the exact DP, fast at this size)" if problem.single_budget else ""))
         path = res.path
-        solver_info = dict(name="cp-sat", status=res.status, objective=res.objective, bound=res.bound, wall_s=res.wall_s)
+        outcome = SolveOutcome(name="cp-sat", status=res.status, objective=res.objective, bound=res.bound, wall_s=res.wall_s)
 
-    chosen = [_Chosen(e.start, e.size, e.kind, e.predictor, e.placement, e.latency_s, e.error)
-              for e in (problem.edges[i] for i in path)]
+    chosen = [problem.edges[i].planned() for i in path]
     schedule = _assemble(profile, profile_sha256=profile_sha256, world_size=G, max_window=J, policy="optimal", chosen=chosen,
-                         budget=budget, budget_units=b_units, scale=scale, min_psnr_db=min_psnr_db, solver_info=solver_info,
-                         latency_units_per_s=latency_units_per_s, options=options if solver == "cp-sat" else None)
+                         budget=reported_budget, sample_budget_units=problem.sample_budget_units, required=problem.min_within,
+                         coverage=coverage, scale=problem.error_units_per_unit, min_psnr_db=min_psnr_db,
+                         outcome=outcome, latency_units_per_s=latency_units_per_s,
+                         options=options if name == "cp-sat" else None)
     verify_schedule(schedule, profile)
     return PlanResult(schedule=schedule, warnings=tuple(warnings), problem=problem)
 
 
-def _path_of(problem: Problem, fixed: Sequence[FixedWindow]) -> tuple[int, ...]:
+def _path_of(problem: Problem, fixed: Sequence[PlannedWindow]) -> tuple[int, ...]:
     """The fixed plan as a path of problem edges (a pruned window replaced by exact windows,
     which dominate it); empty if some window has no edge."""
     path = []
@@ -258,30 +262,41 @@ def _path_of(problem: Problem, fixed: Sequence[FixedWindow]) -> tuple[int, ...]:
     return tuple(path)
 
 
-def _raise_infeasible(profile: Profile, *, world_size: int, max_window: int, budget: float, budget_units: int, scale: float):
-    least, least_units, least_scale = smallest_feasible_budget(profile, world_size=world_size, max_window=max_window)
-    raise UserError(f"no plan meets budget {budget!r} ({budget_units} error units at {scale:g} units per deviation unit); "
-                    f"the smallest feasible budget is {least!r} ({least_units} units at {least_scale:g}): pass --budget {least!r} or more")
+def _raise_infeasible(problem: Problem):
+    # the all-exact plan has zero error, so only a bound below zero (or a sample bound of zero
+    # units with a coverage no plan can reach) is infeasible
+    raise UserError(f"no plan meets the quality bound ({problem.sample_budget_units[:4]}{'...' if problem.samples > 4 else ''} "
+                    f"error units at {problem.error_units_per_unit:g} units per deviation unit, {problem.min_within} of "
+                    f"{problem.samples} samples required); pass a budget >= 0 (--budget 0 allows only lossless windows)")
 
 
 def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_window: int, policy: Policy,
-              chosen: Sequence[_Chosen], budget: float, budget_units: int, scale: float, min_psnr_db: Optional[float],
-              solver_info: dict, latency_units_per_s: float, options) -> Schedule:
+              chosen: Sequence[PlannedWindow], budget: float, sample_budget_units: Sequence[int], required: int,
+              coverage: Optional[float], scale: float, min_psnr_db: Optional[float], outcome: SolveOutcome,
+              latency_units_per_s: float, options) -> Schedule:
     windows = [_to_window(c) for c in chosen]
     base = Schedule(model=profile.model, resolution_px=profile.resolution_px, scheduler=profile.scheduler,
                     guidance_scale=profile.guidance_scale, num_steps=profile.num_steps, world_size=world_size,
                     max_window=max_window, output_bytes=profile.output_bytes, policy=policy,
                     totals=implied_totals(windows, world_size=world_size, output_bytes=profile.output_bytes), windows=windows)
     latency_s = math.fsum(c.latency_s for c in chosen)
-    error = math.fsum(c.error for c in chosen)
-    predicted_units = sum(error_units(c.error, scale=scale) for c in chosen)
+    per_sample = [math.fsum(col) for col in zip(*(c.errors for c in chosen))]
+    units = [sum(col) for col in zip(*((error_units(x, scale=scale) for x in c.errors) for c in chosen))]
+    within = sum(1 for u, b in zip(units, sample_budget_units) if u <= b)
     sequential_s = profile.sequential_time_s()
     speedup = sequential_s / latency_s if latency_s > 0 else 1.0
     cal = profile.calibration
-    quality = Quality(budget=budget, predicted=error, error_units_per_unit=scale, budget_units=budget_units,
-                      predicted_units=predicted_units, min_psnr_db=min_psnr_db,
-                      predicted_psnr_db=cal.psnr_db(error) if cal is not None else None)
-    solver = Solver(**solver_info, latency_units_per_s=latency_units_per_s,
+    # the worst image the statement requires to be within: the required-th smallest error
+    at_coverage = sorted(per_sample)[min(len(per_sample), required) - 1]
+    n = len(per_sample)
+    sq = SampleQuality(samples=n, required=required, within=within, budget_units=list(sample_budget_units),
+                       predicted_units=units) if n > 1 else None
+    quality = Quality(budget=float(budget), predicted=math.fsum(per_sample) / n, error_units_per_unit=scale,
+                      budget_units=sum(sample_budget_units), predicted_units=sum(units), coverage=coverage,
+                      per_sample=sq, min_psnr_db=min_psnr_db,
+                      predicted_psnr_db=cal.psnr_db(at_coverage) if cal is not None else None)
+    solver = Solver(name=outcome.name, status=outcome.status, objective=outcome.objective, bound=outcome.bound,
+                    wall_s=outcome.wall_s, latency_units_per_s=latency_units_per_s,
                     time_limit_s=options.time_limit_s if options is not None else None,
                     workers=options.resolved_workers() if options is not None else None,
                     seed=options.seed if options is not None else None)

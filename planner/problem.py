@@ -42,9 +42,10 @@ weakens, and ``build_problem`` reports it in ``Problem.notes``.)
 Dominance pruning (exact: it never changes the optimal value):
 
 1. Per (start, size, kind) the two predictors have equal latency. ``last`` needs less history than
-   ``linear``, so ``linear`` is kept only where its error is strictly lower (it then competes where
-   two fresh outputs precede the window, ``last`` elsewhere).
-2. An edge whose error alone exceeds the budget can be on no feasible path: dropped.
+   ``linear``, so ``linear`` is kept only where its error is strictly lower on some sample (it then
+   competes where two fresh outputs precede the window, ``last`` elsewhere).
+2. An edge whose error alone exceeds the bound of so many samples that fewer than ``min_within``
+   remain can be on no feasible path: dropped.
 3. A parallel or reuse edge s -> s+w whose latency is at least w exact windows' latency is
    dominated by that chain of exact windows (zero error, no more latency, needs no history and
    leaves at least as many fresh outputs): dropped.
@@ -68,18 +69,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, field
-from typing import Literal, Optional
+from typing import Literal, Optional, Sequence
 
 from ..profiles.model import Predictor, Profile
 
 EdgeKind = Literal["exact", "parallel", "reuse"]
 DEFAULT_LATENCY_UNITS_PER_S = 1e6
 ZERO_BUDGET_ERROR_SCALE = 1e6
+NO_AGGREGATE_BOUND = 2 ** 62          # Problem.budget_units when some samples may exceed their bound
 
 
 @dataclass(frozen=True)
 class Edge:
-    """One candidate window: steps ``start .. start+size-1``."""
+    """One candidate window: steps ``start .. start+size-1``.
+
+    Errors are per calibration sample (one entry for a profile without per-sample tables);
+    ``error_units`` is their sum, the one number single-constraint machinery (the DP oracle, the
+    Lagrangian bounds) works with."""
 
     start: int
     size: int
@@ -87,18 +93,36 @@ class Edge:
     predictor: Optional[Predictor]        # None for exact windows
     placement: tuple[int, ...]            # rank of each offset (parallel only; empty otherwise)
     latency_s: float
-    error: float                          # predicted output deviation (profile units)
+    errors: tuple[float, ...]             # predicted output error per sample (profile units)
     latency_units: int
-    error_units: int
+    sample_error_units: tuple[int, ...]   # ceil(errors[n] * scale)
 
     @property
     def stop(self) -> int:
         return self.start + self.size
 
+    @property
+    def error(self) -> float:
+        """Mean over samples."""
+        return math.fsum(self.errors) / len(self.errors)
+
+    @property
+    def error_units(self) -> int:
+        return sum(self.sample_error_units)
+
+    def planned(self) -> "PlannedWindow":
+        return PlannedWindow(self.start, self.size, self.kind, self.predictor, self.placement, self.latency_s, self.errors)
+
 
 @dataclass(frozen=True)
 class Problem:
-    """Integer instance of the constrained shortest path; edges sorted by (start, size, kind)."""
+    """Integer instance of the constrained shortest path; edges sorted by (start, size, kind).
+
+    Quality statement: at least ``min_within`` of the N samples have a path error (sum of their
+    ``sample_error_units``) at most their ``sample_budget_units``. With N = 1 (or every sample
+    required) ``budget_units`` = the sum of the sample budgets is a valid single constraint on
+    ``Edge.error_units`` (exact for N = 1: the DP's problem; a relaxation otherwise); with
+    ``min_within < N`` there is no such constraint and ``budget_units`` is ``NO_AGGREGATE_BOUND``."""
 
     num_steps: int
     world_size: int
@@ -108,9 +132,34 @@ class Problem:
     error_units_per_unit: float
     latency_units_per_s: float
     edges: tuple[Edge, ...]
+    sample_budget_units: tuple[int, ...] = ()
+    min_within: int = 1
     notes: tuple[str, ...] = ()
     out_edges: tuple[tuple[int, ...], ...] = field(default=(), repr=False)   # per boundary: edge indices leaving it
     in_edges: tuple[tuple[int, ...], ...] = field(default=(), repr=False)    # per boundary: edge indices entering it
+
+    @property
+    def samples(self) -> int:
+        return len(self.sample_budget_units)
+
+    @property
+    def single_budget(self) -> bool:
+        """One constraint says it all (the DP oracle's problem)."""
+        return self.samples == 1
+
+    def sample_totals(self, path) -> list[int]:
+        totals = [0] * self.samples
+        for i in path:
+            for n, u in enumerate(self.edges[i].sample_error_units):
+                totals[n] += u
+        return totals
+
+    def samples_within(self, path) -> int:
+        return sum(1 for t, b in zip(self.sample_totals(path), self.sample_budget_units) if t <= b)
+
+    def path_feasible(self, path) -> bool:
+        """The quality statement holds for this path (edge indices)."""
+        return self.samples_within(path) >= self.min_within
 
     def edge_index(self, *, start: int, size: int, kind: EdgeKind, predictor: Optional[Predictor] = None) -> Optional[int]:
         """The edge for this window (any predictor if ``predictor`` is None: the lowest error)."""
@@ -134,6 +183,24 @@ class Problem:
                     if k >= fresh_needed(kind=e.kind, predictor=e.predictor):
                         out.append((i, 3 * b + k, 3 * e.stop + fresh_after(kind=e.kind, size=e.size, fresh_before=k)))
         return out
+
+
+@dataclass(frozen=True)
+class PlannedWindow:
+    """A window of a plan with the planner's own numbers, whichever policy chose it (the fixed
+    plan's windows, or an optimal path's edges: ``Edge.planned()``)."""
+
+    start: int
+    size: int
+    kind: EdgeKind
+    predictor: Optional[Predictor]
+    placement: tuple[int, ...]
+    latency_s: float
+    errors: tuple[float, ...]             # per calibration sample (see Profile.window_errors)
+
+    @property
+    def error(self) -> float:
+        return math.fsum(self.errors) / len(self.errors)
 
 
 def round_robin_placement(*, size: int, world_size: int) -> tuple[int, ...]:
@@ -185,15 +252,17 @@ def budget_units_for(budget: float, *, scale: float) -> int:
     return math.floor(budget * scale)
 
 
-def _window_errors(profile: Profile, *, kind: Literal["parallel", "reuse"], start: int, predictor: Predictor) -> list[float]:
-    """``profile.window_deviation(kind, start=start, size=w, predictor=predictor)`` for w = 1..len(row),
-    bit for bit (the same products, the same exactly rounded ``math.fsum``), without recomputing
-    the products for every size."""
-    tables = profile.deviation if kind == "parallel" else profile.reuse_deviation
-    row = tables[predictor].mean[start]
-    gain = profile.propagation.gain
-    products = [gain[start + j] * row[j] for j in range(len(row))]
-    return [math.fsum(products[:w]) for w in range(1, len(row) + 1)]
+def _window_errors(profile: Profile, *, kind: Literal["parallel", "reuse"], start: int, predictor: Predictor) -> list[tuple[float, ...]]:
+    """``profile.window_errors(kind, start=start, size=w, predictor=predictor)`` for w = 1..J (per
+    sample; bit for bit the profile's numbers)."""
+    out = []
+    w = 1
+    while True:
+        v = profile.window_errors(kind, start=start, size=w, predictor=predictor)
+        if v is None:
+            return out
+        out.append(v)
+        w += 1
 
 
 def fresh_needed(*, kind: EdgeKind, predictor: Optional[Predictor]) -> int:
@@ -212,9 +281,9 @@ def fresh_after(*, kind: EdgeKind, size: int, fresh_before: int) -> int:
     return 0
 
 
-def candidate_windows(profile: Profile, *, world_size: int, max_window: int) -> list[tuple[int, int, EdgeKind, Optional[Predictor], tuple[int, ...], float, float]]:
+def candidate_windows(profile: Profile, *, world_size: int, max_window: int) -> list[tuple[int, int, EdgeKind, Optional[Predictor], tuple[int, ...], float, tuple[float, ...]]]:
     """Every candidate window after predictor dominance (rule 1), before budget pruning:
-    (start, size, kind, predictor, placement, latency_s, error)."""
+    (start, size, kind, predictor, placement, latency_s, per-sample errors)."""
     T = profile.num_steps
     J = max_window
     exact_s = window_latency_s(profile, kind="exact", size=1, world_size=world_size)
@@ -222,9 +291,10 @@ def candidate_windows(profile: Profile, *, world_size: int, max_window: int) -> 
     latency = {("parallel", w): window_latency_s(profile, kind="parallel", size=w, world_size=world_size, placement=placements[w])
                for w in range(2, J + 1)}
     latency.update({("reuse", w): window_latency_s(profile, kind="reuse", size=w, world_size=world_size) for w in range(1, J + 1)})
+    zero = (0.0,) * profile.quality_samples
     out = []
     for s in range(T):
-        out.append((s, 1, "exact", None, (), exact_s, 0.0))
+        out.append((s, 1, "exact", None, (), exact_s, zero))
         if s == 0:
             continue
         for kind in ("parallel", "reuse"):
@@ -237,50 +307,71 @@ def candidate_windows(profile: Profile, *, world_size: int, max_window: int) -> 
                 placement = placement_of.get(w, ())
                 if w <= len(last):
                     out.append((s, w, kind, "last", placement, lat, last[w - 1]))
-                if w <= len(linear) and (w > len(last) or linear[w - 1] < last[w - 1]):
+                if w <= len(linear) and (w > len(last) or _better_somewhere(linear[w - 1], last[w - 1])):
                     out.append((s, w, kind, "linear", placement, lat, linear[w - 1]))
     return out
 
 
+def _better_somewhere(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+    """``a`` lower than ``b`` on some sample. ``linear`` needs more history than ``last`` at equal
+    latency, so where ``last`` is no worse on every sample it dominates and ``linear`` is dropped."""
+    return any(x < y for x, y in zip(a, b))
+
+
 def build_problem(profile: Profile, *, world_size: int, max_window: int, budget: float,
                   budget_units: Optional[int] = None, error_units_per_unit: Optional[float] = None,
+                  sample_budgets: Optional[Sequence[float]] = None, sample_budget_units: Optional[Sequence[int]] = None,
+                  min_within: Optional[int] = None,
                   latency_units_per_s: float = DEFAULT_LATENCY_UNITS_PER_S) -> Problem:
     """The integer instance for ``profile`` on ``world_size`` ranks with windows up to ``max_window``.
 
-    ``budget_units`` overrides ``floor(budget * scale)`` (used when the budget is the fixed plan's
-    own integer error). ``error_units_per_unit`` overrides ``error_scale_for(budget)``.
-    A negative budget is allowed here (the instance is then infeasible); the CLI rejects it first.
+    Quality statement: sample n's error at most ``sample_budgets[n]`` (default: ``budget`` for every
+    sample) for at least ``min_within`` samples (default: all). ``sample_budget_units`` (or, with one
+    sample, ``budget_units``) overrides ``floor(budget * scale)`` (used when the bounds are the fixed
+    plan's own integer errors). ``error_units_per_unit`` overrides ``error_scale_for`` of the least
+    bound. A negative budget is allowed here (the instance is then infeasible); the CLI rejects it.
     """
     if world_size < 1 or max_window < 1:
         raise ValueError(f"world_size and max_window must be >= 1 (got {world_size}, {max_window})")
     if max_window > profile.max_window:
         raise ValueError(f"max_window={max_window} exceeds the profile's max_window={profile.max_window}")
     T = profile.num_steps
-    scale = error_units_per_unit if error_units_per_unit is not None else error_scale_for(budget)
-    b_units = budget_units if budget_units is not None else budget_units_for(budget, scale=scale)
+    N = profile.quality_samples
+    budgets = tuple(sample_budgets) if sample_budgets is not None else (budget,) * N
+    if len(budgets) != N:
+        raise ValueError(f"{len(budgets)} sample budgets for a profile with {N} samples")
+    K = N if min_within is None else min_within
+    if not 1 <= K <= N:
+        raise ValueError(f"min_within={K} must be in 1..{N}")
+    scale = error_units_per_unit if error_units_per_unit is not None else error_scale_for(min(budgets))
+    if sample_budget_units is not None:
+        b_units = tuple(int(u) for u in sample_budget_units)
+    elif budget_units is not None and N == 1:
+        b_units = (int(budget_units),)
+    else:
+        b_units = tuple(budget_units_for(b, scale=scale) for b in budgets)
     notes = []
     fwd = profile.compute.forward_s
     if any(b < a for a, b in zip(fwd, fwd[1:])):
         notes.append("profile forward times are not nondecreasing in k: round-robin placement may not be optimal")
     exact_units = latency_units(window_latency_s(profile, kind="exact", size=1, world_size=world_size), scale=latency_units_per_s)
     edges: list[Edge] = []
-    for (s, w, kind, pred, placement, lat_s, err) in candidate_windows(profile, world_size=world_size, max_window=max_window):
-        e_units = error_units(err, scale=scale)
+    for (s, w, kind, pred, placement, lat_s, errs) in candidate_windows(profile, world_size=world_size, max_window=max_window):
+        e_units = tuple(error_units(x, scale=scale) for x in errs)
         l_units = latency_units(lat_s, scale=latency_units_per_s)
         if kind != "exact":
-            if e_units > b_units:                        # rule 2
+            if sum(1 for u, b in zip(e_units, b_units) if u <= b) < K:     # rule 2
                 continue
             if l_units >= w * exact_units:               # rule 3
                 continue
         edges.append(Edge(start=s, size=w, kind=kind, predictor=pred, placement=placement, latency_s=lat_s,
-                          error=err, latency_units=l_units, error_units=e_units))
+                          errors=errs, latency_units=l_units, sample_error_units=e_units))
     out_edges: list[list[int]] = [[] for _ in range(T + 1)]
     in_edges: list[list[int]] = [[] for _ in range(T + 1)]
     for i, e in enumerate(edges):
         out_edges[e.start].append(i)
         in_edges[e.stop].append(i)
     return Problem(num_steps=T, world_size=world_size, max_window=max_window, budget=budget,
-                   budget_units=b_units, error_units_per_unit=scale, latency_units_per_s=latency_units_per_s,
-                   edges=tuple(edges), notes=tuple(notes),
-                   out_edges=tuple(tuple(x) for x in out_edges), in_edges=tuple(tuple(x) for x in in_edges))
-
+                   budget_units=sum(b_units) if K == N else NO_AGGREGATE_BOUND, error_units_per_unit=scale,
+                   latency_units_per_s=latency_units_per_s, edges=tuple(edges), sample_budget_units=b_units, min_within=K,
+                   notes=tuple(notes), out_edges=tuple(tuple(x) for x in out_edges), in_edges=tuple(tuple(x) for x in in_edges))

@@ -21,9 +21,6 @@ DIGIT_PROMPTS = tuple(str(d) for d in range(10))
 TEXT_PROMPTS = ("a photo of an astronaut riding a horse on the moon", "a red sports car parked by the sea at sunset",
                 "a bowl of fruit on a wooden table, studio lighting")
 DEFAULT_SEEDS = (0, 1)
-VERIFY_SEED_OFFSET = 1000      # verification runs use other seeds than the profiling runs
-VERIFY_SEEDS = 4               # seeds per prompt in verification runs (per-image PSNR is heavy-tailed: many images)
-VERIFY_QUANTILE = 0.05         # --min-psnr targets are set to hold for ~95% of calibration images
 
 
 def default_call(pipe, model: str):
@@ -101,33 +98,35 @@ def run(args) -> int:
 
 
 def calibrate_profile(pipe, profile, *, settings, count: int, say) -> "object":
-    """``profile`` with a PSNR calibration fitted from ``count`` verification runs."""
-    from .calibrate import fit_calibration, sample_schedules, verify
+    """``profile`` with a per-image PSNR calibration fitted from ``count`` verification plans, run
+    on the profile's own calibration samples (each image's prediction is per sample)."""
     from ..profiles.io import dump_profile
     from ..profiles.model import Measured, profile_sha256
-    from .measure import cpu_threads, samples_of
+    from .calibrate import fit_calibration, sample_schedules, verify
+    from .measure import cpu_threads
 
+    if profile.output_errors is None:
+        raise UserError(f"profile '{profile.name}' has no per-sample quality model (output_errors) to calibrate; re-profile it")
     sha = profile_sha256(dump_profile(profile))
     sizes = tuple(g for g in (2, 4, 8) if g <= max(settings.gpus, 2)) or (2,)
     schedules = sample_schedules(profile, sha, count=count, world_sizes=sizes, seed=0)
-    say(f"verify: {len(schedules)} distinct schedules for world sizes {list(sizes)}")
-    v_seeds = tuple(VERIFY_SEED_OFFSET + k for k in range(VERIFY_SEEDS))
-    prompts, seeds = samples_of(settings.prompts, v_seeds)
+    say(f"verify: {len(schedules)} distinct plans for world sizes {list(sizes)}")
+    samples = profile.output_errors.samples
+    prompts, seeds = [s.prompt for s in samples], [s.seed for s in samples]
     with cpu_threads(pipe, settings.threads):
-        runs = verify(pipe, schedules, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say)
+        runs = verify(pipe, profile, schedules, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say)
     try:
-        cal, info = fit_calibration(runs, quantile=VERIFY_QUANTILE)
+        cal, info = fit_calibration(runs)
     except ValueError as exc:
         raise UserError(str(exc)) from None
-    say(f"calibration: psnr = {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} log10(E); held-out Spearman "
-        f"{cal.spearman:.3f}, median |error| {cal.median_abs_error_db:.2f} dB; {info}")
+    say(f"calibration: psnr = {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} log10(E); {info}")
     old = profile.provenance
+    dev = old.deviation
     prov = old.model_copy(update={"calibration": Measured(
-        device=old.deviation.device if isinstance(old.deviation, Measured) else "unknown",
-        date=old.deviation.date if isinstance(old.deviation, Measured) else "",
-        prompts=[str(p) for p in settings.prompts], seeds=list(v_seeds),
-        packages=old.deviation.packages if isinstance(old.deviation, Measured) else {},
-        notes=f"{len(runs)} verification schedules run in one process (quality does not depend on hardware)")})
+        device=dev.device if isinstance(dev, Measured) else "unknown", date=dev.date if isinstance(dev, Measured) else "",
+        prompts=sorted({str(p) for p in prompts}), seeds=sorted(set(seeds)),
+        packages=dev.packages if isinstance(dev, Measured) else {},
+        notes=f"{len(runs)} verification plans run in one process on the calibration samples (quality does not depend on hardware)")})
     return profile.model_copy(update={"calibration": cal, "provenance": prov})
 
 

@@ -65,7 +65,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
 from ..profiles.model import (
-    Comm, CommEntry, Compute, DeviationStats, Measured, Prior, Profile, Propagation, Provenances, Similarity,
+    CalibrationSample, Comm, CommEntry, Compute, DeviationStats, Measured, OutputErrors, Prior, Profile, Propagation,
+    Provenances, Similarity,
 )
 
 PREDICTORS = ("last", "linear")
@@ -87,6 +88,7 @@ class ProfilerSettings:
     name: Optional[str] = None
     interconnect: Optional[str] = None
     propagation_stride: int = 1
+    quality_rank: int = 4
     timing_repeats: int = 3
     threads: int = 1
     measure_comm: bool = True
@@ -197,18 +199,13 @@ def _scratch_step(traj: Trajectory, sched_cls: type, i: int, *, model_output, sa
 # ---- pipeline calls -------------------------------------------------------------------------
 
 def _call(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_steps: int, call_kwargs: Mapping[str, Any],
-          output_type: str = "latent", device=None):
-    torch = _torch()
-    dev = device if device is not None else getattr(pipe, "device", "cpu")
-    gens = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
+          output_type: str = "latent"):
+    """The executor's one pipeline call for all samples, latents out unless ``call_kwargs`` says otherwise."""
+    from ..executor.evaluate import call_pipeline
+
     kwargs = dict(call_kwargs)
     kwargs.setdefault("output_type", output_type)
-    return pipe(prompt=list(prompts), num_inference_steps=num_steps, generator=gens, **kwargs)
-
-
-def samples_of(prompts: Sequence[Any], seeds: Sequence[int]) -> tuple[list[Any], list[int]]:
-    """Every prompt with every seed: (prompt per sample, seed per sample)."""
-    return [p for s in seeds for p in prompts], [int(s) for s in seeds for _ in prompts]
+    return call_pipeline(pipe, prompts=prompts, seeds=seeds, num_steps=num_steps, call_kwargs=kwargs)
 
 
 # ---- 1. reference -----------------------------------------------------------------------------
@@ -324,8 +321,12 @@ def window_predictions(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int
 
 
 def deviation_tables(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, max_window: int, call_kwargs,
-                     progress: Optional[Callable[[str], None]] = None) -> tuple[dict, dict, int]:
-    """``(deviation, reuse_deviation, forwards)``; tables are ``{pred: {"mean": rows, "max": rows}}``."""
+                     progress: Optional[Callable[[str], None]] = None,
+                     predictions: Optional[dict] = None) -> tuple[dict, dict, int]:
+    """``(deviation, reuse_deviation, forwards)``; tables are ``{pred: {"mean": rows, "max": rows}}``.
+
+    ``predictions``, if given, receives ``{(predictor, s): [ehat_s, ..., ehat_{s+size-1}]}`` (ehat_s =
+    e_s: offset 0 is exact), the outputs the quality model chains through (``window_output_errors``)."""
     torch = _torch()
     T, J = num_steps, max_window
     sched_cls = type(pipe.scheduler)
@@ -363,6 +364,8 @@ def deviation_tables(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, 
                 _, ehat, n = window_predictions(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T,
                                                 call_kwargs=call_kwargs, start=s, size=size, predictor=p)
                 forwards += n
+                if predictions is not None:
+                    predictions[(p, s)] = [traj.e[s]] + list(ehat[1:])
                 with torch.no_grad():
                     for j in range(1, size):
                         d = rms_per_sample(_scratch_step(traj, sched_cls, s + j, model_output=ehat[j], sample=traj.x[s + j])
@@ -379,9 +382,11 @@ def deviation_tables(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, 
 # ---- 3. propagation ---------------------------------------------------------------------------
 
 def perturbed_output(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, call_kwargs, step: int,
-                     direction) -> tuple[Any, int]:
-    """x_T when ``direction`` is added to x_{step+1}; the prefix 0..step is replayed (no forwards
-    but the hooks' step-0 placeholder). Returns (x_T', forwards)."""
+                     direction, outputs: Optional[Mapping[int, Any]] = None) -> tuple[Any, int]:
+    """x_T when ``direction`` (or None) is added to x_{step+1}; the prefix 0..step is replayed (no
+    forwards but the hooks' step-0 placeholder) from the recorded outputs, or from ``outputs[i]``
+    where given (a window's own outputs: the real scheduler then carries the window's history, as
+    in a run). Returns (x_T', forwards)."""
     torch = _torch()
     from ..executor.hooks import ParaStepConfig, StepRecord, apply_parastep, remove_parastep
     from ..schedules.model import ExactWindow
@@ -395,7 +400,7 @@ def perturbed_output(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, 
             out = orig(*args, **kwargs)
             i = calls[0]
             calls[0] += 1
-            if i == step:
+            if i == step and direction is not None:
                 x = _first(out) + direction.to(device=_first(out).device, dtype=_first(out).dtype)
                 if isinstance(out, tuple):
                     return (x, *out[1:])
@@ -409,7 +414,7 @@ def perturbed_output(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, 
             final[:] = [rec.latents_out.detach().clone()]
 
     cfg = ParaStepConfig(windows=[ExactWindow(start=i) for i in range(T)], num_steps=T, observer=observer,
-                         override_outputs={i: traj.e[i] for i in range(step + 1)})
+                         override_outputs={i: (outputs or {}).get(i, traj.e[i]) for i in range(step + 1)})
     sched = pipe.scheduler
     with _instance_override(sched, "step", factory):
         handle = apply_parastep(pipe, cfg)
@@ -455,6 +460,142 @@ def propagation_gain(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, 
         a, b = math.log(max(measured[lo], 1e-30)), math.log(max(measured[hi], 1e-30))
         gain.append(math.exp(a + (b - a) * (i - lo) / (hi - lo)))
     return gain, forwards
+
+
+# ---- 3b. quality model: each window's own deviation, propagated to the output ---------------------
+
+def _chain(traj: Trajectory, sched_cls: type, *, start: int, outputs: Sequence[Any]) -> list:
+    """``x'_{start+j+1}`` for j = 0..len(outputs)-1: the scheduler stepped from the exact ``x_start``
+    with ``outputs[j]`` applied at step start+j, on ONE scratch copy of the reference state at
+    ``start`` (so a multistep scheduler's history holds the window's own outputs, as in a run)."""
+    scratch = object.__new__(sched_cls)
+    scratch.__dict__.update(copy.deepcopy(traj.states[start]))
+    x = traj.x[start]
+    out = []
+    for j, e in enumerate(outputs):
+        b = inspect.BoundArguments(traj.bound[start + j].signature, dict(traj.bound[start + j].arguments))
+        b.arguments["model_output"] = e
+        b.arguments["sample"] = x
+        x = _first(traj.step_fn(scratch, *b.args, **b.kwargs))
+        out.append(x)
+    return out
+
+
+def carries_history(traj: Trajectory) -> bool:
+    """Does the scheduler keep model outputs across steps (multistep solvers: a list of tensors in
+    its state, e.g. DPM-Solver++'s ``model_outputs``, PNDM's ``ets``)?"""
+    torch = _torch()
+    state = traj.states[-1]
+    return any(isinstance(v, (list, tuple)) and any(torch.is_tensor(t) for t in v) for v in state.values())
+
+
+def boundary_deviations(traj: Trajectory, sched_cls: type, predictions: Mapping, *, num_steps: int,
+                        max_window: int) -> dict[int, list[tuple[tuple, Any]]]:
+    """``{b: [((kind, predictor, s, w), x'_b - x_b, outputs), ...]}``: for every candidate window
+    (s, w) with b = s + w, the deviation it leaves at its end boundary when it starts from the exact
+    ``x_s``, and the ``w`` outputs it applied
+    (kind ``parallel``: the offsets' predictions ``ehat``; ``reuse``: the predictor's stand-ins).
+    No forwards: the predictions were made by ``deviation_tables``."""
+    torch = _torch()
+    T, J = num_steps, max_window
+    out: dict[int, list] = {}
+    with torch.no_grad():
+        for p in PREDICTORS:
+            for s in range(1 if p == "last" else 2, T):
+                size = min(J, T - s)
+                applied_outputs = {"reuse": [stand_in(traj, predictor=p, start=s, k=j) for j in range(size)]}
+                if (p, s) in predictions:
+                    applied_outputs["parallel"] = list(predictions[(p, s)])
+                chains = {kind: _chain(traj, sched_cls, start=s, outputs=outs) for kind, outs in applied_outputs.items()}
+                for kind, xs in chains.items():
+                    applied = applied_outputs[kind]
+                    for j, x in enumerate(xs):
+                        if kind == "parallel" and j == 0:
+                            continue                      # a parallel window has w >= 2
+                        out.setdefault(s + j + 1, []).append(((kind, p, s, j + 1), x - traj.x[s + j + 1], applied[: j + 1]))
+    return out
+
+
+def window_output_errors(pipe, traj: Trajectory, deviations: Mapping[int, list], *, prompts, seeds, num_steps: int,
+                         call_kwargs, rank: int, gain: Sequence[float], direct: bool = False,
+                         progress: Optional[Callable[[str], None]] = None) -> tuple[dict, int, float]:
+    """Per sample, the output RMS (latent units) of every candidate window run alone (every other
+    step exact): ``errors[(kind, predictor, s, w)] = [per sample]``; plus forwards and the least
+    captured energy fraction.
+
+    The window's own steps are exact (``boundary_deviations``); what follows it is linearised: the
+    rest of the run maps a deviation D at boundary b to about ``J_b D`` at the output. All windows
+    ending at b share ``J_b``, and their D's (per sample) lie close to a few directions: the top
+    ``rank`` right singular vectors V of the stacked D's. Each direction is pushed through the
+    rest of the real run once, at the size of the deviations themselves (a finite difference,
+    ``perturbed_output``), so ``J_b D ~ (D V^T) (J_b V)``. Cost: ``rank`` runs of ``T - b`` steps
+    per boundary, ``rank (T-1)(T-2)/2`` forwards in all, independent of the window count.
+    The part of D outside the top directions (residual R) is priced with the random-direction gain
+    ``gain[b-1]`` and added in quadrature: ``|O|^2 = |(D V^T)(J_b V)|^2 + (gain[b-1] |R|)^2``, so no
+    window looks cheaper than its deviation warrants. The captured share (energy-weighted over all
+    windows and samples) is returned and recorded in the profile.
+
+    ``direct=True`` (schedulers that carry model outputs across steps, ``carries_history``) runs every
+    window end to end instead, the window's outputs replayed through the real scheduler: exact, and
+    ``(T - b)`` forwards per window (about ``4 J T^2 / 2`` in all).
+    """
+    torch = _torch()
+    T = num_steps
+    x_T = traj.x[T]
+    errors: dict[tuple, list[float]] = {}
+    forwards = 0
+    kept_total, norm_total = 0.0, 0.0
+    t0 = time.perf_counter()
+    for n_done, b in enumerate(sorted(deviations)):
+        keys = [k for k, _, _ in deviations[b]]
+        M = torch.stack([d.reshape(d.shape[0], -1).double() for _, d, _ in deviations[b]], dim=1)   # N x m x dim
+        N, m, dim = M.shape
+        if direct and b < T:
+            # the scheduler carries model outputs across steps: the window's own history changes
+            # what follows it, which no perturbation of x_b alone shows. Run each window end to end.
+            rms_out = torch.zeros(N, m, dtype=torch.float64)
+            for i, ((_kind, _p, s, _w), _d, applied) in enumerate(deviations[b]):
+                out, n = perturbed_output(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=call_kwargs,
+                                          step=b - 1, direction=None, outputs={s + j: e for j, e in enumerate(applied)})
+                forwards += n
+                rms_out[:, i] = (out - x_T).reshape(N, -1).double().pow(2).mean(-1).sqrt()
+            kept_total += float(M.pow(2).sum())
+            norm_total += float(M.pow(2).sum())
+        elif b == T:
+            rms_out = M.pow(2).mean(-1).sqrt()             # the last step's deviation is the output's
+        else:
+            _, S, Vh = torch.linalg.svd(M, full_matrices=False)
+            r = min(rank, Vh.shape[1])
+            V = Vh[:, :r]                                   # N x r x dim, orthonormal rows
+            coeff = M @ V.transpose(1, 2)                   # N x m x r
+            norms = M.pow(2).sum(-1)
+            kept = coeff.pow(2).sum(-1)
+            kept_total += float(kept.sum())
+            norm_total += float(norms.sum())
+            residual_ms = (norms - kept).clamp_min(0.0) / dim     # mean square of the unpropagated part
+            # step size: the median RMS of this sample's nonzero deviations at b (the scale that matters)
+            rms = (norms / dim).sqrt()
+            eps = torch.stack([row[row > 0].median() if bool((row > 0).any()) else torch.tensor(0.0, dtype=row.dtype)
+                               for row in rms])                                      # N
+            JV = torch.zeros(N, r, x_T[0].numel(), dtype=torch.float64)
+            for k in range(r):
+                if not bool((eps > 0).any()):
+                    break
+                scale = (eps * math.sqrt(dim)).view(N, 1)    # unit-L2 direction -> RMS eps
+                direction = (V[:, k] * scale).reshape(traj.x[b].shape).to(traj.x[b].dtype)
+                out, n = perturbed_output(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T,
+                                          call_kwargs=call_kwargs, step=b - 1, direction=direction)
+                forwards += n
+                diff = (out - x_T).reshape(N, -1).double()
+                JV[:, k] = torch.where(scale > 0, diff / scale.clamp_min(1e-300), torch.zeros_like(diff))
+            O = coeff @ JV                                  # N x m x dim_out
+            rms_out = (O.pow(2).mean(-1) + (gain[b - 1] ** 2) * residual_ms).sqrt()      # N x m
+        for i, key in enumerate(keys):
+            errors[key] = [float(v) for v in rms_out[:, i]]
+        if progress is not None and (n_done % 10 == 9 or n_done == len(deviations) - 1):
+            progress(f"quality model: boundary {n_done + 1}/{len(deviations)}, {forwards} forwards, "
+                     f"{time.perf_counter() - t0:.1f} s")
+    return errors, forwards, (kept_total / norm_total if norm_total > 0 else 1.0)
 
 
 # ---- 4. similarity ----------------------------------------------------------------------------
@@ -579,8 +720,12 @@ def fit_alpha_beta(points: Sequence[tuple[int, float]], *, output_bytes: int) ->
     pts = [(float(n), float(t)) for n, t in points]
     slopes = [(t2 - t1) / (n2 - n1) for i, (n1, t1) in enumerate(pts) for (n2, t2) in pts[i + 1:] if n2 != n1]
     b = statistics.median(slopes) if slopes else 0.0
-    b = max(b, 1e-12)          # noise can make the slope <= 0 for tiny outputs: bandwidth is then "very large"
-    a = max(0.0, statistics.median(t - b * n for n, t in pts))
+    a = statistics.median(t - b * n for n, t in pts)
+    if not b > 0 or a < 0:
+        # a clamped fit would be a number nobody measured: refuse it
+        raise ValueError(f"exchange fit refused: time per output {b:.3g} s and latency {a:.3g} s from {pts}; the exchange "
+                         "did not grow with the bytes sent (noise or contention): re-run on an idle machine, or pass "
+                         "--interconnect NAME to price the exchange from a preset")
     return a, output_bytes / b
 
 
@@ -590,7 +735,8 @@ def measure_comm(*, world_sizes: Sequence[int], output_shape: Sequence[int], dty
 
     entries, raw = [], {}
     for g in world_sizes:
-        sizes = [g, 2 * g, 4 * g, 8 * g]
+        # outputs per exchange: g .. 4^5 g, up to 64 MiB, so the bytes term stands out of the latency
+        sizes = [g * 4 ** k for k in range(6) if k == 0 or g * 4 ** k * output_bytes <= 64 * 2 ** 20]
         with tempfile.TemporaryDirectory() as tmp:
             out = Path(tmp) / "comm.json"
             launch(_comm_worker, {"shape": list(output_shape), "dtype": dtype, "sizes": sizes, "repeats": repeats,
@@ -662,6 +808,8 @@ def measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Call
 def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Callable[[str], None]] = None) -> ProfileRun:
     say = progress or (lambda msg: None)
     T, J = settings.num_steps, min(settings.max_window, settings.num_steps)
+    from ..executor.evaluate import samples_of
+
     prompts, seeds = samples_of(settings.prompts, settings.seeds)
     kw = dict(settings.call_kwargs)
     pipe.set_progress_bar_config(disable=True)
@@ -674,10 +822,10 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
     forwards["reference"] = traj.forwards
     say(f"reference: {len(prompts)} samples x {T} steps, {traj.forwards} forwards, {time.perf_counter() - t0:.1f} s")
 
+    predictions: dict = {}
     dev, reuse, n_dev = deviation_tables(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, max_window=J,
-                                         call_kwargs=kw, progress=say)
+                                         call_kwargs=kw, progress=say, predictions=predictions)
     forwards["deviation"] = n_dev
-
     nonzero = [v for p in PREDICTORS for row in dev[p]["mean"] for v in row if v > 0]
     if nonzero:
         delta = statistics.median(nonzero)
@@ -686,6 +834,20 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
     gain, n_prop = propagation_gain(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=kw,
                                     delta=delta, stride=settings.propagation_stride, progress=say)
     forwards["propagation"] = n_prop
+    t1 = time.perf_counter()
+    bdev = boundary_deviations(traj, type(pipe.scheduler), predictions, num_steps=T, max_window=J)
+    del predictions
+    direct = carries_history(traj)
+    errs, n_q, captured = window_output_errors(pipe, traj, bdev, prompts=prompts, seeds=seeds, num_steps=T,
+                                               call_kwargs=kw, rank=settings.quality_rank, gain=gain, direct=direct,
+                                               progress=say)
+    del bdev
+    forwards["quality"] = n_q
+    say(f"quality model: {len(errs)} windows x {len(prompts)} samples, {n_q} forwards, {time.perf_counter() - t1:.1f} s, "
+        f"captured energy {captured:.4f}")
+    output_errors = _output_errors(errs, prompts=prompts, seeds=seeds, num_steps=T, max_window=J,
+                                   rank=settings.quality_rank, captured=captured)
+
     sim = similarity(traj)
 
     compute, out_bytes, cdet = measure_compute(pipe, prompt=settings.prompts[0], seed=settings.seeds[0], num_steps=T,
@@ -709,6 +871,14 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
         compute=measured.model_copy(update={"notes": f"batch 1, median of {settings.timing_repeats} runs; forward_s[k-1] = "
                                                      f"k consecutive forwards as the executor runs a rank's offsets"}),
         comm=comm_prov,
+        output_errors=measured.model_copy(update={"notes": (
+            (f"each candidate window run alone from the exact trajectory and on to the output, end to end (the scheduler "
+             f"carries model outputs across steps); output RMS per sample in latent units; {n_q} forwards")
+            if direct else
+            (f"each candidate window run alone from the exact trajectory, its end-boundary deviation pushed to the output "
+             f"along the top {settings.quality_rank} directions per boundary and sample (finite differences through the real run; "
+             f"captured energy {captured:.4f}, rest priced by propagation.gain); output RMS per sample in latent units; "
+             f"{n_q} forwards = rank x (T-1)(T-2)/2 + placeholders"))}),
     )
     guidance = kw.get("guidance_scale")
     profile = Profile(
@@ -727,11 +897,40 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
         similarity=sim,
         compute=compute,
         comm=comm,
+        output_errors=output_errors,
     )
     total_extra = n_dev
     say(f"forwards: reference {traj.forwards}, deviation {n_dev} ({total_extra / T:.1f} per step; bound {1 + 2 * J}), "
         f"propagation {n_prop}")
     return ProfileRun(profile=profile, forwards=forwards, trajectory=traj, delta=delta, notes=notes)
+
+
+def _round_sig(v: float, digits: int = 4) -> float:
+    """``v`` to ``digits`` significant digits (the quality model is not more precise; keeps the YAML small)."""
+    return float(f"{v:.{digits - 1}e}") if v > 0 else 0.0
+
+
+def _output_errors(errs: Mapping[tuple, list[float]], *, prompts, seeds, num_steps: int, max_window: int, rank: int,
+                   captured: float) -> OutputErrors:
+    T, J = num_steps, max_window
+    n = len(prompts)
+    tables: dict = {kind: {} for kind in ("parallel", "reuse")}
+    for kind in tables:
+        for p in PREDICTORS:
+            rows = []
+            for s in range(T):
+                if s < (1 if p == "last" else 2):
+                    rows.append([])
+                    continue
+                row = []
+                for w in range(1, min(J, T - s) + 1):
+                    v = errs.get((kind, p, s, w))
+                    row.append([_round_sig(x) for x in v] if v is not None else [0.0] * n)   # parallel w = 1: exact
+                rows.append(row)
+            tables[kind][p] = rows
+    return OutputErrors(samples=[CalibrationSample(prompt=str(pr), seed=int(sd)) for pr, sd in zip(prompts, seeds)],
+                        parallel=tables["parallel"], reuse=tables["reuse"], rank=rank,
+                        captured_energy=max(0.0, min(1.0, captured)))
 
 
 def _comm_part(pipe, settings: ProfilerSettings, *, out_bytes: int, traj: Trajectory, measured: Measured, say,

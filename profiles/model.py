@@ -15,6 +15,12 @@ Table axes (all 0-based):
 - ``propagation.gain[i]``: output deviation per unit of local deviation injected at step i.
   A window's predicted error is ``sum_j gain[s + j] * table[s][j]``.
 - ``compute.forward_s[k-1]``: wall time of one rank computing k offsets (k = 1..len).
+- ``output_errors`` (measured profiles): the quality model the planner uses when present. For
+  each calibration sample n, ``output_errors.parallel[predictor][s][w-1][n]`` is the output RMS
+  (latent units, vs the sequential output) of a parallel window (s, w) run alone, every other step
+  exact; ``reuse`` likewise. A plan's predicted error for sample n is the sum over its windows
+  (windows were measured to add up sub-additively: the sum is an upper-leaning estimate).
+  Without it (priors) the single "sample" is the mean table priced by ``propagation.gain``.
 """
 
 from __future__ import annotations
@@ -26,7 +32,8 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PROFILE_SCHEMA_VERSION = 1
-Predictor = Literal["last", "linear"]
+from ..schedules.model import Predictor
+
 PREDICTORS: tuple[Predictor, ...] = ("last", "linear")
 
 
@@ -91,8 +98,25 @@ class Comm(_Strict):
     entries: list[CommEntry] = Field(default_factory=list)
 
 
+class CalibrationSample(_Strict):
+    prompt: str
+    seed: int
+
+
+class OutputErrors(_Strict):
+    """Per-sample output error of every candidate window (see the module docstring for axes).
+    Row s of a table has ``min(max_window, num_steps - s)`` entries (empty where the predictor is
+    undefined), each a list with one value per entry of ``samples``."""
+
+    samples: list[CalibrationSample] = Field(min_length=1)
+    parallel: dict[Predictor, list[list[list[Annotated[float, Field(ge=0)]]]]]
+    reuse: dict[Predictor, list[list[list[Annotated[float, Field(ge=0)]]]]]
+    rank: int = Field(ge=1, description="directions per boundary pushed through the rest of the run")
+    captured_energy: float = Field(ge=0, le=1, description="share of the windows' squared deviation (all windows and samples) inside those directions; the rest is priced by propagation.gain")
+
+
 class Calibration(_Strict):
-    """Predicted output deviation E -> PSNR of the output vs the sequential run:
+    """Predicted output deviation E of one image -> PSNR of that image vs the sequential run:
     ``psnr_db = intercept_db - slope_db_per_decade * log10(E)``."""
 
     metric: Literal["psnr_db"] = "psnr_db"
@@ -116,6 +140,7 @@ class Provenances(_Strict):
     similarity: Provenance
     compute: Provenance
     comm: Provenance
+    output_errors: Optional[Provenance] = None
     calibration: Optional[Provenance] = None
 
 
@@ -136,11 +161,27 @@ class Profile(_Strict):
     similarity: Similarity
     compute: Compute
     comm: Comm
+    output_errors: Optional[OutputErrors] = None
     calibration: Optional[Calibration] = None
 
     @model_validator(mode="after")
     def _shapes(self) -> "Profile":
         T, J = self.num_steps, self.max_window
+        if self.output_errors is not None:
+            n = len(self.output_errors.samples)
+            for kind in ("parallel", "reuse"):
+                tables = getattr(self.output_errors, kind)
+                for pred in PREDICTORS:
+                    rows = tables.get(pred)
+                    if rows is None or len(rows) != T:
+                        raise ValueError(f"output_errors.{kind}.{pred} must have num_steps={T} rows")
+                    first_valid = 1 if pred == "last" else 2
+                    for s, row in enumerate(rows):
+                        want = 0 if s < first_valid else min(J, T - s)
+                        if len(row) != want or any(len(v) != n for v in row):
+                            raise ValueError(f"output_errors.{kind}.{pred}[{s}] must have {want} entries of {n} samples")
+                        if any(not math.isfinite(x) for v in row for x in v):
+                            raise ValueError(f"output_errors.{kind}.{pred}[{s}] has a non-finite entry")
         for table_name, tables in (("deviation", self.deviation), ("reuse_deviation", self.reuse_deviation)):
             for pred in PREDICTORS:
                 if pred not in tables:
@@ -209,6 +250,23 @@ class Profile(_Strict):
             return None
         gain = self.propagation.gain
         return math.fsum(gain[start + j] * row[j] for j in range(size))
+
+    @property
+    def quality_samples(self) -> int:
+        """How many per-sample error values each window carries (1 without ``output_errors``)."""
+        return len(self.output_errors.samples) if self.output_errors is not None else 1
+
+    def window_errors(self, kind: Literal["parallel", "reuse"], *, start: int, size: int,
+                      predictor: Predictor) -> Optional[tuple[float, ...]]:
+        """Predicted output error of one window, one value per calibration sample (see the module
+        docstring); None where the window is not available from this profile."""
+        if self.output_errors is None:
+            v = self.window_deviation(kind, start=start, size=size, predictor=predictor)
+            return None if v is None else (v,)
+        row = getattr(self.output_errors, kind)[predictor][start] if 0 <= start < self.num_steps else []
+        if size < 1 or size > len(row):
+            return None
+        return tuple(row[size - 1])
 
     def step_time_s(self) -> float:
         return self.compute.step_s + self.compute.step_overhead_s

@@ -95,15 +95,44 @@ class ProfileRef(_Strict):
     prior_parts: list[str] = Field(default_factory=list, description="profile parts that are priors, not measurements")
 
 
+class SampleQuality(_Strict):
+    """The per-image quality statement the solver enforced, over the profile's calibration samples."""
+
+    samples: int = Field(ge=1, description="calibration samples N")
+    required: int = Field(ge=1, description="samples that must be within their bound")
+    within: int = Field(ge=0, description="samples this plan keeps within their bound")
+    budget_units: list[int] = Field(description="per sample: integer bound")
+    predicted_units: list[int] = Field(description="per sample: integer predicted error of this plan")
+
+
+class MeasuredQuality(_Strict):
+    """Per-image PSNR of this schedule's output vs the sequential output of the same seed, measured
+    on samples the profile never saw (``plan --verify``)."""
+
+    samples: int = Field(ge=1)
+    prompts: list[str]
+    seeds: list[int]
+    psnr_db_mean: float
+    psnr_db_p10: float
+    psnr_db_min: float
+    rounds: int = Field(ge=1, description="plan-measure rounds until the target held (or the last one)")
+    target_met: Optional[bool] = None
+
+
 class Quality(_Strict):
     metric: Literal["deviation"] = "deviation"
-    budget: float = Field(ge=0, description="bound on the predicted output deviation (latent RMS units)")
-    predicted: float = Field(ge=0, description="predicted output deviation of this schedule (latent RMS units)")
+    budget: float = Field(ge=0, description="per-sample bound on the predicted output deviation (latent RMS units); "
+                                            "the default plan's bound is the fixed plan's own error per sample, recorded here as their mean")
+    predicted: float = Field(ge=0, description="predicted output deviation of this schedule, mean over samples (latent RMS units)")
     error_units_per_unit: float = Field(gt=0, description="integer scale the solver used: round(deviation * this)")
-    budget_units: int = Field(ge=0)
-    predicted_units: int = Field(ge=0)
+    budget_units: int = Field(ge=0, description="sum over samples of the integer bounds")
+    predicted_units: int = Field(ge=0, description="sum over samples of the integer predicted errors")
+    coverage: Optional[float] = Field(default=None, ge=0, le=1, description="the user's --coverage: share of images at or above the target")
+    per_sample: Optional[SampleQuality] = None
     min_psnr_db: Optional[float] = Field(default=None, description="the user's --min-psnr target, if any")
-    predicted_psnr_db: Optional[float] = Field(default=None, description="from the profile's calibration, if any")
+    predicted_psnr_db: Optional[float] = Field(default=None, description="from the profile's calibration: the image at the "
+                                                                         "coverage quantile (the worst image required to be within)")
+    measured: Optional[MeasuredQuality] = None
 
 
 class Latency(_Strict):

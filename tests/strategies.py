@@ -18,8 +18,8 @@ from hypothesis import strategies as st
 from parastep.schedules.check import implied_totals
 from parastep.schedules.model import ExactWindow, ParallelWindow, ReuseWindow, Schedule
 from parastep.profiles.model import (
-    Calibration, Comm, CommEntry, Compute, DeviationStats, Measured, Prior, Profile, Propagation,
-    Provenances, Similarity,
+    Calibration, CalibrationSample, Comm, CommEntry, Compute, DeviationStats, Measured, OutputErrors, Prior, Profile,
+    Propagation, Provenances, Similarity,
 )
 
 PREDICTOR_FIRST_STEP = {"last": 1, "linear": 2}
@@ -50,8 +50,12 @@ def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "ra
                  forward_s: Optional[list[float]] = None, step_s: Optional[float] = None,
                  step_overhead_s: Optional[float] = None, comm: Optional[Comm] = None,
                  deviation_scale: Optional[float] = None, calibration: bool = False,
-                 provenance: Literal["prior", "measured"] = "prior", output_bytes: Optional[int] = None) -> Profile:
-    """A random valid profile. Any cost part given explicitly replaces the random one."""
+                 provenance: Literal["prior", "measured"] = "prior", output_bytes: Optional[int] = None,
+                 samples: Optional[int] = None) -> Profile:
+    """A random valid profile. Any cost part given explicitly replaces the random one. ``samples``:
+    per-sample output errors (``Profile.output_errors``) for that many calibration samples: the
+    mean-table window error times a per-sample, per-window lognormal factor (samples disagree on
+    which windows are dear, as real images do)."""
     rng = np.random.default_rng(seed)
     T, J = num_steps, max_window
     scale = deviation_scale if deviation_scale is not None else 10.0 ** rng.uniform(-5, 1)
@@ -78,7 +82,7 @@ def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "ra
     cal = None
     if calibration:
         cal = Calibration(intercept_db=float(rng.uniform(10, 30)), slope_db_per_decade=float(rng.uniform(5, 20)), fitted_on=40, how="synthetic")
-    return Profile(
+    profile = Profile(
         name=f"{model}-T{T}-J{J}-seed{seed}", model=model, resolution_px=(64, 64), scheduler="DDIMScheduler",
         guidance_scale=5.0, num_steps=T, max_window=J, output_bytes=out_bytes,
         provenance=Provenances(deviation=prov, propagation=prov, similarity=prov, compute=prov, comm=prov,
@@ -92,6 +96,24 @@ def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "ra
         comm=comm,
         calibration=cal,
     )
+    if samples is None:
+        return profile
+    hard = rng.lognormal(0.0, 0.5, size=samples)           # some images are harder than others
+    tables: dict = {}
+    for kind in ("parallel", "reuse"):
+        tables[kind] = {}
+        for pred in ("last", "linear"):
+            rows = []
+            for s in range(T):
+                row = []
+                for w in range(1, len(profile.deviation[pred].mean[s]) + 1):
+                    base_err = profile.window_deviation(kind, start=s, size=w, predictor=pred)
+                    row.append([float(base_err * h * f) for h, f in zip(hard, rng.lognormal(0.0, 0.4, size=samples))])
+                rows.append(row)
+            tables[kind][pred] = rows
+    oe = OutputErrors(samples=[CalibrationSample(prompt=str(n % 10), seed=n // 10) for n in range(samples)],
+                      parallel=tables["parallel"], reuse=tables["reuse"], rank=4, captured_energy=1.0)
+    return Profile.model_validate({**profile.model_dump(), "output_errors": oe.model_dump()})
 
 
 def zero_comm(*, max_ranks: int = 64) -> Comm:

@@ -11,10 +11,11 @@ import torch
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
 from parastep.models.digits.pipeline import NULL_CLASS, DigitsPipeline
+from parastep.executor.evaluate import samples_of
 from parastep.profiles.io import dump_profile, load_profile, write_profile
 from parastep.profiles.model import Profile
 from parastep.profiler.measure import (
-    ProfilerSettings, deviation_tables, fit_alpha_beta, measure_profile, record_reference, samples_of,
+    ProfilerSettings, deviation_tables, fit_alpha_beta, measure_profile, record_reference,
 )
 
 T = 7
@@ -279,3 +280,64 @@ def test_comm_ranks_beyond_the_machine(monkeypatch, interconnect):
     else:
         assert measured_g == [2] and prov.source == "prior" and comm.preset == "pcie4"
         assert next(e for e in comm.entries if e.ranks == 2).latency_s == 2e-4
+
+
+# ---- the per-sample quality model vs a direct nonlinear run -----------------------------------
+
+def direct_window_output_error(pipe, ref, *, kind: str, start: int, size: int, predictor: str):
+    """Per sample, RMS(x_T' - x_T) when only this window is non-exact: written out by hand (the
+    window's real trajectory on one scratch scheduler, then exact steps to the end, no linearisation)."""
+    xs, es, states, guide = ref
+
+    def stand_in(k):
+        return es[start - 1] if predictor == "last" else es[start - 1] + (k + 1) * (es[start - 1] - es[start - 2])
+
+    with torch.no_grad():
+        outs = []
+        for j in range(size):                           # the outputs the window applies
+            if kind == "reuse":
+                outs.append(stand_in(j))
+            elif j == 0:
+                outs.append(es[start])
+            else:
+                scratch = copy.deepcopy(states[start])
+                xhat = xs[start]
+                for k in range(j):
+                    xhat = scratch.step(stand_in(k), scratch.timesteps[start + k], xhat).prev_sample
+                outs.append(guide(xhat, states[start + j].timesteps[start + j]))
+        sched = copy.deepcopy(states[start])
+        x = xs[start]
+        for i in range(start, T):
+            e = outs[i - start] if i < start + size else guide(x, sched.timesteps[i])
+            x = sched.step(e, sched.timesteps[i], x).prev_sample
+    return rms(x - xs[T])
+
+
+def test_window_output_errors_match_a_direct_run_of_each_window(measured):
+    """Differential: the profile's per-sample output error of every window (end-boundary deviation
+    exact, the rest of the run linearised along a few directions) against the window run alone,
+    end to end, by hand. Agreement is close but not exact (linearisation, rank truncation)."""
+    kind_, pipe, run = measured
+    ref = direct_reference(pipe, kind_)
+    oe = run.profile.output_errors
+    assert oe is not None and len(oe.samples) == len(PROMPTS) * len(SEEDS)
+    rel = []
+    for kind in ("parallel", "reuse"):
+        for pred in ("last", "linear"):
+            for s in range(1 if pred == "last" else 2, T):
+                for w in range(2 if kind == "parallel" else 1, min(J, T - s) + 1):
+                    got = torch.tensor(run.profile.window_errors(kind, start=s, size=w, predictor=pred), dtype=torch.float64)
+                    want = direct_window_output_error(pipe, ref, kind=kind, start=s, size=w, predictor=pred)
+                    rel.extend(((got - want).abs() / want.clamp_min(1e-12)).tolist())
+    rel.sort()
+    assert len(rel) > 50
+    assert rel[len(rel) // 2] < 0.05, f"median relative error {rel[len(rel) // 2]:.3f}"
+    assert rel[int(0.9 * len(rel))] < 0.25, f"90th percentile relative error {rel[int(0.9 * len(rel))]:.3f}"
+
+
+def test_exchange_fit_with_a_flat_or_falling_slope_is_refused():
+    """A clamped fit would be a number nobody measured (issue 7 item 6)."""
+    with pytest.raises(ValueError, match="exchange fit refused"):
+        fit_alpha_beta([(2, 1e-3), (8, 1e-3), (32, 0.9e-3)], output_bytes=4096)
+    with pytest.raises(ValueError, match="exchange fit refused"):
+        fit_alpha_beta([(2, 5e-3), (8, 4e-3), (32, 3e-3)], output_bytes=4096)

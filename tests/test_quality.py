@@ -1,8 +1,10 @@
-"""Quality of planned schedules on the bundled digits model with its shipped profile.
+"""Measured quality of the plans the optimizer picks, on the bundled digits model and its shipped
+profile, scored per image against the sequential output of the same seed on held-out seeds.
 
 Every schedule runs in ONE process (the executor's hooks with LocalExchange): which rank computes
-an offset does not change its value, so quality does not depend on hardware. Seeds here are
-held out: neither the profile nor its calibration saw them.
+an offset does not change its value, so quality does not depend on hardware. Neither the profile
+nor its calibration saw these seeds. The checks are two-sided: a target must hold for most images
+(coverage) *and* not be beaten by so much that the speed it could buy is wasted (overshoot).
 """
 
 from __future__ import annotations
@@ -12,14 +14,21 @@ import statistics
 import pytest
 import torch
 
-from parastep.profiler.calibrate import psnr_db_per_sample, run_schedule
+from parastep.executor.evaluate import psnr_db_per_sample, run_schedule_local, samples_of
 from parastep.profiles.io import resolve_profile
-from parastep.profiler.measure import samples_of
 
 HELD_OUT_SEEDS = (7001, 7002)
 PROMPTS = tuple(str(d) for d in range(10))
-BUDGET_FACTORS = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)      # x the fixed plan's own predicted error
-MONOTONE_TOLERANCE_DB = 1.0
+COVERAGE_FLOOR = 0.85          # --coverage 0.9 planned; at least 85 % of held-out images must reach the target
+OVERSHOOT_DB = 5.0             # the 10th-percentile image within 5 dB above the target
+
+
+def _quantile(values, q):
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo = int(pos)
+    hi = min(lo + 1, len(v) - 1)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
 @pytest.fixture(scope="module")
@@ -33,59 +42,71 @@ def setup():
     pipe.set_progress_bar_config(disable=True)
     prompts, seeds = samples_of(PROMPTS, HELD_OUT_SEEDS)
     kw = {"guidance_scale": profile.guidance_scale}
-    ref = run_schedule(pipe, None, num_steps=profile.num_steps, prompts=prompts, seeds=seeds, call_kwargs=kw)
+    ref = run_schedule_local(pipe, None, num_steps=profile.num_steps, prompts=prompts, seeds=seeds, call_kwargs=kw)
     yield profile, sha, pipe, prompts, seeds, kw, ref
     torch.set_num_threads(old)
 
 
-def _plan(profile, sha, *, G: int, budget: float):
-    from parastep.planner.cpsat import SolverOptions
+def _plan(profile, sha, **kw):
+    from parastep.planner.options import SolverOptions
     from parastep.planner.plan import plan_schedule
 
-    return plan_schedule(profile, profile_sha256=sha, world_size=G, budget=budget, solver="dp",
-                         options=SolverOptions(workers=1)).schedule
+    return plan_schedule(profile, profile_sha256=sha, options=SolverOptions(workers=1, time_limit_s=60.0), **kw).schedule
 
 
 def _measure(setup, schedule) -> list[float]:
     profile, _, pipe, prompts, seeds, kw, ref = setup
-    out = run_schedule(pipe, schedule, num_steps=profile.num_steps, prompts=prompts, seeds=seeds, call_kwargs=kw)
+    out = run_schedule_local(pipe, schedule, num_steps=profile.num_steps, prompts=prompts, seeds=seeds, call_kwargs=kw)
     return psnr_db_per_sample(out, ref)
 
 
-def test_psnr_is_monotone_in_the_budget(setup):
-    """21 planned schedules (7 budgets x G in {2, 4, 8}): more budget never buys measurably more PSNR."""
+def test_the_held_out_seeds_are_held_out(setup):
+    profile = setup[0]
+    assert not set(HELD_OUT_SEEDS) & {s.seed for s in profile.output_errors.samples}
+
+
+@pytest.mark.parametrize("G", [2, 4, 8])
+def test_default_plan_measures_at_least_the_fixed_plan_and_is_faster(setup, G):
+    """Issue 7 item 3: no budget -> every calibration image no worse than under the fixed plan;
+    on held-out images the mean and the 10th percentile are at least the fixed plan's."""
     profile, sha = setup[0], setup[1]
-    from parastep.planner.plan import plan_schedule
-
-    for G in (2, 4, 8):
-        base = plan_schedule(profile, profile_sha256=sha, world_size=G, policy="fixed").schedule.quality.predicted
-        psnrs, speedups = [], []
-        for f in BUDGET_FACTORS:
-            s = _plan(profile, sha, G=G, budget=base * f)
-            psnrs.append(statistics.fmean(_measure(setup, s)))
-            speedups.append(s.latency.speedup)
-        for k in range(len(psnrs) - 1):
-            assert psnrs[k + 1] <= psnrs[k] + MONOTONE_TOLERANCE_DB, (G, psnrs)
-            assert speedups[k + 1] >= speedups[k] - 1e-9, (G, speedups)
-        assert psnrs[0] > psnrs[-1] + 3.0, (G, psnrs)
+    fixed = _plan(profile, sha, world_size=G, policy="fixed")
+    default = _plan(profile, sha, world_size=G)
+    assert default.solver.name == "cp-sat" and default.solver.status == "OPTIMAL"
+    f, d = _measure(setup, fixed), _measure(setup, default)
+    assert default.latency.speedup > fixed.latency.speedup, (default.latency.speedup, fixed.latency.speedup)
+    assert statistics.fmean(d) >= statistics.fmean(f), (statistics.fmean(d), statistics.fmean(f))
+    assert _quantile(d, 0.1) >= _quantile(f, 0.1), (_quantile(d, 0.1), _quantile(f, 0.1))
 
 
-def test_min_psnr_plans_meet_their_target_on_held_out_seeds(setup):
-    """``--min-psnr`` (calibration -> budget): >= 90% of held-out images reach the target."""
+@pytest.mark.parametrize("G,target_db", [(4, 30.0), (4, 40.0), (8, 30.0), (8, 35.0)])
+def test_min_psnr_holds_and_is_tight_on_held_out_images(setup, G, target_db):
+    """``--min-psnr DB --coverage 0.9``: at least 85 % of held-out images at or above DB
+    (coverage), and the 10th-percentile image within 5 dB of DB (the bound binds; overshoot)."""
+    profile, sha = setup[0], setup[1]
+    s = _plan(profile, sha, world_size=G, budget=profile.calibration.deviation_for_psnr(target_db), coverage=0.9,
+              min_psnr_db=target_db)
+    got = _measure(setup, s)
+    share = sum(p >= target_db for p in got) / len(got)
+    p10 = _quantile(got, 0.1)
+    assert share >= COVERAGE_FLOOR, f"{share:.0%} of held-out images reached {target_db} dB (p10 {p10:.2f} dB)"
+    assert p10 <= target_db + OVERSHOOT_DB, f"p10 {p10:.2f} dB is more than {OVERSHOOT_DB} dB above the {target_db} dB target"
+
+
+def test_more_budget_buys_speed_and_costs_quality(setup):
+    """Across per-image bounds the predicted speedup is monotone and the measured mean PSNR falls."""
     profile, sha = setup[0], setup[1]
     cal = profile.calibration
-    assert cal is not None and abs(cal.spearman) >= 0.9
-    met, total = 0, 0
-    for G in (2, 4, 8):
-        for target in (25.0, 30.0, 35.0, 40.0):
-            s = _plan(profile, sha, G=G, budget=cal.deviation_for_psnr(target))
-            got = _measure(setup, s)
-            met += sum(p >= target for p in got)
-            total += len(got)
-    assert met / total >= 0.9, f"{met}/{total} images met their --min-psnr target"
+    speedups, means = [], []
+    for db in (45.0, 35.0, 25.0):
+        s = _plan(profile, sha, world_size=4, budget=cal.deviation_for_psnr(db), coverage=0.9)
+        speedups.append(s.latency.speedup)
+        means.append(statistics.fmean(_measure(setup, s)))
+    assert speedups[0] <= speedups[1] <= speedups[2]
+    assert means[0] > means[2] + 3.0, means
 
 
-def test_cli_min_psnr_plan(capsys):
+def test_cli_min_psnr_plan_records_the_statement(capsys):
     import yaml
 
     from parastep.cli import main
@@ -93,4 +114,6 @@ def test_cli_min_psnr_plan(capsys):
 
     assert main(["plan", "--model", "digits", "--gpus", "4", "--min-psnr", "30"]) == 0
     s = schedule_from_dict(yaml.safe_load(capsys.readouterr().out))
-    assert s.quality.min_psnr_db == 30.0 and s.quality.predicted_psnr_db >= 30.0 - 1e-6
+    ps = s.quality.per_sample
+    assert s.quality.min_psnr_db == 30.0 and s.quality.coverage == 0.9
+    assert ps.samples == 20 and ps.required == 18 and ps.within >= 18

@@ -1,0 +1,158 @@
+"""The per-image quality statement (issue 7): one constraint per calibration sample, "at least K of
+N samples", the default plan no worse than the fixed plan on any sample. CP-SAT against an
+exhaustive search written here from the profile alone, CP-SAT == DP where one budget says it all,
+the Lagrangian reduction exact with several samples, and the independent checker's negative cases."""
+
+from __future__ import annotations
+
+import math
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parastep.planner.cpsat import SolverOptions, solve_cpsat
+from parastep.planner.fixed import default_warmup, fixed_windows
+from parastep.planner.oracle import solve_dp
+from parastep.planner.plan import plan_schedule, verify_schedule
+from parastep.planner.problem import build_problem, latency_units, window_latency_s
+
+from strategies import make_profile
+
+SHA = "0" * 64
+ONE_WORKER = SolverOptions(workers=1, seed=0, time_limit_s=60.0)
+
+
+def _brute_force(profile, *, G: int, J: int, bounds: list[float], required: int, scale: float) -> int | None:
+    """Least latency units over every schedule (exhaustive; windows priced from the profile here,
+    not from the planner's edges) whose per-sample integer error fits at least ``required`` bounds."""
+    T = profile.num_steps
+    N = profile.quality_samples
+    b_units = [math.floor(b * scale) for b in bounds]
+    exact = latency_units(window_latency_s(profile, kind="exact", size=1, world_size=G), scale=1e6)
+    best = None
+
+    def walk(s, kinds, lat, err):
+        nonlocal best
+        if best is not None and lat >= best:
+            return
+        if s == T:
+            if sum(1 for e, b in zip(err, b_units) if e <= b) >= required:
+                best = lat
+            return
+        walk(s + 1, kinds + ["exact"], lat + exact, err)
+        if s == 0:
+            return
+        for kind in ("parallel", "reuse"):
+            for pred in ("last", "linear"):
+                back = 2 if pred == "linear" else 1
+                if len(kinds) < back or "reuse" in kinds[-back:]:
+                    continue
+                for w in range(2 if kind == "parallel" else 1, min(J, T - s) + 1):
+                    errs = profile.window_errors(kind, start=s, size=w, predictor=pred)
+                    if errs is None:
+                        continue
+                    placement = tuple(j % G for j in range(w))
+                    l = latency_units(window_latency_s(profile, kind=kind, size=w, world_size=G, placement=placement), scale=1e6)
+                    walk(s + w, kinds + [kind] * w, lat + l, [a + math.ceil(x * scale) for a, x in zip(err, errs)])
+
+    walk(0, [], 0, [0] * N)
+    return best
+
+
+def _instance(seed: int):
+    r = random.Random(seed)
+    T, J, G, N = r.randint(2, 8), r.randint(1, 3), r.randint(1, 4), r.randint(2, 5)
+    prof = make_profile(num_steps=T, max_window=J, seed=seed, samples=N)
+    per = [math.fsum(col) for col in zip(*(f.errors for f in fixed_windows(prof, world_size=G, max_window=J, warmup=1)))]
+    bounds = [max(per) * r.choice([0.05, 0.3, 1.0, 3.0]) * r.uniform(0.5, 1.5)] * N
+    required = r.randint(1, N)
+    return prof, G, J, bounds, required
+
+
+def test_cpsat_per_sample_statement_equals_exhaustive_search():
+    mismatches = []
+    for seed in range(60):
+        prof, G, J, bounds, required = _instance(seed)
+        problem = build_problem(prof, world_size=G, max_window=J, budget=bounds[0], min_within=required)
+        res = solve_cpsat(problem, ONE_WORKER)
+        want = _brute_force(prof, G=G, J=J, bounds=bounds, required=required, scale=problem.error_units_per_unit)
+        if res.status != "OPTIMAL" or res.objective != want:
+            mismatches.append((seed, res.status, res.objective, want))
+        else:
+            assert problem.samples_within(res.path) >= required
+    assert mismatches == []
+
+
+def test_reduction_is_exact_with_several_samples():
+    for seed in range(100, 140):
+        prof, G, J, bounds, required = _instance(seed)
+        problem = build_problem(prof, world_size=G, max_window=J, budget=bounds[0], min_within=required)
+        assert solve_cpsat(problem, ONE_WORKER).objective == solve_cpsat(problem, ONE_WORKER, reduce=False).objective, seed
+
+
+def test_one_sample_reduces_to_one_budget_cpsat_equals_dp():
+    for seed in range(200, 260):
+        r = random.Random(seed)
+        prof = make_profile(num_steps=r.randint(2, 30), max_window=r.randint(1, 6), seed=seed, samples=1)
+        G = r.randint(1, 8)
+        J = min(prof.max_window, G)
+        fixed_err = plan_schedule(prof, profile_sha256=SHA, world_size=G, max_window=J, policy="fixed").schedule.quality.predicted
+        problem = build_problem(prof, world_size=G, max_window=J, budget=fixed_err * r.choice([0.1, 0.5, 1.0, 2.0]))
+        assert problem.single_budget
+        dp, cs = solve_dp(problem), solve_cpsat(problem, ONE_WORKER)
+        assert cs.status == "OPTIMAL" and cs.objective == dp.latency_units, seed
+
+
+@settings(max_examples=40)
+@given(T=st.integers(2, 30), J=st.integers(1, 8), G=st.integers(1, 16), N=st.integers(2, 20), seed=st.integers(0, 10**6))
+def test_default_plan_is_no_worse_than_the_fixed_plan_on_every_sample(T, J, G, N, seed):
+    prof = make_profile(num_steps=T, max_window=J, seed=seed, samples=N)
+    Jp = min(J, G)
+    W = default_warmup(T)
+    fixed = plan_schedule(prof, profile_sha256=SHA, world_size=G, max_window=Jp, policy="fixed", warmup=W).schedule
+    s = plan_schedule(prof, profile_sha256=SHA, world_size=G, max_window=Jp, warmup=W, options=ONE_WORKER).schedule
+    assert s.solver.name == "cp-sat" and s.solver.status == "OPTIMAL"
+    ps = s.quality.per_sample
+    assert ps.required == ps.within == N
+    # in the same integer units the fixed plan's errors are the bounds, sample by sample
+    assert ps.budget_units == fixed.quality.per_sample.predicted_units
+    assert all(u <= b for u, b in zip(ps.predicted_units, ps.budget_units))
+    assert s.solver.objective <= fixed.solver.objective
+
+
+def test_coverage_below_one_is_never_slower_and_counts_samples():
+    faster = 0
+    for seed in range(300, 330):
+        prof = make_profile(num_steps=24, max_window=4, seed=seed, samples=10)
+        per = plan_schedule(prof, profile_sha256=SHA, world_size=4, policy="fixed").schedule.quality.per_sample.predicted_units
+        scale = plan_schedule(prof, profile_sha256=SHA, world_size=4, policy="fixed").schedule.quality.error_units_per_unit
+        bound = sorted(per)[4] / scale                         # the fixed plan meets it on about half the samples
+        all_ = plan_schedule(prof, profile_sha256=SHA, world_size=4, budget=bound, options=ONE_WORKER).schedule
+        most = plan_schedule(prof, profile_sha256=SHA, world_size=4, budget=bound, coverage=0.7, options=ONE_WORKER).schedule
+        assert all_.quality.per_sample.within == 10 and all_.quality.per_sample.required == 10
+        assert most.quality.per_sample.required == 7 and most.quality.per_sample.within >= 7
+        assert most.solver.objective <= all_.solver.objective
+        faster += most.solver.objective < all_.solver.objective
+    assert faster >= 10, "dropping 3 of 10 samples from the statement should often allow a faster plan"
+
+
+@pytest.mark.parametrize("field", ["latency", "predicted", "per_sample_units", "within"])
+def test_verify_schedule_rejects_tampered_numbers(field):
+    prof = make_profile(num_steps=30, max_window=4, seed=3, samples=6)
+    s = plan_schedule(prof, profile_sha256=SHA, world_size=4, options=ONE_WORKER).schedule
+    verify_schedule(s, prof)                      # the untouched plan passes
+    q = s.quality
+    if field == "latency":
+        bad = s.model_copy(update={"latency": s.latency.model_copy(update={"predicted_s": s.latency.predicted_s * 0.99})})
+    elif field == "predicted":
+        bad = s.model_copy(update={"quality": q.model_copy(update={"predicted": q.predicted * 0.9})})
+    elif field == "per_sample_units":
+        units = list(q.per_sample.predicted_units)
+        units[0] = max(0, units[0] - 1)
+        bad = s.model_copy(update={"quality": q.model_copy(update={"per_sample": q.per_sample.model_copy(update={"predicted_units": units})})})
+    else:
+        bad = s.model_copy(update={"quality": q.model_copy(update={"per_sample": q.per_sample.model_copy(update={"within": q.per_sample.within - 1})})})
+    with pytest.raises(RuntimeError, match="planner bug"):
+        verify_schedule(bad, prof)
