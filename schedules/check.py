@@ -25,6 +25,7 @@ ViolationCode = Literal[
     "window-too-large",    # a window is larger than max_window
     "size-mismatch",       # a window's declared size disagrees with the next start
     "rank-out-of-range",   # a placement names a rank >= world_size
+    "parallel-too-small",  # a parallel window has fewer than 2 offsets (DESIGN §1: w >= 2)
     "needs-e-ref",         # a parallel/reuse window starts at step 0
     "linear-too-early",    # a linear-predictor window starts before step 2
     "totals-forwards",     # declared forwards per rank differ from what the windows imply
@@ -97,6 +98,9 @@ def violations(schedule: Schedule) -> list[Violation]:
             out.append(Violation("size-mismatch", f"{where}: declares size {declared} but the next window starts at {stop} (size {implied})"))
         if declared is not None and declared > schedule.max_window:
             out.append(Violation("window-too-large", f"{where}: size {declared} exceeds max_window={schedule.max_window}"))
+        if isinstance(w, ParallelWindow) and len(w.placement) < 2:
+            out.append(Violation("parallel-too-small", f"{where}: a parallel window has at least 2 offsets (DESIGN §1); "
+                                                       f"make a 1-step window exact"))
         if isinstance(w, ParallelWindow):
             bad = sorted({r for r in w.placement if r >= schedule.world_size})
             if bad:

@@ -309,6 +309,13 @@ def _validate_dict(tmp_path, data: dict, text: str | None = None) -> tuple[int, 
     return code, err
 
 
+def test_parallel_window_of_one_step_is_rejected(tmp_path):
+    data = _tiny([{"start": 0, "kind": "exact"}, {"start": 1, "kind": "parallel", "placement": [1]}], num_steps=2)
+    assert codes(schedule_from_dict(data)) == {"parallel-too-small"}
+    code, err = _validate_dict(tmp_path, data)
+    assert code == 1 and "parallel-too-small" in err and err.count("\n") == 1
+
+
 E, R, P = ({"kind": "exact"}, {"kind": "reuse", "size": 1}, {"kind": "parallel", "placement": [0, 1]})
 
 
@@ -462,7 +469,8 @@ GOOD = (Path(__file__).resolve().parents[1] / "schedules" / "examples" / "exact-
     (GOOD.replace("world_size: 2", "world_size: 100000000000000000000"), "out of range"),
     (GOOD.replace("world_size: 2", "world_size: " + "9" * 4301), "out of range"),
     (GOOD.replace("guidance_scale: 5.0", "guidance_scale: .nan"), "not a number"),
-    (GOOD.replace("model: sdxl", "model: " + "[" * 1000 + "]" * 1000), "nesting deeper"),
+    (GOOD.replace("model: sdxl", "model: " + "[" * 1000 + "]" * 1000), "nesting"),
+    (GOOD.replace("model: sdxl", "model: " + "[" * 40 + "]" * 40), "nesting deeper than 32"),
     (GOOD.replace("model: sdxl", "model: &m [1, *m]"), "refers to a value that contains it"),
     (GOOD.replace("model: sdxl", "model: &a [1,1,1,1,1,1,1,1,1]\n" + "".join(
         f"x{i}: &{chr(98 + i)} [" + ", ".join([f"*{chr(97 + i)}"] * 9) + "]\n" for i in range(9))), "aliases are expanded"),
