@@ -8,7 +8,10 @@ No SDXL weights and no GPU exist here, so nothing in this profile is measured by
 
 - compute: a *published* end-to-end latency divided by the step count (below);
 - comm: the ``nvlink`` interconnect preset (``profiles/interconnects.py``);
-- deviation, reuse deviation, propagation, similarity: the prior rule of ``profiles/priors.py``;
+- deviation, reuse deviation, propagation, similarity: the prior rule of ``profiles/priors.py``, with the
+  deviation tables floored by the bundled digits model's *measured* per-sample window errors (the digits
+  floor, ``priors.floor_params``; ``--digits PATH`` names the measured digits profile, default the shipped
+  ``digits.yaml``; while that has no ``output_errors`` the constants already stored in ``sdxl.yaml`` are kept);
 - no calibration (it needs verification runs with real weights).
 
 ``parastep profile --model sdxl`` on a machine with the weights and GPUs replaces all of it.
@@ -17,12 +20,14 @@ No SDXL weights and no GPU exist here, so nothing in this profile is measured by
 from __future__ import annotations
 
 import argparse
+import re
 from pathlib import Path
+from typing import Optional
 
 from .interconnects import comm_for, describe
-from .io import SHIPPED_DIR, write_profile
+from .io import SHIPPED_DIR, load_profile, write_profile
 from .model import Compute, Prior, Profile, Provenances
-from .priors import deviation_tables, propagation, provenance, similarity
+from .priors import FLOOR, deviation_tables, floor_params, propagation, provenance, similarity
 
 NUM_STEPS = 50
 MAX_WINDOW = 16           # covers --gpus 8 (and the fixed plan); larger G is re-derived by the planner
@@ -55,9 +60,30 @@ def output_bytes(*, height_px: int, width_px: int) -> int:
     return LATENT_CHANNELS * (height_px // VAE_SCALE_FACTOR) * (width_px // VAE_SCALE_FACTOR) * BYTES_PER_ELEMENT
 
 
-def build_profile() -> Profile:
+_DIGITS_SOURCE = re.compile(r"digits floor from measured profile '[^']*' \(sha256 [0-9a-f]{64}\)")
+
+
+def digits_floor(digits_path: Optional[str] = None) -> tuple[dict[str, float], str]:
+    """(floor params, where they come from): from a measured digits profile with ``output_errors``;
+    without one (the shipped digits.yaml not yet regenerated), the constants stored in the shipped sdxl.yaml."""
+    path = Path(digits_path) if digits_path else Path(SHIPPED_DIR) / "digits.yaml"
+    digits, sha = load_profile(path)
+    if digits.output_errors is not None:
+        return floor_params(digits), f"digits floor from measured profile '{digits.name}' (sha256 {sha})"
+    if digits_path:
+        raise ValueError(f"{path}: profile '{digits.name}' has no output_errors; pass a measured digits profile with per-sample output errors")
+    stored = load_profile(Path(SHIPPED_DIR) / "sdxl.yaml")[0].provenance.deviation
+    params = {k: v for k, v in stored.params.items() if k.startswith(FLOOR)}
+    m = _DIGITS_SOURCE.search(stored.rule)
+    if not params or m is None:
+        raise ValueError(f"{path} has no output_errors and sdxl.yaml stores no digits floor; pass --digits PATH")
+    return params, m.group(0)
+
+
+def build_profile(digits_path: Optional[str] = None) -> Profile:
     per_step_s = PUBLISHED_TOTAL_S / PUBLISHED_STEPS
-    dev, reuse = deviation_tables(num_steps=NUM_STEPS, max_window=MAX_WINDOW)
+    floor, floor_source = digits_floor(digits_path)
+    dev, reuse = deviation_tables(num_steps=NUM_STEPS, max_window=MAX_WINDOW, params=floor)
     compute_prov = Prior(
         rule="published end-to-end latency / steps; forward_s[k-1] = k * per-step time (no batching gain assumed); "
              f"step_s = {STEP_S * 1e3:g} ms (estimate: a few launch-bound elementwise kernels)",
@@ -79,7 +105,7 @@ def build_profile() -> Profile:
         max_window=MAX_WINDOW,
         output_bytes=output_bytes(height_px=RESOLUTION_PX[0], width_px=RESOLUTION_PX[1]),
         provenance=Provenances(
-            deviation=provenance(what=f"deviation and reuse_deviation tables; {no_weights}; no calibration either "
+            deviation=provenance(floor, what=f"{floor_source}; deviation and reuse_deviation tables; {no_weights}; no calibration either "
                                       "(deviation -> PSNR needs verification runs with real weights), so --min-psnr is unavailable"),
             propagation=provenance(what=f"propagation gain; {no_weights}"),
             similarity=provenance(what=f"adjacent-step similarity; {no_weights}"),
@@ -100,8 +126,9 @@ def build_profile() -> Profile:
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m parastep.profiles.make_sdxl", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(SHIPPED_DIR) / "sdxl.yaml"), help="where to write (default: the shipped file)")
+    ap.add_argument("--digits", default=None, help="measured digits profile with output_errors for the floor (default: the shipped digits.yaml)")
     args = ap.parse_args(argv)
-    write_profile(build_profile(), args.out)
+    write_profile(build_profile(args.digits), args.out)
     print(f"wrote {args.out}")
     return 0
 

@@ -86,7 +86,15 @@ def test_fewer_steps_change_more_per_step():
     assert priors.drift(num_steps=20)[10] > priors.drift(num_steps=50)[25] > priors.drift(num_steps=200)[100]
 
 
-def test_deviation_grows_with_offset_and_zero_at_offset_0(sdxl):
+@pytest.fixture(scope="module")
+def bare(sdxl) -> Profile:
+    """The shipped prior without its digits floor: the bare rule the qualitative tests describe."""
+    dev, reuse = priors.deviation_tables(num_steps=50, max_window=sdxl.max_window, params=sdxl.provenance.deviation.params, floor=False)
+    return sdxl.model_copy(update={"deviation": dev, "reuse_deviation": reuse})
+
+
+def test_deviation_grows_with_offset_and_zero_at_offset_0(bare):
+    sdxl = bare
     for pred in PREDICTORS:
         for s, row in enumerate(sdxl.deviation[pred].mean):
             if not row:
@@ -98,7 +106,8 @@ def test_deviation_grows_with_offset_and_zero_at_offset_0(sdxl):
             assert sdxl.deviation[pred].max[s] >= row
 
 
-def test_linear_better_near_worse_far(sdxl):
+def test_linear_better_near_worse_far(bare):
+    sdxl = bare
     for s in range(2, 40):
         last, lin = sdxl.deviation["last"].mean[s], sdxl.deviation["linear"].mean[s]
         assert lin[1] < last[1]
@@ -192,8 +201,9 @@ def test_derive_refuses_measured_deviation(sdxl):
     assert small.max_window == 4 and small.deviation["last"].mean[10] == sdxl.deviation["last"].mean[10][:4]
 
 
-def test_tables_follow_the_documented_rule(sdxl):
+def test_tables_follow_the_documented_rule(bare):
     """Recompute entries from the rule's pieces (drift, stand-in error) and the formulas in the docstring."""
+    sdxl = bare
     p = priors.DEFAULT_PARAMS
     d = priors.drift(num_steps=50)
     h = p["t_ref"] / 50
@@ -282,3 +292,83 @@ def test_malformed_profile_is_a_user_error(tmp_path, case):
     message = str(info.value)
     assert "\n" not in message and str(path) in message
     assert info.value.exit_code == 2
+
+
+# ---- the digits floor ---------------------------------------------------------------------
+
+def _digits_q90(sdxl):
+    """The digits window errors the floor was taken from, if the measured digits profile is here."""
+    from parastep.profiles.make_sdxl import digits_floor
+
+    for path in (SHIPPED_DIR / "digits.yaml", "/tmp/digits50.yaml"):
+        try:
+            digits = load_profile(path)[0]
+        except Exception:
+            continue
+        if digits.output_errors is not None and priors.floor_params(digits) == {
+                k: v for k, v in sdxl.provenance.deviation.params.items() if k.startswith(priors.FLOOR)}:
+            return digits
+    pytest.skip("the measured digits profile the floor was taken from is not available")
+
+
+def test_floor_holds_window_by_window_against_the_digits_measurements(sdxl):
+    digits = _digits_q90(sdxl)
+    p = sdxl.provenance.deviation.params
+    rms, drms = p["floor.output_rms"], p["floor.digits_output_rms"]
+    assert digits.num_steps == sdxl.num_steps == 50
+    for kind in ("parallel", "reuse"):
+        for pred in PREDICTORS:
+            for s in range(50):
+                for w in range(1, digits.max_window + 1):
+                    e = digits.window_errors(kind, start=s, size=w, predictor=pred)
+                    if e is None:
+                        continue
+                    q = priors._q90(e)
+                    mine = sdxl.window_deviation(kind, start=s, size=w, predictor=pred)
+                    assert mine >= rms * q / drms * (1 - 1e-9), (kind, pred, s, w)
+                    if (kind, pred) != ("parallel", "last") and w + s <= 49:
+                        ref = digits.window_errors("parallel", start=s, size=max(w, 2), predictor="last")
+                        paper = sdxl.window_deviation("parallel", start=s, size=max(w, 2), predictor="last")
+                        if ref is not None and priors._q90(ref) > 0:
+                            assert mine >= q / priors._q90(ref) * paper * (1 - 1e-9), (kind, pred, s, w)
+
+
+def test_floor_never_below_the_bare_rule_and_params_stored(sdxl, bare):
+    assert priors.has_floor(sdxl.provenance.deviation.params) and "digits floor" in sdxl.provenance.deviation.rule
+    assert not priors.has_floor(sdxl.provenance.propagation.params)
+    for kind in ("parallel", "reuse"):
+        for pred in PREDICTORS:
+            for s in range(50):
+                for w in range(1, 17):
+                    a = sdxl.window_deviation(kind, start=s, size=w, predictor=pred)
+                    b = bare.window_deviation(kind, start=s, size=w, predictor=pred)
+                    assert (a is None) == (b is None)
+                    if a is not None:
+                        assert a >= b * (1 - 1e-12)
+
+
+@pytest.mark.parametrize("T,J", [(20, 8), (100, 16), (1000, 64)])
+def test_derive_for_steps_keeps_the_floor(sdxl, T, J):
+    prof = priors.derive_for_steps(sdxl, num_steps=T, max_window=J)
+    p = prof.provenance.deviation.params
+    assert priors.has_floor(p)
+    for kind in ("parallel", "reuse"):
+        for pred in PREDICTORS:
+            for s in range(2, T, max(1, T // 17)):
+                for w in (1, 2, 3, J // 2, J):
+                    v = prof.window_deviation(kind, start=s, size=w, predictor=pred)
+                    if v is None:
+                        continue
+                    assert v >= priors.window_floor(p, kind, pred, start=s, size=w, num_steps=T) * (1 - 1e-9)
+
+
+@pytest.mark.xfail(strict=True, reason="not yet: the default budget at G=128 is the fixed plan's parallel window of 45, which the "
+                   "bare rule prices cubically in w (14.7); no floor (max) lowers it, so 1 exact + 1 parallel + reuse 36 still fits")
+def test_128_gpu_plan_is_no_longer_two_forwards():
+    from parastep.planner.plan import plan_schedule
+
+    prof, sha = resolve_profile("sdxl")
+    prof = priors.derive_for_steps(prof, num_steps=50, max_window=128)
+    s = plan_schedule(prof, profile_sha256=sha, world_size=128, max_window=128).schedule
+    computing = [w for w in s.windows if w.kind != "reuse"]
+    assert len(computing) > 2, s.windows
