@@ -81,7 +81,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-window", type=_positive_int, dest="max_window", help="largest window (default: min(gpus, profile max))")
     plan.add_argument("--profile", help="profile YAML (default: the shipped one for --model)")
     plan.add_argument("--interconnect", help="interconnect preset for exchange costs (nvlink, pcie4, pcie3, ethernet-10g, ethernet-1g)")
-    plan.add_argument("--time-limit", type=_nonneg_float, dest="time_limit_s", default=60.0, help="CP-SAT time limit in seconds")
+    plan.add_argument("--time-limit", type=_nonneg_float, dest="time_limit_s", default=10.0, help="CP-SAT time limit in seconds (default 10; past it the best plan found is emitted as FEASIBLE with its proven bound and gap)")
     plan.add_argument("--workers", type=_positive_int, default=None, help="CP-SAT search workers (default: CPU count)")
     plan.add_argument("--seed", type=int, default=0, help="CP-SAT random seed")
     plan.add_argument("--solver", choices=["auto", "cp-sat", "dp"], default="auto",
@@ -138,6 +138,9 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--seed", type=int, action="append", dest="seeds", help="seed (repeatable)")
     pr.add_argument("--prompt", action="append", dest="prompts", help="prompt/class (repeatable)")
     pr.add_argument("--verify", type=int, default=None, help="verification runs for the PSNR calibration")
+    pr.add_argument("--recalibrate", metavar="PROFILE", help="measure nothing new: re-fit the calibration of this profile "
+                    "(--verify N plans) and/or re-time its compute and exchange (--retime) on this machine, write --out")
+    pr.add_argument("--retime", action="store_true", help="with --recalibrate: re-measure compute and exchange costs")
     pr.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads on CPU (as exec's ranks use)")
     pr.add_argument("--propagation-stride", type=_positive_int, default=1, dest="propagation_stride",
                     help="measure propagation every k-th step and interpolate (cost ~T^2/(2k) forwards)")

@@ -24,8 +24,8 @@ rounding error of sums of a few thousand float terms.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional, Sequence
+from dataclasses import dataclass, replace as dc_replace
+from typing import Callable, Optional, Sequence
 
 import numpy as np
 
@@ -115,13 +115,15 @@ def _arcs_of(g: _Graph, path: Sequence[int]) -> Optional[list[int]]:
     return out
 
 
-def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_iterations: int = 60) -> LagrangeResult:
+def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_iterations: int = 60,
+                      feasible: Optional[Callable[[list[int]], bool]] = None) -> LagrangeResult:
     """Dual bound, best feasible path seen, and the edges that may still be on an optimal plan.
 
     With several calibration samples the single constraint is the sum of the per-sample ones (a
     valid relaxation when every sample is required; ``NO_AGGREGATE_BOUND`` otherwise, so only the
     incumbent's latency prunes), and incumbents must meet the per-sample statement: the reduction
-    stays exact."""
+    stays exact. ``feasible`` overrides that check (a relaxation of a larger problem passes the
+    larger problem's ``path_feasible``: only truly feasible plans may set the pruning threshold)."""
     g = _Graph(problem)
     B = float(problem.budget_units)
     keep_none = [False] * len(problem.edges)
@@ -134,7 +136,7 @@ def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_it
         best_path = _arcs_of(g, incumbent)
         if best_path is not None:
             best_units = float(g.lat[best_path].sum())
-            if g.err[best_path].sum() > B or not problem.path_feasible(list(incumbent)):
+            if g.err[best_path].sum() > B or not (feasible or problem.path_feasible)(list(incumbent)):
                 best_path, best_units = None, None
 
     def relaxed(lam: float):
@@ -147,7 +149,8 @@ def lagrangian_reduce(problem: Problem, *, incumbent: Sequence[int] = (), max_it
         if p is not None and lat_err[1] <= B and (best_units is None or lat_err[0] < best_units):
             # with several samples the aggregate bound B is only a relaxation: an incumbent (which
             # sets the pruning threshold) must satisfy the per-sample statement itself
-            if problem.single_budget or problem.path_feasible([int(g.ids[k]) for k in p]):
+            ids = [int(g.ids[k]) for k in p]
+            if (feasible(ids) if feasible is not None else (problem.single_budget or problem.path_feasible(ids))):
                 best_path, best_units = p, lat_err[0]
 
     iterations = 1
@@ -263,3 +266,22 @@ def rounded_up_path(problem: Problem, *, keep: Optional[Sequence[bool]] = None, 
         t, k2, left = step[1], step[2], left - step[3]
     path.reverse()
     return tuple(path)
+
+
+def scaled_max_path(problem: Problem, *, levels: int = 2000) -> Optional[tuple[int, ...]]:
+    """A plan that meets every required sample's bound (heuristic incumbent for several samples):
+    the single-budget problem whose edge error is ``max_n ceil(u_n * levels / B_n)`` with budget
+    ``levels``, over the ``min_within`` samples with the largest bounds. A path within it is within
+    each of those samples' bounds (sum_e u_n <= B_n / levels * sum_e max(...) <= B_n), so the
+    result is feasible. None if there is no such path or a required bound is 0."""
+    from .oracle import solve_dp
+
+    order = sorted(range(problem.samples), key=lambda n: -problem.sample_budget_units[n])[:problem.min_within]
+    if any(problem.sample_budget_units[n] <= 0 for n in order):
+        return None
+    edges = tuple(dc_replace(e, sample_error_units=(max(-(-e.sample_error_units[n] * levels // problem.sample_budget_units[n])
+                                                        for n in order),)) for e in problem.edges)
+    res = solve_dp(dc_replace(problem, edges=edges, sample_budget_units=(levels,), min_within=1, budget_units=levels))
+    if res is None or not problem.path_feasible(res.path):
+        return None
+    return res.path

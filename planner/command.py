@@ -79,13 +79,18 @@ def request_from_args(args) -> PlanRequest:
     profile, sha = resolve_profile(args.model, args.profile)
     G = args.gpus
     T = args.steps if args.steps is not None else profile.num_steps
-    # default max window: one offset per GPU; a measured profile caps it at what it measured,
-    # a prior is re-derived for any window size
-    J = args.max_window if args.max_window is not None else (G if _derivable(profile) else min(G, profile.max_window))
+    # default max window: one offset per GPU, capped at what the profile holds. For a prior that cap
+    # is the evidence behind it (a prior must not plan windows longer than anything measured: at 128
+    # GPUs an uncapped prior planned "1 forward + a 36-step reuse chain"); --max-window beyond it
+    # re-derives the prior's tables, with a warning.
+    J = args.max_window if args.max_window is not None else min(G, profile.max_window)
     if args.warmup is not None and args.warmup >= T:
         raise UserError(f"--warmup {args.warmup} must be less than the number of steps ({T}); pass a smaller --warmup")
     if args.policy == "fixed" and (args.budget is not None or args.min_psnr is not None):
         raise UserError("--budget/--min-psnr apply to --policy optimal; the fixed plan's error is set by --warmup: drop the budget or use --policy optimal")
+    if J > profile.max_window and _derivable(profile):
+        print(f"parastep: warning: --max-window {J} is beyond the {profile.max_window} steps the prior '{profile.name}' "
+              "was built for: its longer windows are extrapolated, not evidence", file=sys.stderr)
     profile = _adapt(profile, num_steps=T, max_window=J)
     if args.interconnect is not None:
         profile = _with_interconnect(profile, name=args.interconnect, world_size=G)

@@ -60,7 +60,7 @@ from typing import Optional, Sequence
 
 from ortools.sat.python import cp_model
 
-from .bounds import lagrangian_reduce, rounded_up_path
+from .bounds import lagrangian_reduce, rounded_up_path, scaled_max_path
 from .options import SolverOptions
 from .problem import Problem
 
@@ -185,6 +185,10 @@ def decode(problem: Problem, built: BuiltModel, solver: cp_model.CpSolver) -> tu
     return tuple(path)
 
 
+def _units(problem: Problem, path: Sequence[int]) -> int:
+    return sum(problem.edges[i].latency_units for i in path)
+
+
 def solve_cpsat(problem: Problem, options: SolverOptions = SolverOptions(), *, hint: Sequence[int] = (),
                 reduce: bool = True) -> CpSatResult:
     """Build, solve and decode. ``hint`` is a feasible path (edge indices) or empty."""
@@ -192,16 +196,32 @@ def solve_cpsat(problem: Problem, options: SolverOptions = SolverOptions(), *, h
     keep = None
     lower = None
     if reduce:
+        if not problem.single_budget:
+            # several samples: a scaled single-budget DP gives a plan feasible for all of them
+            inc = scaled_max_path(problem)
+            if inc is not None and (not hint or _units(problem, inc) < _units(problem, hint)):
+                hint = inc
         red = lagrangian_reduce(problem, incumbent=hint)
         # a better incumbent tightens the reduction and the hint: the rounded-up DP (heuristic; one budget only)
         better = rounded_up_path(problem, keep=red.keep) if red.incumbent is not None and problem.single_budget else None
         if better is not None and sum(problem.edges[i].latency_units for i in better) < red.incumbent_units:
             red = lagrangian_reduce(problem, incumbent=better)
-        keep = red.keep
+        keep = list(red.keep)
         if red.incumbent is not None:
             hint = red.incumbent
-        if math.isfinite(red.lower_bound):
-            lower = math.ceil(red.lower_bound - 1e-6 * max(1.0, abs(red.lower_bound)))
+        bound = red.lower_bound
+        if problem.samples > 1 and problem.min_within == problem.samples and hint:
+            # every sample is required: each sample's own constraint is a relaxation, so an edge that
+            # no plan beating the incumbent can use under ANY one sample's constraint is dropped
+            # (exact: the optimum survives every filter; the incumbent's edges are kept)
+            for n in range(problem.samples):
+                red_n = lagrangian_reduce(problem.restricted([n]), incumbent=hint, feasible=problem.path_feasible)
+                keep = [a and b for a, b in zip(keep, red_n.keep)]
+                bound = max(bound, red_n.lower_bound)
+            for i in hint:
+                keep[i] = True
+        if math.isfinite(bound):
+            lower = math.ceil(bound - 1e-6 * max(1.0, abs(bound)))
     built = build_model(problem, keep=keep, hint=hint, lower_bound_units=lower)
     validation = built.model.validate()
     if validation:

@@ -68,7 +68,7 @@ Budget 0: only zero-error edges survive (an edge with any positive error has err
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace as dc_replace
 from typing import Literal, Optional, Sequence
 
 from ..profiles.model import Predictor, Profile
@@ -160,6 +160,14 @@ class Problem:
     def path_feasible(self, path) -> bool:
         """The quality statement holds for this path (edge indices)."""
         return self.samples_within(path) >= self.min_within
+
+    def restricted(self, samples: Sequence[int], *, budget_units: Optional[Sequence[int]] = None) -> "Problem":
+        """The same graph with only ``samples`` (all required), optionally with other integer bounds:
+        a relaxation when every sample of ``self`` is required (any plan feasible here... is feasible
+        for those samples alone), and the single-budget problem the DP solves when one sample is kept."""
+        bounds = tuple(budget_units) if budget_units is not None else tuple(self.sample_budget_units[n] for n in samples)
+        edges = tuple(dc_replace(e, sample_error_units=tuple(e.sample_error_units[n] for n in samples)) for e in self.edges)
+        return dc_replace(self, edges=edges, sample_budget_units=bounds, min_within=len(bounds), budget_units=sum(bounds))
 
     def edge_index(self, *, start: int, size: int, kind: EdgeKind, predictor: Optional[Predictor] = None) -> Optional[int]:
         """The edge for this window (any predictor if ``predictor`` is None: the lowest error)."""

@@ -68,6 +68,8 @@ def run(args) -> int:
         raise UserError(f"--out {out}: folder {out.parent} does not exist; create it or pass another path")
     pipe = load_pipeline(args.model, model_path=args.model_path)
     kwargs, resolution, default_prompts, default_steps = default_call(pipe, args.model)
+    if getattr(args, "recalibrate", None):
+        return recalibrate(pipe, args, kwargs=kwargs, out=out)
     T = args.steps or default_steps
     if T < 2:
         raise UserError(f"--steps {T}: profiling needs at least 2 steps; pass --steps 2 or more")
@@ -94,6 +96,41 @@ def run(args) -> int:
     if args.plot:
         plot_profile(profile, args.plot)
         say(f"wrote {args.plot}")
+    return 0
+
+
+def recalibrate(pipe, args, *, kwargs, out: Path) -> int:
+    """``--recalibrate PROFILE``: re-time compute/exchange (``--retime``) and/or re-fit the
+    calibration (``--verify N``) of an existing profile on this machine; its quality tables stay."""
+    from ..profiles.io import dump_profile, load_profile, write_profile
+    from ..profiles.model import profile_sha256
+    from .measure import ProfilerSettings, record_reference, retime
+
+    pipe.set_progress_bar_config(disable=True)
+    profile, _ = load_profile(args.recalibrate)
+    if profile.model != args.model:
+        raise UserError(f"--recalibrate {args.recalibrate} is a profile of '{profile.model}', not --model {args.model}")
+    if not args.retime and args.verify is None:
+        raise UserError("--recalibrate needs --retime and/or --verify N; pass one")
+    if profile.guidance_scale is not None and "guidance_scale" in kwargs:
+        kwargs["guidance_scale"] = profile.guidance_scale
+    prompts = tuple(dict.fromkeys(s.prompt for s in profile.output_errors.samples)) if profile.output_errors else ("0",)
+    settings = ProfilerSettings(model=profile.model, num_steps=profile.num_steps, max_window=profile.max_window,
+                                gpus=args.gpus, prompts=prompts, seeds=(0,), call_kwargs=kwargs, interconnect=args.interconnect,
+                                threads=getattr(args, "threads", 1) or 1, resolution_px=profile.resolution_px)
+
+    def say(msg: str) -> None:
+        print(f"parastep profile: {msg}", file=sys.stderr, flush=True)
+
+    if args.retime:
+        try:
+            profile = retime(pipe, profile, settings, say=say)
+        except ValueError as exc:
+            raise UserError(str(exc).splitlines()[0]) from None
+    if args.verify is not None:
+        profile = calibrate_profile(pipe, profile, settings=settings, count=args.verify, say=say)
+    write_profile(profile, out)
+    say(f"wrote {out} (sha256 {profile_sha256(dump_profile(profile))[:12]}...)")
     return 0
 
 

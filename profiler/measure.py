@@ -905,6 +905,27 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
     return ProfileRun(profile=profile, forwards=forwards, trajectory=traj, delta=delta, notes=notes)
 
 
+def retime(pipe, profile: Profile, settings: ProfilerSettings, *, say) -> Profile:
+    """``profile`` with compute and exchange costs measured again on this machine (quality tables,
+    which do not depend on hardware, are kept)."""
+    T = profile.num_steps
+    with cpu_threads(pipe, settings.threads):
+        traj = record_reference(pipe, prompts=list(settings.prompts[:1]), seeds=[0], num_steps=T, call_kwargs=settings.call_kwargs)
+        compute, out_bytes, _ = measure_compute(pipe, prompt=settings.prompts[0], seed=0, num_steps=T,
+                                                call_kwargs=settings.call_kwargs, max_window=profile.max_window,
+                                                repeats=settings.timing_repeats, threads=settings.threads)
+    say(f"compute: forward {compute.forward_s[0] * 1e3:.3f} ms, step {compute.step_s * 1e3:.3f} ms, "
+        f"overhead {compute.step_overhead_s * 1e3:.3f} ms, output {out_bytes} bytes")
+    measured = Measured(device=device_description(pipe, settings.threads), date=_dt.date.today().isoformat(),
+                        prompts=[str(p) for p in settings.prompts[:1]], seeds=[0], packages=package_versions())
+    notes: list[str] = []
+    comm, comm_prov = _comm_part(pipe, settings, out_bytes=out_bytes, traj=traj, measured=measured, say=say, notes=notes)
+    prov = profile.provenance.model_copy(update={"compute": measured.model_copy(update={"notes": (
+        f"batch 1, median of {settings.timing_repeats} runs; forward_s[k-1] = k consecutive forwards as the executor runs "
+        f"a rank's offsets (re-timed with --recalibrate --retime)")}), "comm": comm_prov})
+    return profile.model_copy(update={"compute": compute, "comm": comm, "output_bytes": out_bytes, "provenance": prov})
+
+
 def _round_sig(v: float, digits: int = 4) -> float:
     """``v`` to ``digits`` significant digits (the quality model is not more precise; keeps the YAML small)."""
     return float(f"{v:.{digits - 1}e}") if v > 0 else 0.0
