@@ -312,7 +312,7 @@ class _NoAliasDumper(yaml.SafeDumper):
 
 
 def dump_yaml(data: Any, **kwargs) -> str:
-    """``yaml.safe_dump`` that never writes anchors or aliases (``read_yaml_file`` refuses them)."""
+    """``yaml.safe_dump`` that never writes anchors or aliases: each value is written out where it is used."""
     return yaml.dump(data, Dumper=_NoAliasDumper, **kwargs)
 
 
