@@ -50,12 +50,12 @@ def quantile(values, q: float) -> float:
 
 
 def main(argv=None) -> int:
+    from parastep.executor.evaluate import psnr_db_per_sample, run_schedule_local, samples_of
     from parastep.executor.registry import load_pipeline
     from parastep.planner.options import SolverOptions
     from parastep.planner.plan import plan_schedule
-    from parastep.executor.evaluate import psnr_db_per_sample, run_schedule_local, samples_of
     from parastep.profiler.calibrate import predicted_per_sample
-        from parastep.profiles.io import resolve_profile
+    from parastep.profiles.io import resolve_profile
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seeds", type=int, default=2, help="held-out seeds per class")
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
     prompts, seeds = samples_of([str(d) for d in range(10)], [HELD_OUT_SEED0 + k for k in range(args.seeds)])
     kw = {"guidance_scale": profile.guidance_scale}
     ref = run_schedule_local(pipe, None, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=kw)
-    options = SolverOptions(workers=2, time_limit_s=60.0)
+    options = SolverOptions(workers=2, time_limit_s=10.0)      # the CLI default
     t_start = time.perf_counter()
     cache: dict = {}
 

@@ -29,6 +29,7 @@ from .problem import (
 )
 
 SolverName = Literal["auto", "cp-sat", "dp"]
+CPSAT_SCALE_FACTOR = 1000.0
 Policy = Literal["optimal", "fixed"]
 
 
@@ -182,8 +183,13 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         verify_schedule(schedule, profile)
         return PlanResult(schedule=schedule, warnings=tuple(warnings), problem=None)
 
+    name = ("dp" if N == 1 else "cp-sat") if solver == "auto" else solver
+    # CP-SAT's cost does not grow with coefficient size, the DP's table does: CP-SAT gets an error
+    # scale 1000x finer, so rounding each window's error up costs at most ~1e-7 of the bound per
+    # window instead of ~1e-4 (which made "OPTIMAL" plans up to 6 % slower than the float optimum)
+    fine = CPSAT_SCALE_FACTOR if name == "cp-sat" else 1.0
     if budget is None:
-        scale = error_scale_for(min(fixed_per_sample))
+        scale = error_scale_for(min(fixed_per_sample)) * fine
         b_units = fixed_sample_error_units(fixed, scale=scale)
         if fixed_bound_factor != 1.0:
             b_units = tuple(math.floor(u * fixed_bound_factor) for u in b_units)
@@ -193,13 +199,12 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     else:
         required = N if coverage is None else max(1, math.ceil(coverage * N - 1e-9))
         problem = build_problem(profile, world_size=G, max_window=J, budget=budget, min_within=required,
-                                latency_units_per_s=latency_units_per_s)
+                                error_units_per_unit=error_scale_for(budget) * fine, latency_units_per_s=latency_units_per_s)
         reported_budget = budget
     warnings.extend(problem.notes)
     hint = _path_of(problem, fixed)
     if hint and not problem.path_feasible(hint):
         hint = ()
-    name = ("dp" if problem.single_budget else "cp-sat") if solver == "auto" else solver
 
     if name == "dp":
         import time

@@ -6,7 +6,8 @@ as the executor runs them:
 - exact window: ``forward(1) -> step`` on every rank (no communication);
 - reuse window of size w: w ``step`` ops on every rank;
 - parallel window of size w: on every rank, (w - 1) ``scratch`` steps (building the inputs by
-  reuse) -> ``forward(n_r)`` (the rank's n_r offsets, batched; absent when n_r = 0) -> the
+  reuse) -> ``forward(n_r)`` (the rank's n_r offsets, computed one after another as the executor does, priced
+  by the profile's ``forward_s[n_r - 1]``; absent when n_r = 0) -> the
   window's **shared** ``exchange`` node (one node for all ranks: a barrier) -> w ``step``
   (replay) ops.
 

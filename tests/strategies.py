@@ -3,7 +3,7 @@ hypothesis strategy ``random_profiles(...)``; and random valid schedules: ``vali
 
 The numbers look like a real profile (deviation growing with the offset, ``linear`` better than
 ``last`` for short windows and worse for long ones, propagation gains decaying over the run,
-forward time sublinear in the number of batched offsets, alpha-beta exchange costs), with
+forward time of k offsets on one rank about k forwards (the executor computes them one after another), alpha-beta exchange costs), with
 magnitudes spread over many decades so that integer scaling is exercised. Everything is a pure
 function of the arguments (numpy Generator seeded with ``seed``).
 """
@@ -63,7 +63,7 @@ def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "ra
     gain = np.exp(rng.uniform(-2, 1) * np.arange(T) / max(T, 1)) * rng.uniform(0.3, 3.0)
     f1 = float(10.0 ** rng.uniform(-3, 0))
     if forward_s is None:
-        beta = rng.uniform(0.3, 1.0)
+        beta = rng.uniform(0.9, 1.0)      # k consecutive forwards: close to k x one forward
         forward_s = [f1 * (1.0 + beta * k) for k in range(J)]
     if step_s is None:
         step_s = float(f1 * rng.uniform(0.0, 0.1))
@@ -144,11 +144,13 @@ def valid_schedules(draw, *, max_steps: int = 40, max_world: int = 64, max_windo
     s = 1
     while s < T:
         kind = draw(st.sampled_from(["exact", "parallel", "reuse"]))
+        if kind == "parallel" and (T - s < 2 or J < 2):
+            kind = "exact"                      # a parallel window has w >= 2 (DESIGN §1)
         if kind == "exact":
             windows.append(ExactWindow(start=s))
             s += 1
             continue
-        size = draw(st.integers(1, min(J, T - s)))
+        size = draw(st.integers(2 if kind == "parallel" else 1, min(J, T - s)))
         pred = draw(st.sampled_from(["last", "linear"] if s >= 2 else ["last"]))
         if kind == "parallel":
             placement = draw(st.lists(st.integers(0, G - 1), min_size=size, max_size=size))

@@ -124,7 +124,7 @@ def test_default_plan_is_no_worse_than_the_fixed_plan_on_every_sample(T, J, G, N
 
 def test_coverage_below_one_is_never_slower_and_counts_samples():
     faster = 0
-    for seed in range(300, 330):
+    for seed in range(300, 312):
         prof = make_profile(num_steps=24, max_window=4, seed=seed, samples=10)
         per = plan_schedule(prof, profile_sha256=SHA, world_size=4, policy="fixed").schedule.quality.per_sample.predicted_units
         scale = plan_schedule(prof, profile_sha256=SHA, world_size=4, policy="fixed").schedule.quality.error_units_per_unit
@@ -135,7 +135,7 @@ def test_coverage_below_one_is_never_slower_and_counts_samples():
         assert most.quality.per_sample.required == 7 and most.quality.per_sample.within >= 7
         assert most.solver.objective <= all_.solver.objective
         faster += most.solver.objective < all_.solver.objective
-    assert faster >= 10, "dropping 3 of 10 samples from the statement should often allow a faster plan"
+    assert faster >= 4, "dropping 3 of 10 samples from the statement should often allow a faster plan"
 
 
 @pytest.mark.parametrize("field", ["latency", "predicted", "per_sample_units", "within"])

@@ -55,7 +55,8 @@ def fixed_plan(*, num_steps: int, warmup: int, gpus: int, **kw) -> Schedule:
     s = len(windows)
     while s < num_steps:
         n = min(gpus, num_steps - s)
-        windows.append(ParallelWindow(start=s, placement=list(range(n)), predictor="last"))
+        # a 1-step remainder is an exact window (a parallel window has w >= 2), as planner/fixed.py does
+        windows.append(ParallelWindow(start=s, placement=list(range(n)), predictor="last") if n >= 2 else ExactWindow(start=s))
         s += n
     return make_schedule(windows, num_steps=num_steps, world_size=gpus, max_window=gpus, **kw)
 
@@ -110,12 +111,12 @@ def test_hand_computed_mixed_schedule():
     assert result.comm_s == pytest.approx((0.08, 0.08))
     assert result.forwards == (4, 3)
     assert result.window_start_s == pytest.approx((0.0, 1.1, 1.1 + parallel, 1.1 + parallel + reuse))
-    # the critical path runs through rank 0's batched forward and the shared exchange
+    # the critical path runs through rank 0's forwards and the shared exchange
     kinds = [(op.rank, op.kind) for op in result.critical_path]
     assert (0, "forward") in kinds and (-1, "exchange") in kinds and (1, "forward") not in [(o.rank, o.kind) for o in result.critical_path if o.window == 1]
 
 
-def test_single_rank_parallel_window_batches_all_offsets():
+def test_single_rank_parallel_window_computes_all_offsets():
     windows = [ExactWindow(start=0), ParallelWindow(start=1, placement=[0, 0, 0])]
     result = simulate(make_schedule(windows, num_steps=4, world_size=1), hand_profile(4))
     # one rank: no exchange cost, fwd(3) = 1.8
