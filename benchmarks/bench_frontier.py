@@ -42,15 +42,8 @@ MIN_PSNR_TARGETS = (30.0, 32.5, 35.0, 37.5, 40.0)
 TOLERANCE_DB = 0.5
 
 
-def quantile(values, q: float) -> float:
-    v = sorted(values)
-    pos = q * (len(v) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
 def main(argv=None) -> int:
-    from parastep.executor.evaluate import psnr_db_per_sample, run_schedule_local, samples_of
+    from parastep.executor.evaluate import psnr_db_per_sample, quantile, run_schedule_local, samples_of
     from parastep.executor.registry import load_pipeline
     from parastep.planner.options import SolverOptions
     from parastep.planner.plan import plan_schedule
@@ -63,6 +56,8 @@ def main(argv=None) -> int:
     ap.add_argument("--gpus", type=int, nargs="+", default=[2, 4, 8])
     ap.add_argument("--profile", default=None, help="profile YAML (default: the shipped digits profile)")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results")
+    ap.add_argument("--series", nargs="+", default=["fixed", "default", "optimal", "min-psnr"],
+                    help="series to (re)run; others are kept from an existing frontier.json in --out")
     args = ap.parse_args(argv)
     torch.set_num_threads(1)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -92,22 +87,27 @@ def main(argv=None) -> int:
                 "solver_wall_s": schedule.solver.wall_s, "plan": " ".join(_short(w, schedule) for w in schedule.windows)}
 
     rows = []
+    old_json = args.out / "frontier.json"
+    if set(args.series) != {"fixed", "default", "optimal", "min-psnr"} and old_json.exists():
+        rows = [r for r in json.loads(old_json.read_text())["rows"] if r["series"] not in args.series]
     for G in args.gpus:
         J = min(G, profile.max_window)
         fixed_median = []
         for W in range(1, 16):
             s = plan_schedule(profile, profile_sha256=sha, world_size=G, max_window=J, policy="fixed", warmup=W).schedule
             fixed_median.append(statistics.median(predicted_per_sample(s, profile)))
-            rows.append({"G": G, "series": "fixed", "param": W, **measure(s)})
-        s = plan_schedule(profile, profile_sha256=sha, world_size=G, max_window=J, options=options).schedule
-        rows.append({"G": G, "series": "default", "param": None, **measure(s)})
+            if "fixed" in args.series:
+                rows.append({"G": G, "series": "fixed", "param": W, **measure(s)})
+        if "default" in args.series:
+            s = plan_schedule(profile, profile_sha256=sha, world_size=G, max_window=J, options=options).schedule
+            rows.append({"G": G, "series": "default", "param": None, **measure(s)})
         lo, hi = min(fixed_median) / 10, max(fixed_median) * 3
-        for k in range(args.budgets):
+        for k in range(args.budgets if "optimal" in args.series else 0):
             b = math.exp(math.log(lo) + (math.log(hi) - math.log(lo)) * k / max(1, args.budgets - 1))
             s = plan_schedule(profile, profile_sha256=sha, world_size=G, max_window=J, budget=b, coverage=0.9,
                               options=options).schedule
             rows.append({"G": G, "series": "optimal", "param": b, **measure(s)})
-        if profile.calibration is not None:
+        if profile.calibration is not None and "min-psnr" in args.series:
             for db in MIN_PSNR_TARGETS:
                 b = profile.calibration.deviation_for_psnr(db)
                 s = plan_schedule(profile, profile_sha256=sha, world_size=G, max_window=J, budget=b, coverage=0.9,
@@ -117,6 +117,7 @@ def main(argv=None) -> int:
                 rows.append({"G": G, "series": "min-psnr", "param": db, **r})
         print(f"G={G} done ({time.perf_counter() - t_start:.0f} s, {len(cache)} distinct plans run)", flush=True)
 
+    rows.sort(key=lambda r: (r["G"], ["fixed", "default", "optimal", "min-psnr"].index(r["series"])))
     checks = {G: check(rows, G) for G in args.gpus}
     (args.out / "frontier.json").write_text(json.dumps({"rows": rows, "checks": checks, "profile": profile.name,
                                                         "profile_sha256": sha, "held_out_images": len(prompts)}, indent=1))

@@ -141,8 +141,8 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     """Plan ``profile.num_steps`` steps on ``world_size`` ranks.
 
     Quality statement, per calibration sample of the profile (one "sample" for a prior):
-    - ``budget`` given: at least ``ceil(coverage * N)`` samples (coverage default 1: all) have a
-      predicted output error <= budget; the bound holds in floats (units rounded up, bound down).
+    - ``budget`` given: at least ``required_samples(coverage, N)`` samples (coverage default 1: all)
+      have a predicted output error <= budget; the bound holds in floats (units rounded up, bound down).
     - ``budget`` None: every sample's error is at most its error under the fixed plan (with
       ``warmup``, default ``default_warmup(T)``), in the fixed plan's own integer units, so the fixed
       plan is feasible and the optimum never loses to it. ``fixed_bound_factor`` < 1 tightens those
@@ -197,7 +197,7 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
                                 sample_budget_units=b_units, error_units_per_unit=scale, latency_units_per_s=latency_units_per_s)
         reported_budget = fixed_error(fixed)
     else:
-        required = N if coverage is None else max(1, math.ceil(coverage * N - 1e-9))
+        required = N if coverage is None else required_samples(coverage, N)
         problem = build_problem(profile, world_size=G, max_window=J, budget=budget, min_within=required,
                                 error_units_per_unit=error_scale_for(budget) * fine, latency_units_per_s=latency_units_per_s)
         reported_budget = budget
@@ -248,6 +248,21 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
                          options=options if name == "cp-sat" else None)
     verify_schedule(schedule, profile)
     return PlanResult(schedule=schedule, warnings=tuple(warnings), problem=problem)
+
+
+COVERAGE_Z = 1.2816        # one-sided 90 % normal quantile
+
+
+def required_samples(coverage: float, samples: int) -> int:
+    """Calibration images that must meet the bound for ``coverage`` of *all* images to: the plan is
+    chosen on these N images, and a share Q of them within the bound overstates the share of unseen
+    images (measured: "18 of 20" plans put 65-80 % of held-out images at the target). So the share
+    required of the N is raised by a one-sided 90 % binomial margin, ``Q N + 1.28 sqrt(N Q (1-Q))``,
+    rounded up, at most N (20 images, Q = 0.9: all 20; Q = 0.5: 13)."""
+    if samples <= 1:
+        return 1
+    need = coverage * samples + COVERAGE_Z * math.sqrt(samples * coverage * (1.0 - coverage))
+    return max(1, min(samples, math.ceil(need - 1e-9)))
 
 
 def _path_of(problem: Problem, fixed: Sequence[PlannedWindow]) -> tuple[int, ...]:

@@ -104,7 +104,7 @@ def recalibrate(pipe, args, *, kwargs, out: Path) -> int:
     calibration (``--verify N``) of an existing profile on this machine; its quality tables stay."""
     from ..profiles.io import dump_profile, load_profile, write_profile
     from ..profiles.model import profile_sha256
-    from .measure import ProfilerSettings, record_reference, retime
+    from .measure import ProfilerSettings, retime
 
     pipe.set_progress_bar_config(disable=True)
     profile, _ = load_profile(args.recalibrate)
@@ -208,21 +208,27 @@ def plot_profile(profile, path: str) -> None:
     ax.set_title("propagation gain")
 
     ax = axes[1][1]
-    for pred, style in (("last", "-"), ("linear", "--")):
-        for w in sorted({2, 4, 8, profile.max_window}):
+    per_image = profile.output_errors is not None
+    for kind, pred, style in (("parallel", "last", "-"), ("parallel", "linear", "--"), ("reuse", "last", ":")):
+        for w in sorted({2, 4, profile.max_window}):
             if w > profile.max_window:
                 continue
-            xs, ys = [], []
+            xs, med, p90 = [], [], []
             for s in range(T):
-                v = profile.window_deviation("parallel", start=s, size=w, predictor=pred)
+                v = profile.window_errors(kind, start=s, size=w, predictor=pred)
                 if v is not None:
+                    v = sorted(v)
                     xs.append(s)
-                    ys.append(max(v, 1e-12))
+                    med.append(max(v[len(v) // 2], 1e-12))
+                    p90.append(max(v[min(len(v) - 1, int(0.9 * len(v)))], 1e-12))
             if xs:
-                ax.semilogy(xs, ys, style, label=f"{pred}, w={w}")
+                line, = ax.semilogy(xs, med, style, label=f"{kind} {pred}, w={w}")
+                if per_image:
+                    ax.fill_between(xs, med, p90, color=line.get_color(), alpha=0.15)
     ax.set_xlabel("window start s")
-    ax.set_ylabel("predicted output deviation")
-    ax.set_title("window error = sum_j gain * deviation")
+    ax.set_ylabel("output error (latent RMS)")
+    ax.set_title("window output error per image (median; band to p90)" if per_image
+                 else "window error = sum_j gain * deviation")
     ax.legend(fontsize=7)
     fig.suptitle(f"profile {profile.name}")
     fig.tight_layout()

@@ -20,7 +20,6 @@ layer, above both (DESIGN §6); ``parastep.planner.command`` stays executor-free
 
 from __future__ import annotations
 
-import math
 import statistics
 import sys
 import time
@@ -30,13 +29,6 @@ from ..errors import UserError
 HELD_OUT_SEED0 = 10_000
 MAX_ROUNDS = 3
 TIGHTEN = 0.7
-
-
-def quantile(values, q: float) -> float:
-    v = sorted(values)
-    pos = q * (len(v) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
 def held_out_samples(profile, n: int) -> tuple[list[str], list[int]]:
@@ -71,7 +63,7 @@ def _verified(req, *, n: int, model_path):
     from ..executor.registry import load_pipeline
     from ..planner.command import make_plan
     from ..schedules.model import MeasuredQuality
-    from ..executor.evaluate import psnr_db_per_sample, run_schedule_local
+    from ..executor.evaluate import psnr_db_per_sample, quantile, run_schedule_local
     from .command import default_call
     from .measure import cpu_threads
 

@@ -189,7 +189,11 @@ def test_big_instances_emit_valid_schedules(T, G, J):
     # the Lagrangian incumbent, so it always has a solution to return). Never UNKNOWN, never unchecked.
     cs = plan_schedule(profile, profile_sha256=SHA, world_size=G, solver="cp-sat", options=SolverOptions(workers=1, time_limit_s=10.0))
     assert violations(cs.schedule) == [] and cs.schedule.solver.status in ("OPTIMAL", "FEASIBLE")
-    assert cs.schedule.solver.objective >= res.schedule.solver.objective
+    assert cs.schedule.solver.bound <= cs.schedule.solver.objective
+    # CP-SAT's error scale is 1000x finer than the DP's: every plan within the DP's integer budget is
+    # within CP-SAT's (sum ceil(1000 e s) <= 1000 sum ceil(e s)), so its optimum is never slower
+    if cs.schedule.solver.status == "OPTIMAL":
+        assert cs.schedule.solver.objective <= res.schedule.solver.objective
     if cs.schedule.solver.status == "FEASIBLE":
         assert any("time limit" in w for w in cs.warnings)
 
@@ -203,10 +207,13 @@ def test_optimal_is_never_slower_than_the_fixed_plan_at_its_budget(profile, gpus
     # CP-SAT's proof can take seconds beyond ~30 steps x 8-step windows (see planner/cpsat.py): the DP there
     solver = "cp-sat" if T <= 30 and profile.max_window <= 8 else "dp"
     opt = plan_schedule(profile, profile_sha256=SHA, world_size=gpus, warmup=W, solver=solver, options=ONE_WORKER).schedule
-    assert opt.quality.budget_units == fixed.quality.predicted_units        # same integer units
+    # the fixed plan's own integer errors at the optimal plan's scale (CP-SAT's is 1000x the DP's)
+    fixed_units = sum_units(fixed_windows(profile, world_size=gpus, max_window=opt.max_window, warmup=W if W else default_warmup(T)),
+                            scale=opt.quality.error_units_per_unit)
+    assert opt.quality.budget_units == fixed_units                          # same integer units
     assert opt.solver.objective <= fixed.solver.objective                   # integer latency
     assert opt.latency.predicted_s <= fixed.latency.predicted_s + len(fixed.windows) * 0.5 / opt.solver.latency_units_per_s
-    assert opt.quality.predicted_units <= fixed.quality.predicted_units
+    assert opt.quality.predicted_units <= fixed_units
 
 
 def test_fixed_plan_follows_the_paper():
