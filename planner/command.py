@@ -118,7 +118,7 @@ def request_from_args(args) -> PlanRequest:
                        min_psnr_db=args.min_psnr, policy=args.policy, warmup=args.warmup, solver=args.solver, options=options)
 
 
-def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_factor: float = 1.0):
+def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_factor: Optional[float] = None):
     """Plan ``req`` (``budget`` overrides the request's, e.g. a re-plan after a measurement)."""
     from .plan import plan_schedule
 

@@ -10,8 +10,8 @@ is corrected from the measurement and the plan re-made, at most ``MAX_ROUNDS`` r
   DB". Missed by S dB at that quantile, the next round plans for DB + S + 0.25 dB (the per-image
   calibration was S dB too kind on these plans).
 - no budget (the default plan): the target is the fixed plan's own measured mean and 10th
-  percentile on the same images. Missed, the per-sample bounds (the fixed plan's predicted
-  errors) are tightened by ``TIGHTEN`` and the plan re-made.
+  percentile on the same images. Missed, the per-sample bounds (a share of the fixed plan's
+  predicted errors) are tightened by ``TIGHTEN`` and the plan re-made.
 - ``--budget X`` or ``--policy fixed``: nothing to aim at; the measurement is recorded.
 
 It imports the executor (to run the pipeline) and the planner, so it lives in the profiler
@@ -107,7 +107,9 @@ def _verified(req, *, n: int, model_path):
 
             target = (f"the fixed plan's mean {f_mean:.2f} dB and p10 {f_p10:.2f} dB", ok, None)
 
-        rounds, factor, plan_db = 1, 1.0, req.min_psnr_db
+        from ..planner.plan import DEFAULT_FIXED_MARGIN
+
+        rounds, factor, plan_db = 1, DEFAULT_FIXED_MARGIN, req.min_psnr_db
         psnr = measure(result.schedule)
         while target is not None and not target[1](psnr) and rounds < MAX_ROUNDS:
             if target[2] is not None:

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from parastep.planner.cpsat import SolverOptions, solve_cpsat
 from parastep.planner.fixed import default_warmup, fixed_sample_error_units, fixed_windows
 from parastep.planner.oracle import solve_dp
-from parastep.planner.plan import plan_schedule, required_samples, verify_schedule
+from parastep.planner.plan import DEFAULT_FIXED_MARGIN, plan_schedule, required_samples, verify_schedule
 from parastep.planner.problem import build_problem, latency_units, window_latency_s
 
 from strategies import make_profile
@@ -116,10 +116,10 @@ def test_default_plan_is_no_worse_than_the_fixed_plan_on_every_sample(T, J, G, N
     assert s.solver.name == "cp-sat" and s.solver.status == "OPTIMAL"
     ps = s.quality.per_sample
     assert ps.required == ps.within == N
-    # in the same integer units the fixed plan's errors are the bounds, sample by sample
+    # in the same integer units the fixed plan's errors (x DEFAULT_FIXED_MARGIN = 1) are the bounds, sample by sample
     fixed_units = fixed_sample_error_units(fixed_windows(prof, world_size=G, max_window=Jp, warmup=W),
                                            scale=s.quality.error_units_per_unit)
-    assert ps.budget_units == list(fixed_units)
+    assert ps.budget_units == [math.floor(u * DEFAULT_FIXED_MARGIN) for u in fixed_units]
     assert all(u <= b for u, b in zip(ps.predicted_units, ps.budget_units))
     assert s.solver.objective <= fixed.solver.objective
 
@@ -135,7 +135,7 @@ def test_coverage_below_one_is_never_slower_and_counts_samples():
         most = plan_schedule(prof, profile_sha256=SHA, world_size=4, budget=bound, coverage=0.7, options=ONE_WORKER).schedule
         assert all_.quality.per_sample.within == 10 and all_.quality.per_sample.required == 10
         need = required_samples(0.7, 10)
-        assert need == 9                                 # 7 of 10 plus the one-sided margin for unseen images
+        assert need == 8                                 # 7 of 10 plus the one-sided margin for unseen images
         assert most.quality.per_sample.required == need and most.quality.per_sample.within >= need
         assert most.solver.objective <= all_.solver.objective
         faster += most.solver.objective < all_.solver.objective
@@ -163,8 +163,8 @@ def test_verify_schedule_rejects_tampered_numbers(field):
 
 
 def test_required_samples_adds_a_margin_for_unseen_images():
-    assert [required_samples(q, 20) for q in (0.5, 0.7, 0.8, 0.9, 1.0)] == [13, 17, 19, 20, 20]
-    assert required_samples(0.9, 1) == 1 and required_samples(0.9, 100) == 94
+    assert [required_samples(q, 20) for q in (0.5, 0.7, 0.8, 0.9, 1.0)] == [12, 16, 18, 19, 20]
+    assert required_samples(0.9, 1) == 1 and required_samples(0.9, 100) == 93
     for n in range(1, 60):
         prev = 0
         for q in (0.1, 0.3, 0.5, 0.7, 0.9, 1.0):

@@ -100,4 +100,4 @@ def test_cli_min_psnr_plan_records_the_statement(capsys):
     s = schedule_from_dict(yaml.safe_load(capsys.readouterr().out))
     ps = s.quality.per_sample
     assert s.quality.min_psnr_db == 30.0 and s.quality.coverage == 0.9
-    assert ps.samples == 20 and ps.required == 20 and ps.within == 20       # 0.9 of 20 + the margin for unseen images
+    assert ps.samples == 20 and ps.required == 19 and ps.within >= 19       # 0.9 of 20 + the margin for unseen images
