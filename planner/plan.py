@@ -16,7 +16,7 @@ from typing import Literal, Optional, Sequence
 
 from ..errors import UserError
 from ..profiles.model import Profile
-from ..schedules.check import implied_totals, violations
+from ..schedules.check import cautions, implied_totals, violations
 from ..schedules.model import (
     ExactWindow, Latency, ParallelWindow, ProfileRef, Quality, ReuseWindow, SampleQuality, Schedule, Solver, Window,
 )
@@ -101,12 +101,9 @@ def verify_schedule(schedule: Schedule, profile: Profile) -> None:
     problems = violations(schedule)
     if problems:
         raise RuntimeError(f"planner bug: emitted schedule breaks an invariant: {problems[0]}")
-    step_kinds = [w.kind for w, (a, b) in zip(schedule.windows, schedule.window_bounds()) for _ in range(a, b)]
-    for w in schedule.windows:
-        if w.kind != "exact":
-            back = 2 if w.predictor == "linear" else 1
-            if any(step_kinds[w.start - d] == "reuse" for d in range(1, back + 1)):
-                raise RuntimeError(f"planner bug: window at step {w.start} ({w.kind}, {w.predictor}) extrapolates from a reuse step's stand-in")
+    stale = cautions(schedule)        # the freshness rule (problem.py), as validate checks it
+    if stale:
+        raise RuntimeError(f"planner bug: emitted schedule breaks the freshness rule: {stale[0]}")
     latency_s, lats, errs = recompute(schedule, profile)
     if not math.isclose(latency_s, schedule.latency.predicted_s, rel_tol=1e-9, abs_tol=1e-12):
         raise RuntimeError(f"planner bug: declared latency {schedule.latency.predicted_s} s, recomputed {latency_s} s")
