@@ -164,7 +164,11 @@ def solve_model(built: BuiltModel, options: SolverOptions) -> tuple[cp_model.CpS
     p.random_seed = int(options.seed)
     p.log_search_progress = bool(options.log)
     if options.deterministic:
+        # reproducible on any machine and under any load: the limit is CP-SAT's deterministic time
+        # (work counters, ~seconds), with the wall clock only as a far backstop
         p.interleave_search = True
+        p.max_deterministic_time = float(options.time_limit_s)
+        p.max_time_in_seconds = max(10.0 * float(options.time_limit_s), 600.0)
     t0 = time.perf_counter()
     status = solver.solve(built.model)
     return solver, status, time.perf_counter() - t0
