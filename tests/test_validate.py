@@ -26,20 +26,9 @@ EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "schedules" / "examples
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
-def _no_single_parallel(schedule: Schedule) -> Schedule:
-    """``valid_schedules`` may draw a parallel window of size 1, which DESIGN §1 forbids (w >= 2):
-    make such a window exact (same extent, zero error) and recompute the totals."""
-    wins = [ExactWindow(start=w.start) if isinstance(w, ParallelWindow) and len(w.placement) == 1 else w
-            for w in schedule.windows]
-    data = schedule.model_dump(mode="json")
-    data["windows"] = [w.model_dump(mode="json") for w in wins]
-    data["totals"] = implied_totals(wins, world_size=schedule.world_size, output_bytes=schedule.output_bytes).model_dump()
-    return Schedule.model_validate(data)
-
-
 def design_schedules(**kwargs):
-    """Random schedules valid under DESIGN §1 (``strategies.valid_schedules`` minus size-1 parallel windows)."""
-    return valid_schedules(**kwargs).map(_no_single_parallel)
+    """Random schedules valid under DESIGN §1 (``strategies.valid_schedules`` draws no size-1 parallel window)."""
+    return valid_schedules(**kwargs)
 
 
 def rebuilt(schedule: Schedule, **changes) -> Schedule:

@@ -29,8 +29,6 @@ from hypothesis import strategies as st
 
 import parastep.schedules.command as validate_command
 from parastep.errors import UserError
-from parastep.schedules.check import implied_totals
-from parastep.schedules.model import ExactWindow, ParallelWindow, Schedule
 
 from strategies import valid_schedules
 
@@ -158,19 +156,10 @@ def design_valid(d) -> bool:
 
 # ---- inputs ----------------------------------------------------------------------------------
 
-def _no_single_parallel(schedule: Schedule) -> Schedule:
-    wins = [ExactWindow(start=w.start) if isinstance(w, ParallelWindow) and len(w.placement) == 1 else w
-            for w in schedule.windows]
-    data = schedule.model_dump(mode="json")
-    data["windows"] = [w.model_dump(mode="json") for w in wins]
-    data["totals"] = implied_totals(wins, world_size=schedule.world_size, output_bytes=schedule.output_bytes).model_dump()
-    return Schedule.model_validate(data)
-
-
 @st.composite
 def base_dicts(draw) -> dict:
     """A valid schedule as the dict a YAML file holds, some optional keys present, some absent."""
-    sched = _no_single_parallel(draw(valid_schedules(max_steps=16, max_world=6, max_window=5)))
+    sched = draw(valid_schedules(max_steps=16, max_world=6, max_window=5))
     d = sched.model_dump(mode="json", exclude_none=True)
     if draw(st.booleans()):
         d["resolution_px"] = [draw(st.integers(1, 4096)), draw(st.integers(1, 4096))]
