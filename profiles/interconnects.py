@@ -122,12 +122,20 @@ def comm_entry_for(name: str, *, ranks: int) -> CommEntry:
                      bandwidth_bytes_per_s=ic.bandwidth_bytes_per_s * ranks / (ranks - 1))
 
 
+def pair_entry_for(name: str) -> CommEntry:
+    """A CFG split's swap of raw halves between two ranks: each sends one output's bytes while it
+    receives the partner's (full duplex), so one alpha plus bytes / beta."""
+    ic = preset(name)
+    return CommEntry(ranks=2, latency_s=ic.latency_s, bandwidth_bytes_per_s=ic.bandwidth_bytes_per_s)
+
+
 def comm_for(name: str, *, world_size: int) -> Comm:
-    """``Comm`` with ``preset=name`` and one entry per g = 2..max(2, world_size)."""
+    """``Comm`` with ``preset=name``, one entry per g = 2..max(2, world_size), and the pair swap."""
     if world_size < 1:
         raise ValueError(f"world_size must be >= 1, got {world_size}")
     preset(name)  # validate the name first (UserError)
-    return Comm(preset=name, entries=[comm_entry_for(name, ranks=g) for g in range(2, max(2, world_size) + 1)])
+    return Comm(preset=name, entries=[comm_entry_for(name, ranks=g) for g in range(2, max(2, world_size) + 1)],
+                pair=pair_entry_for(name))
 
 
 def describe(name: str) -> str:
@@ -135,4 +143,4 @@ def describe(name: str) -> str:
     ic = preset(name)
     return (f"{ic.name}: {ic.description}; alpha {ic.latency_s * 1e6:g} us per ring step, beta "
             f"{ic.nominal_bytes_per_s / _GB:g} GB/s nominal x {ic.achievable_fraction:g} = {ic.bandwidth_bytes_per_s / _GB:g} GB/s; "
-            f"ring all-gather among g ranks: (g-1)*alpha + (g-1)/g * bytes / beta; source: {ic.source}")
+            f"ring all-gather among g ranks: (g-1)*alpha + (g-1)/g * bytes / beta; CFG pair swap: alpha + bytes / beta; source: {ic.source}")

@@ -81,6 +81,8 @@ class Compute(_Strict):
     forward_s: list[Annotated[float, Field(ge=0)]] = Field(min_length=1, description="index k-1: one rank computing k offsets")
     step_s: float = Field(ge=0, description="one scheduler.step (reuse, replay or real)")
     step_overhead_s: float = Field(default=0.0, ge=0, description="fixed per-step cost outside forward and step (pipeline bookkeeping)")
+    half_forward_s: Optional[float] = Field(default=None, ge=0, description="one forward of one CFG half (batch B instead of 2B); "
+                                                                            "absent: the model has no two-way guided batch, or it was not measured")
 
 
 class CommEntry(_Strict):
@@ -96,6 +98,8 @@ class Comm(_Strict):
 
     preset: Optional[str] = None
     entries: list[CommEntry] = Field(default_factory=list)
+    pair: Optional[CommEntry] = Field(default=None, description="CFG split: two ranks swapping one raw half each "
+                                                                "(latency_s + output_bytes / bandwidth_bytes_per_s)")
 
 
 class CalibrationSample(_Strict):
@@ -226,6 +230,23 @@ class Profile(_Strict):
             return 0.0
         entry = self.comm_entry(ranks)
         return entry.latency_s + outputs * self.output_bytes / entry.bandwidth_bytes_per_s
+
+    @property
+    def can_split(self) -> bool:
+        """Costs for CFG splits are known (a half forward and the pair swap)."""
+        return self.compute.half_forward_s is not None and self.comm.pair is not None
+
+    def half_forward_time_s(self, halves: int) -> float:
+        """One rank computing ``halves`` CFG halves, one after another (as the executor runs them)."""
+        if self.compute.half_forward_s is None:
+            raise ValueError(f"profile '{self.name}' has no half-forward time: it cannot price a CFG split")
+        return max(0, halves) * self.compute.half_forward_s
+
+    def pair_exchange_time_s(self) -> float:
+        """Two ranks of a CFG split swapping their raw halves (one output's bytes each way)."""
+        if self.comm.pair is None:
+            raise ValueError(f"profile '{self.name}' has no pair exchange cost: it cannot price a CFG split")
+        return self.comm.pair.latency_s + self.output_bytes / self.comm.pair.bandwidth_bytes_per_s
 
     def comm_entry(self, ranks: int) -> CommEntry:
         for e in self.comm.entries:

@@ -24,7 +24,9 @@ ViolationCode = Literal[
     "first-not-exact",     # the first window is not exact
     "window-too-large",    # a window is larger than max_window
     "size-mismatch",       # a window's declared size disagrees with the next start
-    "rank-out-of-range",   # a placement names a rank >= world_size
+    "rank-out-of-range",   # a placement or split names a rank >= world_size
+    "split-same-rank",     # a CFG split pair names one rank twice
+    "split-overlap",       # an exact window's split pairs share a rank
     "parallel-too-small",  # a parallel window has fewer than 2 offsets (DESIGN §1: w >= 2)
     "needs-e-ref",         # a parallel/reuse window starts at step 0
     "linear-too-early",    # a linear-predictor window starts before step 2
@@ -58,24 +60,63 @@ def window_size(window: Window) -> int | None:
 
 
 def implied_totals(windows: Sequence[Window], *, world_size: int, output_bytes: int) -> Totals:
-    """Forwards per rank and bytes received, summed over ranks, that ``windows`` imply.
+    """Forwards (denoiser calls, whole or half) per rank and bytes received, summed over ranks,
+    that ``windows`` imply.
 
-    Exact: every rank does one forward, nothing moves. Reuse: nothing at all.
-    Parallel of size w: rank r does the offsets placed on it; at the end every rank
-    receives each of the w guided outputs it did not compute: (world_size - 1) * w outputs
-    in all, whatever the placement.
+    Exact: every rank calls the denoiser once (a split pair's ranks on one half each); nothing
+    moves except, per split pair, each rank's raw half to its partner (2 outputs' worth: a raw half
+    of a CFG batch has the guided output's shape). Reuse: nothing at all.
+    Parallel of size w: rank r does the offsets placed on it (both ranks of a split, plus that
+    pair's swap of halves); at the end every rank receives the w guided outputs from their first
+    computing rank: (world_size - 1) * w outputs in all, whatever the placement, except when every
+    rank already holds every output (all offsets split over the only two ranks): nothing then.
     """
     forwards = [0] * world_size
     outputs_moved = 0
+    everyone = set(range(world_size))
     for w in windows:
         if isinstance(w, ExactWindow):
             forwards = [f + 1 for f in forwards]
+            outputs_moved += 2 * len(w.split or ())
         elif isinstance(w, ParallelWindow):
-            for rank in w.placement:
-                if rank < world_size:
-                    forwards[rank] += 1
-            outputs_moved += (world_size - 1) * len(w.placement)
+            held_by_all = True
+            for j in range(w.size):
+                ranks = w.offset_ranks(j)
+                for rank in ranks:
+                    if rank < world_size:
+                        forwards[rank] += 1
+                if len(ranks) == 2:
+                    outputs_moved += 2
+                held_by_all = held_by_all and set(ranks) >= everyone
+            if not held_by_all:
+                outputs_moved += (world_size - 1) * w.size
     return Totals(forwards_per_rank=forwards, bytes_exchanged=outputs_moved * output_bytes)
+
+
+def _split_violations(w: Window, where: str, world_size: int) -> list[Violation]:
+    """Ranks in range, pairs of two distinct ranks, an exact window's pairs disjoint."""
+    if isinstance(w, ParallelWindow):
+        groups = [w.offset_ranks(j) for j in range(w.size)]
+    elif isinstance(w, ExactWindow) and w.split:
+        groups = [tuple(p) for p in w.split]
+    else:
+        return []
+    out = []
+    bad = sorted({r for g in groups for r in g if r >= world_size})
+    if bad:
+        field = "placement" if isinstance(w, ParallelWindow) else "split"
+        out.append(Violation("rank-out-of-range", f"{where}: {field} names rank(s) {bad} but world_size={world_size}"))
+    same = [list(g) for g in groups if len(g) == 2 and g[0] == g[1]]
+    if same:
+        out.append(Violation("split-same-rank", f"{where}: split pair(s) {same} name one rank twice; "
+                                                f"a split needs two ranks [rank_uncond, rank_cond] (or give the single rank)"))
+    if isinstance(w, ExactWindow):
+        seen: set[int] = set()
+        shared = sorted({r for g in groups for r in g if r in seen or seen.add(r)})
+        if shared:
+            out.append(Violation("split-overlap", f"{where}: rank(s) {shared} appear in more than one split pair; "
+                                                  f"each rank computes one half of one step"))
+    return out
 
 
 def violations(schedule: Schedule) -> list[Violation]:
@@ -101,10 +142,7 @@ def violations(schedule: Schedule) -> list[Violation]:
         if isinstance(w, ParallelWindow) and len(w.placement) < 2:
             out.append(Violation("parallel-too-small", f"{where}: a parallel window has at least 2 offsets (DESIGN §1); "
                                                        f"make a 1-step window exact"))
-        if isinstance(w, ParallelWindow):
-            bad = sorted({r for r in w.placement if r >= schedule.world_size})
-            if bad:
-                out.append(Violation("rank-out-of-range", f"{where}: placement names rank(s) {bad} but world_size={schedule.world_size}"))
+        out.extend(_split_violations(w, where, schedule.world_size))
         if isinstance(w, (ParallelWindow, ReuseWindow)):
             if start == 0:
                 out.append(Violation("needs-e-ref", f"{where}: needs the output of step start-1, so it cannot start at step 0"))

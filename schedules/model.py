@@ -32,6 +32,17 @@ Predictor = Literal["last", "linear"]
 # an image side; Strict() survives the tuple's strict=False (YAML has lists, not tuples)
 Pixels = Annotated[int, Strict(), Field(ge=1, le=1 << 20)]
 Policy = Literal["optimal", "fixed"]
+Rank = Annotated[int, Field(ge=0, le=MAX_WORLD_SIZE)]
+# a CFG split: [rank_uncond, rank_cond]. The two ranks each compute one half of the guided batch and
+# swap the raw halves, so the pipeline's own guidance combine runs unchanged (DESIGN §1, "CFG split")
+RankPair = Annotated[list[Rank], Field(min_length=2, max_length=2)]
+PlacementEntry = Union[Rank, RankPair]
+
+
+def entry_ranks(entry: "int | list[int] | tuple[int, ...]") -> tuple[int, ...]:
+    """The ranks that compute one offset: ``(r,)`` for a whole offset, ``(u, c)`` for a CFG split
+    (unconditional half on ``u``, conditional half on ``c``)."""
+    return (entry,) if isinstance(entry, int) else tuple(entry)
 SolverStatus = Literal["OPTIMAL", "FEASIBLE", "INFEASIBLE", "MODEL_INVALID", "UNKNOWN", "NOT_SOLVED"]
 
 
@@ -49,16 +60,28 @@ class _Strict(BaseModel):
 
 
 class ExactWindow(_Strict):
-    """One step, computed redundantly by every rank. No communication."""
+    """One step, computed redundantly by every rank. No communication, unless ``split`` pairs
+    ranks: each pair ``[u, c]`` computes the unconditional half on ``u`` and the conditional half on
+    ``c`` and swaps the raw halves (lossless); ranks in no pair compute the whole batch."""
 
     model_config = ConfigDict(json_schema_extra=_require("kind"))
 
     start: int = Field(ge=0, le=MAX_STEPS)
     kind: Literal["exact"] = "exact"
+    split: Optional[list[RankPair]] = Field(default=None, min_length=1, max_length=MAX_WORLD_SIZE,
+                                            description="disjoint [rank_uncond, rank_cond] pairs that split this step's CFG batch")
+
+    def rank_groups(self, world_size: int) -> list[tuple[int, ...]]:
+        """Who computes this step: each pair, then every rank in no pair alone."""
+        pairs = [tuple(p) for p in self.split or ()]
+        paired = {r for p in pairs for r in p}
+        return pairs + [(r,) for r in range(world_size) if r not in paired]
 
 
 class ParallelWindow(_Strict):
-    """Reuse-then-predict over ``len(placement)`` steps; offset j is computed on rank ``placement[j]``.
+    """Reuse-then-predict over ``len(placement)`` steps; offset j is computed on rank ``placement[j]``,
+    or split over the pair ``placement[j] = [rank_uncond, rank_cond]`` (CFG split: each computes one
+    half of the guided batch and they swap the raw halves).
 
     DESIGN §1 requires w >= 2; a one-entry placement parses but ``check.violations`` rejects it
     (``parallel-too-small``), so that ``validate`` names the invariant."""
@@ -67,12 +90,20 @@ class ParallelWindow(_Strict):
 
     start: int = Field(ge=0, le=MAX_STEPS)
     kind: Literal["parallel"] = "parallel"
-    placement: list[Annotated[int, Field(ge=0)]] = Field(min_length=1, max_length=MAX_WINDOW)
+    placement: list[PlacementEntry] = Field(min_length=1, max_length=MAX_WINDOW)
     predictor: Predictor = "last"
 
     @property
     def size(self) -> int:
         return len(self.placement)
+
+    def offset_ranks(self, offset: int) -> tuple[int, ...]:
+        """The rank(s) computing ``offset`` (two for a CFG split)."""
+        return entry_ranks(self.placement[offset])
+
+    @property
+    def has_split(self) -> bool:
+        return any(not isinstance(e, int) for e in self.placement)
 
 
 class ReuseWindow(_Strict):
