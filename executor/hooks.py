@@ -73,19 +73,11 @@ import torch
 from ..errors import UserError
 from ..schedules.model import ExactWindow, ParallelWindow, ReuseWindow
 from .exchange import Exchange, LocalExchange
+from .schedulers import (STOCHASTIC_SCHEDULERS, UNSUPPORTED_SCHEDULERS, check_pipeline_supported,  # noqa: F401
+                         check_scheduler_supported, is_stochastic)  # the scheduler policy's one home
 
 WindowKind = Literal["exact", "parallel", "reuse"]
 
-# first-order scheduler classes whose step draws noise: supported when the pipeline passes a
-# seeded ``generator`` to ``step`` (its state is snapshotted with the scheduler's and restored
-# before the replay, so every step draws exactly the noise a sequential run draws)
-STOCHASTIC_SCHEDULERS = frozenset({
-    "DDPMScheduler", "DDPMParallelScheduler", "DDPMWuerstchenScheduler", "EulerAncestralDiscreteScheduler",
-    "LCMScheduler", "TCDScheduler", "CMStochasticIterativeScheduler",
-})
-# noise from somewhere a generator cannot replay (Brownian tree, SDE-VE's own sampler): refused
-UNSUPPORTED_SCHEDULERS = frozenset({"DPMSolverSDEScheduler", "ScoreSdeVeScheduler", "KarrasVeScheduler"})
-_SDE_ALGORITHMS = frozenset({"sde-dpmsolver", "sde-dpmsolver++"})
 _ATTR = "_parastep_handle"
 
 
@@ -167,26 +159,6 @@ def denoiser_of(pipe) -> tuple[str, torch.nn.Module]:
     raise UserError(f"pipeline {type(pipe).__name__} has neither a 'unet' nor a 'transformer'; parastep cannot find its denoiser")
 
 
-def is_stochastic(scheduler) -> bool:
-    """Does ``scheduler.step`` draw noise (by class or config; DDIM eta and Euler s_churn are step kwargs)?"""
-    cfg = getattr(scheduler, "config", {}) or {}
-    return (type(scheduler).__name__ in STOCHASTIC_SCHEDULERS or cfg.get("algorithm_type") in _SDE_ALGORITHMS
-            or bool(cfg.get("stochastic_sampling")))
-
-
-def check_scheduler_supported(scheduler) -> None:
-    """Refuse higher-order schedulers and noise a generator cannot replay, with one clear line."""
-    name = type(scheduler).__name__
-    why = None
-    if name in UNSUPPORTED_SCHEDULERS:
-        why = "its noise does not come from the step's generator, so it cannot be replayed"
-    elif getattr(scheduler, "order", 1) != 1:
-        why = f"it is of order {scheduler.order} (several model calls per step)"
-    if why:
-        raise UserError(f"scheduler {name} is not supported by parastep: {why}; use a first-order scheduler "
-                        "(DDIM, Euler, Euler ancestral, DPM-Solver++ multistep, UniPC, DDPM, flow-match Euler)")
-
-
 def _generators(value: Any) -> list[torch.Generator]:
     if isinstance(value, torch.Generator):
         return [value]
@@ -220,7 +192,7 @@ class ParaStepHandle:
         self.exchange = config.exchange
         self.denoiser_name, self.denoiser = denoiser_of(pipe)
         self.scheduler = pipe.scheduler
-        check_scheduler_supported(self.scheduler)
+        check_pipeline_supported(pipe)   # multi-stage pipelines and the scheduler audit
         self._orig_step = self.scheduler.step                      # bound method (or earlier wrapper)
         self._orig_set_timesteps = self.scheduler.set_timesteps
         self._orig_forward = self.denoiser.forward
