@@ -36,6 +36,10 @@ CPSAT_SCALE_FACTOR = 1000.0
 # tightens the share when held-out images show the model was too kind.
 DEFAULT_FIXED_MARGIN = 1.0
 Policy = Literal["optimal", "fixed"]
+# The DP oracle's table (oracle.py: 3 (T + 1) (B + 1) integers) is sized before it is allocated:
+# past this, --solver dp is refused and --solver auto switches to CP-SAT (whose memory grows with
+# the edges, not with the budget units B): --steps 50000 on the SDXL prior asked for 10 GiB.
+DP_TABLE_LIMIT_BYTES = 2 * 1024 ** 3
 
 
 @dataclass(frozen=True)
@@ -211,6 +215,15 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     if hint and not problem.path_feasible(hint):
         hint = ()
 
+    dp_bytes = dp_table_bytes(problem) if problem.single_budget else None
+    dp_fits = dp_bytes is not None and dp_bytes <= DP_TABLE_LIMIT_BYTES
+    if name == "dp" and dp_bytes is not None and not dp_fits:
+        need = (f"the DP's table would need {dp_bytes / 2 ** 30:.1f} GiB ({T + 1} boundaries x 3 x {problem.budget_units + 1} "
+                f"error units; limit {DP_TABLE_LIMIT_BYTES / 2 ** 30:.0f} GiB)")
+        if solver == "dp":
+            raise UserError(f"--solver dp: {need}; plan fewer --steps or use --solver cp-sat")
+        warnings.append(f"{need}: solving with CP-SAT instead")
+        name = "cp-sat"
     if name == "dp":
         import time
 
@@ -236,12 +249,12 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
             raise RuntimeError(f"planner bug: CP-SAT rejected the model: {res.message}")
         if res.status not in ("OPTIMAL", "FEASIBLE"):
             raise UserError(f"CP-SAT found no plan within --time-limit {options.time_limit_s:g} s (status {res.status}); raise --time-limit"
-                            + (" or use --solver dp" if problem.single_budget else ""))
+                            + (" or use --solver dp" if dp_fits else ""))
         if res.status == "FEASIBLE":
             warnings.append(f"CP-SAT stopped at the time limit ({options.time_limit_s:g} s) before proving optimality: "
                             f"plan latency {res.objective} units, best bound {res.bound} units "
                             f"(gap {(res.objective - res.bound) / max(1, res.objective):.3%}); raise --time-limit"
-                            + (", or use --solver dp (the exact DP, fast at this size)" if problem.single_budget else ""))
+                            + (", or use --solver dp (the exact DP, fast at this size)" if dp_fits else ""))
         path = res.path
         outcome = SolveOutcome(name="cp-sat", status=res.status, objective=res.objective, bound=res.bound, wall_s=res.wall_s)
 
@@ -253,6 +266,15 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
                          options=options if name == "cp-sat" else None)
     verify_schedule(schedule, profile)
     return PlanResult(schedule=schedule, warnings=tuple(warnings), problem=problem)
+
+
+def dp_table_bytes(problem: Problem) -> int:
+    """Bytes of the DP oracle's table for ``problem`` (single budget), computed before allocating it."""
+    import numpy as np
+
+    from .oracle import _dtype
+
+    return 3 * (problem.num_steps + 1) * (problem.budget_units + 1) * np.dtype(_dtype(problem)).itemsize
 
 
 COVERAGE_Z = 0.6745        # one-sided 75 % normal quantile
