@@ -152,6 +152,10 @@ class Profile(_Strict):
     parastep_profile: Literal[1] = PROFILE_SCHEMA_VERSION
     name: str
     model: str = Field(description="model registry name this profile is for")
+    pipeline_class: Optional[str] = Field(default=None, description="the pipeline class that was measured (model_index.json's _class_name)")
+    model_identity: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                          description="sha256 of the measured folder's model_index.json and component configs, "
+                                                      "not weights (executor.registry.folder_identity); exec refuses another folder")
     resolution_px: Optional[tuple[int, int]] = None
     scheduler: str
     guidance_scale: Optional[float] = None
@@ -203,6 +207,37 @@ class Profile(_Strict):
                             raise ValueError(f"{table_name}.{pred}.{stat}[{s}] has a negative or non-finite entry")
         if len(self.propagation.gain) != T:
             raise ValueError(f"propagation.gain has {len(self.propagation.gain)} entries, expected num_steps={T}")
+        return self
+
+    @model_validator(mode="after")
+    def _entries(self) -> "Profile":
+        """Values the shape check does not see: signs, curve lengths, duplicate entries."""
+        T = self.num_steps
+        if any(not (math.isfinite(g) and g >= 0) for g in self.propagation.gain):
+            bad = next(g for g in self.propagation.gain if not (math.isfinite(g) and g >= 0))
+            raise ValueError(f"propagation.gain has the entry {bad}: a gain is a finite number >= 0; re-profile the model")
+        for name in ("cosine", "rel_l1"):
+            curve = getattr(self.similarity, name)
+            if len(curve) != T - 1:
+                raise ValueError(f"similarity.{name} has {len(curve)} entries, expected num_steps - 1 = {T - 1} "
+                                 "(one per pair of adjacent steps); re-profile the model")
+            if any(not math.isfinite(v) for v in curve):
+                raise ValueError(f"similarity.{name} has a non-finite entry; re-profile the model")
+        if any(abs(v) > 1 + 1e-6 for v in self.similarity.cosine):
+            raise ValueError("similarity.cosine has an entry outside [-1, 1]; re-profile the model")
+        if any(v < 0 for v in self.similarity.rel_l1):
+            raise ValueError("similarity.rel_l1 has a negative entry; re-profile the model")
+        ranks = [e.ranks for e in self.comm.entries]
+        if len(set(ranks)) != len(ranks):
+            dup = next(g for g in ranks if ranks.count(g) > 1)
+            raise ValueError(f"comm.entries has {ranks.count(dup)} entries for ranks={dup}; keep one per rank count")
+        if self.output_errors is not None:
+            seen = set()
+            for s in self.output_errors.samples:
+                if (s.prompt, s.seed) in seen:
+                    raise ValueError(f"output_errors.samples lists prompt {s.prompt!r} with seed {s.seed} twice; "
+                                     "each calibration sample once")
+                seen.add((s.prompt, s.seed))
         return self
 
     # ---- cost primitives shared by planner, simulate and benchmarks -------------------------

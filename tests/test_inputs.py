@@ -72,3 +72,64 @@ def test_dp_too_big_switches_auto_to_cpsat(monkeypatch, prior_file):
     assert code == 0, err
     assert "solving with CP-SAT instead" in err
     assert "solver: {name: cp-sat" in out or "name: cp-sat" in out
+
+
+# ---- the profile contract: signs, curve lengths, duplicates ---------------------------------
+
+
+def _profile_dict(**kw):
+    return make_profile(num_steps=12, max_window=4, seed=3, **kw).model_dump(mode="json")
+
+
+def _mutations():
+    def negative_gain(d):
+        d["propagation"]["gain"][3] = -0.5
+
+    def short_similarity(d):
+        d["similarity"]["cosine"] = d["similarity"]["cosine"][:1]
+
+    def long_rel_l1(d):
+        d["similarity"]["rel_l1"] = d["similarity"]["rel_l1"] + [0.1]
+
+    def cosine_above_one(d):
+        d["similarity"]["cosine"][0] = 1.5
+
+    def negative_rel_l1(d):
+        d["similarity"]["rel_l1"][0] = -0.1
+
+    def duplicate_comm(d):
+        d["comm"]["entries"].append(dict(d["comm"]["entries"][0]))
+
+    def duplicate_sample(d):
+        oe = d["output_errors"]
+        oe["samples"][1] = dict(oe["samples"][0])
+
+    return {"negative gain": (negative_gain, "propagation.gain"), "1-entry similarity": (short_similarity, "similarity.cosine"),
+            "long rel_l1": (long_rel_l1, "similarity.rel_l1"), "cosine > 1": (cosine_above_one, "outside [-1, 1]"),
+            "negative rel_l1": (negative_rel_l1, "negative"), "duplicate comm": (duplicate_comm, "comm.entries"),
+            "duplicate sample": (duplicate_sample, "twice")}
+
+
+@pytest.mark.parametrize("name", list(_mutations()))
+def test_profile_contract_rejects(name):
+    from pydantic import ValidationError
+
+    from parastep.profiles.model import Profile
+
+    mutate, needle = _mutations()[name]
+    d = _profile_dict(samples=3)
+    Profile.model_validate(d)                       # the unmutated profile is valid
+    mutate(d)
+    with pytest.raises(ValidationError, match=needle.replace("[", r"\[").replace("]", r"\]")):
+        Profile.model_validate(d)
+
+
+def test_plan_refuses_a_profile_with_a_negative_gain_in_one_line(tmp_path):
+    import yaml
+
+    d = _profile_dict()
+    d["propagation"]["gain"][0] = -1.0
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(d))
+    code, out, err = run_cli(["plan", "--profile", str(bad), "--gpus", "2"])
+    _one_line_error(code, out, err, needle="propagation.gain")
