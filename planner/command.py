@@ -68,6 +68,7 @@ class PlanRequest:
     warmup: Optional[int]
     solver: str
     options: object
+    allow_split: bool = True
 
 
 def request_from_args(args) -> PlanRequest:
@@ -115,7 +116,8 @@ def request_from_args(args) -> PlanRequest:
     options = SolverOptions(time_limit_s=args.time_limit_s, workers=args.workers, seed=args.seed,
                             deterministic=bool(getattr(args, "deterministic", False)))
     return PlanRequest(profile=profile, sha256=sha, world_size=G, max_window=J, budget=budget, coverage=coverage,
-                       min_psnr_db=args.min_psnr, policy=args.policy, warmup=args.warmup, solver=args.solver, options=options)
+                       min_psnr_db=args.min_psnr, policy=args.policy, warmup=args.warmup, solver=args.solver, options=options,
+                       allow_split=getattr(args, "cfg_split", "auto") != "off")
 
 
 def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_factor: Optional[float] = None):
@@ -125,7 +127,7 @@ def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_f
     return plan_schedule(req.profile, profile_sha256=req.sha256, world_size=req.world_size, max_window=req.max_window,
                          budget=req.budget if budget is None else budget, coverage=req.coverage, min_psnr_db=req.min_psnr_db,
                          policy=req.policy, warmup=req.warmup, solver=req.solver, options=req.options,
-                         fixed_bound_factor=fixed_bound_factor)
+                         fixed_bound_factor=fixed_bound_factor, allow_split=req.allow_split)
 
 
 def emit(result, profile: Profile) -> None:

@@ -62,9 +62,10 @@ class SolveOutcome:
 
 def _to_window(c: PlannedWindow) -> Window:
     if c.kind == "exact":
-        return ExactWindow(start=c.start)
+        return ExactWindow(start=c.start, split=[list(p) for p in c.split] or None)
     if c.kind == "parallel":
-        return ParallelWindow(start=c.start, placement=list(c.placement), predictor=c.predictor)
+        return ParallelWindow(start=c.start, placement=[e if isinstance(e, int) else list(e) for e in c.placement],
+                              predictor=c.predictor)
     return ReuseWindow(start=c.start, size=c.size, predictor=c.predictor)
 
 
@@ -80,20 +81,29 @@ def recompute(schedule: Schedule, profile: Profile) -> tuple[float, list[float],
     G = schedule.world_size
     fwd = profile.forward_time_s
     step = profile.compute.step_s + profile.compute.step_overhead_s
+
+    def half() -> float:   # one CFG half plus the swap of raw halves
+        return profile.compute.half_forward_s + profile.comm.pair.latency_s + profile.output_bytes / profile.comm.pair.bandwidth_bytes_per_s
+
     zero = (0.0,) * profile.quality_samples
     lats, errs = [], []
     for w, (start, stop) in zip(schedule.windows, schedule.window_bounds()):
         size = _window_size(w, stop)
         if isinstance(w, ExactWindow):
-            lats.append(fwd(1) + step)
+            groups = w.rank_groups(G)
+            lats.append(max(half() if len(g) == 2 else fwd(1) for g in groups) + step)
             errs.append(zero)
         elif isinstance(w, ReuseWindow):
             lats.append(w.size * step)
             errs.append(profile.window_errors("reuse", start=start, size=w.size, predictor=w.predictor))
         else:
-            per_rank = [sum(1 for r in w.placement if r == rank) for rank in range(G)]
-            exchange = 0.0 if G == 1 else profile.exchange_time_s(G, size)
-            lats.append((size - 1) * step + max(fwd(n) for n in per_rank) + exchange + size * step)
+            groups = [w.offset_ranks(j) for j in range(size)]
+            whole = [sum(1 for g in groups if g == (rank,)) for rank in range(G)]
+            halves = [sum(1 for g in groups if len(g) == 2 and rank in g) for rank in range(G)]
+            held_by_all = all(len(set(g)) == G for g in groups)
+            exchange = 0.0 if G == 1 or held_by_all else profile.exchange_time_s(G, size)
+            compute = max(fwd(n) + (h * half() if h else 0.0) for n, h in zip(whole, halves))
+            lats.append((size - 1) * step + compute + exchange + size * step)
             errs.append(profile.window_errors("parallel", start=start, size=size, predictor=w.predictor))
     if any(e is None for e in errs):
         raise RuntimeError("planner bug: a window has no deviation in the profile")
@@ -142,7 +152,7 @@ def verify_schedule(schedule: Schedule, profile: Profile) -> None:
 def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max_window: Optional[int] = None,
                   budget: Optional[float] = None, coverage: Optional[float] = None, min_psnr_db: Optional[float] = None,
                   policy: Policy = "optimal", warmup: Optional[int] = None, solver: SolverName = "auto", options=None,
-                  fixed_bound_factor: Optional[float] = None,
+                  fixed_bound_factor: Optional[float] = None, allow_split: bool = True,
                   latency_units_per_s: float = DEFAULT_LATENCY_UNITS_PER_S) -> PlanResult:
     """Plan ``profile.num_steps`` steps on ``world_size`` ranks.
 
@@ -156,6 +166,8 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
       was too kind).
     ``min_psnr_db`` is recorded in the schedule (the caller converts it to ``budget``).
     solver "auto": the DP oracle where one budget says it all (N = 1), CP-SAT otherwise.
+    ``allow_split``: windows may split CFG halves over rank pairs where the profile prices it
+    (``Profile.can_split``; lossless, see problem.py); False plans without splits.
     policy "fixed": the paper's hand plan (budget must then be None).
     """
     from .options import SolverOptions
@@ -203,12 +215,14 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         if fixed_bound_factor != 1.0:
             b_units = tuple(math.floor(u * fixed_bound_factor) for u in b_units)
         problem = build_problem(profile, world_size=G, max_window=J, budget=fixed_error(fixed),
-                                sample_budget_units=b_units, error_units_per_unit=scale, latency_units_per_s=latency_units_per_s)
+                                sample_budget_units=b_units, error_units_per_unit=scale, latency_units_per_s=latency_units_per_s,
+                                allow_split=allow_split)
         reported_budget = fixed_error(fixed)
     else:
         required = N if coverage is None else required_samples(coverage, N)
         problem = build_problem(profile, world_size=G, max_window=J, budget=budget, min_within=required,
-                                error_units_per_unit=error_scale_for(budget) * fine, latency_units_per_s=latency_units_per_s)
+                                error_units_per_unit=error_scale_for(budget) * fine, latency_units_per_s=latency_units_per_s,
+                                allow_split=allow_split)
         reported_budget = budget
     warnings.extend(problem.notes)
     hint = _path_of(problem, fixed)
@@ -323,7 +337,8 @@ def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_win
               coverage: Optional[float], scale: float, min_psnr_db: Optional[float], outcome: SolveOutcome,
               latency_units_per_s: float, options) -> Schedule:
     windows = [_to_window(c) for c in chosen]
-    base = Schedule(model=profile.model, resolution_px=profile.resolution_px, scheduler=profile.scheduler,
+    base = Schedule(model=profile.model, pipeline_class=profile.pipeline_class, model_identity=profile.model_identity,
+                    resolution_px=profile.resolution_px, scheduler=profile.scheduler,
                     guidance_scale=profile.guidance_scale, num_steps=profile.num_steps, world_size=world_size,
                     max_window=max_window, output_bytes=profile.output_bytes, policy=policy,
                     totals=implied_totals(windows, world_size=world_size, output_bytes=profile.output_bytes), windows=windows)

@@ -30,14 +30,28 @@ bounds expand the state into the graph.
 A parallel window of size 1 is not a candidate: it costs fwd(1) + exchange + step, never less than
 an exact window (fwd(1) + step) that has zero error.
 
-Placement of a parallel window: round robin, offset j on rank j % G. Its most loaded rank holds
-ceil(w / G) offsets. Any placement of w offsets on G ranks has some rank with at least ceil(w / G)
-offsets (pigeonhole) and the window's compute is max_r fwd(n_r); since fwd is nondecreasing in k
-under the cost model (one rank computing more offsets never takes less time) the round robin's
-fwd(ceil(w / G)) is the least possible, and the exchange and step terms do not depend on the
-placement. So round robin is optimal for every window. (If a measured forward table is not
-monotone the latency below is still exact for the emitted placement; only this optimality claim
-weakens, and ``build_problem`` reports it in ``Problem.notes``.)
+Placement of a parallel window (``best_placement``). Without CFG split: round robin, offset j on
+rank j % G. Its most loaded rank holds ceil(w / G) offsets; any placement of w offsets on G ranks
+has some rank with at least ceil(w / G) offsets (pigeonhole) and the window's compute is max_r
+fwd(n_r); since fwd is nondecreasing in k under the cost model the round robin's fwd(ceil(w / G))
+is the least possible, and the exchange and step terms do not depend on the placement. So round
+robin is optimal among unsplit placements. (If a measured forward table is not monotone the
+latency below is still exact for the emitted placement; only this optimality claim weakens, and
+``build_problem`` reports it in ``Problem.notes``.)
+
+CFG split (profiles with ``Profile.can_split``): an offset may be split over a pair of ranks, each
+computing one half (``half_forward_s``) and swapping raw halves (``pair_exchange_time_s``); it adds
+no error, so for every window the planner takes the fastest placement of this family: ``p`` pairs
+(ranks 2k, 2k+1) and ``q = G - 2p`` single ranks; ``x`` offsets split, round robin over the pairs,
+the other ``w - x`` whole, round robin over the singles. Compute is ``max(ceil(x / p) * (half +
+swap), fwd(ceil((w - x) / q)))`` (a pair's two ranks do the same work in lock step, so they never
+wait for each other); the end exchange is skipped when every rank holds every output (G = 2, all
+offsets split). The family is searched exhaustively over (p, x): O(G * w) per window size. An
+exact window splits over pairs (0, 1), (2, 3), ... when G is even and half + swap < fwd(1). Ties
+keep the unsplit placement (fewer bytes). Placements outside the family (a rank holding both whole
+and half offsets) are not considered; ``--cfg-split off`` (``allow_split=False``) plans without
+splits. Since a split adds no error the choice is per window and independent of the path, so the
+CP-SAT model and the DP oracle see it as the edge's latency and stay exact over this family.
 
 Dominance pruning (exact: it never changes the optimal value):
 
@@ -74,6 +88,7 @@ from typing import Literal, Optional, Sequence
 from ..profiles.model import Predictor, Profile
 
 EdgeKind = Literal["exact", "parallel", "reuse"]
+Placement = tuple  # per offset: a rank (int) or a CFG-split pair (rank_uncond, rank_cond)
 DEFAULT_LATENCY_UNITS_PER_S = 1e6
 ZERO_BUDGET_ERROR_SCALE = 1e6
 NO_AGGREGATE_BOUND = 2 ** 62          # Problem.budget_units when some samples may exceed their bound
@@ -91,11 +106,12 @@ class Edge:
     size: int
     kind: EdgeKind
     predictor: Optional[Predictor]        # None for exact windows
-    placement: tuple[int, ...]            # rank of each offset (parallel only; empty otherwise)
+    placement: "Placement"                # rank (or CFG-split pair) of each offset (parallel only; empty otherwise)
     latency_s: float
     errors: tuple[float, ...]             # predicted output error per sample (profile units)
     latency_units: int
     sample_error_units: tuple[int, ...]   # ceil(errors[n] * scale)
+    split: tuple[tuple[int, int], ...] = ()   # exact windows: CFG-split rank pairs
 
     @property
     def stop(self) -> int:
@@ -111,7 +127,8 @@ class Edge:
         return sum(self.sample_error_units)
 
     def planned(self) -> "PlannedWindow":
-        return PlannedWindow(self.start, self.size, self.kind, self.predictor, self.placement, self.latency_s, self.errors)
+        return PlannedWindow(self.start, self.size, self.kind, self.predictor, self.placement, self.latency_s, self.errors,
+                             split=self.split)
 
 
 @dataclass(frozen=True)
@@ -202,9 +219,10 @@ class PlannedWindow:
     size: int
     kind: EdgeKind
     predictor: Optional[Predictor]
-    placement: tuple[int, ...]
+    placement: "Placement"
     latency_s: float
     errors: tuple[float, ...]             # per calibration sample (see Profile.window_errors)
+    split: tuple[tuple[int, int], ...] = ()   # exact windows: CFG-split rank pairs
 
     @property
     def error(self) -> float:
@@ -212,23 +230,92 @@ class PlannedWindow:
 
 
 def round_robin_placement(*, size: int, world_size: int) -> tuple[int, ...]:
-    """Offset j on rank j % G (see the module docstring for why this is optimal)."""
+    """Offset j on rank j % G (see the module docstring for why this is optimal without splits)."""
     return tuple(j % world_size for j in range(size))
 
 
+def _entry_ranks(entry: "int | tuple[int, int]") -> tuple[int, ...]:
+    return (entry,) if isinstance(entry, int) else tuple(entry)
+
+
 def window_latency_s(profile: Profile, *, kind: EdgeKind, size: int, world_size: int,
-                     placement: tuple[int, ...] = ()) -> float:
-    """Latency of one window under docs/cost-model.md."""
+                     placement: "Placement" = (), split: Sequence[tuple[int, int]] = ()) -> float:
+    """Latency of one window under docs/cost-model.md. A placement entry is a rank or a CFG-split
+    pair; a rank's compute is fwd(its whole offsets) + its halves * (half + swap). (For placements
+    outside ``best_placement``'s family this ignores waits between pairs; ``simulate`` has them.)"""
     step = profile.step_time_s()
     if kind == "exact":
-        return profile.forward_time_s(1) + step
+        if not split:
+            return profile.forward_time_s(1) + step
+        paired = {r for p in split for r in p}
+        half = profile.half_forward_time_s(1) + profile.pair_exchange_time_s()
+        whole = profile.forward_time_s(1) if len(paired) < world_size else 0.0
+        return max(half, whole) + step
     if kind == "reuse":
         return size * step
-    loads = [0] * world_size
-    for rank in placement:
-        loads[rank] += 1
-    compute = max(profile.forward_time_s(n) for n in loads)
-    return (size - 1) * step + compute + profile.exchange_time_s(world_size, size) + size * step
+    whole = [0] * world_size
+    halves = [0] * world_size
+    holders = []
+    for entry in placement:
+        ranks = _entry_ranks(entry)
+        holders.append(set(ranks))
+        for rank in ranks:
+            if len(ranks) == 1:
+                whole[rank] += 1
+            else:
+                halves[rank] += 1
+    swap_s = profile.half_forward_time_s(1) + profile.pair_exchange_time_s() if any(halves) else 0.0
+    compute = max(profile.forward_time_s(n) + h * swap_s for n, h in zip(whole, halves))
+    everyone = set(range(world_size))
+    exchange = 0.0 if all(h >= everyone for h in holders) else profile.exchange_time_s(world_size, size)
+    return (size - 1) * step + compute + exchange + size * step
+
+
+def split_placement(*, size: int, world_size: int, pairs: int, split_offsets: int) -> "Placement":
+    """The family of the module docstring: the first ``split_offsets`` offsets split round robin over
+    pairs (2k, 2k+1), k < ``pairs``; the rest whole, round robin over ranks 2 * pairs .. G-1."""
+    singles = list(range(2 * pairs, world_size))
+    out: list = []
+    for j in range(size):
+        if j < split_offsets:
+            k = j % pairs
+            out.append((2 * k, 2 * k + 1))
+        else:
+            out.append(singles[(j - split_offsets) % len(singles)])
+    return tuple(out)
+
+
+def best_placement(profile: Profile, *, size: int, world_size: int, allow_split: bool) -> "tuple[Placement, float]":
+    """The fastest placement of a parallel window of ``size`` offsets, and its latency (module
+    docstring: round robin, or the best of the CFG-split family)."""
+    best = round_robin_placement(size=size, world_size=world_size)
+    best_s = window_latency_s(profile, kind="parallel", size=size, world_size=world_size, placement=best)
+    if not (allow_split and profile.can_split and world_size >= 2):
+        return best, best_s
+    step = profile.step_time_s()
+    half_s = profile.half_forward_time_s(1) + profile.pair_exchange_time_s()
+    exchange_s = profile.exchange_time_s(world_size, size)
+    for pairs in range(1, world_size // 2 + 1):
+        singles = world_size - 2 * pairs
+        for x in range(0 if singles else size, size + 1):      # x split offsets; with no singles all are split
+            compute = max(-(-x // pairs) * half_s, profile.forward_time_s(-(-(size - x) // singles)) if size > x else 0.0)
+            exch = 0.0 if (world_size == 2 and x == size) else exchange_s
+            lat = (2 * size - 1) * step + compute + exch
+            if lat < best_s:
+                best = split_placement(size=size, world_size=world_size, pairs=pairs, split_offsets=x)
+                best_s = lat
+    # the emitted placement priced by the one latency function (equal to the family's formula)
+    return best, window_latency_s(profile, kind="parallel", size=size, world_size=world_size, placement=best)
+
+
+def best_exact(profile: Profile, *, world_size: int, allow_split: bool) -> "tuple[tuple[tuple[int, int], ...], float]":
+    """An exact window's CFG-split pairs (none, or (0, 1), (2, 3), ... for an even G) and latency."""
+    plain = window_latency_s(profile, kind="exact", size=1, world_size=world_size)
+    if not (allow_split and profile.can_split and world_size >= 2 and world_size % 2 == 0):
+        return (), plain
+    pairs = tuple((2 * k, 2 * k + 1) for k in range(world_size // 2))
+    lat = window_latency_s(profile, kind="exact", size=1, world_size=world_size, split=pairs)
+    return (pairs, lat) if lat < plain else ((), plain)
 
 
 def error_scale_for(budget: float) -> float:
@@ -289,20 +376,22 @@ def fresh_after(*, kind: EdgeKind, size: int, fresh_before: int) -> int:
     return 0
 
 
-def candidate_windows(profile: Profile, *, world_size: int, max_window: int) -> list[tuple[int, int, EdgeKind, Optional[Predictor], tuple[int, ...], float, tuple[float, ...]]]:
+def candidate_windows(profile: Profile, *, world_size: int, max_window: int, allow_split: bool = True,
+                      ) -> list[tuple[int, int, EdgeKind, Optional[Predictor], "Placement", float, tuple[float, ...]]]:
     """Every candidate window after predictor dominance (rule 1), before budget pruning:
-    (start, size, kind, predictor, placement, latency_s, per-sample errors)."""
+    (start, size, kind, predictor, placement, latency_s, per-sample errors). An exact window's
+    placement slot holds its CFG-split pairs."""
     T = profile.num_steps
     J = max_window
-    exact_s = window_latency_s(profile, kind="exact", size=1, world_size=world_size)
-    placements = {w: round_robin_placement(size=w, world_size=world_size) for w in range(2, J + 1)}
-    latency = {("parallel", w): window_latency_s(profile, kind="parallel", size=w, world_size=world_size, placement=placements[w])
-               for w in range(2, J + 1)}
+    exact_split, exact_s = best_exact(profile, world_size=world_size, allow_split=allow_split)
+    placements, latency = {}, {}
+    for w in range(2, J + 1):
+        placements[w], latency[("parallel", w)] = best_placement(profile, size=w, world_size=world_size, allow_split=allow_split)
     latency.update({("reuse", w): window_latency_s(profile, kind="reuse", size=w, world_size=world_size) for w in range(1, J + 1)})
     zero = (0.0,) * profile.quality_samples
     out = []
     for s in range(T):
-        out.append((s, 1, "exact", None, (), exact_s, zero))
+        out.append((s, 1, "exact", None, exact_split, exact_s, zero))
         if s == 0:
             continue
         for kind in ("parallel", "reuse"):
@@ -329,7 +418,7 @@ def _better_somewhere(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 def build_problem(profile: Profile, *, world_size: int, max_window: int, budget: float,
                   budget_units: Optional[int] = None, error_units_per_unit: Optional[float] = None,
                   sample_budgets: Optional[Sequence[float]] = None, sample_budget_units: Optional[Sequence[int]] = None,
-                  min_within: Optional[int] = None,
+                  min_within: Optional[int] = None, allow_split: bool = True,
                   latency_units_per_s: float = DEFAULT_LATENCY_UNITS_PER_S) -> Problem:
     """The integer instance for ``profile`` on ``world_size`` ranks with windows up to ``max_window``.
 
@@ -362,9 +451,10 @@ def build_problem(profile: Profile, *, world_size: int, max_window: int, budget:
     fwd = profile.compute.forward_s
     if any(b < a for a, b in zip(fwd, fwd[1:])):
         notes.append("profile forward times are not nondecreasing in k: round-robin placement may not be optimal")
-    exact_units = latency_units(window_latency_s(profile, kind="exact", size=1, world_size=world_size), scale=latency_units_per_s)
+    exact_units = latency_units(best_exact(profile, world_size=world_size, allow_split=allow_split)[1], scale=latency_units_per_s)
     edges: list[Edge] = []
-    for (s, w, kind, pred, placement, lat_s, errs) in candidate_windows(profile, world_size=world_size, max_window=max_window):
+    for (s, w, kind, pred, placement, lat_s, errs) in candidate_windows(profile, world_size=world_size, max_window=max_window,
+                                                                         allow_split=allow_split):
         e_units = tuple(error_units(x, scale=scale) for x in errs)
         l_units = latency_units(lat_s, scale=latency_units_per_s)
         if kind != "exact":
@@ -372,8 +462,9 @@ def build_problem(profile: Profile, *, world_size: int, max_window: int, budget:
                 continue
             if l_units >= w * exact_units:               # rule 3
                 continue
-        edges.append(Edge(start=s, size=w, kind=kind, predictor=pred, placement=placement, latency_s=lat_s,
-                          errors=errs, latency_units=l_units, sample_error_units=e_units))
+        split = placement if kind == "exact" else ()
+        edges.append(Edge(start=s, size=w, kind=kind, predictor=pred, placement=() if kind == "exact" else placement,
+                          latency_s=lat_s, errors=errs, latency_units=l_units, sample_error_units=e_units, split=split))
     out_edges: list[list[int]] = [[] for _ in range(T + 1)]
     in_edges: list[list[int]] = [[] for _ in range(T + 1)]
     for i, e in enumerate(edges):

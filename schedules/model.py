@@ -196,6 +196,11 @@ class Schedule(_Strict):
 
     parastep_schedule: Literal[1] = SCHEMA_VERSION
     model: str = Field(min_length=1, description="model registry name (or a folder given with --model-path)")
+    pipeline_class: Optional[str] = Field(default=None, min_length=1, max_length=200,
+                                          description="the profiled pipeline class (model_index.json's _class_name)")
+    model_identity: Optional[str] = Field(default=None, pattern=r"^[0-9a-f]{64}$",
+                                          description="sha256 of the profiled folder's model_index.json and component configs "
+                                                      "(not weights); exec and evaluate refuse a folder with another identity")
     # strict=False on the container only: YAML has lists, not tuples; the items stay strict ints
     resolution_px: Optional[tuple[Pixels, Pixels]] = Field(default=None, strict=False, description="(height, width) in pixels")
     scheduler: str = Field(min_length=1, description="diffusers scheduler class name the profile was made with")

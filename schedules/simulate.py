@@ -10,6 +10,12 @@ as the executor runs them:
   by the profile's ``forward_s[n_r - 1]``; absent when n_r = 0) -> the
   window's **shared** ``exchange`` node (one node for all ranks: a barrier) -> w ``step``
   (replay) ops.
+- CFG split (a pair ``[u, c]`` computing one offset, or one exact step): ``forward`` of one half
+  (``half_forward_s``) on each of u and c, then a ``swap`` node shared by the two (a barrier of the
+  pair: the raw halves cross), in the order the executor runs them: a parallel window with splits
+  is built offset by offset on every rank (compute offset j if it is this rank's, then scratch step
+  j), a whole offset priced as the increment ``fwd(n) - fwd(n - 1)`` of the rank's n-th forward. The
+  end exchange is absent when every rank holds every output.
 
 Each rank's ops are chained in program order, so windows follow each other. Start times come
 from a topological pass (an op starts when all its predecessors have ended); the latency is
@@ -34,13 +40,13 @@ from ..profiles.model import Profile
 from .check import violations, window_size
 from .model import ExactWindow, ParallelWindow, ReuseWindow, Schedule
 
-OpKind = Literal["forward", "scratch", "step", "exchange"]
+OpKind = Literal["forward", "scratch", "step", "exchange", "swap"]
 
 
 @dataclass(frozen=True)
 class TimedOp:
-    """One op of the timeline. ``rank`` is -1 for the shared exchange node in ``SimulationResult.critical_path``;
-    in ``ops`` an exchange appears once per rank (same times) so each rank's row shows it."""
+    """One op of the timeline. ``rank`` is -1 for a shared exchange or swap node in ``SimulationResult.critical_path``;
+    in ``ops`` a shared node appears once per member rank (same times) so each rank's row shows it."""
 
     rank: int
     kind: OpKind
@@ -71,13 +77,14 @@ class SimulationResult:
 
 @dataclass(frozen=True)
 class _Node:
-    rank: int            # -1 for the shared exchange
+    rank: int            # -1 for a shared node (exchange: every rank; swap: ``members``)
     kind: OpKind
     window: int
     index: int           # position inside the (rank, window) op list (for readers of the graph)
     duration_s: float
     step: Optional[int] = None
     offsets: int = 0
+    members: tuple[int, ...] = ()   # a shared node's ranks (empty: all)
 
 
 def build_graph(schedule: Schedule, profile: Profile) -> nx.DiGraph:
@@ -101,9 +108,17 @@ def build_graph(schedule: Schedule, profile: Profile) -> nx.DiGraph:
     for i, (w, (start, stop)) in enumerate(zip(schedule.windows, schedule.window_bounds())):
         size = stop - start
         if isinstance(w, ExactWindow):
-            for r in range(G):
-                f = add(_Node(r, "forward", i, 0, profile.forward_time_s(1), step=start, offsets=1), after=[last[r]])
-                last[r] = add(_Node(r, "step", i, 1, step_s, step=start), after=[f])
+            for group in w.rank_groups(G):
+                if len(group) == 1:
+                    r = group[0]
+                    f = add(_Node(r, "forward", i, 0, profile.forward_time_s(1), step=start, offsets=1), after=[last[r]])
+                    last[r] = add(_Node(r, "step", i, 1, step_s, step=start), after=[f])
+                    continue
+                swap = _add_split(add, profile, group, last, window=i, index=0, step=start)
+                for r in group:
+                    last[r] = add(_Node(r, "step", i, 2, step_s, step=start), after=[swap])
+        elif isinstance(w, ParallelWindow) and w.has_split:
+            _add_split_window(add, profile, w, last, window=i, start=start, size=size, world_size=G, step_s=step_s)
         elif isinstance(w, ReuseWindow):
             for r in range(G):
                 for j in range(size):
@@ -129,6 +144,44 @@ def build_graph(schedule: Schedule, profile: Profile) -> nx.DiGraph:
         else:  # pragma: no cover - the pydantic union has three kinds
             raise TypeError(f"unknown window kind {type(w).__name__}")
     return graph
+
+
+def _add_split(add, profile: Profile, pair: tuple[int, ...], last: list, *, window: int, index: int, step: int) -> int:
+    """One CFG-split offset on ``pair``: a half forward on each rank, then their shared swap node."""
+    halves = [add(_Node(r, "forward", window, index, profile.half_forward_time_s(1), step=step, offsets=1), after=[last[r]])
+              for r in pair]
+    return add(_Node(-1, "swap", window, index + 1, profile.pair_exchange_time_s(), step=step, members=tuple(pair)), after=halves)
+
+
+def _add_split_window(add, profile: Profile, w: ParallelWindow, last: list, *, window: int, start: int, size: int,
+                      world_size: int, step_s: float) -> None:
+    """A parallel window with CFG splits, offset by offset in the executor's order (module docstring)."""
+    G = world_size
+    whole_done = [0] * G
+    for j in range(size):
+        ranks = w.offset_ranks(j)
+        if len(ranks) == 2:
+            swap = _add_split(add, profile, ranks, last, window=window, index=3 * j, step=start + j)
+            for r in ranks:
+                last[r] = swap
+        else:
+            r = ranks[0]
+            whole_done[r] += 1
+            n = whole_done[r]
+            inc = profile.forward_time_s(n) - profile.forward_time_s(n - 1)
+            last[r] = add(_Node(r, "forward", window, 3 * j, inc, step=start + j, offsets=1), after=[last[r]])
+        if j < size - 1:
+            for r in range(G):
+                last[r] = add(_Node(r, "scratch", window, 3 * j + 2, step_s, step=start + j), after=[last[r]])
+    everyone = set(range(G))
+    if not all(set(w.offset_ranks(j)) >= everyone for j in range(size)):
+        exchange = add(_Node(-1, "exchange", window, 3 * size, profile.exchange_time_s(G, size)), after=list(last))
+        last[:] = [exchange] * G
+    for r in range(G):
+        prev = last[r]
+        for j in range(size):
+            prev = add(_Node(r, "step", window, 3 * size + 1 + j, step_s, step=start + j), after=[prev])
+        last[r] = prev
 
 
 def _check_runnable(schedule: Schedule) -> None:
@@ -177,14 +230,14 @@ def simulate(schedule: Schedule, profile: Profile) -> SimulationResult:
         if n.rank >= 0:
             ops.append(timed(i, n.rank))
         else:
-            ops.extend(timed(i, r) for r in range(G))
+            ops.extend(timed(i, r) for r in (n.members or range(G)))
     ops.sort(key=lambda o: (o.start_s, o.rank, o.window, o.kind))
 
     busy = [0.0] * G
     comm = [0.0] * G
     fwd = [0] * G
     for op in ops:
-        if op.kind == "exchange":
+        if op.kind in ("exchange", "swap"):
             comm[op.rank] += op.duration_s
         else:
             busy[op.rank] += op.duration_s
@@ -209,9 +262,9 @@ def simulate(schedule: Schedule, profile: Profile) -> SimulationResult:
 
 # ---- plot -----------------------------------------------------------------------------------
 
-_COLORS = {"forward": "#1f77b4", "scratch": "#c7c7c7", "step": "#7f7f7f", "exchange": "#ff7f0e"}
+_COLORS = {"forward": "#1f77b4", "scratch": "#c7c7c7", "step": "#7f7f7f", "exchange": "#ff7f0e", "swap": "#2ca02c"}
 _LABELS = {"forward": "forward (denoiser)", "scratch": "scratch step (build inputs)", "step": "scheduler step",
-           "exchange": "exchange (all-gather)"}
+           "exchange": "exchange (all-gather)", "swap": "CFG split: swap of raw halves"}
 
 
 def plot_timeline(result: SimulationResult, schedule: Schedule, path: str | Path, *, title: str = "") -> None:
@@ -225,7 +278,7 @@ def plot_timeline(result: SimulationResult, schedule: Schedule, path: str | Path
     fig = Figure(figsize=(12, min(2.0 + 0.45 * G, 18)), dpi=110)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
-    for kind in ("scratch", "step", "forward", "exchange"):
+    for kind in ("scratch", "step", "forward", "exchange", "swap"):
         for r in range(G):
             bars = [(o.start_s * scale, o.duration_s * scale) for o in result.ops if o.rank == r and o.kind == kind and o.duration_s > 0]
             if bars:
@@ -257,7 +310,7 @@ def plot_timeline(result: SimulationResult, schedule: Schedule, path: str | Path
     rank_time = result.latency_s * G
     share = {k: math.fsum(o.duration_s for o in result.ops if o.kind == k) / rank_time if rank_time > 0 else 0.0 for k in _COLORS}
     share["idle"] = math.fsum(result.idle_s) / rank_time if rank_time > 0 else 0.0
-    handles = [Patch(facecolor=_COLORS[k], label=f"{_LABELS[k]}: {100 * share[k]:.3g}%") for k in ("forward", "scratch", "step", "exchange")
+    handles = [Patch(facecolor=_COLORS[k], label=f"{_LABELS[k]}: {100 * share[k]:.3g}%") for k in ("forward", "scratch", "step", "exchange", "swap")
                if any(o.kind == k for o in result.ops)]
     handles.append(Patch(facecolor="white", edgecolor="#999999", label=f"idle: {100 * share['idle']:.3g}%"))
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=8, frameon=False,

@@ -51,11 +51,12 @@ def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "ra
                  step_overhead_s: Optional[float] = None, comm: Optional[Comm] = None,
                  deviation_scale: Optional[float] = None, calibration: bool = False,
                  provenance: Literal["prior", "measured"] = "prior", output_bytes: Optional[int] = None,
-                 samples: Optional[int] = None) -> Profile:
+                 samples: Optional[int] = None, half_forward_ratio: Optional[float] = None) -> Profile:
     """A random valid profile. Any cost part given explicitly replaces the random one. ``samples``:
     per-sample output errors (``Profile.output_errors``) for that many calibration samples: the
     mean-table window error times a per-sample, per-window lognormal factor (samples disagree on
-    which windows are dear, as real images do)."""
+    which windows are dear, as real images do). ``half_forward_ratio``: CFG-split costs (a half
+    forward of that share of one forward, and a pair swap priced like the 2-rank exchange)."""
     rng = np.random.default_rng(seed)
     T, J = num_steps, max_window
     scale = deviation_scale if deviation_scale is not None else 10.0 ** rng.uniform(-5, 1)
@@ -92,8 +93,10 @@ def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "ra
         propagation=Propagation(gain=[float(g) for g in gain]),
         similarity=Similarity(cosine=[float(v) for v in rng.uniform(0.9, 1.0, size=T - 1)],
                               rel_l1=[float(v) for v in rng.uniform(0.0, 0.2, size=T - 1)]),
-        compute=Compute(forward_s=[float(v) for v in forward_s], step_s=step_s, step_overhead_s=step_overhead_s),
-        comm=comm,
+        compute=Compute(forward_s=[float(v) for v in forward_s], step_s=step_s, step_overhead_s=step_overhead_s,
+                        half_forward_s=None if half_forward_ratio is None else float(half_forward_ratio * forward_s[0])),
+        comm=comm if half_forward_ratio is None or comm.pair is not None else comm.model_copy(
+            update={"pair": CommEntry(ranks=2, latency_s=comm.entries[0].latency_s, bandwidth_bytes_per_s=comm.entries[0].bandwidth_bytes_per_s)}),
         calibration=cal,
     )
     if samples is None:
@@ -162,5 +165,42 @@ def valid_schedules(draw, *, max_steps: int = 40, max_world: int = 64, max_windo
     return Schedule(
         model=draw(st.sampled_from(["sdxl", "digits", "toy"])), scheduler="EulerDiscreteScheduler",
         num_steps=T, world_size=G, max_window=J, output_bytes=output_bytes,
+        totals=implied_totals(windows, world_size=G, output_bytes=output_bytes), windows=windows,
+    )
+
+
+@st.composite
+def split_schedules(draw, *, min_steps: int = 2, max_steps: int = 10, world_sizes: tuple[int, ...] = (2, 4),
+                    max_window: int = 4, output_bytes: int = 4) -> Schedule:
+    """A random valid schedule with CFG splits (world size drawn from ``world_sizes``, each >= 2):
+    exact windows with 0..G//2 disjoint ``split`` pairs, parallel windows whose offsets are a rank or a
+    ``[rank_uncond, rank_cond]`` pair of two distinct ranks, reuse windows; totals as the windows imply."""
+    T = draw(st.integers(min_steps, max_steps))
+    G = draw(st.sampled_from(world_sizes))
+    J = max_window
+    rank = st.integers(0, G - 1)
+    pair = st.lists(rank, min_size=2, max_size=2, unique=True)
+    windows: list = []
+    s = 0
+    while s < T:
+        kind = "exact" if s == 0 else draw(st.sampled_from(["exact", "parallel", "reuse"]))
+        if kind == "parallel" and (T - s < 2 or J < 2):
+            kind = "exact"
+        if kind == "exact":
+            order = draw(st.permutations(range(G)))
+            n = draw(st.integers(0, G // 2))
+            windows.append(ExactWindow(start=s, split=[list(order[2 * k:2 * k + 2]) for k in range(n)] or None))
+            s += 1
+            continue
+        size = draw(st.integers(2 if kind == "parallel" else 1, min(J, T - s)))
+        pred = draw(st.sampled_from(["last", "linear"] if s >= 2 else ["last"]))
+        if kind == "parallel":
+            placement = draw(st.lists(st.one_of(rank, pair), min_size=size, max_size=size))
+            windows.append(ParallelWindow(start=s, placement=placement, predictor=pred))
+        else:
+            windows.append(ReuseWindow(start=s, size=size, predictor=pred))
+        s += size
+    return Schedule(
+        model="tiny", scheduler="DDIMScheduler", num_steps=T, world_size=G, max_window=J, output_bytes=output_bytes,
         totals=implied_totals(windows, world_size=G, output_bytes=output_bytes), windows=windows,
     )

@@ -34,7 +34,9 @@ def sum_units(fixed, *, scale):
 def _instance(seed: int, *, max_steps: int = 24, max_window: int = 6, max_gpus: int = 8):
     r = random.Random(seed)
     T, J, G = r.randint(1, max_steps), r.randint(1, max_window), r.randint(1, max_gpus)
-    prof = make_profile(num_steps=T, max_window=J, seed=seed)
+    # a third of the instances can split CFG halves (a separate stream keeps the other draws stable)
+    half = random.Random(seed + 10 ** 6).choice([None, 0.52, 0.75])
+    prof = make_profile(num_steps=T, max_window=J, seed=seed, half_forward_ratio=half)
     Jp = min(J, r.randint(1, J + 2))
     fixed = fixed_windows(prof, world_size=G, max_window=Jp, warmup=default_warmup(T))
     kind = r.choice(["fixed", "scaled", "zero", "random"])

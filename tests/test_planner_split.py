@@ -1,0 +1,110 @@
+"""CFG split in the planner (issue 9): the placement family, its latency against the independent op
+graph of ``simulate``, lossless planning at budget 0, and the switches that turn it off.
+
+CP-SAT == DP with split edges is covered by tests/test_planner.py's random instances (a third of
+them can split)."""
+
+from __future__ import annotations
+
+import itertools
+import math
+
+import pytest
+from hypothesis import given, settings, strategies as st
+
+from parastep.planner.plan import plan_schedule
+from parastep.planner.problem import best_exact, best_placement, round_robin_placement, split_placement, window_latency_s
+from parastep.schedules.check import implied_totals, violations
+from parastep.schedules.model import ExactWindow, ParallelWindow, Schedule
+from parastep.schedules.simulate import simulate
+
+from strategies import make_profile, zero_comm
+
+SHA = "0" * 64
+
+
+def _profile(seed: int, *, ratio: float = 0.55, T: int = 16, J: int = 6, comm=None):
+    return make_profile(num_steps=T, max_window=J, seed=seed, half_forward_ratio=ratio, max_ranks=8, comm=comm)
+
+
+def _one_window_schedule(profile, placement, G: int) -> Schedule:
+    """Exact step 0, then one parallel window with ``placement`` (sizes only; quality is not asked)."""
+    w = len(placement)
+    wins = [ExactWindow(start=0), ParallelWindow(start=1, placement=[e if isinstance(e, int) else list(e) for e in placement])]
+    return Schedule(model="t", scheduler="DDIMScheduler", num_steps=1 + w, world_size=G, max_window=w,
+                    output_bytes=profile.output_bytes,
+                    totals=implied_totals(wins, world_size=G, output_bytes=profile.output_bytes), windows=wins)
+
+
+def _family(size: int, G: int):
+    yield round_robin_placement(size=size, world_size=G)
+    for pairs in range(1, G // 2 + 1):
+        singles = G - 2 * pairs
+        for x in range(0 if singles else size, size + 1):
+            yield split_placement(size=size, world_size=G, pairs=pairs, split_offsets=x)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_best_placement_is_the_fastest_of_its_family_priced_by_the_op_graph(seed):
+    """Differential: the planner's closed-form pick against every family member timed by simulate's DAG."""
+    prof = _profile(seed, ratio=[0.5, 0.6, 0.75, 0.9, 1.0, 0.52][seed])
+    exact_s = simulate(_one_window_schedule(prof, (0, 1), 2), prof)   # warm the path; value unused
+    assert exact_s.latency_s > 0
+    for G in range(2, 7):
+        for size in range(2, 6):
+            chosen, lat = best_placement(prof, size=size, world_size=G, allow_split=True)
+            base = prof.forward_time_s(1) + prof.step_time_s()        # the exact step 0
+            sim = simulate(_one_window_schedule(prof, chosen, G), prof).latency_s - base
+            assert math.isclose(sim, lat, rel_tol=1e-9), (G, size, chosen)
+            others = [simulate(_one_window_schedule(prof, p, G), prof).latency_s - base for p in _family(size, G)]
+            assert lat <= min(others) * (1 + 1e-12), (G, size, chosen, min(others))
+
+
+def test_round_robin_is_optimal_among_all_unsplit_placements():
+    """Brute force over every assignment of offsets to ranks (the docstring's pigeonhole argument)."""
+    prof = _profile(1)
+    for G in range(2, 5):
+        for size in range(2, 5):
+            rr = window_latency_s(prof, kind="parallel", size=size, world_size=G, placement=round_robin_placement(size=size, world_size=G))
+            best = min(simulate(_one_window_schedule(prof, p, G), prof).latency_s for p in itertools.product(range(G), repeat=size))
+            base = prof.forward_time_s(1) + prof.step_time_s()
+            assert math.isclose(best - base, rr, rel_tol=1e-9)
+
+
+@pytest.mark.parametrize("G", [2, 4, 8])
+def test_budget_zero_plans_only_split_exact_steps_when_a_half_is_cheaper(G):
+    prof = _profile(3, ratio=0.55, comm=zero_comm())
+    s = plan_schedule(prof, profile_sha256=SHA, world_size=G, budget=0.0).schedule
+    assert all(isinstance(w, ExactWindow) for w in s.windows)
+    assert all(w.split == [[2 * k, 2 * k + 1] for k in range(G // 2)] for w in s.windows)
+    assert violations(s) == []
+    half = prof.half_forward_time_s(1) + prof.pair_exchange_time_s()
+    assert math.isclose(s.latency.speedup, (prof.forward_time_s(1) + prof.step_time_s()) / (half + prof.step_time_s()), rel_tol=1e-9)
+    assert math.isclose(simulate(s, prof).latency_s, s.latency.predicted_s, rel_tol=1e-9)
+
+
+def test_no_split_when_off_odd_without_costs_or_not_cheaper():
+    prof = _profile(3, ratio=0.55, comm=zero_comm())
+    for kwargs in ({"world_size": 2, "allow_split": False}, {"world_size": 3}):
+        s = plan_schedule(prof, profile_sha256=SHA, budget=0.0, **kwargs).schedule
+        assert all(w.split is None for w in s.windows), kwargs
+        assert s.latency.speedup == pytest.approx(1.0)
+    plain = make_profile(num_steps=16, max_window=6, seed=3, max_ranks=8)          # no half-forward time
+    assert not plain.can_split
+    assert all(w.split is None for w in plan_schedule(plain, profile_sha256=SHA, world_size=2, budget=0.0).schedule.windows)
+    dear = _profile(3, ratio=1.0, comm=zero_comm())                                                 # a half costs a whole forward
+    assert best_exact(dear, world_size=2, allow_split=True)[0] == ()
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), G=st.integers(1, 8), ratio=st.sampled_from([0.5, 0.6, 0.73, 0.9]),
+       budget=st.sampled_from([0.0, None, 1e-3, 1e9]))
+def test_split_plans_are_valid_and_simulate_agrees(seed, G, ratio, budget):
+    """Every plan: valid, priced the same by the planner and by the op graph, never slower than without splits."""
+    prof = _profile(seed, ratio=ratio, T=12, J=4)
+    s = plan_schedule(prof, profile_sha256=SHA, world_size=G, budget=budget).schedule
+    assert violations(s) == []
+    assert math.isclose(simulate(s, prof).latency_s, s.latency.predicted_s, rel_tol=1e-9)
+    off = plan_schedule(prof, profile_sha256=SHA, world_size=G, budget=budget, allow_split=False).schedule
+    assert s.solver.objective <= off.solver.objective
+    assert s.quality.predicted_units <= s.quality.budget_units or s.quality.per_sample is not None
