@@ -1,31 +1,55 @@
-"""Exchange of a parallel window's guided outputs at the window's end (DESIGN §1, §4).
+"""Exchanges of the executor (DESIGN §1, §4): a parallel window's guided outputs at its end, and a
+CFG split pair's raw halves at every split forward.
 
-Every rank ends a parallel window holding all ``w`` guided outputs ``ehat_{s+j}``. Each rank
-*receives exactly the outputs it lacks*: no padding, nothing it already computed, and nothing
-at all for exact or reuse windows (the hooks never call ``exchange`` for those).
+Window end (``exchange``). Every rank ends a parallel window holding all ``w`` guided outputs
+``ehat_{s+j}``. A placement entry is a rank ``r`` or a CFG split pair ``[u, c]``
+(``schedules.model.entry_ranks``); both ranks of a pair hold the offset's guided output after the
+pipeline's own combine. Offset j is sent from its *first* computing rank (``r``, or ``u``) to every
+other rank, so the world receives ``(world_size - 1) * w`` outputs per window, or nothing at all when
+every rank already holds every output (every offset split over the only two ranks of a 2-rank world)
+(``schedules.check.implied_totals``). Nothing moves for exact or reuse windows.
+
+CFG split (``swap``). The two ranks of a pair each compute one half of the guided batch and swap
+the raw halves: each receives its partner's half (the same shapes as its own).
 
 Two implementations of one small protocol:
 
-- ``LocalExchange``: a world of one process that owns every offset (single-process emulation of
-  any schedule). It moves nothing. Because every forward sees the same input whichever rank
-  computes it, a local run is bit-identical to a distributed one on the same device/threads.
-- ``DistExchange``: torch.distributed (gloo on CPU, nccl on CUDA). If every rank of the world
-  owns the same number ``n`` of the window's offsets it is one ``all_gather`` of ``n`` stacked
-  outputs per rank (no padding needed); otherwise one ``broadcast`` per owning rank of its
-  stacked outputs, in rank order. Bytes received by this rank are counted either way:
-  ``sum over owners q != rank of n_q * output_bytes``, so the world receives
-  ``(world_size - 1) * w * output_bytes`` per window (``schedules.check.implied_totals``).
+- ``LocalExchange``: a world of one process that plays every rank, owns every offset and computes
+  both halves of a split itself (the hooks run the two half forwards), so a local run emulates any
+  schedule. It moves nothing. Because every forward sees the same input whichever rank computes
+  it, a local run is bit-identical to a distributed one on the same device/threads.
+- ``DistExchange``: torch.distributed (gloo on CPU, nccl on CUDA). At a window's end: if every rank
+  of the world sends the same number ``n`` of the window's offsets it is one ``all_gather`` of ``n``
+  stacked outputs per rank (no padding needed); otherwise one ``broadcast`` per sending rank of its
+  stacked outputs, in rank order. ``swap``: point-to-point send/recv with the partner, the lower rank
+  sending first (no NCCL deadlock without grouping). Bytes received by this rank are counted for
+  both.
 """
 
 from __future__ import annotations
 
-from typing import Mapping, Protocol, Sequence
+from typing import Mapping, Protocol, Sequence, Union
 
 import torch
+
+from ..schedules.model import entry_ranks
+
+PlacementEntry = Union[int, Sequence[int]]
 
 
 def tensor_nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
+
+
+def senders(placement: Sequence[PlacementEntry]) -> list[int]:
+    """The rank that sends each offset's guided output at the window's end: its first computing rank."""
+    return [entry_ranks(e)[0] for e in placement]
+
+
+def held_by_all(placement: Sequence[PlacementEntry], world_size: int) -> bool:
+    """Does every rank hold every offset's output already (no end exchange needed)?"""
+    everyone = set(range(world_size))
+    return all(set(entry_ranks(e)) >= everyone for e in placement)
 
 
 class Exchange(Protocol):
@@ -33,19 +57,23 @@ class Exchange(Protocol):
     world_size: int
 
     def owns(self, placement_rank: int) -> bool:
-        """Does this process compute offsets placed on ``placement_rank``?"""
+        """Does this process compute what is placed on ``placement_rank``?"""
 
-    def exchange(self, owned: Mapping[int, torch.Tensor], placement: Sequence[int], *,
+    def exchange(self, owned: Mapping[int, torch.Tensor], placement: Sequence[PlacementEntry], *,
                  like: torch.Tensor) -> tuple[list[torch.Tensor], int]:
         """All ``len(placement)`` outputs in offset order, and the bytes this rank received.
 
-        ``owned`` maps offset j -> the guided output this rank computed (exactly the offsets
-        with ``owns(placement[j])``); ``like`` has the shape/dtype/device of one output.
+        ``owned`` maps offset j -> the guided output this rank holds (exactly the offsets with
+        ``owns(r)`` for a rank r of ``placement[j]``); ``like`` has the shape/dtype/device of one output.
         """
+
+    def swap(self, mine: Sequence[torch.Tensor], partner: int) -> tuple[list[torch.Tensor], int]:
+        """CFG split: send ``mine`` (this rank's raw half, as a list of tensors) to ``partner`` and
+        return the partner's tensors (same shapes and dtypes) and the bytes received."""
 
 
 class LocalExchange:
-    """One process playing every rank: owns every offset, moves nothing."""
+    """One process playing every rank: owns every offset and both halves of a split, moves nothing."""
 
     rank = 0
     world_size = 1
@@ -53,12 +81,15 @@ class LocalExchange:
     def owns(self, placement_rank: int) -> bool:
         return True
 
-    def exchange(self, owned: Mapping[int, torch.Tensor], placement: Sequence[int], *,
+    def exchange(self, owned: Mapping[int, torch.Tensor], placement: Sequence[PlacementEntry], *,
                  like: torch.Tensor) -> tuple[list[torch.Tensor], int]:
         missing = [j for j in range(len(placement)) if j not in owned]
         if missing:
             raise RuntimeError(f"LocalExchange: offsets {missing} were never computed")
         return [owned[j] for j in range(len(placement))], 0
+
+    def swap(self, mine: Sequence[torch.Tensor], partner: int) -> tuple[list[torch.Tensor], int]:
+        raise RuntimeError("LocalExchange owns both halves of a split: the hooks compute both, nothing is swapped")
 
 
 class DistExchange:
@@ -76,33 +107,39 @@ class DistExchange:
     def owns(self, placement_rank: int) -> bool:
         return placement_rank == self.rank
 
-    def exchange(self, owned: Mapping[int, torch.Tensor], placement: Sequence[int], *,
+    def exchange(self, owned: Mapping[int, torch.Tensor], placement: Sequence[PlacementEntry], *,
                  like: torch.Tensor) -> tuple[list[torch.Tensor], int]:
         dist = self._dist
         w = len(placement)
+        for e in placement:
+            bad = [r for r in entry_ranks(e) if not 0 <= r < self.world_size]
+            if bad:
+                raise RuntimeError(f"placement names rank(s) {bad} but world_size={self.world_size}")
+        held = [j for j, e in enumerate(placement) if self.rank in entry_ranks(e)]
+        if sorted(owned) != held:
+            raise RuntimeError(f"rank {self.rank} holds offsets {sorted(owned)} but placement gives it {held}")
+        if held_by_all(placement, self.world_size):
+            return [owned[j] for j in range(w)], 0
+        out: list[torch.Tensor | None] = [None] * w
+        for j in held:
+            out[j] = owned[j]
         offsets_of: dict[int, list[int]] = {}
-        for j, r in enumerate(placement):
-            if not 0 <= r < self.world_size:
-                raise RuntimeError(f"placement names rank {r} but world_size={self.world_size}")
+        for j, r in enumerate(senders(placement)):
             offsets_of.setdefault(r, []).append(j)
         mine = offsets_of.get(self.rank, [])
-        if sorted(owned) != mine:
-            raise RuntimeError(f"rank {self.rank} holds offsets {sorted(owned)} but placement gives it {mine}")
-        out: list[torch.Tensor | None] = [None] * w
-        for j in mine:
-            out[j] = owned[j]
         one = tensor_nbytes(like)
         received = sum(len(js) for r, js in offsets_of.items() if r != self.rank) * one
         counts = {len(offsets_of.get(r, [])) for r in range(self.world_size)}
         if len(counts) == 1:
-            # every rank owns the same number of offsets: one all_gather, no padding
+            # every rank sends the same number of offsets: one all_gather, no padding
             send = torch.stack([owned[j] for j in mine]).contiguous()
             bufs = [send if r == self.rank else torch.empty_like(send) for r in range(self.world_size)]
             dist.all_gather(bufs, send)
             for r in range(self.world_size):
                 if r != self.rank:
                     for k, j in enumerate(offsets_of[r]):
-                        out[j] = bufs[r][k]
+                        if out[j] is None:        # a split partner keeps its own (identical) copy
+                            out[j] = bufs[r][k]
         else:
             for r in sorted(offsets_of):
                 js = offsets_of[r]
@@ -113,5 +150,21 @@ class DistExchange:
                 dist.broadcast(buf, src=r)
                 if r != self.rank:
                     for k, j in enumerate(js):
-                        out[j] = buf[k]
+                        if out[j] is None:
+                            out[j] = buf[k]
         return [t for t in out if t is not None], received
+
+    def swap(self, mine: Sequence[torch.Tensor], partner: int) -> tuple[list[torch.Tensor], int]:
+        dist = self._dist
+        if partner == self.rank or not 0 <= partner < self.world_size:
+            raise RuntimeError(f"rank {self.rank} cannot swap CFG halves with rank {partner} (world_size={self.world_size})")
+        send = [t.contiguous() for t in mine]
+        theirs = [torch.empty_like(t) for t in send]
+        for a, b in zip(send, theirs):
+            if self.rank < partner:
+                ops = [dist.isend(a, partner), dist.irecv(b, partner)]
+            else:
+                ops = [dist.irecv(b, partner), dist.isend(a, partner)]
+            for op in ops:
+                op.wait()
+        return theirs, sum(tensor_nbytes(t) for t in theirs)

@@ -18,6 +18,17 @@ wrapped (and restored by ``remove_parastep``):
   placeholder: the last raw output this rank computed (same structure/shape/dtype, finite, so a
   pipeline's guidance rescale never divides by zero). A second call in one scheduler step is
   refused (``UserError``).
+  CFG split (an exact window's ``split`` pair, a parallel offset placed on ``[u, c]``): every
+  batched argument (dim 0 = the sample's batch 2B, through nested dicts/lists/tuples; a 0-d or
+  size-1 timestep is shared) is cut to rows [0, B) on rank u (unconditional half) or [B, 2B) on
+  rank c (conditional half); the rank computes its half, swaps raw halves with its partner
+  (``Exchange.swap``) and returns [uncond; cond] in the denoiser's own output type, so the
+  pipeline's guidance combine runs unchanged. A process playing both ranks (``LocalExchange``)
+  runs both halves; in a split exact window so does every rank outside the pairs, so all ranks
+  apply bit-identical outputs (kernels depend on the batch size in the last bits). Refused
+  (``UserError``, at the first split forward) without a two-way guided batch: an odd batch, or a
+  pipeline whose ``do_classifier_free_guidance`` (attribute, or local of its ``__call__``) is False
+  or absent (guidance_scale <= 1; Flux-dev's distilled guidance).
 - ``scheduler.step``: receives the pipeline-guided output ``e`` and decides:
   * exact: applies ``e`` (or ``override_outputs[i]``).
   * reuse (start s, k-th step): applies the predictor's stand-in; no forward anywhere.
@@ -71,12 +82,17 @@ from typing import Any, Callable, Literal, Mapping, Optional, Sequence
 import torch
 
 from ..errors import UserError
-from ..schedules.model import ExactWindow, ParallelWindow, ReuseWindow
+from ..schedules.model import ExactWindow, ParallelWindow, ReuseWindow, entry_ranks
 from .exchange import Exchange, LocalExchange
 from .schedulers import (STOCHASTIC_SCHEDULERS, UNSUPPORTED_SCHEDULERS, check_pipeline_supported,  # noqa: F401
                          check_scheduler_supported, is_stochastic)  # the scheduler policy's one home
 
 WindowKind = Literal["exact", "parallel", "reuse"]
+# what this process's denoiser call does at one step: the whole guided batch; one CFG half, swapping
+# raw halves with the partner; both halves in two forwards (a process playing both ranks of a split
+# pair: LocalExchange); or nothing (a placeholder)
+Role = Literal["whole", "half", "halves", "none"]
+Half = Literal["uncond", "cond"]
 
 _ATTR = "_parastep_handle"
 
@@ -105,7 +121,9 @@ class WindowStats:
     exchange_s: float = 0.0
     snapshot_s: float = 0.0   # scheduler snapshot at the window start + restore at its end
     replay_s: float = 0.0     # the w real steps after the exchange
-    forwards: int = 0         # real denoiser forwards on this rank
+    forwards: int = 0         # steps this rank computed: the whole batch, one CFG half, or both halves
+    half_forwards: int = 0    # half-batch denoiser passes among them (CFG split: 1 for a half, 2 for both)
+    swap_s: float = 0.0       # CFG split: swapping raw halves with the partner (included in exchange_s)
 
 
 @dataclass(frozen=True)
@@ -115,8 +133,12 @@ class _StepPlan:
     start: int
     size: int
     offset: int
-    placement: tuple[int, ...]
+    placement: tuple[int | tuple[int, ...], ...]   # parallel: entries (a rank or a CFG split pair)
     predictor: str
+    groups: tuple[tuple[int, ...], ...] = ()   # who computes this step: one rank, or a split pair (uncond, cond) each
+    role: Role = "none"                        # what THIS process's denoiser call does
+    half: Optional[Half] = None                # role "half": the half this rank computes
+    partner: Optional[int] = None              # role "half": the rank computing the other half
 
 
 @dataclass
@@ -129,7 +151,31 @@ class ParaStepConfig:
     sync_timing: bool = False   # CUDA: synchronize at each step's end so window timings are wall-accurate
 
 
-def _step_plan(windows: Sequence[Any], num_steps: int) -> list[_StepPlan]:
+def _role(group: Sequence[int], exchange: Exchange) -> tuple[Role, Optional[Half], Optional[int]]:
+    """This process's part in computing one offset whose computing ranks are ``group`` (one rank,
+    or a CFG split pair ``(rank_uncond, rank_cond)``)."""
+    mine = [exchange.owns(r) for r in group]
+    if not any(mine):
+        return "none", None, None
+    if len(group) == 1:
+        return "whole", None, None
+    if all(mine):
+        return "halves", None, None
+    k = mine.index(True)
+    return "half", ("uncond", "cond")[k], group[1 - k]
+
+
+def _step_plan(windows: Sequence[Any], num_steps: int, exchange: Optional[Exchange] = None) -> list[_StepPlan]:
+    """One entry per step: its window, who computes it, and what this process computes there.
+
+    Exact window: every rank computes. With a ``split``, a rank in a pair computes its half; every
+    other rank computes the whole batch as the same two half-batch forwards ("halves"), so that all
+    ranks apply bit-identical outputs (a whole-batch forward may differ in the last bits: kernels
+    depend on the batch size) and end the step with identical latents, as DESIGN §1 requires. A
+    process playing every rank (``LocalExchange``) computes both halves. (A rank outside the pairs
+    is the step's slowest either way, so this costs no latency.) Parallel window: the rank(s) of
+    ``placement[j]`` compute offset j: a pair's two ranks one half each."""
+    exchange = exchange if exchange is not None else LocalExchange()
     starts = [w.start for w in windows] + [num_steps]
     plan: list[_StepPlan] = []
     for k, w in enumerate(windows):
@@ -137,7 +183,8 @@ def _step_plan(windows: Sequence[Any], num_steps: int) -> list[_StepPlan]:
         if isinstance(w, ExactWindow):
             kind, placement, pred = "exact", (), "last"
         elif isinstance(w, ParallelWindow):
-            kind, placement, pred = "parallel", tuple(w.placement), w.predictor
+            kind, pred = "parallel", w.predictor
+            placement = tuple(e if isinstance(e, int) else tuple(e) for e in w.placement)
         elif isinstance(w, ReuseWindow):
             kind, placement, pred = "reuse", (), w.predictor
         else:
@@ -145,7 +192,19 @@ def _step_plan(windows: Sequence[Any], num_steps: int) -> list[_StepPlan]:
         if size < 1 or (kind == "parallel" and size != len(placement)) or (kind == "exact" and size != 1):
             raise UserError(f"window {k} (start {w.start}) has an inconsistent size; run 'parastep validate' on the schedule")
         for j in range(size):
-            plan.append(_StepPlan(k, kind, w.start, size, j, placement, pred))
+            if kind == "exact":
+                world = max([exchange.world_size] + [r + 1 for pair in w.split or () for r in pair])
+                groups = tuple(w.rank_groups(world))
+                mine = next(g for g in groups if exchange.rank in g)
+                role = ("whole", None, None) if not w.split else _role(mine, exchange)
+                if w.split and role[0] == "whole":
+                    role = ("halves", None, None)
+            elif kind == "parallel":
+                groups = (entry_ranks(placement[j]),)
+                role = _role(groups[0], exchange)
+            else:
+                groups, role = (), ("none", None, None)
+            plan.append(_StepPlan(k, kind, w.start, size, j, placement, pred, groups, *role))
     if len(plan) != num_steps:
         raise UserError(f"windows cover {len(plan)} steps but num_steps={num_steps}; run 'parastep validate' on the schedule")
     return plan
@@ -182,14 +241,90 @@ def _first(out: Any) -> torch.Tensor:
     return out[0]   # SchedulerOutput (BaseOutput) and tuples both index the sample at 0
 
 
+# ---- CFG split: the guided batch's halves ------------------------------------------------------
+
+_MISSING = object()
+
+
+def _sample_batch(args: tuple, kwargs: Mapping[str, Any]) -> Optional[int]:
+    """Batch of the denoiser's sample input: its first positional argument, or ``sample`` /
+    ``hidden_states`` given by keyword (None if it is not a tensor with a batch dimension)."""
+    x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+    return int(x.shape[0]) if isinstance(x, torch.Tensor) and x.dim() >= 1 else None
+
+
+def _rows(value: Any, lo: int, hi: int, batch: int) -> Any:
+    """``value`` with every batched tensor (dim 0 == ``batch``) cut to rows [lo, hi), through nested
+    dicts, lists and tuples; 0-d and size-1 tensors (a shared timestep) and non-tensors unchanged."""
+    if isinstance(value, torch.Tensor):
+        return value[lo:hi] if value.dim() >= 1 and value.shape[0] == batch else value
+    if isinstance(value, dict):
+        return {k: _rows(v, lo, hi, batch) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_rows(v, lo, hi, batch) for v in value)
+    return value
+
+
+def _is_output_dict(value: Any) -> bool:
+    return isinstance(value, dict) or hasattr(value, "to_tuple")   # diffusers BaseOutput (an OrderedDict dataclass)
+
+
+def _leaves(out: Any) -> list[torch.Tensor]:
+    """The tensors of a denoiser output (tensor, tuple/list, BaseOutput/dict), in order."""
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if _is_output_dict(out):
+        return [t for v in out.values() for t in _leaves(v)]
+    if isinstance(out, (list, tuple)):
+        return [t for v in out for t in _leaves(v)]
+    return []
+
+
+def _rebuild(like: Any, leaves: Any) -> Any:
+    """``like``'s structure with its tensors taken in order from the iterator ``leaves``."""
+    if isinstance(like, torch.Tensor):
+        return next(leaves)
+    if _is_output_dict(like):
+        return type(like)(**{k: _rebuild(v, leaves) for k, v in like.items()})
+    if isinstance(like, (list, tuple)):
+        return type(like)(_rebuild(v, leaves) for v in like)
+    return like
+
+
+def _cat_halves(uncond: Any, cond: Any) -> Any:
+    """The whole-batch output [uncond; cond] in the denoiser's own output type."""
+    if isinstance(uncond, torch.Tensor):
+        return torch.cat([uncond, cond])
+    if _is_output_dict(uncond):
+        return type(uncond)(**{k: _cat_halves(v, cond[k]) for k, v in uncond.items()})
+    if isinstance(uncond, (list, tuple)):
+        return type(uncond)(_cat_halves(a, b) for a, b in zip(uncond, cond))
+    return uncond
+
+
+def _pipeline_local(pipe, name: str) -> Any:
+    """``name`` among the locals of the pipeline's running ``__call__`` (found by ``self is pipe`` up
+    the stack): pipelines that decide CFG in a local (PixArt) rather than an attribute."""
+    frame = inspect.currentframe()
+    try:
+        while frame is not None:
+            local = frame.f_locals
+            if local.get("self") is pipe and name in local:
+                return local[name]
+            frame = frame.f_back
+    finally:
+        del frame
+    return _MISSING
+
+
 class ParaStepHandle:
     """State of the hooks on one pipeline; ``reset()`` starts a fresh run (done by set_timesteps)."""
 
     def __init__(self, pipe, config: ParaStepConfig) -> None:
         self.pipe = pipe
         self.config = config
-        self.plan = _step_plan(config.windows, config.num_steps)
         self.exchange = config.exchange
+        self.plan = _step_plan(config.windows, config.num_steps, self.exchange)
         self.denoiser_name, self.denoiser = denoiser_of(pipe)
         self.scheduler = pipe.scheduler
         check_pipeline_supported(pipe)   # multi-stage pipelines and the scheduler audit
@@ -217,6 +352,7 @@ class ParaStepHandle:
         self.windows: list[WindowStats] = []
         self._win: Optional[dict] = None
         self._reuse_applied: list[torch.Tensor] = []
+        self._cfg_checked = False
         self._t_last = time.perf_counter()
 
     def install(self) -> None:
@@ -265,19 +401,67 @@ class ParaStepHandle:
             raise UserError(f"pipeline {type(self.pipe).__name__} runs more than the schedule's {len(self.plan)} steps; "
                             "call it with num_inference_steps=schedule.num_steps")
         p = self.plan[i]
-        if p.kind == "exact":
-            compute = i not in self.config.override_outputs
-        elif p.kind == "parallel":
-            compute = self.exchange.owns(p.placement[p.offset])
-        else:
-            compute = False
-        if compute or self.last_raw is None:
+        role = "none" if p.kind == "exact" and i in self.config.override_outputs else p.role
+        if role == "none" and self.last_raw is not None:
+            return self.last_raw
+        stats = self._window_stats(p)
+        if role in ("half", "halves"):
+            out = self._split_forward(p, stats, args, kwargs)
+        else:   # the whole batch (or the very first call, to have a placeholder)
             out = self._orig_forward(*args, **kwargs)
-            self.last_raw = out
             self.forwards += 1
-            self._window_stats(p).forwards += 1
+            stats.forwards += 1
+        self.last_raw = out
+        return out
+
+    def _check_cfg_batch(self, batch: Optional[int], step: int) -> None:
+        """Refuse a CFG split where the denoiser's batch is not [uncond; cond] (one line)."""
+        why = None
+        if batch is None:
+            why = "its denoiser's sample input has no batch dimension"
+        elif batch % 2:
+            why = f"its denoiser batch is {batch} (odd)"
+        elif not self._cfg_checked:
+            flag = getattr(self.pipe, "do_classifier_free_guidance", _MISSING)
+            if flag is _MISSING:
+                flag = _pipeline_local(self.pipe, "do_classifier_free_guidance")
+            if flag is _MISSING:
+                why = "it reports no do_classifier_free_guidance (distilled guidance, e.g. Flux-dev, has none)"
+            elif not flag:
+                why = "it runs without classifier-free guidance (do_classifier_free_guidance is False: guidance_scale <= 1)"
+        if why:
+            raise UserError(f"the schedule splits CFG at step {step} but pipeline {type(self.pipe).__name__} has no "
+                            f"two-way guided batch: {why}; use guidance_scale > 1 or a schedule without 'split' pairs")
+        self._cfg_checked = True
+
+    def _split_forward(self, p: _StepPlan, stats: WindowStats, args: tuple, kwargs: dict) -> Any:
+        """CFG split: rows [0, B) of every batched argument are the unconditional half, [B, 2B) the
+        conditional one (diffusers concatenates [uncond, cond]). Compute this rank's half and swap raw
+        halves with the partner (or, playing both ranks, compute both), then return the whole raw
+        output [uncond; cond] in the denoiser's own output type: the pipeline's guidance combine
+        sees exactly what a whole-batch forward gives it (up to kernels' batch-size effects)."""
+        batch = _sample_batch(args, kwargs)
+        self._check_cfg_batch(batch, self.step_index)
+        b = batch // 2
+
+        def half_forward(lo: int) -> Any:
+            out = self._orig_forward(*_rows(args, lo, lo + b, batch), **_rows(kwargs, lo, lo + b, batch))
+            stats.half_forwards += 1
             return out
-        return self.last_raw
+
+        self.forwards += 1
+        stats.forwards += 1
+        if p.role == "halves":
+            return _cat_halves(half_forward(0), half_forward(b))
+        mine = half_forward(0 if p.half == "uncond" else b)
+        t0 = time.perf_counter()
+        received, nbytes = self.exchange.swap(_leaves(mine), p.partner)
+        dt = time.perf_counter() - t0
+        stats.swap_s += dt
+        stats.exchange_s += dt
+        stats.bytes_received += nbytes
+        theirs = _rebuild(mine, iter(received))
+        return _cat_halves(mine, theirs) if p.half == "uncond" else _cat_halves(theirs, mine)
 
     def _window_stats(self, p: _StepPlan) -> WindowStats:
         if not self.windows or self.windows[-1].start != p.start:
@@ -365,7 +549,7 @@ class ParaStepHandle:
             stats.snapshot_s += time.perf_counter() - t0
             self._win = {"snap": snap, "gens": gens, "x": x, "owned": {}, "calls": [], "inputs": []}
         win = self._win
-        if self.exchange.owns(p.placement[j]):
+        if p.role != "none":     # this rank computed offset j (whole, or a split half: it holds the guided e too)
             win["owned"][j] = e
         win["calls"].append(bound)
         win["inputs"].append((t, x))

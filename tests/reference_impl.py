@@ -9,6 +9,10 @@ implements exact / parallel (reuse-then-predict) / reuse windows literally:
   ``xhat_{s+j+1} = step(xhat_{s+j}, stand-in_j)``; then on the real scheduler apply
   ``x_{s+j+1} = step(x_{s+j}, ehat_{s+j})`` for j = 0..w-1.
 - reuse window: ``x_{i+1} = step(x_i, stand-in_k)``, no forward.
+- CFG split (an exact window with ``split`` pairs, a parallel offset placed on a pair): the same
+  guided output, with the denoiser run on each half of the [uncond; cond] batch separately and the
+  raw halves concatenated before the guidance combine (``by_halves``): equal to a whole-batch
+  forward up to the kernels' batch-size effects, and bit-equal to what the executor computes.
 
 Also: tiny pipeline builders (random weights from config, no downloads) and a seeded random
 generator of valid schedules.
@@ -83,6 +87,23 @@ def prompt_embeds(*, seed: int = 1, batch: int = 1) -> tuple[torch.Tensor, torch
     return pos, neg
 
 
+def by_halves(fn, split: bool, *batched: torch.Tensor) -> torch.Tensor:
+    """``fn(*batched)`` (a raw denoiser output), or for a CFG split ``fn`` on the unconditional rows
+    then on the conditional rows of every argument, concatenated: what a split pair computes."""
+    if not split:
+        return fn(*batched)
+    return torch.cat([fn(*(a.chunk(2)[k] for a in batched)) for k in range(2)])
+
+
+def is_split(window: dict, offset: int = 0) -> bool:
+    """Does this window's step ``offset`` run the denoiser on CFG halves?"""
+    if window["kind"] == "exact":
+        return bool(window.get("split"))
+    if window["kind"] == "parallel":
+        return not isinstance(window["placement"][offset], int)
+    return False
+
+
 def run_plain(pipe, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.0, height: int = 16, width: int = 16,
               eta: float = 0.0):
     """The pipeline's own call (final latents)."""
@@ -98,7 +119,8 @@ def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps
                    scale_noise: bool = True, generator: torch.Generator | None = None,
                    step_kwargs: dict | None = None) -> torch.Tensor:
     """DESIGN §1 literally. ``guided(sched, x, t)`` is the guided model output at (x, t) computed
-    with scheduler state ``sched`` (for ``scale_model_input``); ``scheduler`` is copied, not used;
+    with scheduler state ``sched`` (for ``scale_model_input``); at a CFG split step (``is_split``) it
+    is called as ``guided(sched, x, t, split=True)``; ``scheduler`` is copied, not used;
     ``set_timesteps(inference_steps or num_steps, **timestep_kwargs)`` must give ``num_steps``
     timesteps; x_0 = noise * init_noise_sigma (after set_timesteps, as UNet pipelines do) or noise.
     ``generator`` (stochastic schedulers): the real steps draw from it in order; the scratch steps
@@ -122,11 +144,14 @@ def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps
             return applied[-1]
         return applied[-1] + (k + 1) * (applied[-1] - applied[-2])
 
+    def model(w, j, s, xin, t):
+        return guided(s, xin, t, split=True) if is_split(w, j) else guided(s, xin, t)
+
     starts = [w["start"] for w in wins] + [num_steps]
     for n, w in enumerate(wins):
         s, size = w["start"], starts[n + 1] - w["start"]
         if w["kind"] == "exact":
-            e = guided(sched, x, ts[s])
+            e = model(w, 0, sched, x, ts[s])
             x = step(sched, e, ts[s], x, generator)
             applied.append(e)
         elif w["kind"] == "reuse":
@@ -143,7 +168,7 @@ def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps
             xh = x
             ehat = []
             for j in range(size):
-                ehat.append(guided(scratch, xh, ts[s + j]))
+                ehat.append(model(w, j, scratch, xh, ts[s + j]))
                 if j < size - 1:
                     xh = step(scratch, stand_in(w["predictor"], j), ts[s + j], xh, scratch_gen)
             for j in range(size):
@@ -171,9 +196,9 @@ def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_
     gen = torch.Generator().manual_seed(seed)
     x0 = _noise(pipe, height, width, pos.dtype, gen)
 
-    def guided(s, xin, t):
+    def guided(s, xin, t, split=False):
         inp = s.scale_model_input(torch.cat([xin] * 2), t)
-        raw = pipe.unet(inp, t, encoder_hidden_states=cond, return_dict=False)[0]
+        raw = by_halves(lambda i, c: pipe.unet(i, t, encoder_hidden_states=c, return_dict=False)[0], split, inp, cond)
         u, c = raw.chunk(2)
         return u + guidance_scale * (c - u)
 
@@ -205,6 +230,22 @@ def random_windows(rng: random.Random, *, num_steps: int, world_size: int, max_w
             w = rng.randint(1, min(max_window, left, 2))
             wins.append({"start": i, "kind": "reuse", "size": w, "predictor": pred})
             i += w
+    return wins
+
+
+def random_split_windows(rng: random.Random, *, num_steps: int, world_size: int, max_window: int,
+                         kinds: tuple[str, ...] = ("exact", "parallel", "reuse")) -> list[dict]:
+    """Like ``random_windows`` with CFG splits (world_size >= 2): an exact window splits half the
+    time over 1..world_size//2 random disjoint pairs; a parallel offset is a random pair half the time."""
+    ranks = list(range(world_size))
+    wins = random_windows(rng, num_steps=num_steps, world_size=world_size, max_window=max_window, kinds=kinds)
+    for w in wins:
+        if w["kind"] == "exact" and rng.random() < 0.5:
+            order = rng.sample(ranks, world_size)
+            n = rng.randint(1, world_size // 2)
+            w["split"] = [order[2 * k:2 * k + 2] for k in range(n)]
+        elif w["kind"] == "parallel":
+            w["placement"] = [rng.sample(ranks, 2) if rng.random() < 0.5 else r for r in w["placement"]]
     return wins
 
 
@@ -244,9 +285,10 @@ def reference_latents_sdxl(pipe, windows, *, num_steps: int, prompt: str, seed: 
     cond = torch.cat([npe, pe])
     added = {"text_embeds": torch.cat([nppe, ppe]), "time_ids": torch.cat([ids, ids])}
 
-    def guided(s, xin, t):
+    def guided(s, xin, t, split=False):
         inp = s.scale_model_input(torch.cat([xin] * 2), t)
-        raw = pipe.unet(inp, t, encoder_hidden_states=cond, added_cond_kwargs=added, return_dict=False)[0]
+        raw = by_halves(lambda i, c, te, ti: pipe.unet(i, t, encoder_hidden_states=c, added_cond_kwargs={
+            "text_embeds": te, "time_ids": ti}, return_dict=False)[0], split, inp, cond, added["text_embeds"], added["time_ids"])
         u, c = raw.chunk(2)
         return u + guidance_scale * (c - u)
 
@@ -276,9 +318,10 @@ def reference_latents_tiny(name: str, pipe, windows, *, num_steps: int, inferenc
         cond = torch.cat([npe, pe])
         noise = _noise(pipe, h, w, pe.dtype, seed)
 
-        def guided(s, x, t):
+        def guided(s, x, t, split=False):
             inp = s.scale_model_input(torch.cat([x] * 2), t)
-            return _cfg(pipe.unet(inp, t, encoder_hidden_states=cond, return_dict=False)[0], g)
+            return _cfg(by_halves(lambda i, c: pipe.unet(i, t, encoder_hidden_states=c, return_dict=False)[0],
+                                  split, inp, cond), g)
 
         return reference_loop(pipe.scheduler, guided, noise, windows, num_steps=num_steps, inference_steps=inference_steps)
     if name == "sd3":
@@ -290,10 +333,11 @@ def reference_latents_tiny(name: str, pipe, windows, *, num_steps: int, inferenc
         noise = randn_tensor((1, pipe.transformer.config.in_channels, h // f, w // f), generator=gen, device=device,
                              dtype=pe.dtype)
 
-        def guided(s, x, t):
+        def guided(s, x, t, split=False):
             inp = torch.cat([x] * 2)
-            raw = pipe.transformer(hidden_states=inp, timestep=t.expand(2), encoder_hidden_states=cond,
-                                   pooled_projections=pooled, joint_attention_kwargs=None, return_dict=False)[0]
+            raw = by_halves(lambda i, tt, c, pp: pipe.transformer(
+                hidden_states=i, timestep=tt, encoder_hidden_states=c, pooled_projections=pp, joint_attention_kwargs=None,
+                return_dict=False)[0], split, inp, t.expand(2), cond, pooled)
             return _cfg(raw, g)
 
         assert not pipe.scheduler.config.get("use_dynamic_shifting")
@@ -305,10 +349,12 @@ def reference_latents_tiny(name: str, pipe, windows, *, num_steps: int, inferenc
         noise = _noise_transformer(pipe, h, w, pe.dtype, seed)
         channels = pipe.transformer.config.in_channels
 
-        def guided(s, x, t):
+        def guided(s, x, t, split=False):
             inp = s.scale_model_input(torch.cat([x] * 2), t)
-            raw = pipe.transformer(inp, encoder_hidden_states=cond, encoder_attention_mask=mask, timestep=t[None].expand(2),
-                                   added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0]
+            raw = by_halves(lambda i, c, m, tt: pipe.transformer(
+                i, encoder_hidden_states=c, encoder_attention_mask=m, timestep=tt,
+                added_cond_kwargs={"resolution": None, "aspect_ratio": None}, return_dict=False)[0],
+                split, inp, cond, mask, t[None].expand(2))
             e = _cfg(raw, g)
             return e.chunk(2, dim=1)[0] if pipe.transformer.config.out_channels // 2 == channels else e
 
