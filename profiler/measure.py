@@ -35,13 +35,19 @@ does, for a batch of samples (every prompt x every seed, one generator per sampl
    median wall time of k *consecutive* forward calls (the executor computes a rank's offsets one
    after another), ``step_s`` the median step, ``step_overhead_s`` the median of the remainder of
    a step's wall time (pipeline bookkeeping: CFG concat/combine, callbacks, progress bar).
+   ``half_forward_s`` (CFG split, one half of the guided batch): where the pipeline runs a two-way
+   guided batch, the denoiser's real call arguments at the middle step are cut to rows [0, B) of
+   every batched tensor and timed the same number of times, interleaved with the whole call (the
+   half/whole ratio goes to the provenance notes); absent otherwise, and the notes say why.
 6. **Comm**: the executor's own ``DistExchange`` over torch.distributed (gloo on CPU, nccl on
    CUDA) in ``g`` spawned processes, ``g = 2..G``, timing the window exchange of ``n`` outputs
    for four sizes and fitting ``latency + n * output_bytes / bandwidth`` (Theil-Sen, robust to a slow spell).
    Where this machine has fewer devices than G (CUDA devices, or CPU cores) and an ``interconnect``
    preset is given, ranks beyond them come from the preset and the part's provenance is ``prior``;
    on CPU without a preset the g processes oversubscribe the cores (said in the provenance notes);
-   on CUDA without a preset it is an error.
+   on CUDA without a preset it is an error. With a two-way guided batch, also the CFG pair swap
+   (``Comm.pair``): 2 spawned processes swap n raw halves with the executor's ``DistExchange.swap``,
+   n = 1, 4, 16, ... up to 64 MiB, fitted the same way; without 2 local devices, the preset's (prior).
 
 Every forward the profiler makes is counted (``ProfileRun.forwards``).
 """
@@ -613,9 +619,73 @@ def similarity(traj: Trajectory) -> Similarity:
 
 # ---- 5. compute -------------------------------------------------------------------------------
 
+def _map_tensors(value, fn):
+    """``value`` with ``fn`` applied to every tensor inside it (dicts, lists and tuples are walked)."""
+    torch = _torch()
+    if isinstance(value, torch.Tensor):
+        return fn(value)
+    if isinstance(value, dict):
+        return {k: _map_tensors(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
+        return type(value)(_map_tensors(v, fn) for v in value)
+    return value
+
+
+def half_batch(args: tuple, kwargs: Mapping[str, Any], *, full: int) -> tuple[tuple, dict]:
+    """The denoiser's call arguments for one CFG half: every tensor whose first dimension is the
+    guided batch ``full`` (= 2B: latents, timestep per sample, encoder states, added conditions,
+    class labels...) sliced to rows [0, B) (the unconditional half); the rest (a scalar timestep,
+    flags) as is."""
+    if full < 2 or full % 2:
+        raise ValueError(f"a two-way guided batch has an even size >= 2, got {full}")
+    b = full // 2
+
+    def cut(t):
+        return t[:b] if t.dim() >= 1 and t.shape[0] == full else t
+
+    return tuple(_map_tensors(a, cut) for a in args), {k: _map_tensors(v, cut) for k, v in kwargs.items()}
+
+
+def _batch_of(args: tuple, kwargs: Mapping[str, Any]) -> Optional[int]:
+    """The batch of the denoiser's sample: its first positional tensor, else a ``sample`` /
+    ``hidden_states`` keyword."""
+    torch = _torch()
+    for v in (*args[:1], kwargs.get("sample"), kwargs.get("hidden_states")):
+        if isinstance(v, torch.Tensor) and v.dim() >= 1:
+            return int(v.shape[0])
+    return None
+
+
+def _time_half_forward(forward, captured: dict, *, count: int, sync) -> dict:
+    """Median wall time of ``count`` forwards on one CFG half of the captured call, interleaved
+    with as many on the whole captured call (their ratio is then measured under one load)."""
+    args, kwargs = captured["args"], captured["kwargs"]
+    hargs, hkwargs = half_batch(args, kwargs, full=captured["batch"])
+    half, whole = [], []
+    for r in range(count + 2):                        # two warm-up rounds: a new batch shape may build kernels
+        for fn_args, fn_kwargs, box in ((hargs, hkwargs, half), (args, kwargs, whole)):
+            sync()
+            t0 = time.perf_counter()
+            forward(*fn_args, **fn_kwargs)
+            sync()
+            if r >= 2:
+                box.append(time.perf_counter() - t0)
+    h, w = statistics.median(half), statistics.median(whole)
+    return {"half_s": h, "whole_s": w, "ratio": h / w if w > 0 else float("nan"), "count": count,
+            "step": captured["step"], "batch": captured["batch"]}
+
+
 def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max_window: int, repeats: int,
                     threads: int) -> tuple[Compute, int, dict]:
-    """Batch-1 timing of the plain pipeline: (Compute, output_bytes, details)."""
+    """Batch-1 timing of the plain pipeline: (Compute, output_bytes, details).
+
+    ``half_forward_s``: when the pipeline runs a two-way guided batch (``do_classifier_free_guidance``
+    true during the call and the denoiser's batch twice the guided output's), the denoiser's real
+    call arguments at one step (the middle one of the warm-up run) are captured, cut to their first
+    half (``half_batch``) and timed: median of as many forwards as ``forward_s[0]`` is the median of,
+    interleaved with forwards on the whole captured batch (``details['half_forward']['ratio']``);
+    otherwise None, and ``details['half_forward']`` says why.
+    """
     torch = _torch()
     den = denoiser_module(pipe)
     sched = pipe.scheduler
@@ -623,9 +693,17 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
     step_times: list[list[float]] = []
     step_ends: list[list[float]] = []
     out_bytes = [0]
+    guided_batch: list[int] = []
+    captured: dict = {}
+    capture_at = num_steps // 2
 
     def fwd_factory(orig):
         def impl(*args, **kwargs):
+            if len(fwd_times) == 1 and len(fwd_times[-1]) == capture_at and not captured:   # warm-up run only
+                captured.update(args=_map_tensors(args, lambda t: t.detach().clone()),
+                                kwargs=_map_tensors(dict(kwargs), lambda t: t.detach().clone()),
+                                batch=_batch_of(args, kwargs), step=capture_at,
+                                cfg=bool(getattr(pipe, "do_classifier_free_guidance", False)))
             t0 = time.perf_counter()
             out = orig(*args, **kwargs)
             fwd_times[-1].append(time.perf_counter() - t0)
@@ -639,6 +717,8 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
         def impl(*args, **kwargs):
             e = sig.bind(*args, **kwargs).arguments["model_output"]
             out_bytes[0] = e.numel() * e.element_size()
+            if len(step_times) == 1 and len(step_times[-1]) == capture_at:
+                guided_batch.append(int(e.shape[0]))
             t0 = time.perf_counter()
             out = orig(*args, **kwargs)
             t1 = time.perf_counter()
@@ -661,6 +741,10 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
                 _call(pipe, prompts=[prompt], seeds=[seed], num_steps=num_steps, call_kwargs=call_kwargs)
                 if not is_cpu and torch.cuda.is_available():
                     torch.cuda.synchronize()
+            half = _half_forward_why_not(captured, guided_batch)
+            if half is None:
+                sync = torch.cuda.synchronize if not is_cpu and torch.cuda.is_available() else (lambda: None)
+                half = _time_half_forward(den.forward, captured, count=sum(len(run) for run in fwd_times[1:]), sync=sync)
     finally:
         if is_cpu:
             torch.set_num_threads(old_threads)
@@ -676,32 +760,54 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
             overheads.append(ends[i] - ends[i - 1] - f[i] - s[i])
     overhead = max(0.0, statistics.median(overheads)) if overheads else 0.0
     details = {"forward_median_s": statistics.median([t for run in fwd_times for t in run]), "repeats": repeats,
-               "threads": threads if is_cpu else None}
-    return Compute(forward_s=forward_s, step_s=step_s, step_overhead_s=overhead), out_bytes[0], details
+               "threads": threads if is_cpu else None, "half_forward": half}
+    half_s = half.get("half_s") if isinstance(half, dict) else None
+    return (Compute(forward_s=forward_s, step_s=step_s, step_overhead_s=overhead, half_forward_s=half_s),
+            out_bytes[0], details)
+
+
+def _half_forward_why_not(captured: dict, guided_batch: list[int]) -> Optional[str]:
+    """None when the captured call is one two-way guided batch; else why no half forward is timed."""
+    if not captured:
+        return "no denoiser call was captured"
+    if not captured["cfg"]:
+        return "no two-way guided batch (do_classifier_free_guidance false during the call: guidance scale <= 1 or distilled guidance)"
+    full, guided = captured["batch"], (guided_batch[0] if guided_batch else None)
+    if full is None or guided is None or full != 2 * guided:
+        return (f"the denoiser's batch ({full}) is not twice the guided output's ({guided}): the pipeline does not run "
+                "its CFG halves as one batch")
+    return None
+
+
+def half_forward_note(details: Mapping[str, Any]) -> str:
+    """The compute provenance's words on ``half_forward_s`` (from ``measure_compute``'s details)."""
+    half = details.get("half_forward")
+    if isinstance(half, dict):
+        return (f"half_forward_s = median of {half['count']} forwards on the denoiser's call at step {half['step']} cut to its "
+                f"first half (rows [0, {half['batch'] // 2}) of every argument with batch {half['batch']}: the unconditional half), "
+                f"interleaved with as many on the whole call: half/whole = {half['ratio']:.3f}")
+    return f"half_forward_s absent: {half}"
 
 
 # ---- 6. comm ----------------------------------------------------------------------------------
 
-def _comm_worker(ctx, job: dict) -> None:
-    """One rank of the exchange benchmark (module level: spawned processes import it)."""
+def _time_per_size(ctx, job: dict, op_for: Callable[[int], Callable[[], Any]]) -> None:
+    """Every rank: for each n in ``job['sizes']``, the median of ``job['repeats']`` timed calls of
+    ``op_for(n)()`` (two warm-up calls first, a barrier before each); rank 0 writes the slowest
+    rank's time per n to ``job['out']`` (the operation ends when the last rank is done)."""
     import torch
     import torch.distributed as dist
 
-    from ..executor.exchange import DistExchange
-
-    ex = DistExchange()
-    like = torch.zeros(job["shape"], dtype=getattr(torch, job["dtype"]), device=ctx.device)
     results = {}
     for n in job["sizes"]:
-        placement = [j % ctx.world_size for j in range(n)]
-        owned = {j: like + j for j in range(n) if placement[j] == ctx.rank}
+        op = op_for(n)
         times = []
         for r in range(job["repeats"] + 2):
             dist.barrier()
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize()
             t0 = time.perf_counter()
-            ex.exchange(owned, placement, like=like)
+            op()
             if ctx.device.type == "cuda":
                 torch.cuda.synchronize()
             times.append(time.perf_counter() - t0)
@@ -709,11 +815,69 @@ def _comm_worker(ctx, job: dict) -> None:
     gathered = [None] * ctx.world_size
     dist.all_gather_object(gathered, results)
     if ctx.rank == 0:
-        worst = {n: max(g[n] for g in gathered) for n in job["sizes"]}   # the exchange ends when the slowest rank has all
+        worst = {n: max(g[n] for g in gathered) for n in job["sizes"]}
         Path(job["out"]).write_text(json.dumps({str(k): v for k, v in worst.items()}))
 
 
-def fit_alpha_beta(points: Sequence[tuple[int, float]], *, output_bytes: int) -> tuple[float, float]:
+def _comm_worker(ctx, job: dict) -> None:
+    """One rank of the exchange benchmark (module level: spawned processes import it)."""
+    import torch
+
+    from ..executor.exchange import DistExchange
+
+    ex = DistExchange()
+    like = torch.zeros(job["shape"], dtype=getattr(torch, job["dtype"]), device=ctx.device)
+
+    def op_for(n: int):
+        placement = [j % ctx.world_size for j in range(n)]
+        owned = {j: like + j for j in range(n) if placement[j] == ctx.rank}
+        return lambda: ex.exchange(owned, placement, like=like)
+
+    _time_per_size(ctx, job, op_for)
+
+
+def _pair_worker(ctx, job: dict) -> None:
+    """One rank of the CFG pair benchmark: ranks 0 and 1 swap ``n`` raw halves (stacked into one
+    tensor) with the executor's own ``DistExchange.swap`` (module level: spawned processes import it)."""
+    import torch
+
+    from ..executor.exchange import DistExchange
+
+    ex = DistExchange()
+    like = torch.zeros(job["shape"], dtype=getattr(torch, job["dtype"]), device=ctx.device)
+    partner = 1 - ctx.rank
+
+    def op_for(n: int):
+        mine = [torch.full((n, *like.shape), float(ctx.rank + 1), dtype=like.dtype, device=ctx.device)]
+        return lambda: ex.swap(mine, partner)
+
+    _time_per_size(ctx, job, op_for)
+
+
+PAIR_HOW = ("the executor's DistExchange.swap of n raw halves (one tensor) each way between 2 spawned processes, "
+            "median of {repeats} per n, Theil-Sen alpha-beta fit over n = {sizes}")
+
+
+def measure_pair(*, output_shape: Sequence[int], dtype: str, output_bytes: int, repeats: int,
+                 device: str = "auto", max_bytes: int = 64 * 2 ** 20) -> tuple[CommEntry, dict]:
+    """The CFG pair swap on 2 local ranks: each rank sends its raw half (one output's bytes) while
+    it receives its partner's. Timed for n = 1, 4, 16, ... stacked halves up to 64 MiB and fitted
+    ``latency + n * output_bytes / bandwidth`` (``fit_alpha_beta``: a non-positive slope is refused)."""
+    from ..executor.launch import launch
+
+    sizes = [4 ** k for k in range(10) if k == 0 or 4 ** k * output_bytes <= max_bytes]
+    if len(sizes) < 2:
+        raise ValueError(f"max_bytes {max_bytes} leaves one swap size for outputs of {output_bytes} bytes: no slope to fit")
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "pair.json"
+        launch(_pair_worker, {"shape": list(output_shape), "dtype": dtype, "sizes": sizes, "repeats": repeats,
+                              "out": str(out)}, world_size=2, device=device, threads=1, timeout_s=120.0)
+        res = {int(k): v for k, v in json.loads(out.read_text()).items()}
+    a, bw = fit_alpha_beta(sorted(res.items()), output_bytes=output_bytes, what="pair swap")
+    return CommEntry(ranks=2, latency_s=a, bandwidth_bytes_per_s=bw), {"sizes": sizes, "times": res}
+
+
+def fit_alpha_beta(points: Sequence[tuple[int, float]], *, output_bytes: int, what: str = "exchange") -> tuple[float, float]:
     """Robust line ``t = a + n * b`` over (n, t) (Theil-Sen: median of pairwise slopes, then the
     median intercept; one slow spell on a shared machine does not skew it). Returns
     (latency_s >= 0, bandwidth_bytes_per_s > 0)."""
@@ -723,7 +887,7 @@ def fit_alpha_beta(points: Sequence[tuple[int, float]], *, output_bytes: int) ->
     a = statistics.median(t - b * n for n, t in pts)
     if not b > 0 or a < 0:
         # a clamped fit would be a number nobody measured: refuse it
-        raise ValueError(f"exchange fit refused: time per output {b:.3g} s and latency {a:.3g} s from {pts}; the exchange "
+        raise ValueError(f"{what} fit refused: time per output {b:.3g} s and latency {a:.3g} s from {pts}; the {what} "
                          "did not grow with the bytes sent (noise or contention): re-run on an idle machine, or pass "
                          "--interconnect NAME to price the exchange from a preset")
     return a, output_bytes / b
@@ -854,12 +1018,13 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
                                                call_kwargs=kw, max_window=J, repeats=settings.timing_repeats,
                                                threads=settings.threads)
     say(f"compute: forward {compute.forward_s[0] * 1e3:.3f} ms, step {compute.step_s * 1e3:.3f} ms, "
-        f"overhead {compute.step_overhead_s * 1e3:.3f} ms, output {out_bytes} bytes")
+        f"overhead {compute.step_overhead_s * 1e3:.3f} ms, output {out_bytes} bytes; {half_forward_note(cdet)}")
 
     device_str = device_description(pipe, settings.threads)
     measured = Measured(device=device_str, date=date, prompts=[str(p) for p in settings.prompts],
                         seeds=[int(s) for s in settings.seeds], packages=package_versions())
-    comm, comm_prov = _comm_part(pipe, settings, out_bytes=out_bytes, traj=traj, measured=measured, say=say, notes=notes)
+    comm, comm_prov = _comm_part(pipe, settings, out_bytes=out_bytes, traj=traj, measured=measured, say=say, notes=notes,
+                                 pair=compute.half_forward_s is not None)
 
     sched_name = type(pipe.scheduler).__name__
     prov = Provenances(
@@ -869,7 +1034,8 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
                                                          f"stride {settings.propagation_stride}; {n_prop} forwards"}),
         similarity=measured,
         compute=measured.model_copy(update={"notes": f"batch 1, median of {settings.timing_repeats} runs; forward_s[k-1] = "
-                                                     f"k consecutive forwards as the executor runs a rank's offsets"}),
+                                                     f"k consecutive forwards as the executor runs a rank's offsets; "
+                                                     f"{half_forward_note(cdet)}"}),
         comm=comm_prov,
         output_errors=measured.model_copy(update={"notes": (
             (f"each candidate window run alone from the exact trajectory and on to the output, end to end (the scheduler "
@@ -911,19 +1077,69 @@ def retime(pipe, profile: Profile, settings: ProfilerSettings, *, say) -> Profil
     T = profile.num_steps
     with cpu_threads(pipe, settings.threads):
         traj = record_reference(pipe, prompts=list(settings.prompts[:1]), seeds=[0], num_steps=T, call_kwargs=settings.call_kwargs)
-        compute, out_bytes, _ = measure_compute(pipe, prompt=settings.prompts[0], seed=0, num_steps=T,
-                                                call_kwargs=settings.call_kwargs, max_window=profile.max_window,
-                                                repeats=settings.timing_repeats, threads=settings.threads)
+        compute, out_bytes, cdet = measure_compute(pipe, prompt=settings.prompts[0], seed=0, num_steps=T,
+                                                   call_kwargs=settings.call_kwargs, max_window=profile.max_window,
+                                                   repeats=settings.timing_repeats, threads=settings.threads)
     say(f"compute: forward {compute.forward_s[0] * 1e3:.3f} ms, step {compute.step_s * 1e3:.3f} ms, "
-        f"overhead {compute.step_overhead_s * 1e3:.3f} ms, output {out_bytes} bytes")
+        f"overhead {compute.step_overhead_s * 1e3:.3f} ms, output {out_bytes} bytes; {half_forward_note(cdet)}")
     measured = Measured(device=device_description(pipe, settings.threads), date=_dt.date.today().isoformat(),
                         prompts=[str(p) for p in settings.prompts[:1]], seeds=[0], packages=package_versions())
     notes: list[str] = []
-    comm, comm_prov = _comm_part(pipe, settings, out_bytes=out_bytes, traj=traj, measured=measured, say=say, notes=notes)
+    comm, comm_prov = _comm_part(pipe, settings, out_bytes=out_bytes, traj=traj, measured=measured, say=say, notes=notes,
+                                 pair=compute.half_forward_s is not None)
     prov = profile.provenance.model_copy(update={"compute": measured.model_copy(update={"notes": (
         f"batch 1, median of {settings.timing_repeats} runs; forward_s[k-1] = k consecutive forwards as the executor runs "
-        f"a rank's offsets (re-timed with --recalibrate --retime)")}), "comm": comm_prov})
+        f"a rank's offsets; {half_forward_note(cdet)} (re-timed with --recalibrate --retime)")}), "comm": comm_prov})
     return profile.model_copy(update={"compute": compute, "comm": comm, "output_bytes": out_bytes, "provenance": prov})
+
+
+def add_split_costs(pipe, profile: Profile, settings: ProfilerSettings, *, say, load_note: str = "") -> Profile:
+    """``profile`` with the CFG split costs added and every other number kept: ``half_forward_s`` =
+    the stored ``forward_s[0]`` x the half/whole ratio measured now (two forwards timed interleaved
+    keep their ratio on a loaded machine, where absolute times do not), and ``Comm.pair`` measured on
+    2 local ranks (``measure_pair``). For a profile whose compute was timed on an idle machine that
+    this one no longer is; ``load_note`` (e.g. the load average) goes into both provenance notes.
+    ValueError when the pipeline runs no two-way guided batch."""
+    T = profile.num_steps
+    with cpu_threads(pipe, settings.threads):
+        traj = record_reference(pipe, prompts=list(settings.prompts[:1]), seeds=[0], num_steps=T, call_kwargs=settings.call_kwargs)
+        compute, out_bytes, cdet = measure_compute(pipe, prompt=settings.prompts[0], seed=0, num_steps=T,
+                                                   call_kwargs=settings.call_kwargs, max_window=1,
+                                                   repeats=settings.timing_repeats, threads=settings.threads)
+    half = cdet["half_forward"]
+    if not isinstance(half, dict):
+        raise ValueError(f"profile '{profile.name}': {half}; no CFG split to price")
+    if out_bytes != profile.output_bytes:
+        raise ValueError(f"profile '{profile.name}' has output_bytes {profile.output_bytes}, the pipeline now {out_bytes}")
+    date = _dt.date.today().isoformat()
+    load = f" ({load_note})" if load_note else ""
+    say(f"half forward: {half_forward_note(cdet)}; whole forward now {compute.forward_s[0] * 1e3:.3f} ms vs stored "
+        f"{profile.compute.forward_s[0] * 1e3:.3f} ms")
+    half_s = profile.compute.forward_s[0] * half["ratio"]
+    e0 = traj.e[0]
+    pair, raw = measure_pair(output_shape=[1, *e0.shape[1:]], dtype=str(e0.dtype).replace("torch.", ""),
+                             output_bytes=out_bytes, repeats=settings.comm_repeats,
+                             device="cuda" if str(getattr(pipe, "device", "cpu")).startswith("cuda") else "cpu")
+    say(f"pair swap: latency {pair.latency_s * 1e6:.1f} us, bandwidth {pair.bandwidth_bytes_per_s / 1e9:.3g} GB/s (raw {raw['times']})")
+    backend = "nccl" if str(getattr(pipe, "device", "cpu")).startswith("cuda") else "gloo"
+    how = PAIR_HOW.format(repeats=settings.comm_repeats, sizes=", ".join(str(n) for n in raw["sizes"]))
+    half_words = (f"half_forward_s = forward_s[0] x {half['ratio']:.4f}, the half/whole ratio measured on {date}{load} by "
+                  f"add_split_costs: {half_forward_note(cdet)} (absolute: half {half['half_s'] * 1e3:.3f} ms, whole "
+                  f"{half['whole_s'] * 1e3:.3f} ms)")
+    pair_words = f"CFG pair swap measured on {date}{load} over {backend}: {how}"
+    prov = profile.provenance
+    comp_prov = prov.compute.model_copy(update={"notes" if prov.compute.source == "measured" else "rule":
+                                                _join(prov.compute.notes if prov.compute.source == "measured" else prov.compute.rule, half_words)})
+    comm_prov = prov.comm.model_copy(update={"notes" if prov.comm.source == "measured" else "rule":
+                                             _join(prov.comm.notes if prov.comm.source == "measured" else prov.comm.rule, pair_words)})
+    return profile.model_copy(update={
+        "compute": profile.compute.model_copy(update={"half_forward_s": half_s}),
+        "comm": profile.comm.model_copy(update={"pair": pair}),
+        "provenance": prov.model_copy(update={"compute": comp_prov, "comm": comm_prov})})
+
+
+def _join(text: str, more: str) -> str:
+    return f"{text}; {more}" if text else more
 
 
 def _round_sig(v: float, digits: int = 4) -> float:
@@ -955,22 +1171,28 @@ def _output_errors(errs: Mapping[tuple, list[float]], *, prompts, seeds, num_ste
 
 
 def _comm_part(pipe, settings: ProfilerSettings, *, out_bytes: int, traj: Trajectory, measured: Measured, say,
-               notes: list[str]):
+               notes: list[str], pair: bool = False):
+    """(Comm, its provenance): the window exchange for g = 2..G and, with ``pair`` (the model runs a
+    two-way guided batch), the CFG pair swap ``Comm.pair``: measured on 2 local ranks where this
+    machine hosts them, else from the interconnect preset (then the part is labelled prior)."""
     from ..profiles.interconnects import comm_for, describe
 
     G = settings.gpus
     if G < 2:
-        return Comm(), measured.model_copy(update={"notes": "world size 1: no exchange"})
+        return Comm(), measured.model_copy(update={"notes": "world size 1: no exchange" + (" and no CFG pair swap" if pair else "")})
     dev = str(getattr(pipe, "device", "cpu"))
     kind, slots = local_device_slots("cuda" if dev.startswith("cuda") else "cpu")
     e0 = traj.e[0]
     shape = [1, *e0.shape[1:]]
     dtype = str(e0.dtype).replace("torch.", "")
+    no_pair = "" if pair else "; no CFG pair swap (the model runs no two-way guided batch)"
     if not settings.measure_comm:
         if settings.interconnect is None:
             raise ValueError("measure_comm=False needs an interconnect preset")
-        return comm_for(settings.interconnect, world_size=G), Prior(
-            rule=f"interconnect preset '{settings.interconnect}' (alpha-beta, parastep.profiles.interconnects)",
+        comm = comm_for(settings.interconnect, world_size=G)
+        return comm.model_copy(update={"pair": comm.pair if pair else None}), Prior(
+            rule=f"interconnect preset '{settings.interconnect}' (alpha-beta, parastep.profiles.interconnects)"
+                 + (", CFG pair swap included" if pair else no_pair),
             reference=describe(settings.interconnect))
     # ranks beyond this machine's devices: the preset if one is named; on CPU without one, oversubscribe the cores
     can = min(G, slots) if (kind == "cuda" or settings.interconnect is not None) else G
@@ -988,13 +1210,47 @@ def _comm_part(pipe, settings: ProfilerSettings, *, out_bytes: int, traj: Trajec
         say(f"comm g={e.ranks}: latency {e.latency_s * 1e6:.1f} us, bandwidth {e.bandwidth_bytes_per_s / 1e9:.3g} GB/s "
             f"(raw {raw[e.ranks]})")
     backend = "nccl" if kind == "cuda" else "gloo"
+    pair_entry, pair_text, pair_prior = None, no_pair, False
+    if pair:
+        pair_entry, pair_text, pair_prior = _pair_part(settings, kind=kind, can=can, shape=shape, dtype=dtype,
+                                                       out_bytes=out_bytes, backend=backend, say=say)
+    if can == G and not pair_prior:
+        return Comm(entries=entries, pair=pair_entry), measured.model_copy(update={
+            "notes": f"executor DistExchange over {backend}, g = 2..{G} spawned processes, Theil-Sen alpha-beta fit over n = g, 4g, "
+                     f"16g, ... outputs (up to 64 MiB)" + pair_text + "".join(f"; {n}" for n in notes)})
     if can == G:
-        return Comm(entries=entries), measured.model_copy(update={
-            "notes": f"executor DistExchange over {backend}, g = 2..{G} spawned processes, Theil-Sen alpha-beta fit over n = g, 2g, 4g, 8g "
-                     f"outputs; " + "; ".join(notes)})
+        return Comm(preset=settings.interconnect, entries=entries, pair=pair_entry), Prior(
+            rule=f"g = 2..{G} measured with the executor's DistExchange over {backend}" + pair_text,
+            reference=describe(settings.interconnect))
     preset = comm_for(settings.interconnect, world_size=G)
     extra = [e for e in preset.entries if e.ranks > can]
-    return Comm(preset=settings.interconnect, entries=entries + extra), Prior(
-        rule=f"g = 2..{can} measured with the executor's DistExchange over {backend}; g = {can + 1}..{G} from interconnect "
-             f"preset '{settings.interconnect}' (alpha-beta, parastep.profiles.interconnects)",
+    measured_g = f"g = 2..{can} measured with the executor's DistExchange over {backend}; " if can >= 2 else ""
+    return Comm(preset=settings.interconnect, entries=entries + extra, pair=pair_entry), Prior(
+        rule=f"{measured_g}g = {max(2, can + 1)}..{G} from interconnect preset '{settings.interconnect}' (alpha-beta, "
+             f"parastep.profiles.interconnects)" + pair_text,
         reference=describe(settings.interconnect))
+
+
+def _pair_part(settings: ProfilerSettings, *, kind: str, can: int, shape, dtype: str, out_bytes: int, backend: str,
+               say) -> tuple[CommEntry, str, bool]:
+    """(pair entry, provenance words, whether it is a prior): measured on 2 local ranks where this
+    machine hosts them (CPU processes, or 2 CUDA devices), else the interconnect preset's; a refused
+    fit falls back to the preset when one is named, else it is an error."""
+    from ..profiles.interconnects import pair_entry_for
+
+    name = settings.interconnect
+    if kind == "cuda" and can < 2:
+        return pair_entry_for(name), f"; CFG pair swap from interconnect preset '{name}' (prior: fewer than 2 local devices)", True
+    try:
+        entry, raw = measure_pair(output_shape=shape, dtype=dtype, output_bytes=out_bytes, repeats=settings.comm_repeats,
+                                  device=kind)
+    except ValueError as exc:
+        if name is None:
+            raise
+        say(f"pair swap: {str(exc).splitlines()[0]}; using preset '{name}'")
+        return (pair_entry_for(name), f"; CFG pair swap from interconnect preset '{name}' (prior: its measurement here was "
+                                      f"refused, the swap time did not grow with the bytes sent)", True)
+    say(f"pair swap: latency {entry.latency_s * 1e6:.1f} us, bandwidth {entry.bandwidth_bytes_per_s / 1e9:.3g} GB/s "
+        f"(raw {raw['times']})")
+    how = PAIR_HOW.format(repeats=settings.comm_repeats, sizes=", ".join(str(n) for n in raw["sizes"]))
+    return entry, f"; CFG pair swap measured over {backend}: {how}", False

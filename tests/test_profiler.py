@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -341,3 +342,189 @@ def test_exchange_fit_with_a_flat_or_falling_slope_is_refused():
         fit_alpha_beta([(2, 1e-3), (8, 1e-3), (32, 0.9e-3)], output_bytes=4096)
     with pytest.raises(ValueError, match="exchange fit refused"):
         fit_alpha_beta([(2, 5e-3), (8, 4e-3), (32, 3e-3)], output_bytes=4096)
+
+
+# ---- CFG split costs (issue 9 item 3) ---------------------------------------------------------
+
+def _denoiser_calls(pipe, call):
+    """Every denoiser call's (args, kwargs) during ``call()`` (a forward pre-hook)."""
+    calls = []
+
+    def hook(mod, args, kwargs):
+        calls.append((args, dict(kwargs)))
+
+    h = (pipe.unet if hasattr(pipe, "unet") else pipe.transformer).register_forward_pre_hook(hook, with_kwargs=True)
+    try:
+        with torch.no_grad():
+            call()
+    finally:
+        h.remove()
+    return calls
+
+
+@pytest.mark.parametrize("name", ["digits", "sdxl"])
+def test_half_batch_is_the_unconditional_half_of_the_real_call(name):
+    """Cut to rows [0, B) (latents, timestep, class labels / encoder states, added conditions in
+    a nested dict), the denoiser's real call gives exactly the first half of the whole call's output."""
+    from parastep.profiler.measure import half_batch
+
+    if name == "digits":
+        pipe = tiny_digits()
+        run = lambda: pipe(["1", "7"], num_inference_steps=2, guidance_scale=GUIDANCE, output_type="latent",
+                           generator=[torch.Generator().manual_seed(s) for s in (0, 1)])
+    else:
+        from tiny_pipelines import make_tiny_pipeline, tiny_call_kwargs
+
+        pipe = make_tiny_pipeline("sdxl")
+        kw = dict(tiny_call_kwargs("sdxl", num_inference_steps=2), output_type="latent")
+        run = lambda: pipe(["a cat", "a dog"], generator=[torch.Generator().manual_seed(s) for s in (0, 1)], **kw)
+    args, kwargs = _denoiser_calls(pipe, run)[1]
+    full = args[0].shape[0]
+    assert full == 4
+    hargs, hkwargs = half_batch(args, kwargs, full=full)
+    assert hargs[0].shape[0] == 2
+    if name == "sdxl":
+        assert hkwargs["added_cond_kwargs"]["text_embeds"].shape[0] == 2
+        assert hkwargs["encoder_hidden_states"].shape[0] == 2
+    else:
+        assert (hkwargs["class_labels"] == NULL_CLASS).all()
+    den = pipe.unet
+    with torch.no_grad():
+        whole = den(*args, **kwargs)[0]
+        half = den(*hargs, **hkwargs)[0]
+    torch.testing.assert_close(half, whole[:2], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="even"):
+        half_batch(args, kwargs, full=3)
+
+
+def test_compute_times_a_half_forward_only_with_a_two_way_guided_batch():
+    from parastep.profiler.measure import half_forward_note, measure_compute
+
+    pipe = tiny_digits()
+    torch.set_num_threads(1)
+    kw = dict(prompt="3", seed=0, num_steps=4, max_window=2, repeats=1, threads=1)
+    c, _, det = measure_compute(pipe, call_kwargs={"guidance_scale": GUIDANCE}, **kw)
+    half = det["half_forward"]
+    assert c.half_forward_s == half["half_s"] > 0 and half["batch"] == 2 and half["count"] == 4
+    assert 0 < half["ratio"] < 1.5                       # timing on a shared machine: only the shape is checked
+    assert "half/whole" in half_forward_note(det)
+    c, _, det = measure_compute(pipe, call_kwargs={"guidance_scale": 1.0}, **kw)
+    assert c.half_forward_s is None and "no two-way guided batch" in det["half_forward"]
+    assert half_forward_note(det).startswith("half_forward_s absent")
+
+
+def test_profile_has_split_costs_with_cfg(measured):
+    """The tiny CFG profile (exchange from the nvlink preset) can price a split."""
+    _, _, run = measured
+    p = run.profile
+    assert p.compute.half_forward_s is not None and p.compute.half_forward_s > 0
+    assert p.comm.pair is not None and p.comm.pair.ranks == 2 and p.can_split
+    from parastep.profiles.interconnects import pair_entry_for
+
+    assert p.comm.pair == pair_entry_for("nvlink")
+    assert "half/whole" in p.provenance.compute.notes and "CFG pair swap included" in p.provenance.comm.rule
+
+
+def test_profile_without_cfg_has_no_split_costs():
+    pipe = tiny_digits()
+    torch.set_num_threads(1)
+    run = measure_profile(pipe, settings(num_steps=4, max_window=2, call_kwargs={"guidance_scale": 1.0},
+                                         propagation_stride=2, prompts=("1",), seeds=(0,)))
+    p = run.profile
+    assert p.compute.half_forward_s is None and p.comm.pair is None and not p.can_split
+    assert "half_forward_s absent: no two-way guided batch" in p.provenance.compute.notes
+    assert "no CFG pair swap" in p.provenance.comm.rule
+    with pytest.raises(ValueError, match="cannot price a CFG split"):
+        p.half_forward_time_s(1)
+
+
+def test_retime_fills_the_split_costs():
+    """``profile --recalibrate FILE --retime`` (``measure.retime``) adds the half forward and the pair."""
+    from parastep.profiler.measure import retime
+
+    pipe = tiny_digits()
+    torch.set_num_threads(1)
+    st = settings(num_steps=4, max_window=2, propagation_stride=2, prompts=("1",), seeds=(0,))
+    base = measure_profile(pipe, st).profile
+    stripped = base.model_copy(update={"compute": base.compute.model_copy(update={"half_forward_s": None}),
+                                       "comm": base.comm.model_copy(update={"pair": None})})
+    assert not stripped.can_split
+    again = retime(pipe, stripped, st, say=lambda m: None)
+    assert again.can_split and again.deviation == base.deviation and again.output_errors == base.output_errors
+    assert "re-timed" in again.provenance.compute.notes and "half/whole" in again.provenance.compute.notes
+
+
+def test_pair_fit_with_a_flat_or_falling_slope_is_refused(monkeypatch, tmp_path):
+    import json as _json
+
+    import parastep.executor.launch as launch_mod
+    import parastep.profiler.measure as prof
+
+    with pytest.raises(ValueError, match="pair swap fit refused"):
+        fit_alpha_beta([(1, 1e-3), (4, 1e-3), (16, 0.9e-3)], output_bytes=1024, what="pair swap")
+
+    def flat_launch(worker, job, **kw):                  # the swap does not grow with the bytes: refused
+        Path(job["out"]).write_text(_json.dumps({str(n): 5e-4 - 1e-6 * i for i, n in enumerate(job["sizes"])}))
+
+    monkeypatch.setattr(launch_mod, "launch", flat_launch)
+    with pytest.raises(ValueError, match="pair swap fit refused"):
+        prof.measure_pair(output_shape=[1, 1, 16, 16], dtype="float32", output_bytes=1024, repeats=1)
+
+
+@pytest.mark.parametrize("interconnect", [None, "pcie4"])
+def test_comm_part_pair_measured_or_refused(monkeypatch, interconnect):
+    """With a two-way guided batch the pair is measured on 2 local ranks (measured provenance); a
+    refused pair fit falls back to a named preset (labelled prior) and is an error without one."""
+    import parastep.profiler.measure as prof
+    from parastep.profiles.interconnects import pair_entry_for
+    from parastep.profiles.model import CommEntry
+
+    monkeypatch.setattr(prof, "measure_comm", lambda *, world_sizes, **kw: (
+        [CommEntry(ranks=g, latency_s=1e-4, bandwidth_bytes_per_s=1e9) for g in world_sizes], {g: {} for g in world_sizes}))
+    monkeypatch.setattr(prof, "local_device_slots", lambda device: ("cpu", 2))
+    pipe = tiny_digits()
+    traj = record_reference(pipe, prompts=["1"], seeds=[0], num_steps=3, call_kwargs={"guidance_scale": GUIDANCE})
+    st = settings(gpus=2, interconnect=interconnect, measure_comm=True)
+    measured = prof.Measured(device="cpu", date="2026-01-01")
+    good = CommEntry(ranks=2, latency_s=3e-4, bandwidth_bytes_per_s=8e8)
+    monkeypatch.setattr(prof, "measure_pair", lambda **kw: (good, {"sizes": [1, 4], "times": {1: 3e-4, 4: 3.1e-4}}))
+    comm, prov = prof._comm_part(pipe, st, out_bytes=256, traj=traj, measured=measured, say=lambda m: None, notes=[], pair=True)
+    assert comm.pair == good and prov.source == "measured" and "CFG pair swap measured over gloo" in prov.notes
+
+    def refused(**kw):
+        raise ValueError("pair swap fit refused: ...")
+
+    monkeypatch.setattr(prof, "measure_pair", refused)
+    if interconnect is None:
+        with pytest.raises(ValueError, match="pair swap fit refused"):
+            prof._comm_part(pipe, st, out_bytes=256, traj=traj, measured=measured, say=lambda m: None, notes=[], pair=True)
+    else:
+        comm, prov = prof._comm_part(pipe, st, out_bytes=256, traj=traj, measured=measured, say=lambda m: None, notes=[], pair=True)
+        assert comm.pair == pair_entry_for("pcie4") and prov.source == "prior" and "refused" in prov.rule
+        assert comm.entries[0].latency_s == 1e-4        # the window exchange stays measured
+
+
+def test_pair_from_the_preset_without_two_local_devices(monkeypatch):
+    import parastep.profiler.measure as prof
+    from parastep.profiles.interconnects import pair_entry_for
+
+    monkeypatch.setattr(prof, "measure_comm", lambda *, world_sizes, **kw: ([], {}))
+    monkeypatch.setattr(prof, "measure_pair", lambda **kw: pytest.fail("nothing to measure on one device"))
+    monkeypatch.setattr(prof, "local_device_slots", lambda device: ("cuda", 1))
+    pipe = tiny_digits()
+    traj = record_reference(pipe, prompts=["1"], seeds=[0], num_steps=3, call_kwargs={"guidance_scale": GUIDANCE})
+    comm, prov = prof._comm_part(pipe, settings(gpus=4, measure_comm=True), out_bytes=256, traj=traj,
+                                 measured=prof.Measured(device="gpu", date="2026-01-01"), say=lambda m: None, notes=[], pair=True)
+    assert comm.pair == pair_entry_for("nvlink") and prov.source == "prior"
+    assert "CFG pair swap from interconnect preset 'nvlink' (prior" in prov.rule
+
+
+@pytest.mark.distributed
+def test_pair_swap_measured_over_gloo():
+    """The real swap in 2 spawned gloo processes, up to 1 MiB: a positive latency and bandwidth."""
+    from parastep.profiler.measure import measure_pair
+
+    entry, raw = measure_pair(output_shape=[1, 1, 16, 16], dtype="float32", output_bytes=1024, repeats=3, device="cpu",
+                              max_bytes=2 ** 20)
+    assert entry.ranks == 2 and entry.latency_s >= 0 and entry.bandwidth_bytes_per_s > 0
+    assert raw["sizes"] == [1, 4, 16, 64, 256, 1024]
