@@ -383,13 +383,21 @@ class ParaStepHandle:
 
     def _set_timesteps(self, *args, **kwargs):
         out = self._orig_set_timesteps(*args, **kwargs)
-        n = len(self.scheduler.timesteps)
-        if n != self.config.num_steps:
-            raise UserError(f"scheduler {type(self.scheduler).__name__} produced {n} timesteps for a schedule of "
-                            f"{self.config.num_steps} steps (higher-order scheduler, or num_inference_steps differs); "
-                            "use a first-order scheduler and num_inference_steps=schedule.num_steps")
         self.reset()
-        return out
+        self._timesteps_n = len(self.scheduler.timesteps)   # checked at the first step: img2img (strength) starts
+        return out                                           # at the scheduler's begin_index, set after this call
+
+    def _check_steps_run(self, timestep) -> None:
+        n = getattr(self, "_timesteps_n", None)
+        begin = getattr(self.scheduler, "begin_index", None)
+        if begin is None and timestep is not None:   # no begin index (DDIM): where the first step's timestep sits
+            t = torch.as_tensor(timestep).flatten()
+            hits = (torch.as_tensor(self.scheduler.timesteps).cpu() == t[0].cpu()).nonzero() if t.numel() else []
+            begin = int(hits[0, 0]) if len(hits) else 0
+        if n is not None and n - begin != self.config.num_steps:
+            raise UserError(f"scheduler {type(self.scheduler).__name__} produced {n - begin} timesteps for a schedule of "
+                            f"{self.config.num_steps} steps (higher-order scheduler, or num_inference_steps or strength "
+                            "differs); use a first-order scheduler and the steps the schedule was planned for")
 
     def _forward(self, *args, **kwargs):
         self.calls_this_step += 1
@@ -505,6 +513,8 @@ class ParaStepHandle:
         bound = self._step_sig.bind(*args, **kwargs)
         self._check_step_kwargs(bound.arguments)
         i = self.step_index
+        if i == 0:
+            self._check_steps_run(bound.arguments.get("timestep"))
         if i >= len(self.plan):
             raise UserError(f"pipeline {type(self.pipe).__name__} runs more than the schedule's {len(self.plan)} steps; "
                             "call it with num_inference_steps=schedule.num_steps")

@@ -96,7 +96,6 @@ AUDIT: Mapping[str, SchedulerAudit] = MappingProxyType({
     "FlowMatchLCMScheduler": _exact(_NOISE, stochastic=True),
     "LTXEulerAncestralRFScheduler": _exact(_NOISE, stochastic=True),
     "SASolverScheduler": _exact(_MULTISTEP + "; " + _NOISE, stochastic=True),
-    "SCMScheduler": _exact(_NOISE, stochastic=True),
     "UnCLIPScheduler": _exact(_NOISE + "; prev_timestep is a function of the timesteps, replayed as passed",
                               stochastic=True),
     # ---- refused
@@ -140,6 +139,10 @@ AUDIT: Mapping[str, SchedulerAudit] = MappingProxyType({
     "BlockRefinementScheduler": _refused(_TOKENS, "run this pipeline without parastep"),
     "EntropyBoundScheduler": _refused(_TOKENS, "run this pipeline without parastep"),
     "DiscreteDDIMScheduler": _refused(_TOKENS, "run this pipeline without parastep"),
+    "SCMScheduler": _refused("its timesteps include the end point (num_inference_steps + 1 of them; the pipeline "
+                             "runs all but the last), which parastep's step count check cannot tell from a "
+                             "mismatched schedule, and it samples in 1-4 steps, too few to parallelize",
+                             "run this pipeline without parastep"),
 })
 
 # scheduler classes whose step draws noise by class: supported when the pipeline passes a seeded

@@ -1,4 +1,6 @@
-"""Tiny random-weight diffusers pipelines for the tests: sd15, sdxl, sd3, pixart-sigma, flux.
+"""Tiny random-weight diffusers pipelines for the tests: sd15, sdxl, sd3, pixart-sigma, flux, and the
+compatibility matrix's other classes (``COMPAT_BUILDERS``: img2img, DDPM, DDIM, DiT, PixArt-alpha,
+CogVideoX, Latte, and refused ones: CogVideoX with its DPM scheduler, SD with Heun, Kandinsky 2.2 combined).
 
 Every component is built from a config with seeded random weights; nothing is downloaded. The
 tokenizers are built locally from a tiny character vocabulary (``CLIPTokenizer`` from a
@@ -324,7 +326,155 @@ def _flux(seed: int):
     )
 
 
+
+# ----------------------------------------------------------------------------- the compatibility matrix's extra classes
+# (issue 8 item 6: pipelines parastep never names; built tiny the same way, for tests/test_compat.py)
+
+VIDEO_FRAMES = 5          # CogVideoX: 5 frames -> 2 latent frames (temporal compression 4)
+LATTE_FRAMES = 2
+
+
+def _unet2d(seed: int, *, channels: int = 3, size: int = 16):
+    from diffusers import UNet2DModel
+
+    torch.manual_seed(seed)
+    return UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, layers_per_block=1,
+                       block_out_channels=(8, 16), down_block_types=("DownBlock2D", "AttnDownBlock2D"),
+                       up_block_types=("AttnUpBlock2D", "UpBlock2D"), norm_num_groups=4, attention_head_dim=4).eval()
+
+
+def _ddpm(seed: int):
+    from diffusers import DDPMPipeline, DDPMScheduler
+
+    return DDPMPipeline(unet=_unet2d(seed), scheduler=DDPMScheduler(num_train_timesteps=1000))
+
+
+def _ddim(seed: int):
+    from diffusers import DDIMPipeline, DDIMScheduler
+
+    return DDIMPipeline(unet=_unet2d(seed), scheduler=DDIMScheduler(num_train_timesteps=1000))
+
+
+DIT_LABELS = {0: "tabby cat", 1: "golden retriever", 2: "goldfish, Carassius auratus"}
+
+
+def _dit(seed: int):
+    from diffusers import DDIMScheduler, DiTPipeline, DiTTransformer2DModel
+
+    torch.manual_seed(seed)
+    transformer = DiTTransformer2DModel(sample_size=HEIGHT_PX // 2, num_layers=1, patch_size=4, attention_head_dim=8,
+                                        num_attention_heads=2, in_channels=4, out_channels=8, norm_num_groups=4,
+                                        num_embeds_ada_norm=1000).eval()   # DiT's null class is label 1000
+    return DiTPipeline(transformer=transformer, vae=_vae(seed + 1, latent_channels=4, flow=False),
+                       scheduler=DDIMScheduler(num_train_timesteps=1000), id2label=dict(DIT_LABELS))
+
+
+def _sd15_img2img(seed: int):
+    from diffusers import DDIMScheduler, StableDiffusionImg2ImgPipeline
+
+    base = _sd15(seed)
+    scheduler = DDIMScheduler.from_config(base.scheduler.config, clip_sample=False)
+    return StableDiffusionImg2ImgPipeline(**{**base.components, "scheduler": scheduler})
+
+
+def _pixart_alpha(seed: int):
+    from diffusers import PixArtAlphaPipeline
+
+    sigma = _pixart_sigma(seed)
+    return PixArtAlphaPipeline(**sigma.components)
+
+
+def _cogvideox(seed: int, *, scheduler: str = "CogVideoXDDIMScheduler"):
+    import diffusers
+    from diffusers import AutoencoderKLCogVideoX, CogVideoXPipeline, CogVideoXTransformer3DModel
+
+    tokenizer = _t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = CogVideoXTransformer3DModel(
+        num_attention_heads=4, attention_head_dim=8, in_channels=4, out_channels=4, time_embed_dim=2,
+        text_embed_dim=TEXT_HIDDEN, num_layers=1, sample_width=HEIGHT_PX // 8, sample_height=WIDTH_PX // 8,
+        sample_frames=VIDEO_FRAMES, patch_size=2, temporal_compression_ratio=4, max_text_seq_length=T5_MAX_TOKENS).eval()
+    torch.manual_seed(seed + 1)
+    vae = AutoencoderKLCogVideoX(
+        in_channels=3, out_channels=3, down_block_types=("CogVideoXDownBlock3D",) * 4,
+        up_block_types=("CogVideoXUpBlock3D",) * 4, block_out_channels=(8, 8, 8, 8), latent_channels=4,
+        layers_per_block=1, norm_num_groups=2, temporal_compression_ratio=4).eval()
+    sched = getattr(diffusers, scheduler)(num_train_timesteps=1000, beta_schedule="scaled_linear", prediction_type="v_prediction",
+                                          rescale_betas_zero_snr=True, timestep_spacing="trailing", snr_shift_scale=1.0)
+    return CogVideoXPipeline(tokenizer=tokenizer, text_encoder=_t5_text(seed + 2, vocab_size=len(tokenizer)), vae=vae,
+                             transformer=transformer, scheduler=sched)
+
+
+def _cogvideox_dpm(seed: int):
+    return _cogvideox(seed, scheduler="CogVideoXDPMScheduler")
+
+
+def _latte(seed: int):
+    from diffusers import DDIMScheduler, LattePipeline, LatteTransformer3DModel
+
+    tokenizer = _t5_tokenizer()
+    torch.manual_seed(seed)
+    transformer = LatteTransformer3DModel(
+        sample_size=HEIGHT_PX // 2, num_layers=1, patch_size=2, attention_head_dim=8, num_attention_heads=3,
+        caption_channels=TEXT_HIDDEN, in_channels=4, cross_attention_dim=24, out_channels=8, attention_bias=True,
+        activation_fn="gelu-approximate", num_embeds_ada_norm=1000, norm_type="ada_norm_single",
+        norm_elementwise_affine=False, norm_eps=1e-6, video_length=LATTE_FRAMES).eval()
+    return LattePipeline(tokenizer=tokenizer, text_encoder=_t5_text(seed + 2, vocab_size=len(tokenizer)),
+                         vae=_vae(seed + 1, latent_channels=4, flow=False), transformer=transformer,
+                         scheduler=DDIMScheduler(num_train_timesteps=1000, beta_schedule="linear"))
+
+
+def _sd15_heun(seed: int):
+    from diffusers import HeunDiscreteScheduler
+
+    pipe = _sd15(seed)
+    pipe.scheduler = HeunDiscreteScheduler.from_config(pipe.scheduler.config)
+    return pipe
+
+
+def _kandinsky22_combined(seed: int):
+    """KandinskyV22CombinedPipeline (prior + decoder), tiny: only ever refused, never run."""
+    from diffusers import (DDPMScheduler, KandinskyV22CombinedPipeline, PriorTransformer, UnCLIPScheduler,
+                           UNet2DConditionModel, VQModel)
+    from transformers import CLIPImageProcessor, CLIPVisionConfig, CLIPVisionModelWithProjection
+
+    tokenizer = _clip_tokenizer()
+    torch.manual_seed(seed)
+    prior = PriorTransformer(num_attention_heads=2, attention_head_dim=8, embedding_dim=TEXT_HIDDEN, num_layers=1).eval()
+    image_encoder = CLIPVisionModelWithProjection(CLIPVisionConfig(
+        hidden_size=TEXT_HIDDEN, image_size=32, projection_dim=TEXT_HIDDEN, intermediate_size=37, num_attention_heads=4,
+        num_channels=3, num_hidden_layers=1, patch_size=16)).eval()
+    unet = UNet2DConditionModel(
+        in_channels=4, out_channels=8, addition_embed_type="image", down_block_types=("ResnetDownsampleBlock2D", "SimpleCrossAttnDownBlock2D"),
+        up_block_types=("SimpleCrossAttnUpBlock2D", "ResnetUpsampleBlock2D"), mid_block_type="UNetMidBlock2DSimpleCrossAttn",
+        block_out_channels=(8, 16), layers_per_block=1, encoder_hid_dim=TEXT_HIDDEN, encoder_hid_dim_type="image_proj",
+        cross_attention_dim=16, attention_head_dim=4, resnet_time_scale_shift="scale_shift", class_embed_type=None,
+        norm_num_groups=4).eval()
+    movq = VQModel(block_out_channels=[32, 32], down_block_types=["DownEncoderBlock2D", "AttnDownEncoderBlock2D"],
+                   in_channels=3, latent_channels=4, layers_per_block=1, norm_num_groups=32, norm_type="spatial",
+                   num_vq_embeddings=12, out_channels=3, up_block_types=["AttnUpDecoderBlock2D", "UpDecoderBlock2D"],
+                   vq_embed_dim=4).eval()
+    return KandinskyV22CombinedPipeline(
+        unet=unet, scheduler=DDPMScheduler(), movq=movq, prior_prior=prior, prior_image_encoder=image_encoder,
+        prior_text_encoder=_clip_text(seed + 2, with_projection=True, vocab_size=len(tokenizer)), prior_tokenizer=tokenizer,
+        prior_scheduler=UnCLIPScheduler(), prior_image_processor=CLIPImageProcessor())
+
 _BUILDERS = {"sd15": _sd15, "sdxl": _sdxl, "sd3": _sd3, "pixart-sigma": _pixart_sigma, "flux": _flux}
+# the compatibility matrix's classes beyond the registry (tests/test_compat.py), name -> builder
+COMPAT_BUILDERS = {"sd15-img2img": _sd15_img2img, "ddpm": _ddpm, "ddim": _ddim, "dit": _dit, "pixart-alpha": _pixart_alpha,
+                   "cogvideox": _cogvideox, "latte": _latte, "cogvideox-dpm": _cogvideox_dpm, "sd15-heun": _sd15_heun,
+                   "kandinsky22-combined": _kandinsky22_combined}
+
+
+def make_compat_pipeline(name: str, *, seed: int = 0):
+    """A fresh tiny pipeline of the compatibility matrix: a registry name (``TINY_NAMES``) or a
+    ``COMPAT_BUILDERS`` name; the global torch RNG is left untouched."""
+    if name in _BUILDERS:
+        return make_tiny_pipeline(name, seed=seed)
+    with torch.random.fork_rng(devices=[]):
+        pipe = COMPAT_BUILDERS[name](seed)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def make_tiny_pipeline(name: str, *, scheduler: str | None = None, seed: int = 0):
