@@ -197,45 +197,36 @@ def check_out_dir(out: str, *, flag: str = "--out") -> None:
 
 
 def _images_np(images) -> Any:
-    import numpy as np
+    """Images (B, H, W, C) or videos (B, F, H, W, C) in [0, 1]: ``executor.media``."""
+    from .media import to_numpy
 
-    if isinstance(images, np.ndarray):
-        return images
-    if isinstance(images, list) and images and hasattr(images[0], "size"):
-        return np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
-    import torch
-
-    if isinstance(images, torch.Tensor):
-        return images.detach().float().cpu().permute(0, 2, 3, 1).numpy()
-    raise UserError(f"the pipeline returned images of type {type(images).__name__}; parastep cannot save them")
+    try:
+        return to_numpy(images)
+    except ValueError as exc:
+        raise UserError(f"{exc}; report the pipeline class to parastep") from None
 
 
 def _to_tensor(images_np):
-    import torch
+    from .media import as_nchw
 
-    return torch.from_numpy(images_np).permute(0, 3, 1, 2).double().clamp(0, 1)
+    return as_nchw(images_np)      # every image, or every frame of every video: PSNR/SSIM over all frames
 
 
 def _write_outputs(out_dir: Path, images_np, report: dict) -> None:
-    """PNG per image + report.json; written into a temp folder, then moved in (report last)."""
-    from PIL import Image
-    import numpy as np
+    """PNG per image (per video: PNG frames + a GIF) and report.json; written into a temp folder,
+    then moved in (report last)."""
+    from .media import frame_count, write_media
 
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".parastep-tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    names = []
-    for k, im in enumerate(images_np):
-        arr = (np.clip(im, 0, 1) * 255).round().astype("uint8")
-        if arr.shape[-1] == 1:
-            arr = arr[..., 0]
-        name = f"image_{k:03d}.png"
-        Image.fromarray(arr).save(tmp / name)
-        names.append(name)
+    names = write_media(tmp, images_np)
     report["images"] = names
+    report["frames"] = frame_count(images_np)     # frames per video; null for images
     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     for name in names + ["report.json"]:
+        (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / name, out_dir / name)
     shutil.rmtree(tmp, ignore_errors=True)
 

@@ -46,11 +46,19 @@ def takes_prompt(pipe) -> bool:
     return "prompt" in inspect.signature(pipe.__call__).parameters
 
 
+def takes_class_labels(pipe) -> bool:
+    """Class-conditional pipelines (DiT) take ``class_labels`` instead of a prompt."""
+    return "class_labels" in inspect.signature(pipe.__call__).parameters and not takes_prompt(pipe)
+
+
 def default_prompts(pipe) -> list[Optional[str]]:
-    """The digits model: every class ``"0"``..``"9"``; a pipeline without a ``prompt`` argument:
-    ``[None]`` (one unconditional sample per seed); any other: exec's default prompt."""
+    """The digits model: every class ``"0"``..``"9"``; a class-conditional pipeline (DiT): its first
+    two class indices; a pipeline without conditioning: ``[None]`` (one unconditional sample per
+    seed); any other: exec's default prompt."""
     if type(pipe).__name__ == "DigitsPipeline":
         return [str(d) for d in range(10)]
+    if takes_class_labels(pipe):
+        return ["0", "1"]
     if not takes_prompt(pipe):
         return [None]
     from .command import default_prompt
@@ -58,9 +66,44 @@ def default_prompts(pipe) -> list[Optional[str]]:
     return [default_prompt(pipe)]
 
 
+def class_label_ids(pipe, labels: Sequence[Any]) -> list[int]:
+    """Class indices for ``labels``, each an index (``"207"``) or one of the pipeline's label names
+    (DiT: ``pipe.id2label`` / ``get_label_ids``); an unknown label is a one-line ``UserError``."""
+    names = getattr(pipe, "labels", None) or {}          # DiT: label name -> index (from id2label)
+    known = set(int(v) for v in names.values())
+    out = []
+    for label in labels:
+        text = str(label).strip()
+        if text.isdigit() and (not known or int(text) in known):
+            out.append(int(text))
+        elif text in names:
+            out.append(int(names[text]))
+        else:
+            some = ", ".join(repr(n) for n in sorted(names)[:3])
+            valid = f"an index 0..{max(known)}" if known else "a class index"
+            raise UserError(f"unknown class label {text!r} for {type(pipe).__name__}; give {valid} or a label name"
+                            f"{' such as ' + some if some else ''}")
+    return out
+
+
+def conditioning_kwargs(pipe, conditions: Sequence[Any], *, batch: int) -> dict[str, Any]:
+    """The call's conditioning, from the pipeline's own signature: ``prompt=[...]`` (text),
+    ``class_labels=[...]`` (class-conditional: index or label name per sample), or, for a pipeline
+    without conditioning, ``batch_size`` (a condition given to it is a ``UserError``)."""
+    params = inspect.signature(pipe.__call__).parameters
+    if takes_prompt(pipe):
+        return {"prompt": list(conditions)}
+    if takes_class_labels(pipe):
+        return {"class_labels": class_label_ids(pipe, [0 if c is None else c for c in conditions])}
+    if any(c is not None for c in conditions):
+        raise UserError(f"pipeline {type(pipe).__name__} takes no prompt or class label (it is unconditional); drop --prompt")
+    return {"batch_size": batch} if "batch_size" in params else {}
+
+
 def call_pipeline(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_steps: int, call_kwargs: Mapping[str, Any]):
-    """One pipeline call for all samples: ``prompt=list(prompts)`` (or ``batch_size=len(seeds)``
-    for a pipeline without prompts) and one generator per sample, seeded, on the pipeline's device.
+    """One pipeline call for all samples: the conditioning of :func:`conditioning_kwargs` (a prompt
+    or a class label per sample, or ``batch_size=len(seeds)`` for a pipeline without conditioning)
+    and one generator per sample, seeded, on the pipeline's device.
     ``call_kwargs`` may override ``num_inference_steps`` (default ``num_steps``)."""
     import torch
 
@@ -70,19 +113,14 @@ def call_pipeline(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_ste
     kwargs = dict(call_kwargs)
     kwargs.setdefault("num_inference_steps", num_steps)
     kwargs["generator"] = [torch.Generator(device=dev).manual_seed(int(s)) for s in seeds]
-    if takes_prompt(pipe):
-        kwargs["prompt"] = list(prompts)
-    elif any(p is not None for p in prompts):
-        raise UserError(f"pipeline {type(pipe).__name__} takes no prompt; drop --prompt")
-    elif "batch_size" in inspect.signature(pipe.__call__).parameters:
-        kwargs["batch_size"] = len(seeds)
+    kwargs.update(conditioning_kwargs(pipe, prompts, batch=len(seeds)))
     return pipe(**kwargs)
 
 
 def run_schedule_local(pipe, schedule, *, num_steps: int, prompts: Sequence[Any], seeds: Sequence[int],
                        call_kwargs: Mapping[str, Any]):
-    """The decoded output (torch tensor ``(B, ...)`` in [0, 1], the pipeline's ``output_type="np"``
-    layout, e.g. (B, H, W, C)) of ``schedule`` run in this one process, every offset computed
+    """The decoded output (torch tensor in [0, 1]: images ``(B, H, W, C)``, videos ``(B, F, H, W, C)``,
+    see ``executor.media``) of ``schedule`` run in this one process, every offset computed
     locally (``LocalExchange``); ``schedule=None`` runs the plain sequential pipeline.
 
     ``prompts[i]`` and ``seeds[i]`` are sample i (see :func:`samples_of`); all samples go through
@@ -108,12 +146,9 @@ def run_schedule_local(pipe, schedule, *, num_steps: int, prompts: Sequence[Any]
     finally:
         if schedule is not None:
             remove_parastep(pipe)
-    images = out.images if hasattr(out, "images") else out[0]
-    if isinstance(images, list) and images and hasattr(images[0], "size"):   # PIL despite output_type="np"
-        import numpy as np
+    from .media import output_of, to_numpy
 
-        images = np.stack([np.asarray(im, dtype=np.float32) / 255.0 for im in images])
-    return torch.as_tensor(images)
+    return torch.as_tensor(to_numpy(output_of(out)))    # images (B, H, W, C) or videos (B, F, H, W, C)
 
 
 @dataclass(frozen=True)

@@ -47,6 +47,10 @@ def default_call(pipe, model: str):
             resolution = (size, size)
     digits = type(pipe).__name__ == "DigitsPipeline"
     prompts = DIGIT_PROMPTS if digits else TEXT_PROMPTS
+    if not digits and "prompt" not in params:      # class labels (DiT) or no conditioning (DDPM): never prompt=
+        from ..executor.evaluate import default_prompts
+
+        prompts = tuple(default_prompts(pipe))
     steps = spec.default_steps if spec is not None else 50
     return kwargs, resolution, prompts, steps
 

@@ -367,3 +367,71 @@ def test_every_refused_scheduler_is_refused_in_one_line(name):
     text = str(info.value)
     assert "\n" not in text and text.startswith(f"scheduler {name} is not supported by parastep: ")
     assert AUDIT[name].alternative in text, text
+
+
+# ----------------------------------------------------------------------------- conditioning and media (items 2, 3)
+
+def test_evaluate_conditions_from_the_pipeline_signature_and_scores_video_frames():
+    """Class labels (DiT, by index or name), no conditioning (DDPM), video (CogVideoX: PSNR/SSIM
+    over every frame) through ``evaluate``, the profiler's and ``evaluate``'s one pipeline call."""
+    from parastep.executor.evaluate import class_label_ids, default_prompts, evaluate, run_schedule_local
+
+    windows = [{"start": 0, "kind": "exact"}, {"start": 1, "kind": "parallel", "placement": [0, 1], "predictor": "last"},
+               {"start": 3, "kind": "exact"}]
+    sched = R.make_schedule(windows, num_steps=4, world_size=WORLD, output_bytes=4)
+    video = {"height": TP.HEIGHT_PX, "width": TP.WIDTH_PX, "num_frames": TP.VIDEO_FRAMES,
+             "max_sequence_length": TP.T5_MAX_TOKENS, "guidance_scale": 6.0}
+    for case, kw, conditions in (("dit", {"guidance_scale": 4.0}, ["0", "golden retriever"]), ("ddpm", {}, [None]),
+                                 ("cogvideox", video, [PROMPT])):
+        pipe = TP.make_compat_pipeline(case)
+        assert default_prompts(pipe) == {"dit": ["0", "1"], "ddpm": [None], "cogvideox": [TP_DEFAULT]}[case]
+        records = evaluate(pipe, sched, prompts=conditions, seeds=[3], call_kwargs=kw)
+        assert [r.prompt for r in records] == [None if c is None else c for c in conditions]
+        assert all(0 < r.psnr_db <= 100 and -1 <= r.ssim <= 1 and not r.identical for r in records), (case, records)
+    out = run_schedule_local(pipe, None, num_steps=4, prompts=[PROMPT], seeds=[3], call_kwargs=video)
+    assert out.dim() == 5 and tuple(out.shape[2:]) == (TP.HEIGHT_PX, TP.WIDTH_PX, 3) and out.shape[1] > 1
+    dit = TP.make_compat_pipeline("dit")
+    assert class_label_ids(dit, ["golden retriever", "2", "goldfish"]) == [1, 2, 2]
+    for bad in ("zebra", "7"):
+        with pytest.raises(UserError, match="unknown class label .* give an index 0..2 or a label name"):
+            class_label_ids(dit, [bad])
+    with pytest.raises(UserError, match="takes no prompt or class label .* drop --prompt"):
+        evaluate(TP.make_compat_pipeline("ddpm"), sched, prompts=["a cat"], seeds=[3], call_kwargs={})
+
+
+TP_DEFAULT = "a photograph of an astronaut riding a horse"
+
+
+def test_video_media_written_as_frames_and_gif_and_scored_over_all_frames(tmp_path):
+    """exec's output helpers on a 5-D video (they failed with 'permute ... input.dim() = 5')."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from parastep.executor.command import _images_np, _to_tensor, _write_outputs
+    from parastep.executor.media import output_of
+    from parastep.executor.metrics import psnr_db
+
+    pipe = TP.make_compat_pipeline("cogvideox")
+    result = pipe(prompt=PROMPT, height=TP.HEIGHT_PX, width=TP.WIDTH_PX, num_frames=TP.VIDEO_FRAMES, num_inference_steps=2,
+                  max_sequence_length=TP.T5_MAX_TOKENS, output_type="np", generator=torch.Generator().manual_seed(0))
+    frames = _images_np(output_of(result))
+    n = frames.shape[1]                      # decoded frames (the tiny VAE's temporal layout decides how many)
+    assert frames.shape == (1, n, TP.HEIGHT_PX, TP.WIDTH_PX, 3) and n > 1
+    assert np.array_equal(_images_np(torch.from_numpy(frames).permute(0, 1, 4, 2, 3)), frames)   # (B, F, C, H, W) tensors
+    t = _to_tensor(frames)
+    assert tuple(t.shape) == (n, 3, TP.HEIGHT_PX, TP.WIDTH_PX)
+    worse = _to_tensor(np.clip(frames + 0.01 * (np.arange(n) == 1)[None, :, None, None, None], 0, 1))
+    assert 30 < psnr_db(worse, t) < 60      # one changed frame counts, among all frames
+    report: dict = {}
+    _write_outputs(tmp_path, frames, report)
+    assert report["frames"] == n and "video_000.gif" in report["images"]
+    gif = Image.open(tmp_path / "video_000.gif")
+    assert 1 < gif.n_frames <= n and gif.size == (TP.WIDTH_PX, TP.HEIGHT_PX)   # Pillow merges identical frames
+    assert (tmp_path / "video_000" / f"frame_{n - 1:03d}.png").is_file()
+    assert json.loads((tmp_path / "report.json").read_text())["frames"] == n
+    images = np.zeros((2, 8, 8, 3), dtype=np.float32)
+    report = {}
+    _write_outputs(tmp_path / "img", images, report)
+    assert report == {"images": ["image_000.png", "image_001.png"], "frames": None}
