@@ -91,7 +91,10 @@ def recompute(schedule: Schedule, profile: Profile) -> tuple[float, list[float],
         size = _window_size(w, stop)
         if isinstance(w, ExactWindow):
             groups = w.rank_groups(G)
-            lats.append(max(half() if len(g) == 2 else fwd(1) for g in groups) + step)
+            if len(groups) == G:          # no split: every rank one forward
+                lats.append(fwd(1) + step)
+            else:                         # pairs swap halves; a rank in no pair runs both halves
+                lats.append(max(half() if len(g) == 2 else 2 * profile.compute.half_forward_s for g in groups) + step)
             errs.append(zero)
         elif isinstance(w, ReuseWindow):
             lats.append(w.size * step)

@@ -247,10 +247,11 @@ def window_latency_s(profile: Profile, *, kind: EdgeKind, size: int, world_size:
     if kind == "exact":
         if not split:
             return profile.forward_time_s(1) + step
+        # ranks in no pair run both halves themselves (so every rank's output is bit-identical)
         paired = {r for p in split for r in p}
         half = profile.half_forward_time_s(1) + profile.pair_exchange_time_s()
-        whole = profile.forward_time_s(1) if len(paired) < world_size else 0.0
-        return max(half, whole) + step
+        alone = profile.half_forward_time_s(2) if len(paired) < world_size else 0.0
+        return max(half, alone) + step
     if kind == "reuse":
         return size * step
     whole = [0] * world_size

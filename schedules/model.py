@@ -62,7 +62,8 @@ class _Strict(BaseModel):
 class ExactWindow(_Strict):
     """One step, computed redundantly by every rank. No communication, unless ``split`` pairs
     ranks: each pair ``[u, c]`` computes the unconditional half on ``u`` and the conditional half on
-    ``c`` and swaps the raw halves (lossless); ranks in no pair compute the whole batch."""
+    ``c`` and swaps the raw halves (lossless); ranks in no pair compute both halves
+    themselves (so every rank ends with bit-identical outputs)."""
 
     model_config = ConfigDict(json_schema_extra=_require("kind"))
 

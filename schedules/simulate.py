@@ -12,7 +12,8 @@ as the executor runs them:
   (replay) ops.
 - CFG split (a pair ``[u, c]`` computing one offset, or one exact step): ``forward`` of one half
   (``half_forward_s``) on each of u and c, then a ``swap`` node shared by the two (a barrier of the
-  pair: the raw halves cross), in the order the executor runs them: a parallel window with splits
+  pair: the raw halves cross); in an exact window with a split, a rank in no pair runs both halves
+  itself (two half forwards, as the executor does so every rank's output is bit-identical), in the order the executor runs them: a parallel window with splits
   is built offset by offset on every rank (compute offset j if it is this rank's, then scratch step
   j), a whole offset priced as the increment ``fwd(n) - fwd(n - 1)`` of the rank's n-th forward. The
   end exchange is absent when every rank holds every output.
@@ -110,8 +111,10 @@ def build_graph(schedule: Schedule, profile: Profile) -> nx.DiGraph:
         if isinstance(w, ExactWindow):
             for group in w.rank_groups(G):
                 if len(group) == 1:
+                    # with a split in this step, a rank in no pair runs both halves (bit-identical ranks)
                     r = group[0]
-                    f = add(_Node(r, "forward", i, 0, profile.forward_time_s(1), step=start, offsets=1), after=[last[r]])
+                    fwd_s = profile.forward_time_s(1) if not w.split else profile.half_forward_time_s(2)
+                    f = add(_Node(r, "forward", i, 0, fwd_s, step=start, offsets=1), after=[last[r]])
                     last[r] = add(_Node(r, "step", i, 1, step_s, step=start), after=[f])
                     continue
                 swap = _add_split(add, profile, group, last, window=i, index=0, step=start)
