@@ -7,7 +7,9 @@ scheduler (EulerDiscreteScheduler), 50 steps and guidance 5.0 — the defaults o
 No SDXL weights and no GPU exist here, so nothing in this profile is measured by us:
 
 - compute: a *published* end-to-end latency divided by the step count (below);
-- comm: the ``nvlink`` interconnect preset (``profiles/interconnects.py``);
+- compute.half_forward_s (CFG split): ``HALF_FORWARD_RATIO`` x the per-step forward, an assumption
+  (``priors.half_forward_rule``), not a measurement;
+- comm: the ``nvlink`` interconnect preset (``profiles/interconnects.py``), its CFG pair swap included;
 - deviation, reuse deviation, propagation, similarity: the prior rule of ``profiles/priors.py``, with the
   deviation tables floored by the bundled digits model's *measured* per-sample window errors (the digits
   floor, ``priors.floor_params``; ``--digits PATH`` names the measured digits profile, default the shipped
@@ -27,7 +29,9 @@ from typing import Optional
 from .interconnects import comm_for, describe
 from .io import SHIPPED_DIR, load_profile, write_profile
 from .model import Compute, Prior, Profile, Provenances
-from .priors import FLOOR, deviation_tables, floor_params, propagation, provenance, similarity
+from .priors import (
+    FLOOR, deviation_tables, floor_params, half_forward_prior, half_forward_rule, propagation, provenance, similarity,
+)
 
 NUM_STEPS = 50
 MAX_WINDOW = 16           # covers --gpus 8 (and the fixed plan); larger G is re-derived by the planner
@@ -53,6 +57,15 @@ FORWARD_OFFSETS = 8       # forward_s for k = 1..8 offsets on one rank
 # One EulerDiscreteScheduler.step on a 1x4x128x128 fp16 latent: a handful of elementwise CUDA
 # kernels (~10 us each, launch-bound) plus Python bookkeeping: ~0.2 ms. Not measured.
 STEP_S = 2e-4
+
+# CFG split: the SDXL UNet on one CFG half (batch 1 instead of 2) at 1024x1024 in fp16 on an H100. An
+# *assumption*, not measured (no GPU here): at 128x128 latents the UNet is compute-bound on a large GPU,
+# so half the batch is about half the FLOPs and time; 0.02 above 0.5 for what does not halve (kernel
+# launches, weight reads, lower occupancy at batch 1). issue 9's GPU script measures it.
+HALF_FORWARD_RATIO = 0.52
+HALF_FORWARD_WHY = ("assumption, not measured: at 1024x1024 (128x128 fp16 latents) the SDXL UNet is compute-bound on a "
+                    "large GPU, so half the batch is about half the time, plus 0.02 for launches and weight reads that do "
+                    "not halve; measure it with a GPU")
 
 
 def output_bytes(*, height_px: int, width_px: int) -> int:
@@ -84,16 +97,18 @@ def build_profile(digits_path: Optional[str] = None) -> Profile:
     per_step_s = PUBLISHED_TOTAL_S / PUBLISHED_STEPS
     floor, floor_source = digits_floor(digits_path)
     dev, reuse = deviation_tables(num_steps=NUM_STEPS, max_window=MAX_WINDOW, params=floor)
+    half_rule, half_params = half_forward_rule(HALF_FORWARD_RATIO, why=HALF_FORWARD_WHY)
     compute_prov = Prior(
         rule="published end-to-end latency / steps; forward_s[k-1] = k * per-step time (no batching gain assumed); "
-             f"step_s = {STEP_S * 1e3:g} ms (estimate: a few launch-bound elementwise kernels)",
+             f"step_s = {STEP_S * 1e3:g} ms (estimate: a few launch-bound elementwise kernels); {half_rule}",
         reference=(f"{PUBLISHED_URL} : 'Timings for 30 steps at 1024x1024', {PUBLISHED_GPU}, Baseline (non-optimized) "
                    f"{PUBLISHED_TOTAL_S * 1e3:g} ms -> {per_step_s * 1e3:.1f} ms per step. The end-to-end figure includes "
                    "text encoding and VAE decode, so the per-step forward is an upper bound."),
         params={"published_total_s": PUBLISHED_TOTAL_S, "published_steps": float(PUBLISHED_STEPS),
-                "per_step_s": per_step_s, "step_s": STEP_S},
+                "per_step_s": per_step_s, "step_s": STEP_S, **half_params},
     )
-    comm_prov = Prior(rule="interconnect preset 'nvlink' (ring all-gather alpha-beta model)", reference=describe("nvlink"))
+    comm_prov = Prior(rule="interconnect preset 'nvlink' (ring all-gather alpha-beta model; CFG pair swap: alpha + bytes / beta)",
+                      reference=describe("nvlink"))
     no_weights = "no SDXL weights are available here, so this cannot be measured; run 'parastep profile --model sdxl' where they are"
     return Profile(
         name="sdxl-base-1.0-1024-euler-50-h100-nvlink-prior",
@@ -117,7 +132,8 @@ def build_profile(digits_path: Optional[str] = None) -> Profile:
         reuse_deviation=reuse,
         propagation=propagation(num_steps=NUM_STEPS),
         similarity=similarity(num_steps=NUM_STEPS),
-        compute=Compute(forward_s=[k * per_step_s for k in range(1, FORWARD_OFFSETS + 1)], step_s=STEP_S, step_overhead_s=0.0),
+        compute=Compute(forward_s=[k * per_step_s for k in range(1, FORWARD_OFFSETS + 1)], step_s=STEP_S, step_overhead_s=0.0,
+                        half_forward_s=half_forward_prior(per_step_s, ratio=HALF_FORWARD_RATIO)),
         comm=comm_for("nvlink", world_size=COMM_WORLD_SIZE),
         calibration=None,
     )

@@ -459,3 +459,26 @@ def _truncate(profile: Profile, *, max_window: int) -> Profile:
             for stat in ("mean", "max"):
                 data[table][pred][stat] = [row[:max_window] for row in data[table][pred][stat]]
     return Profile.model_validate(data)
+
+
+# ---- CFG split: the half-forward prior ----------------------------------------------------------
+
+HALF_FORWARD_RULE = "parastep-half-forward-v1"
+HALF_FORWARD_RATIO = "half_forward_ratio"
+
+
+def half_forward_prior(forward_s: float, *, ratio: float) -> float:
+    """A prior ``Compute.half_forward_s`` for a model that runs a two-way guided batch: ``ratio``
+    x the whole forward ``forward_s`` (``compute.forward_s[0]``, batch 2B). A half does half the
+    work, so ``ratio`` is 0.5 plus what does not halve (launches, weight reads, small-batch
+    inefficiency); it is a stated constant, never a measurement. Without CFG there is no half: no
+    prior either."""
+    if not (0.0 < ratio <= 1.0):
+        raise ValueError(f"a half-forward ratio must be in (0, 1], got {ratio}")
+    return ratio * forward_s
+
+
+def half_forward_rule(ratio: float, *, why: str) -> tuple[str, dict[str, float]]:
+    """(rule words, params) for the compute part of a prior profile with ``half_forward_prior``."""
+    return (f"{HALF_FORWARD_RULE}: half_forward_s = {HALF_FORWARD_RATIO} x forward_s[0] = {ratio:g} x the whole forward "
+            f"(one CFG half, batch B instead of 2B; {why})", {HALF_FORWARD_RATIO: ratio})
