@@ -33,31 +33,47 @@ class _Parser(argparse.ArgumentParser):
         raise UserError(f"{message} (see 'parastep {self.prog.split()[-1]} --help')" if " " in self.prog else f"{message} (see 'parastep --help')")
 
 
-def _positive_int(text: str) -> int:
+def _parsed(text: str, kind, what: str):
     try:
-        value = int(text)
+        return kind(text)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a positive integer, got '{text}'") from None
+        raise argparse.ArgumentTypeError(f"expected {what}, got '{text}'") from None
+
+
+def _positive_int(text: str) -> int:
+    value = _parsed(text, int, "a positive integer")
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
     return value
 
 
 def _nonneg_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    value = _parsed(text, float, "a number")
     if not value >= 0 or value == float("inf"):
         raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
     return value
 
 
+MAX_TIMEOUT_S = 1e6    # ~11.6 days; beyond it C++ timeouts in nanoseconds come close to overflowing
+
+
+def _timeout_s(text: str) -> float:
+    value = _parsed(text, float, "a number of seconds")
+    if not 0 < value <= MAX_TIMEOUT_S:
+        raise argparse.ArgumentTypeError(f"expected seconds > 0 and at most {MAX_TIMEOUT_S:.0f}, got {text}; pass e.g. --timeout 300")
+    return value
+
+
+def _seed(text: str) -> int:
+    """A seed torch.Generator.manual_seed takes: -2**63 .. 2**64 - 1."""
+    value = _parsed(text, int, "an integer seed")
+    if not -(2 ** 63) <= value < 2 ** 64:
+        raise argparse.ArgumentTypeError(f"seed {text} is out of range; pass an integer from 0 to 2**64 - 1")
+    return value
+
+
 def _float(text: str) -> float:
-    try:
-        return float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got '{text}'") from None
+    return _parsed(text, float, "a number")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -107,35 +123,35 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("exec", help="run a schedule on world_size processes")
     ex.add_argument("schedule")
     ex.add_argument("--prompt", action="append", help="prompt (or class label for digits); repeat for a batch")
-    ex.add_argument("--seed", type=int, default=0)
+    ex.add_argument("--seed", type=_seed, default=0)
     ex.add_argument("--out", default="out", help="output folder (images, report.json)")
     ex.add_argument("--reference", action="store_true", help="also run the sequential pipeline and report speedup/PSNR/SSIM")
     ex.add_argument("--model-path", dest="model_path", help="local folder with the pipeline (default: registry / HF cache)")
     ex.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ex.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads per rank on CPU")
-    ex.add_argument("--timeout", type=_nonneg_float, default=300.0, dest="timeout_s", help="collective timeout in seconds")
+    ex.add_argument("--timeout", type=_timeout_s, default=300.0, dest="timeout_s", help="collective timeout in seconds (default 300)")
     ex.add_argument("--repeats", type=_positive_int, default=1,
                     help="timed runs of each side after a warm-up; latency and speedup are their medians (default 1)")
 
     ev = sub.add_parser("evaluate", help="a schedule's PSNR/SSIM vs sequential on one device, per prompt x seed")
     ev.add_argument("schedule")
     ev.add_argument("--prompt", action="append", help="prompt (or class label for digits); repeatable (default: 0-9 on digits)")
-    ev.add_argument("--seed", type=int, action="append", help="seed; repeatable (default: 1000 and 1001)")
+    ev.add_argument("--seed", type=_seed, action="append", help="seed; repeatable (default: 1000 and 1001)")
     ev.add_argument("--model-path", dest="model_path", help="local folder with the pipeline (default: registry / HF cache)")
     ev.add_argument("--out", required=True, help="output folder (quality.json)")
     ev.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
     ev.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads on CPU")
 
     pr = sub.add_parser("profile", help="measure a model: deviations, similarity, compute and exchange costs")
-    pr.add_argument("--model", required=True)
-    pr.add_argument("--model-path", dest="model_path")
+    pr.add_argument("--model", help="registry name (e.g. digits, sdxl); not needed with --model-path")
+    pr.add_argument("--model-path", dest="model_path", help="a diffusers pipeline folder (save_pretrained); enough on its own")
     pr.add_argument("--gpus", type=_positive_int, default=2)
     pr.add_argument("--steps", type=_positive_int)
     pr.add_argument("--max-window", type=_positive_int, dest="max_window")
     pr.add_argument("--out", required=True)
     pr.add_argument("--plot", help="write similarity and deviation curves to this PNG")
     pr.add_argument("--interconnect", help="preset to use for ranks beyond this machine's devices")
-    pr.add_argument("--seed", type=int, action="append", dest="seeds", help="seed (repeatable)")
+    pr.add_argument("--seed", type=_seed, action="append", dest="seeds", help="seed (repeatable)")
     pr.add_argument("--prompt", action="append", dest="prompts", help="prompt/class (repeatable)")
     pr.add_argument("--verify", type=int, default=None, help="verification runs for the PSNR calibration")
     pr.add_argument("--recalibrate", metavar="PROFILE", help="measure nothing new: re-fit the calibration of this profile "

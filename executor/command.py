@@ -42,7 +42,7 @@ from ..errors import UserError
 from ..schedules.check import violations
 from ..schedules.io import load_schedule
 from ..schedules.model import Schedule
-from .launch import RankContext, in_torchrun, launch
+from .launch import RankContext, check_torchrun_world, check_world, in_torchrun, launch, resolve_device
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
 # pipelines whose prompt is not free text (class-conditional); a pipeline may also define ``default_prompt``
@@ -152,17 +152,36 @@ def pipeline_class_of(model: str, model_path: Optional[str]):
     from . import registry
 
     try:
-        if model_path is not None:
-            name = registry._read_model_index(Path(model_path).expanduser())["_class_name"]
-            cls = registry._custom_class_for(name)
-            if cls is None:
-                import diffusers
+        loc = registry.locate(model, model_path=model_path)
+        if loc.class_name is not None:
+            return registry._resolve_class(loc.class_name)
+        name = registry._read_model_index(Path(loc.source))["_class_name"]
+        cls = registry._custom_class_for(name)
+        if cls is None:
+            import diffusers
 
-                cls = getattr(diffusers, name, None)
-            return cls
-        return registry._resolve_class(registry.get_spec(model).pipeline_class)
+            cls = getattr(diffusers, name, None)
+        return cls
     except (UserError, ImportError, AttributeError):
         return None
+
+
+def check_model(schedule: Schedule, model_path: Optional[str]):
+    """Find the pipeline ``schedule`` runs (nothing loaded; a missing model is one line) and refuse
+    a folder whose identity (``registry.folder_identity``) is not the one the schedule's profile
+    measured. A ``Profile`` (same two fields) works too. Returns the ``registry.Location``."""
+    from .registry import REGISTRY, folder_identity, locate
+
+    loc = locate(schedule.model, model_path=model_path)
+    want = schedule.model_identity
+    if want is not None and loc.folder is not None:
+        have = folder_identity(loc.folder)
+        if have != want:
+            profiled = f"model '{schedule.model}'" if schedule.model in REGISTRY else f"folder {schedule.model}"
+            raise UserError(f"the profiled {profiled} has identity {want[:12]}..., this folder ({loc.where}) has {have[:12]}... "
+                            "(its model_index.json or component configs differ); re-profile it (parastep profile "
+                            f"--model-path {loc.where}) and re-plan, or pass --model-path the folder that was profiled")
+    return loc
 
 
 def check_prompts(model: str, model_path: Optional[str], prompts: Optional[Sequence[str]]) -> None:
@@ -370,10 +389,14 @@ def run(args) -> int:
                   repeats=getattr(args, "repeats", 1))
     check_out_dir(job.out_dir)
     check_prompts(schedule.model, args.model_path, job.prompts)
+    if in_torchrun():
+        check_torchrun_world(schedule.world_size)
+    loc = check_model(schedule, args.model_path)   # unknown, missing or another model: one line before any process starts
     if not in_torchrun():
-        from .registry import locate
+        from .registry import weights_bytes
 
-        locate(schedule.model, model_path=args.model_path)   # unknown or missing model: one line before any process starts
+        check_world(schedule.world_size, device=resolve_device(args.device),
+                    copy_bytes=weights_bytes(loc.folder) if loc.folder is not None else None)
     launch(rank_worker, job, world_size=schedule.world_size, device=args.device, threads=args.threads,
            timeout_s=args.timeout_s)
     return 0

@@ -26,7 +26,7 @@ from typing import Any
 from ..errors import UserError
 from ..schedules.check import violations
 from ..schedules.io import load_schedule
-from .command import call_kwargs, check_out_dir, check_prompts, inference_steps_for, prepare_pipeline
+from .command import call_kwargs, check_model, check_out_dir, check_prompts, inference_steps_for, prepare_pipeline
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
@@ -48,27 +48,24 @@ def run(args) -> int:
     prompts = list(args.prompt) if args.prompt else None
     seeds = list(dict.fromkeys(args.seed)) if args.seed else None
     check_prompts(schedule.model, args.model_path, prompts)
-    from .registry import locate
-
-    locate(schedule.model, model_path=args.model_path)   # unknown or missing model: one line, nothing loaded
+    check_model(schedule, args.model_path)   # unknown, missing or another model: one line, nothing loaded
 
     import torch
 
     from .evaluate import DEFAULT_SEEDS, PSNR_CAP_DB, aggregates, default_prompts, evaluate
-    from .launch import resolve_device
+    from .launch import cpu_threads, resolve_device
 
     device = torch.device(resolve_device(args.device))
-    if device.type == "cpu":
-        torch.set_num_threads(args.threads)
-    pipe = prepare_pipeline(schedule, model_path=args.model_path, device=device, announce=True)
-    pipe.set_progress_bar_config(disable=True)
-    prompts = prompts or default_prompts(pipe)
-    seeds = seeds or list(DEFAULT_SEEDS)
-    steps = inference_steps_for(pipe.scheduler, schedule.num_steps)
-    kw = call_kwargs(pipe, schedule, prompts=None, seed=0, device=device, output_type="np", num_inference_steps=steps)
-    for key in ("generator", "prompt", "batch_size"):   # per sample: set by evaluate
-        kw.pop(key, None)
-    records = evaluate(pipe, schedule, prompts=prompts, seeds=seeds, call_kwargs=kw, num_steps=schedule.num_steps)
+    with cpu_threads(device, args.threads):
+        pipe = prepare_pipeline(schedule, model_path=args.model_path, device=device, announce=True)
+        pipe.set_progress_bar_config(disable=True)
+        prompts = prompts or default_prompts(pipe)
+        seeds = seeds or list(DEFAULT_SEEDS)
+        steps = inference_steps_for(pipe.scheduler, schedule.num_steps)
+        kw = call_kwargs(pipe, schedule, prompts=None, seed=0, device=device, output_type="np", num_inference_steps=steps)
+        for key in ("generator", "prompt", "batch_size"):   # per sample: set by evaluate
+            kw.pop(key, None)
+        records = evaluate(pipe, schedule, prompts=prompts, seeds=seeds, call_kwargs=kw, num_steps=schedule.num_steps)
 
     text = Path(args.schedule).read_bytes()
     psnr = [r.psnr_db for r in records]

@@ -13,11 +13,15 @@
   the parent (``UserError``): the first error, rank-tagged. A rank that died without a message
   (killed, ``os._exit``) is reported as such. Set ``PARASTEP_TRACEBACK=1`` to see tracebacks.
 
-CPU ranks use ``threads`` intra-op threads (default 1).
+CPU ranks use ``threads`` intra-op threads (default 1); :func:`cpu_threads` is the one place
+that sets torch's thread count (the profiler and ``evaluate`` use it too). :func:`check_world`
+refuses, before anything is spawned or loaded, a world this machine cannot hold: more CUDA ranks
+than GPUs, or more CPU ranks than copies of the model fit in the available memory.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sys
@@ -25,7 +29,7 @@ import time
 import traceback
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Callable, Literal
+from typing import Any, Callable, Iterator, Literal, Optional
 
 from ..errors import UserError
 
@@ -67,6 +71,85 @@ def resolve_device(device: DeviceChoice) -> str:
     return device
 
 
+@contextlib.contextmanager
+def cpu_threads(where: Any, threads: int) -> Iterator[None]:
+    """Run with ``threads`` intra-op threads when ``where`` (a device, a device name, or anything
+    with a ``.device``, e.g. a pipeline) is the CPU; restored afterwards. On CUDA: nothing changes.
+    Oversubscribed cores make multi-threaded kernels crawl, so ranks sharing a CPU use few."""
+    import torch
+
+    device = getattr(where, "device", where)
+    if not str(device).startswith("cpu"):
+        yield
+        return
+    old = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(old)
+
+
+def available_memory_bytes() -> Optional[int]:
+    """Memory a new process can still get: MemAvailable, capped by what the cgroup (v2) limit of
+    this container leaves beside its anonymous memory (page cache can be reclaimed); None where
+    neither can be read."""
+    found: list[int] = []
+    try:
+        with open("/proc/meminfo", encoding="ascii") as f:
+            found.extend(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as f:
+            limit = f.read().strip()
+        with open("/sys/fs/cgroup/memory.stat", encoding="ascii") as f:
+            anon = next(int(line.split()[1]) for line in f if line.startswith("anon "))
+        if limit != "max":
+            found.append(max(0, int(limit) - anon))
+    except (OSError, ValueError, IndexError, StopIteration):
+        pass
+    return min(found) if found else None
+
+
+def check_torchrun_world(world_size: int) -> int:
+    """Under torchrun: the launched WORLD_SIZE, refused in one line unless it is ``world_size``."""
+    launched = int(os.environ["WORLD_SIZE"])
+    if launched != world_size:
+        raise UserError(f"the schedule is for world_size={world_size} but torchrun launched {launched} processes; "
+                        f"run torchrun with {world_size} processes in all, or plan for {launched} GPUs")
+    return launched
+
+
+def check_world(world_size: int, *, device: str, copy_bytes: Optional[int] = None,
+                available_bytes: Optional[int] = None) -> None:
+    """Refuse, in one line, a ``world_size`` this machine cannot run on ``device`` ("cpu" or
+    "cuda"): fewer CUDA devices than ranks, or (CPU) ``world_size`` copies of ``copy_bytes`` (the
+    model's weights on disk, a lower bound of one rank's memory) beyond ``available_bytes``
+    (default :func:`available_memory_bytes`)."""
+    if world_size <= 1:
+        return
+    if device == "cuda":
+        import torch
+
+        have = torch.cuda.device_count()
+        if have < world_size:
+            raise UserError(f"the schedule needs {world_size} ranks but this machine has {have} CUDA device(s); "
+                            "use torchrun across machines, or plan for fewer GPUs (parastep plan --gpus N)")
+        return
+    if not copy_bytes:
+        return
+    avail = available_bytes if available_bytes is not None else available_memory_bytes()
+    if avail is None or world_size * copy_bytes <= avail:
+        return
+    gib = 2 ** 30
+    fit = avail // copy_bytes
+    raise UserError(f"the schedule runs {world_size} CPU ranks, each loading the model ({copy_bytes / gib:.2f} GiB of weights "
+                    f"on disk): at least {world_size * copy_bytes / gib:.1f} GiB, but {avail / gib:.1f} GiB of memory is available; "
+                    + (f"plan for at most {fit} ranks (parastep plan --gpus {fit})" if fit >= 2 else "run on a machine with more memory")
+                    + " or run on GPUs (--device cuda)")
+
+
 def _one_line(exc: BaseException) -> str:
     text = str(exc).strip().splitlines()
     first = text[0] if text else ""
@@ -79,7 +162,6 @@ def _rank_main(worker: Callable, job: Any, *, rank: int, world_size: int, local_
     import torch.distributed as dist
 
     if device == "cpu":
-        torch.set_num_threads(threads)
         backend, dev = "gloo", torch.device("cpu")
     else:
         torch.cuda.set_device(local_rank)
@@ -91,8 +173,9 @@ def _rank_main(worker: Callable, job: Any, *, rank: int, world_size: int, local_
         kwargs["device_id"] = dev
     dist.init_process_group(**kwargs)
     try:
-        worker(RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
-                           device=dev, backend=backend, torchrun=torchrun), job)
+        with cpu_threads(dev, threads):
+            worker(RankContext(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=local_rank,
+                               device=dev, backend=backend, torchrun=torchrun), job)
     finally:
         if destroy:
             try:
@@ -163,10 +246,7 @@ def launch(worker: Callable[[RankContext, Any], None], job: Any, *, world_size: 
     """Run ``worker(ctx, job)`` on every rank of a ``world_size`` world (see module docstring)."""
     dev = resolve_device(device)
     if in_torchrun():
-        launched = int(os.environ["WORLD_SIZE"])
-        if launched != world_size:
-            raise UserError(f"the schedule is for world_size={world_size} but torchrun launched {launched} processes; "
-                            f"run torchrun with {world_size} processes in all, or plan for {launched} GPUs")
+        launched = check_torchrun_world(world_size)
         _rank_main(worker, job, rank=int(os.environ["RANK"]), world_size=launched,
                    local_rank=int(os.environ["LOCAL_RANK"]), device=dev, threads=threads, timeout_s=timeout_s,
                    torchrun=True)
@@ -174,13 +254,7 @@ def launch(worker: Callable[[RankContext, Any], None], job: Any, *, world_size: 
     if world_size == 1:
         _run_in_process(worker, job, device=dev, threads=threads, timeout_s=timeout_s)
         return
-    if dev == "cuda":
-        import torch
-
-        have = torch.cuda.device_count()
-        if have < world_size:
-            raise UserError(f"the schedule needs {world_size} ranks but this machine has {have} CUDA device(s); "
-                            "use torchrun across machines, or plan for fewer GPUs")
+    check_world(world_size, device=dev)
     import torch.multiprocessing as mp
 
     ctx = mp.get_context("spawn")

@@ -32,6 +32,7 @@ to parallelize, which is why dev is the registry default.
 
 from __future__ import annotations
 
+import hashlib
 import importlib
 import json
 import os
@@ -286,17 +287,24 @@ class Location:
     where: str                        # what error messages name
     class_name: Optional[str]         # "module:Class" of the pipeline, None = from model_index.json
     cache_dir: Optional[str] = None
+    folder: Optional[str] = None      # the pipeline folder (for an HF repo: its cached snapshot)
 
 
 def locate(model: str, *, model_path: str | os.PathLike[str] | None = None,
            cache_dir: str | os.PathLike[str] | None = None) -> Location:
     """Find ``model`` offline without loading it; a missing model is a one-line ``UserError``
     saying where parastep looked and how to provide it. Cheap: the CLI calls it before it
-    starts any process."""
+    starts any process.
+
+    ``model`` may also be a pipeline folder (what ``profile --model-path DIR`` records as the
+    model of a folder given without ``--model``): a name that is not in the registry but is a
+    folder with a ``model_index.json`` is that folder."""
+    if model_path is None and model not in REGISTRY and (Path(model).expanduser() / "model_index.json").is_file():
+        model_path = model
     if model_path is not None:
         folder = Path(model_path).expanduser()
         _read_model_index(folder)
-        return Location(source=str(folder), where=str(folder), class_name=None)
+        return Location(source=str(folder), where=str(folder), class_name=None, folder=str(folder))
 
     spec = get_spec(model)
     if spec.source == "package":
@@ -305,18 +313,20 @@ def locate(model: str, *, model_path: str | os.PathLike[str] | None = None,
             raise UserError(
                 f"bundled model '{model}' is not in {folder} (no model_index.json); reinstall parastep from a checkout that includes its weights, or pass --model-path DIR"
             )
-        return Location(source=str(folder), where=str(folder), class_name=spec.pipeline_class)
+        return Location(source=str(folder), where=str(folder), class_name=spec.pipeline_class, folder=str(folder))
 
     assert spec.repo_id is not None
     cache = Path(cache_dir).expanduser() if cache_dir is not None else hf_cache_dir()
     repo_folder = cache / ("models--" + spec.repo_id.replace("/", "--"))
-    if not _cached_model_index(spec.repo_id, cache):
+    index = _cached_model_index(spec.repo_id, cache)
+    if index is None:
         raise UserError(
             f"model '{model}' ({spec.repo_id}) is not in the local Hugging Face cache (looked in {repo_folder}); "
             f"on a machine with internet run 'hf download {spec.repo_id}' (older huggingface_hub: 'huggingface-cli download {spec.repo_id}') "
             f"and copy {repo_folder.name} into {cache} (or point HF_HOME at that cache), or pass --model-path DIR"
         )
-    return Location(source=spec.repo_id, where=str(repo_folder), class_name=spec.pipeline_class, cache_dir=str(cache))
+    return Location(source=spec.repo_id, where=str(repo_folder), class_name=spec.pipeline_class, cache_dir=str(cache),
+                    folder=str(index.parent))
 
 
 def load_pipeline(
@@ -348,12 +358,77 @@ def load_pipeline(
     return pipe.to(device)
 
 
-def _cached_model_index(repo_id: str, cache: Path) -> bool:
-    """Whether the cache holds ``model_index.json`` of ``repo_id`` (revision ``main``); no network."""
+def _cached_model_index(repo_id: str, cache: Path) -> Optional[Path]:
+    """The cached ``model_index.json`` of ``repo_id`` (revision ``main``), or None; no network."""
     from huggingface_hub import try_to_load_from_cache
 
     found = try_to_load_from_cache(repo_id, "model_index.json", cache_dir=str(cache))
-    return isinstance(found, str) and Path(found).is_file()
+    return Path(found) if isinstance(found, str) and Path(found).is_file() else None
+
+
+# ---- a folder's identity and size (no weights read) -------------------------------------------
+
+# Keys that record who saved a config, not what it configures: a copy re-saved by another
+# diffusers/transformers version, or from another path, is the same model.
+_PROVENANCE_KEYS = frozenset({"_diffusers_version", "_name_or_path", "transformers_version", "_commit_hash"})
+_WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".msgpack", ".h5", ".onnx", ".gguf")
+
+
+def _component_names(index: Mapping[str, Any]) -> list[str]:
+    """The components a ``model_index.json`` lists (``name: [library, class]``; unset ones are null)."""
+    return sorted(k for k, v in index.items() if not k.startswith("_") and isinstance(v, list) and v and v[0] is not None)
+
+
+def _config_files(folder: Path) -> list[Path]:
+    """``model_index.json`` and every component's config JSON (``config.json``,
+    ``scheduler_config.json``, ``tokenizer_config.json``, ...): the files that say what a pipeline
+    is. Weights, vocabularies and weight index files are not configs."""
+    files = [folder / "model_index.json"]
+    for name in _component_names(_read_model_index(folder)):
+        sub = folder / name
+        if sub.is_dir():
+            files.extend(sorted(p for p in sub.iterdir() if p.is_file() and p.name.endswith("config.json")))
+    return files
+
+
+def folder_identity(path: str | os.PathLike[str]) -> str:
+    """The identity of a pipeline folder: sha256 over its ``model_index.json`` and every
+    component's config JSON (not weights), each canonicalized (sorted keys, provenance keys such
+    as ``_diffusers_version`` dropped) and named by its path inside the folder. The same pipeline
+    copied, moved or re-saved keeps its identity; another architecture, scheduler config or
+    component set gets another one. A file that is not JSON is hashed as bytes."""
+    folder = Path(path).expanduser()
+    digest = hashlib.sha256()
+    for file in _config_files(folder):
+        raw = file.read_bytes()
+        try:
+            data = json.loads(raw)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            canonical = raw
+        else:
+            if isinstance(data, dict):
+                data = {k: v for k, v in data.items() if k not in _PROVENANCE_KEYS}
+            canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=True).encode()
+        rel = file.relative_to(folder).as_posix().encode()
+        digest.update(len(rel).to_bytes(8, "big") + rel + len(canonical).to_bytes(8, "big") + canonical)
+    return digest.hexdigest()
+
+
+def weights_bytes(path: str | os.PathLike[str]) -> int:
+    """Bytes of the weights one load of the pipeline folder reads (file sizes; symlinks of an HF
+    cache followed): per component, its unsuffixed weight files (``*.fp16.*`` variants only
+    where there is nothing else), safetensors preferred over other formats as diffusers does."""
+    folder = Path(path).expanduser()
+    total = 0
+    for name in _component_names(_read_model_index(folder)):
+        sub = folder / name
+        if not sub.is_dir():
+            continue
+        files = [p for p in sub.rglob("*") if p.name.endswith(_WEIGHT_SUFFIXES) and p.is_file()]
+        chosen = [p for p in files if p.suffix == ".safetensors"] or files
+        plain = [p for p in chosen if "." not in p.name[: -len(p.suffix)]]
+        total += sum(p.stat().st_size for p in (plain or chosen))
+    return total
 
 
 def denoiser_of(pipe: Any) -> "torch.nn.Module":

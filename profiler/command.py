@@ -2,9 +2,14 @@
 
     parastep profile --model digits --gpus 8 --steps 50 --max-window 16 --out digits.yaml \\
         [--plot curves.png] [--seed S]... [--prompt P]... [--verify N] [--interconnect NAME]
+    parastep profile --model-path DIR --out prof.yaml ...
 
 The pipeline is loaded offline like ``exec`` loads it (registry name or ``--model-path``), called
-with the registry's default guidance scale and resolution. ``--verify N`` adds a PSNR
+with the registry's default guidance scale and resolution. A folder alone is enough: without
+``--model`` the profile's model is the folder's absolute path (``plan`` and ``exec`` find it
+there). Either way the profile records the pipeline class and the folder's identity
+(``executor.registry.folder_identity``: its model_index.json and component configs), which the
+schedule carries on and ``exec`` / ``evaluate`` check. ``--verify N`` adds a PSNR
 calibration fitted from N sampled schedules (``parastep.profiler.calibrate``), which is what
 ``plan --min-psnr`` needs. Progress goes to stderr; the profile goes to ``--out``.
 """
@@ -55,6 +60,24 @@ def default_call(pipe, model: str):
     return kwargs, resolution, prompts, steps
 
 
+def model_label(args) -> str:
+    """The profile's ``model``: ``--model``, else the ``--model-path`` folder's absolute path."""
+    if args.model is not None:
+        return args.model
+    if args.model_path is None:
+        raise UserError("profile needs --model NAME or --model-path DIR; pass one")
+    return str(Path(args.model_path).expanduser().resolve())
+
+
+def identified(profile, pipe, *, model: str, model_path):
+    """``profile`` with the pipeline class and the identity of the folder that was measured."""
+    from ..executor.registry import folder_identity, locate
+
+    loc = locate(model, model_path=model_path)
+    identity = folder_identity(loc.folder) if loc.folder is not None else None
+    return profile.model_copy(update={"pipeline_class": type(pipe).__name__, "model_identity": identity})
+
+
 def run(args) -> int:
     from ..executor.registry import load_pipeline
     from ..profiles.io import dump_profile, write_profile
@@ -70,17 +93,19 @@ def run(args) -> int:
     out = Path(args.out)
     if not out.parent.exists():
         raise UserError(f"--out {out}: folder {out.parent} does not exist; create it or pass another path")
-    pipe = load_pipeline(args.model, model_path=args.model_path)
-    kwargs, resolution, default_prompts, default_steps = default_call(pipe, args.model)
+    model = model_label(args)
+    pipe = load_pipeline(model, model_path=args.model_path)
+    kwargs, resolution, default_prompts, default_steps = default_call(pipe, model)
     if getattr(args, "recalibrate", None):
-        return recalibrate(pipe, args, kwargs=kwargs, out=out)
+        return recalibrate(pipe, args, kwargs=kwargs, out=out, model=model)
     T = args.steps or default_steps
     if T < 2:
         raise UserError(f"--steps {T}: profiling needs at least 2 steps; pass --steps 2 or more")
     J = min(args.max_window or max(args.gpus, 8), T)
     prompts = tuple(args.prompts) if args.prompts else default_prompts
     seeds = tuple(args.seeds) if args.seeds else DEFAULT_SEEDS
-    settings = ProfilerSettings(model=args.model, num_steps=T, max_window=J, gpus=args.gpus, prompts=prompts,
+    name = None if args.model is not None else f"{Path(model).name}-{type(pipe.scheduler).__name__}-{T}steps"
+    settings = ProfilerSettings(model=model, name=name, num_steps=T, max_window=J, gpus=args.gpus, prompts=prompts,
                                 seeds=seeds, call_kwargs=kwargs, interconnect=args.interconnect,
                                 propagation_stride=getattr(args, "propagation_stride", 1) or 1,
                                 threads=getattr(args, "threads", 1) or 1, resolution_px=resolution)
@@ -92,7 +117,7 @@ def run(args) -> int:
         run_ = measure_profile(pipe, settings, progress=say)
     except ValueError as exc:
         raise UserError(str(exc).splitlines()[0]) from None
-    profile = run_.profile
+    profile = identified(run_.profile, pipe, model=model, model_path=args.model_path)
     if args.verify is not None:
         profile = calibrate_profile(pipe, profile, settings=settings, count=args.verify, say=say)
     write_profile(profile, out)
@@ -103,7 +128,7 @@ def run(args) -> int:
     return 0
 
 
-def recalibrate(pipe, args, *, kwargs, out: Path) -> int:
+def recalibrate(pipe, args, *, kwargs, out: Path, model: str) -> int:
     """``--recalibrate PROFILE``: re-time compute/exchange (``--retime``) and/or re-fit the
     calibration (``--verify N``) of an existing profile on this machine; its quality tables stay."""
     from ..profiles.io import dump_profile, load_profile, write_profile
@@ -112,8 +137,14 @@ def recalibrate(pipe, args, *, kwargs, out: Path) -> int:
 
     pipe.set_progress_bar_config(disable=True)
     profile, _ = load_profile(args.recalibrate)
-    if profile.model != args.model:
-        raise UserError(f"--recalibrate {args.recalibrate} is a profile of '{profile.model}', not --model {args.model}")
+    here = identified(profile, pipe, model=model, model_path=args.model_path)
+    if profile.model_identity is not None and here.model_identity is not None:
+        if profile.model_identity != here.model_identity:
+            raise UserError(f"--recalibrate {args.recalibrate} is a profile of a folder with identity {profile.model_identity[:12]}..., "
+                            f"this one has {here.model_identity[:12]}...; pass the folder that was profiled, or profile this one")
+    elif profile.model != model:
+        raise UserError(f"--recalibrate {args.recalibrate} is a profile of '{profile.model}', not --model {model}")
+    profile = here
     if not args.retime and args.verify is None:
         raise UserError("--recalibrate needs --retime and/or --verify N; pass one")
     if profile.guidance_scale is not None and "guidance_scale" in kwargs:

@@ -60,6 +60,7 @@ def run(args) -> int:
 def _verified(req, *, n: int, model_path):
     import torch
 
+    from ..executor.command import check_model
     from ..executor.registry import load_pipeline
     from ..planner.command import make_plan
     from ..schedules.model import MeasuredQuality
@@ -70,6 +71,7 @@ def _verified(req, *, n: int, model_path):
     profile = req.profile
     say = lambda msg: print(f"parastep plan: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     prompts, seeds = held_out_samples(profile, n)
+    check_model(profile, model_path)          # another folder than the one profiled: one line, nothing loaded
     result = make_plan(req)
     t0 = time.perf_counter()
     pipe = load_pipeline(profile.model, model_path=model_path)

@@ -133,3 +133,103 @@ def test_plan_refuses_a_profile_with_a_negative_gain_in_one_line(tmp_path):
     bad.write_text(yaml.safe_dump(d))
     code, out, err = run_cli(["plan", "--profile", str(bad), "--gpus", "2"])
     _one_line_error(code, out, err, needle="propagation.gain")
+
+
+# ---- exec checks every argument before loading or spawning -------------------------------------
+
+
+@pytest.fixture
+def digits_fixed(tmp_path):
+    code, out, err = run_cli(["plan", "--model", "digits", "--gpus", "2", "--policy", "fixed"])
+    assert code == 0, err
+    path = tmp_path / "fixed.yaml"
+    path.write_text(out)
+    return path
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "nan", "inf", "1e300", "soon"])
+def test_exec_timeout_must_be_positive_and_finite(tmp_path, digits_fixed, value):
+    code, out, err = run_cli(["exec", str(digits_fixed), "--timeout", value, "--out", str(tmp_path / "o")])
+    _one_line_error(code, out, err, needle="--timeout")
+    assert "pass e.g. --timeout 300" in err or "expected a number" in err
+
+
+@pytest.mark.parametrize("flag", ["exec", "evaluate"])
+def test_exec_refuses_a_seed_torch_cannot_take(tmp_path, digits_fixed, flag):
+    code, out, err = run_cli([flag, str(digits_fixed), "--seed", str(2 ** 64), "--out", str(tmp_path / "o")])
+    _one_line_error(code, out, err, needle="--seed")
+
+
+def test_exec_refuses_an_existing_file_as_out(tmp_path, digits_fixed):
+    target = tmp_path / "taken"
+    target.write_text("x")
+    code, out, err = run_cli(["exec", str(digits_fixed), "--out", str(target)])
+    _one_line_error(code, out, err, needle="is an existing file")
+    assert target.read_text() == "x"
+
+
+def test_exec_refuses_a_text_prompt_on_digits_before_loading(monkeypatch, tmp_path, digits_fixed):
+    from parastep.executor import registry
+
+    def no_loading(*a, **k):
+        raise AssertionError("the model was loaded")
+
+    monkeypatch.setattr(registry, "load_pipeline", no_loading)
+    code, out, err = run_cli(["exec", str(digits_fixed), "--prompt", "cat", "--out", str(tmp_path / "o")])
+    _one_line_error(code, out, err, needle="class label")
+
+
+def test_exec_refuses_more_cpu_ranks_than_memory_holds(tmp_path, digits_fixed):
+    """A folder whose weights (a sparse 256 GiB file: nothing is read or allocated) cannot be
+    loaded twice: refused before any process starts."""
+    import shutil
+
+    import yaml
+
+    from parastep.executor.registry import locate
+    from parastep.schedules.io import dump_schedule, schedule_from_dict
+
+    folder = tmp_path / "huge"
+    shutil.copytree(locate("digits").folder, folder, ignore=shutil.ignore_patterns("*.py", "__pycache__", "*.png", "*.txt"))
+    weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
+    with open(weights, "r+b") as f:
+        f.truncate(2 ** 38)
+    data = yaml.safe_load(digits_fixed.read_text())
+    data["model"] = str(folder)
+    sched = tmp_path / "huge.yaml"
+    sched.write_text(dump_schedule(schedule_from_dict(data)))
+    code, out, err = run_cli(["exec", str(sched), "--device", "cpu", "--out", str(tmp_path / "o")])
+    _one_line_error(code, out, err, needle="256.00 GiB of weights")
+    assert "memory is available" in err and not (tmp_path / "o").exists()
+
+
+def test_check_world():
+    from parastep.errors import UserError
+    from parastep.executor.launch import check_world
+
+    gib = 2 ** 30
+    check_world(1, device="cuda")                                   # one rank: nothing to check
+    check_world(4, device="cpu", copy_bytes=gib, available_bytes=4 * gib)
+    check_world(4, device="cpu", copy_bytes=None)                    # size unknown: not refused
+    with pytest.raises(UserError, match=r"plan for at most 3 ranks \(parastep plan --gpus 3\)"):
+        check_world(4, device="cpu", copy_bytes=gib, available_bytes=3 * gib + 1)
+    with pytest.raises(UserError, match="more memory"):
+        check_world(4, device="cpu", copy_bytes=gib, available_bytes=gib)
+    import torch
+
+    if torch.cuda.device_count() < 64:
+        with pytest.raises(UserError, match="CUDA device"):
+            check_world(64, device="cuda")
+
+
+# ---- non-finite numbers on the command line -------------------------------------------------
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--min-psnr", "nan"], "--min-psnr"), (["--min-psnr", "-inf"], "--min-psnr"), (["--min-psnr", "inf"], "--min-psnr"),
+    (["--budget", "nan"], "--budget"), (["--budget", "inf"], "--budget"), (["--budget", "-1"], "--budget"),
+    (["--budget", "0.1", "--coverage", "nan"], "--coverage"), (["--time-limit", "nan"], "--time-limit"),
+])
+def test_plan_refuses_non_finite_numbers(prior_file, argv, needle):
+    code, out, err = run_cli(["plan", "--profile", str(prior_file), "--gpus", "2", *argv])
+    _one_line_error(code, out, err, needle=needle)
