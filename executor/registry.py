@@ -15,8 +15,9 @@ Nothing here ever downloads. :func:`load_pipeline` loads
 
 Anything missing is a :class:`parastep.errors.UserError` with one line naming where it looked and
 how to provide the model. :func:`set_scheduler` swaps a pipeline's scheduler by class name (refusing
-one of the wrong family: epsilon/v-prediction vs flow matching); :func:`denoiser_of` finds the
-denoiser module; :func:`describe` gives one line per model for messages.
+one of the wrong family: epsilon/v-prediction vs flow matching); :func:`describe` gives one line
+per model for messages; :func:`folder_identity` names a pipeline folder by its configs. (The
+denoiser lookup has one home: ``executor.hooks.denoiser_of``.)
 
 Loaded weights are views into the memory-mapped safetensors files; on CPU their unaligned
 addresses can change the last bits of some matmuls versus the same weights built in memory
@@ -429,19 +430,6 @@ def weights_bytes(path: str | os.PathLike[str]) -> int:
         plain = [p for p in chosen if "." not in p.name[: -len(p.suffix)]]
         total += sum(p.stat().st_size for p in (plain or chosen))
     return total
-
-
-def denoiser_of(pipe: Any) -> "torch.nn.Module":
-    """The pipeline's denoiser: its ``unet`` or ``transformer`` component (a torch module)."""
-    import torch
-
-    for attr in ("unet", "transformer"):
-        module = getattr(pipe, attr, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    raise UserError(
-        f"pipeline {type(pipe).__name__} has no 'unet' or 'transformer' component; parastep needs a pipeline whose denoiser is one of those"
-    )
 
 
 def is_flow_matching(scheduler: Any) -> bool:

@@ -224,3 +224,13 @@ def check_pipeline_supported(pipe) -> None:
                         "parastep plans one loop: run each stage's own pipeline (e.g. the prior, then the decoder "
                         "with parastep) instead of the combined one")
     check_scheduler_supported(pipe.scheduler)
+
+
+def scheduler_state(scheduler) -> dict:
+    """A deep copy of everything a scheduler keeps between steps (its instance ``__dict__``, less
+    the hooks' own ``step`` / ``set_timesteps`` wrappers): restoring it with
+    ``scheduler.__dict__.update(state)`` puts the scheduler back where it was (the profiler's
+    reference trajectory; the hooks' window snapshot takes the same copy)."""
+    import copy
+
+    return {k: copy.deepcopy(v) for k, v in scheduler.__dict__.items() if k not in ("step", "set_timesteps")}

@@ -175,7 +175,7 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> "object":
     from ..profiles.io import dump_profile
     from ..profiles.model import Measured, profile_sha256
     from .calibrate import fit_calibration, sample_schedules, verify
-    from .measure import cpu_threads
+    from ..executor.launch import cpu_threads
 
     if profile.output_errors is None:
         raise UserError(f"profile '{profile.name}' has no per-sample quality model (output_errors) to calibrate; re-profile it")

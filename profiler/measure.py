@@ -70,6 +70,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+from ..executor.launch import cpu_threads
+from ..executor.schedulers import scheduler_state
 from ..profiles.model import (
     CalibrationSample, Comm, CommEntry, Compute, DeviationStats, Measured, OutputErrors, Prior, Profile, Propagation,
     Provenances, Similarity,
@@ -147,17 +149,10 @@ def _first(out):
     return out[0]
 
 
-def _snapshot(scheduler) -> dict:
-    return {k: copy.deepcopy(v) for k, v in scheduler.__dict__.items() if k not in ("step", "set_timesteps")}
+def _denoiser(pipe):
+    from ..executor.hooks import denoiser_of   # the executor's lookup (imports torch: lazily)
 
-
-def denoiser_module(pipe):
-    torch = _torch()
-    for name in ("unet", "transformer"):
-        module = getattr(pipe, name, None)
-        if isinstance(module, torch.nn.Module):
-            return module
-    raise ValueError(f"pipeline {type(pipe).__name__} has neither 'unet' nor 'transformer'")
+    return denoiser_of(pipe)[1]
 
 
 @contextlib.contextmanager
@@ -232,7 +227,7 @@ def record_reference(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_
 
         def impl(*args, **kwargs):
             b = sig.bind(*args, **kwargs)
-            states.append(_snapshot(sched))
+            states.append(scheduler_state(sched))
             bounds.append(inspect.BoundArguments(sig, dict(b.arguments)))
             es.append(b.arguments["model_output"].detach().clone())
             xs.append(b.arguments["sample"].detach().clone())
@@ -242,7 +237,7 @@ def record_reference(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_
 
         return impl
 
-    with torch.no_grad(), _instance_override(sched, "step", factory), count_forwards(denoiser_module(pipe)) as n:
+    with torch.no_grad(), _instance_override(sched, "step", factory), count_forwards(_denoiser(pipe)) as n:
         _call(pipe, prompts=prompts, seeds=seeds, num_steps=num_steps, call_kwargs=call_kwargs)
     if len(es) != num_steps:
         raise RuntimeError(f"the pipeline made {len(es)} scheduler steps for num_inference_steps={num_steps}; "
@@ -687,7 +682,7 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
     otherwise None, and ``details['half_forward']`` says why.
     """
     torch = _torch()
-    den = denoiser_module(pipe)
+    den = _denoiser(pipe)
     sched = pipe.scheduler
     fwd_times: list[list[float]] = []
     step_times: list[list[float]] = []
@@ -728,11 +723,8 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
 
         return impl
 
-    old_threads = torch.get_num_threads()
     is_cpu = str(getattr(pipe, "device", "cpu")).startswith("cpu")
-    if is_cpu:
-        torch.set_num_threads(threads)
-    try:
+    with cpu_threads(pipe, threads):
         with torch.no_grad(), _instance_override(den, "forward", fwd_factory), _instance_override(sched, "step", step_factory):
             for r in range(repeats + 1):
                 fwd_times.append([])
@@ -745,9 +737,6 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
             if half is None:
                 sync = torch.cuda.synchronize if not is_cpu and torch.cuda.is_available() else (lambda: None)
                 half = _time_half_forward(den.forward, captured, count=sum(len(run) for run in fwd_times[1:]), sync=sync)
-    finally:
-        if is_cpu:
-            torch.set_num_threads(old_threads)
     fwd_times, step_times, step_ends = fwd_times[1:], step_times[1:], step_ends[1:]   # first run: warm-up
     forward_s = []
     for k in range(1, max_window + 1):
@@ -945,22 +934,6 @@ def package_versions() -> dict[str, str]:
 
 def _stats(table: dict) -> dict:
     return {p: DeviationStats(mean=table[p]["mean"], max=table[p]["max"]) for p in PREDICTORS}
-
-
-@contextlib.contextmanager
-def cpu_threads(pipe, threads: int) -> Iterator[None]:
-    """Run with ``threads`` intra-op threads when ``pipe`` is on the CPU (oversubscribed cores make
-    multi-threaded kernels crawl); restored afterwards."""
-    torch = _torch()
-    if not str(getattr(pipe, "device", "cpu")).startswith("cpu"):
-        yield
-        return
-    old = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
 
 
 def measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Callable[[str], None]] = None) -> ProfileRun:

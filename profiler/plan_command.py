@@ -66,7 +66,7 @@ def _verified(req, *, n: int, model_path):
     from ..schedules.model import MeasuredQuality
     from ..executor.evaluate import psnr_db_per_sample, quantile, run_schedule_local
     from .command import default_call
-    from .measure import cpu_threads
+    from ..executor.launch import cpu_threads
 
     profile = req.profile
     say = lambda msg: print(f"parastep plan: {msg}", file=sys.stderr, flush=True)  # noqa: E731

@@ -18,7 +18,8 @@ import torch
 
 from parastep.errors import UserError
 from parastep.executor import registry
-from parastep.executor.registry import REGISTRY, denoiser_of, describe, load_pipeline, set_scheduler
+from parastep.executor.hooks import denoiser_of
+from parastep.executor.registry import REGISTRY, describe, load_pipeline, set_scheduler
 from tiny_pipelines import (
     TINY_NAMES,
     make_tiny_pipeline,
@@ -45,7 +46,7 @@ class _Counter:
         self.steps = 0
         self.rng_draws_in_step = 0  # scheduler.step calls that advanced the generator (stochastic steps)
         self.batch_sizes: list[int] = []
-        self._handle = denoiser_of(pipe).register_forward_pre_hook(self._pre, with_kwargs=True)
+        self._handle = denoiser_of(pipe)[1].register_forward_pre_hook(self._pre, with_kwargs=True)
         original_step = pipe.scheduler.step
 
         # functools.wraps keeps step's signature visible: pipelines inspect it to decide whether to
@@ -121,7 +122,7 @@ def test_tiny_matches_registry_and_seeds_weights(name):
     spec = REGISTRY[name]
     assert type(pipe).__name__ == spec.pipeline_class
     assert type(pipe.scheduler).__name__ == spec.default_scheduler
-    assert denoiser_of(pipe) is getattr(pipe, "unet" if name in ("sd15", "sdxl") else "transformer")
+    assert denoiser_of(pipe)[1] is getattr(pipe, "unet" if name in ("sd15", "sdxl") else "transformer")
 
     same = make_tiny_pipeline(name, seed=0).components
     other = make_tiny_pipeline(name, seed=1).components
@@ -269,7 +270,7 @@ def test_digits_entry_loads_from_package_folder():
     if (folder / "model_index.json").is_file():  # the bundled model has landed
         pipe = load_pipeline("digits")
         assert type(pipe).__name__ == "DigitsPipeline"
-        assert isinstance(denoiser_of(pipe), torch.nn.Module)
+        assert isinstance(denoiser_of(pipe)[1], torch.nn.Module)
     else:
         with pytest.raises(UserError, match="no model_index.json") as err:
             load_pipeline("digits")
@@ -352,5 +353,5 @@ def test_set_scheduler_and_denoiser_errors():
     class NoDenoiser:
         pass
 
-    with pytest.raises(UserError, match="no 'unet' or 'transformer'"):
+    with pytest.raises(UserError, match="neither a 'unet' nor a 'transformer'"):
         denoiser_of(NoDenoiser())
