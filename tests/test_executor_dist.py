@@ -11,7 +11,8 @@ saves its final latents; the test checks, bit for bit:
   it supports: an exact-only schedule equals the plain pipeline; a random schedule equals
   ``reference_impl.reference_latents_tiny`` (each pipeline's conditioning and guidance written
   out in the test reference, not the executor);
-- bytes received, summed over ranks, equal ``implied_totals``; forwards per rank too.
+- bytes received, summed over ranks, equal ``implied_totals``; forwards per rank too;
+- CFG split schedules (tiny SD) likewise (the spawns are shared to keep process start-up paid once).
 """
 
 from __future__ import annotations
@@ -89,6 +90,12 @@ def _cases(world_size: int, seed: int) -> list[dict]:
         cases.append({"pipe": name, "scheduler": sch, "num_steps": n, "world_size": world_size,
                       "windows": R.random_windows(rng, num_steps=n, world_size=world_size, max_window=world_size + 1,
                                                   kinds=("parallel", "parallel", "reuse"))})
+    split_rng = random.Random(seed + 1000)
+    for _ in range(2):   # CFG splits (exact splits, offsets on rank pairs): tests/test_cfg_split.py has the rest
+        n = split_rng.randint(5, 8)
+        cases.append({"pipe": "sd-tiny", "scheduler": "ddim", "num_steps": n, "world_size": world_size,
+                      "windows": R.random_split_windows(split_rng, num_steps=n, world_size=world_size,
+                                                        max_window=world_size + 1, kinds=("parallel", "parallel", "exact"))})
     return cases
 
 
