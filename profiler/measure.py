@@ -1121,7 +1121,8 @@ def add_split_costs(pipe, profile: Profile, settings: ProfilerSettings, *, say, 
     one, pair, raw, load = min(runs, key=lambda run: run[0])
     how = PAIR_HOW.format(repeats=settings.comm_repeats, sizes=", ".join(str(n) for n in raw["sizes"]))
     half_words = (f"half_forward_s = forward_s[0] x {half['ratio']:.4f}, the half/whole ratio measured on {date} ({load_compute}; "
-                  f"the whole forward took {compute.forward_s[0] * 1e3:.3f} ms then) by add_split_costs: {half_forward_note(cdet)} "
+                  f"the whole forward took {compute.forward_s[0] * 1e3:.3f} ms then) by add_split_costs: "
+                  f"{half_forward_note(cdet).replace('half_forward_s = median', 'the half is the median', 1)} "
                   f"(absolute: half {half['half_s'] * 1e3:.3f} ms, whole {half['whole_s'] * 1e3:.3f} ms)")
     every = ", ".join(f"{o * 1e6:.0f} us ({ld.split(' (1 min)')[0].replace('load average ', 'load ')})" for o, _, _, ld in runs)
     pair_words = (f"CFG pair swap measured on {date} over {'nccl' if cuda else 'gloo'} ({load}): {how}; the lowest of {len(runs)} "

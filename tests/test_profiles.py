@@ -253,6 +253,74 @@ def test_comm_for_small_world_and_unknown_name():
         interconnects.comm_for("infiniband", world_size=4)
 
 
+@pytest.mark.parametrize("name", sorted(interconnects.PRESETS))
+def test_pair_swap_is_one_alpha_plus_one_output_over_beta(name):
+    ic = interconnects.PRESETS[name]
+    pair = interconnects.pair_entry_for(name)
+    assert pair.ranks == 2 and interconnects.comm_for(name, world_size=4).pair == pair
+    t = pair.latency_s + 131072 / pair.bandwidth_bytes_per_s
+    assert t == pytest.approx(ic.latency_s + 131072 / ic.bandwidth_bytes_per_s)
+    # full duplex: a pair swaps one output each way in about what a 2-rank all-gather of 2 outputs costs
+    g2 = interconnects.comm_entry_for(name, ranks=2)
+    assert t == pytest.approx(g2.latency_s + 2 * 131072 / g2.bandwidth_bytes_per_s)
+
+
+# ---- CFG split costs (issue 9 item 3) -------------------------------------------------------
+
+def test_sdxl_prices_a_cfg_split_by_a_stated_prior(sdxl):
+    from parastep.profiles.make_sdxl import HALF_FORWARD_RATIO
+
+    assert sdxl.can_split
+    assert sdxl.compute.half_forward_s == pytest.approx(HALF_FORWARD_RATIO * sdxl.forward_time_s(1))
+    assert sdxl.half_forward_time_s(2) == pytest.approx(2 * sdxl.compute.half_forward_s)
+    assert sdxl.comm.pair == interconnects.pair_entry_for("nvlink")
+    prov = sdxl.provenance.compute
+    assert prov.source == "prior" and prov.params[priors.HALF_FORWARD_RATIO] == HALF_FORWARD_RATIO
+    assert priors.HALF_FORWARD_RULE in prov.rule and "assumption, not measured" in prov.rule
+    assert "CFG pair swap" in sdxl.provenance.comm.rule and "CFG pair swap" in sdxl.provenance.comm.reference
+    # a split step (half forward + swap) is cheaper than a whole forward, by about the ratio
+    assert sdxl.half_forward_time_s(1) + sdxl.pair_exchange_time_s() < 0.53 * sdxl.forward_time_s(1)
+
+
+def test_derive_for_steps_keeps_the_split_costs(sdxl):
+    other = priors.derive_for_steps(sdxl, num_steps=20, max_window=8)
+    assert other.compute.half_forward_s == sdxl.compute.half_forward_s and other.comm.pair == sdxl.comm.pair
+
+
+def test_half_forward_prior_rule():
+    assert priors.half_forward_prior(0.1, ratio=0.52) == pytest.approx(0.052)
+    rule, params = priors.half_forward_rule(0.6, why="because")
+    assert rule.startswith(priors.HALF_FORWARD_RULE) and "0.6 x" in rule and params == {priors.HALF_FORWARD_RATIO: 0.6}
+    for bad in (0.0, -0.1, 1.2, float("nan")):
+        with pytest.raises(ValueError, match="half-forward ratio"):
+            priors.half_forward_prior(0.1, ratio=bad)
+
+
+def test_digits_profile_prices_a_cfg_split():
+    """The shipped digits profile: a half forward (measured half/whole ratio times the stored idle
+    forward) and a measured gloo pair swap, both stated in the provenance; the rest unchanged."""
+    digits = load_profile(SHIPPED_DIR / "digits.yaml")[0]
+    assert digits.can_split
+    ratio = digits.compute.half_forward_s / digits.forward_time_s(1)
+    assert 0.5 < ratio < 0.9                           # a CPU forward at batch 1 is well above half of batch 2
+    assert "half/whole" in digits.provenance.compute.notes and "add_split_costs" in digits.provenance.compute.notes
+    pair = digits.comm.pair
+    assert pair.ranks == 2 and pair.latency_s > 0 and pair.bandwidth_bytes_per_s > 0
+    assert "CFG pair swap measured" in digits.provenance.comm.rule
+    assert digits.pair_exchange_time_s() < digits.forward_time_s(1) - digits.half_forward_time_s(1)   # a split pays off
+
+
+def test_can_split_needs_both_costs(sdxl):
+    no_half = sdxl.model_copy(update={"compute": sdxl.compute.model_copy(update={"half_forward_s": None})})
+    no_pair = sdxl.model_copy(update={"comm": sdxl.comm.model_copy(update={"pair": None})})
+    assert sdxl.can_split and not no_half.can_split and not no_pair.can_split
+    with pytest.raises(ValueError, match="no half-forward time"):
+        no_half.half_forward_time_s(1)
+    with pytest.raises(ValueError, match="no pair exchange cost"):
+        no_pair.pair_exchange_time_s()
+    assert no_half.pair_exchange_time_s() == pytest.approx(5e-6 + 131072 / 360e9)
+
+
 def test_preset_comm_serves_any_world_size(sdxl):
     # beyond the table, Profile.comm_entry reuses the largest entry of a preset
     assert sdxl.comm_entry(128) == sdxl.comm_entry(64)
