@@ -528,3 +528,37 @@ def test_pair_swap_measured_over_gloo():
                               max_bytes=2 ** 20)
     assert entry.ranks == 2 and entry.latency_s >= 0 and entry.bandwidth_bytes_per_s > 0
     assert raw["sizes"] == [1, 4, 16, 64, 256, 1024]
+
+
+def test_add_split_costs_keeps_every_other_number(monkeypatch):
+    """The splice used for the shipped digits profile: the stored forward times the ratio measured
+    now, the lowest fitted pair run kept (refused runs counted), all else unchanged."""
+    import parastep.profiler.measure as prof
+    from parastep.profiles.model import CommEntry
+
+    pipe = tiny_digits()
+    torch.set_num_threads(1)
+    st = settings(num_steps=4, max_window=2, propagation_stride=2, prompts=("1",), seeds=(0,))
+    base = measure_profile(pipe, st).profile
+    base = base.model_copy(update={"compute": base.compute.model_copy(update={"half_forward_s": None}),
+                                   "comm": base.comm.model_copy(update={"pair": None})})
+    fits = iter([CommEntry(ranks=2, latency_s=2e-3, bandwidth_bytes_per_s=1e9), None,
+                 CommEntry(ranks=2, latency_s=4e-4, bandwidth_bytes_per_s=1e9)])
+
+    def fake_pair(**kw):
+        e = next(fits)
+        if e is None:
+            raise ValueError("pair swap fit refused: flat")
+        return e, {"sizes": [1, 4], "times": {1: e.latency_s, 4: e.latency_s}}
+
+    monkeypatch.setattr(prof, "measure_pair", fake_pair)
+    new = prof.add_split_costs(pipe, base, st, say=lambda m: None, pair_runs=3)
+    assert new.comm.pair.latency_s == 4e-4 and new.can_split
+    ratio = new.compute.half_forward_s / base.compute.forward_s[0]
+    assert 0 < ratio < 1.5 and f"x {ratio:.4f}" in new.provenance.compute.notes
+    assert "lowest of 2 fitted run(s)" in new.provenance.comm.rule and "1 more run(s) refused" in new.provenance.comm.rule
+    strip = {"compute": base.compute, "comm": base.comm, "provenance": base.provenance}
+    assert new.model_copy(update=strip) == base
+    no_cfg = settings(num_steps=4, max_window=2, prompts=("1",), seeds=(0,), call_kwargs={"guidance_scale": 1.0})
+    with pytest.raises(ValueError, match="no CFG split to price"):
+        prof.add_split_costs(pipe, base, no_cfg, say=lambda m: None)
