@@ -438,18 +438,23 @@ def test_profile_without_cfg_has_no_split_costs():
         p.half_forward_time_s(1)
 
 
-def test_retime_fills_the_split_costs():
-    """``profile --recalibrate FILE --retime`` (``measure.retime``) adds the half forward and the pair."""
-    from parastep.profiler.measure import retime
-
+def _small_profile_without_split_costs():
+    """(tiny CFG pipeline, its settings, a 4-step profile of it with half_forward_s and pair removed)."""
     pipe = tiny_digits()
     torch.set_num_threads(1)
     st = settings(num_steps=4, max_window=2, propagation_stride=2, prompts=("1",), seeds=(0,))
     base = measure_profile(pipe, st).profile
-    stripped = base.model_copy(update={"compute": base.compute.model_copy(update={"half_forward_s": None}),
-                                       "comm": base.comm.model_copy(update={"pair": None})})
-    assert not stripped.can_split
-    again = retime(pipe, stripped, st, say=lambda m: None)
+    return pipe, st, base.model_copy(update={"compute": base.compute.model_copy(update={"half_forward_s": None}),
+                                             "comm": base.comm.model_copy(update={"pair": None})})
+
+
+def test_retime_fills_the_split_costs():
+    """``profile --recalibrate FILE --retime`` (``measure.retime``) adds the half forward and the pair."""
+    from parastep.profiler.measure import retime
+
+    pipe, st, base = _small_profile_without_split_costs()
+    assert not base.can_split
+    again = retime(pipe, base, st, say=lambda m: None)
     assert again.can_split and again.deviation == base.deviation and again.output_errors == base.output_errors
     assert "re-timed" in again.provenance.compute.notes and "half/whole" in again.provenance.compute.notes
 
@@ -536,12 +541,7 @@ def test_add_split_costs_keeps_every_other_number(monkeypatch):
     import parastep.profiler.measure as prof
     from parastep.profiles.model import CommEntry
 
-    pipe = tiny_digits()
-    torch.set_num_threads(1)
-    st = settings(num_steps=4, max_window=2, propagation_stride=2, prompts=("1",), seeds=(0,))
-    base = measure_profile(pipe, st).profile
-    base = base.model_copy(update={"compute": base.compute.model_copy(update={"half_forward_s": None}),
-                                   "comm": base.comm.model_copy(update={"pair": None})})
+    pipe, st, base = _small_profile_without_split_costs()
     fits = iter([CommEntry(ranks=2, latency_s=2e-3, bandwidth_bytes_per_s=1e9), None,
                  CommEntry(ranks=2, latency_s=4e-4, bandwidth_bytes_per_s=1e9)])
 
