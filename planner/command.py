@@ -50,6 +50,8 @@ def _per_image(s) -> str:
         text = f", {q.per_sample.within}/{q.per_sample.samples} calibration images within their bound ({q.per_sample.required} required)"
     if q.predicted_psnr_db is not None:
         text += f", predicted PSNR {q.predicted_psnr_db:.1f} dB at the coverage quantile"
+    elif q.predicted == 0:
+        text += ", lossless (zero predicted deviation)"
     return text
 
 

@@ -360,7 +360,8 @@ def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_win
     quality = Quality(budget=float(budget), predicted=math.fsum(per_sample) / n, error_units_per_unit=scale,
                       budget_units=sum(sample_budget_units), predicted_units=sum(units), coverage=coverage,
                       per_sample=sq, min_psnr_db=min_psnr_db,
-                      predicted_psnr_db=cal.psnr_db(at_coverage) if cal is not None else None)
+                      # none for a lossless plan (zero deviation: the output is the sequential one)
+                      predicted_psnr_db=cal.psnr_db(at_coverage) if cal is not None and at_coverage > 0 else None)
     solver = Solver(name=outcome.name, status=outcome.status, objective=outcome.objective, bound=outcome.bound,
                     wall_s=outcome.wall_s, latency_units_per_s=latency_units_per_s,
                     time_limit_s=options.time_limit_s if options is not None else None,

@@ -178,8 +178,8 @@ def test_every_emitted_schedule_is_valid_and_round_trips(profile, gpus, budget_f
     assert again == s
     # the planner's latency is simulate's (op graph, critical path)
     assert math.isclose(simulate(s, profile).latency_s, s.latency.predicted_s, rel_tol=1e-9, abs_tol=1e-12)
-    # a calibrated profile reports the predicted PSNR
-    assert (s.quality.predicted_psnr_db is not None) == (profile.calibration is not None)
+    # a calibrated profile reports the predicted PSNR of a lossy plan (a lossless one has none)
+    assert (s.quality.predicted_psnr_db is not None) == (profile.calibration is not None and s.quality.predicted > 0)
 
 
 @pytest.mark.parametrize("T,G,J", [(1000, 64, 4), (400, 3, 8)])
