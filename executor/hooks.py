@@ -72,7 +72,6 @@ Profiler API (observer and replay):
 
 from __future__ import annotations
 
-import copy
 import functools
 import inspect
 import time
@@ -85,7 +84,7 @@ from ..errors import UserError
 from ..schedules.model import ExactWindow, ParallelWindow, ReuseWindow, entry_ranks
 from .exchange import Exchange, LocalExchange
 from .schedulers import (STOCHASTIC_SCHEDULERS, UNSUPPORTED_SCHEDULERS, check_pipeline_supported,  # noqa: F401
-                         check_scheduler_supported, is_stochastic)  # the scheduler policy's one home
+                         check_scheduler_supported, is_stochastic, scheduler_state)  # the scheduler policy's one home
 
 WindowKind = Literal["exact", "parallel", "reuse"]
 # what this process's denoiser call does at one step: the whole guided batch; one CFG half, swapping
@@ -554,7 +553,7 @@ class ParaStepHandle:
         j = p.offset
         if j == 0:
             t0 = time.perf_counter()
-            snap = {k: copy.deepcopy(v) for k, v in self.scheduler.__dict__.items() if k not in ("step", "set_timesteps")}
+            snap = scheduler_state(self.scheduler)
             gens = [(g, g.get_state()) for g in _generators(bound.arguments.get("generator"))]
             stats.snapshot_s += time.perf_counter() - t0
             self._win = {"snap": snap, "gens": gens, "x": x, "owned": {}, "calls": [], "inputs": []}
