@@ -71,6 +71,7 @@ class PlanRequest:
     solver: str
     options: object
     allow_split: bool = True
+    try_fewer_gpus: bool = False
 
 
 def request_from_args(args) -> PlanRequest:
@@ -119,17 +120,40 @@ def request_from_args(args) -> PlanRequest:
                             deterministic=bool(getattr(args, "deterministic", False)))
     return PlanRequest(profile=profile, sha256=sha, world_size=G, max_window=J, budget=budget, coverage=coverage,
                        min_psnr_db=args.min_psnr, policy=args.policy, warmup=args.warmup, solver=args.solver, options=options,
-                       allow_split=getattr(args, "cfg_split", "auto") != "off")
+                       allow_split=getattr(args, "cfg_split", "auto") != "off",
+                       try_fewer_gpus=bool(getattr(args, "try_fewer_gpus", False)))
 
 
 def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_factor: Optional[float] = None):
-    """Plan ``req`` (``budget`` overrides the request's, e.g. a re-plan after a measurement)."""
-    from .plan import plan_schedule
+    """Plan ``req`` (``budget`` overrides the request's, e.g. a re-plan after a measurement).
 
-    return plan_schedule(req.profile, profile_sha256=req.sha256, world_size=req.world_size, max_window=req.max_window,
-                         budget=req.budget if budget is None else budget, coverage=req.coverage, min_psnr_db=req.min_psnr_db,
-                         policy=req.policy, warmup=req.warmup, solver=req.solver, options=req.options,
-                         fixed_bound_factor=fixed_bound_factor, allow_split=req.allow_split)
+    ``--try-fewer-gpus``: also plan every smaller world size that is not dominated window by window
+    (``plan.world_size_candidates``; same quality statement, default bounds from the hand plan on all
+    ``--gpus``) and keep the fastest; a tie keeps the smaller world. One solve per candidate."""
+    from dataclasses import replace
+
+    from .plan import plan_schedule, world_size_candidates
+
+    def one(world_size: int):
+        return plan_schedule(req.profile, profile_sha256=req.sha256, world_size=world_size, max_window=req.max_window,
+                             budget=req.budget if budget is None else budget, coverage=req.coverage, min_psnr_db=req.min_psnr_db,
+                             policy=req.policy, warmup=req.warmup, solver=req.solver, options=req.options,
+                             fixed_bound_factor=fixed_bound_factor, allow_split=req.allow_split,
+                             fixed_world_size=req.world_size if req.policy == "optimal" else None)
+
+    if not req.try_fewer_gpus or req.policy != "optimal":
+        return one(req.world_size)
+    sizes = world_size_candidates(req.profile, world_size=req.world_size, max_window=req.max_window, allow_split=req.allow_split)
+    print(f"parastep plan: --try-fewer-gpus: planning world sizes {sizes} (the others are dominated window by window)", file=sys.stderr)
+    results = [one(g) for g in sizes]
+    best = min(results, key=lambda r: (r.schedule.latency.predicted_s, r.schedule.world_size))
+    if best.schedule.world_size < req.world_size:
+        full = next((r for r in results if r.schedule.world_size == req.world_size), None)
+        vs = f" vs {full.schedule.latency.predicted_s:.4g} s on all {req.world_size}" if full is not None else ""
+        note = (f"planned on {best.schedule.world_size} of the {req.world_size} GPUs: predicted {best.schedule.latency.predicted_s:.4g} s{vs} "
+                f"(more ranks cost more in exchanges than they save); run it with {best.schedule.world_size} ranks")
+        best = replace(best, warnings=best.warnings + (note,))
+    return best
 
 
 def emit(result, profile: Profile) -> None:

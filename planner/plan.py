@@ -156,6 +156,7 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
                   budget: Optional[float] = None, coverage: Optional[float] = None, min_psnr_db: Optional[float] = None,
                   policy: Policy = "optimal", warmup: Optional[int] = None, solver: SolverName = "auto", options=None,
                   fixed_bound_factor: Optional[float] = None, allow_split: bool = True,
+                  fixed_world_size: Optional[int] = None,
                   latency_units_per_s: float = DEFAULT_LATENCY_UNITS_PER_S) -> PlanResult:
     """Plan ``profile.num_steps`` steps on ``world_size`` ranks.
 
@@ -171,6 +172,8 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     solver "auto": the DP oracle where one budget says it all (N = 1), CP-SAT otherwise.
     ``allow_split``: windows may split CFG halves over rank pairs where the profile prices it
     (``Profile.can_split``; lossless, see problem.py); False plans without splits.
+    ``fixed_world_size``: the fixed plan that sets the default bounds runs on this many ranks
+    (default ``world_size``): planning a smaller world against the user's ``--gpus`` hand plan.
     policy "fixed": the paper's hand plan (budget must then be None).
     """
     from .options import SolverOptions
@@ -187,7 +190,9 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         raise UserError(f"--warmup {warmup} must be in 1..{T - 1} for {T} steps; pass a smaller --warmup")
     if coverage is not None and not 0 < coverage <= 1:
         raise UserError(f"--coverage {coverage} must be in (0, 1]; pass e.g. --coverage 0.9")
-    fixed = fixed_windows(profile, world_size=G, max_window=J, warmup=W)
+    if policy == "fixed" and fixed_world_size not in (None, G):
+        raise ValueError("the fixed policy plans its own world size: fixed_world_size applies to the optimal policy")
+    fixed = fixed_windows(profile, world_size=fixed_world_size or G, max_window=J, warmup=W)
     warnings: list[str] = []
     fixed_per_sample = fixed_sample_errors(fixed)
 
@@ -285,6 +290,31 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     return PlanResult(schedule=schedule, warnings=tuple(warnings), problem=problem)
 
 
+def world_size_candidates(profile: Profile, *, world_size: int, max_window: int, allow_split: bool = True) -> list[int]:
+    """World sizes g <= ``world_size`` worth planning when ranks may stay idle (``plan --try-fewer-gpus``).
+
+    A plan on g ranks is a path over the same windows as on any other world size, with the same
+    errors; only the windows' latencies differ (compute spreads over more ranks, the exchange among
+    more ranks costs more, an odd world cannot pair every rank for a CFG split). So if for every
+    window type (exact, parallel of size w, reuse) g' is no slower than g, every plan on g has a twin
+    on g' that is no slower: g is dominated and need not be solved (equal vectors keep the smaller
+    world). The rest are returned, largest first."""
+    from .problem import best_exact, best_placement
+
+    def vector(g: int) -> tuple[float, ...]:
+        exact = best_exact(profile, world_size=g, allow_split=allow_split)[1]
+        return (exact,) + tuple(best_placement(profile, size=w, world_size=g, allow_split=allow_split)[1]
+                                for w in range(2, max_window + 1))
+
+    vectors = {g: vector(g) for g in range(1, world_size + 1)}
+
+    def dominated(g: int) -> bool:
+        return any(all(a <= b for a, b in zip(vectors[h], vectors[g])) and (vectors[h] != vectors[g] or h < g)
+                   for h in vectors if h != g)
+
+    return sorted((g for g in vectors if not dominated(g)), reverse=True)
+
+
 def dp_table_bytes(problem: Problem) -> int:
     """Bytes of the DP oracle's table for ``problem`` (single budget), computed before allocating it."""
     import numpy as np
@@ -341,7 +371,8 @@ def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_win
               latency_units_per_s: float, options) -> Schedule:
     windows = [_to_window(c) for c in chosen]
     base = Schedule(model=profile.model, pipeline_class=profile.pipeline_class, model_identity=profile.model_identity,
-                    resolution_px=profile.resolution_px, scheduler=profile.scheduler,
+                    resolution_px=profile.resolution_px, num_frames=profile.num_frames, strength=profile.strength,
+                    scheduler=profile.scheduler,
                     guidance_scale=profile.guidance_scale, num_steps=profile.num_steps, world_size=world_size,
                     max_window=max_window, output_bytes=profile.output_bytes, policy=policy,
                     totals=implied_totals(windows, world_size=world_size, output_bytes=profile.output_bytes), windows=windows)

@@ -108,3 +108,45 @@ def test_split_plans_are_valid_and_simulate_agrees(seed, G, ratio, budget):
     off = plan_schedule(prof, profile_sha256=SHA, world_size=G, budget=budget, allow_split=False).schedule
     assert s.solver.objective <= off.solver.objective
     assert s.quality.predicted_units <= s.quality.budget_units or s.quality.per_sample is not None
+
+
+@settings(max_examples=15, deadline=None)
+@given(seed=st.integers(0, 10 ** 6), G=st.integers(2, 8), ratio=st.sampled_from([None, 0.55, 0.75]),
+       budget=st.sampled_from([0.0, None, 1e-3, 1e9]))
+def test_fewer_gpus_pruning_loses_nothing(seed, G, ratio, budget):
+    """Differential: the fastest plan over the non-dominated world sizes equals the fastest over every
+    world size 1..G (same quality statement, default bounds from the hand plan on G ranks)."""
+    from parastep.planner.plan import world_size_candidates
+
+    prof = make_profile(num_steps=12, max_window=4, seed=seed, half_forward_ratio=ratio, max_ranks=8)
+    J = min(G, prof.max_window)
+
+    def best(sizes):
+        return min(plan_schedule(prof, profile_sha256=SHA, world_size=g, max_window=J, budget=budget,
+                                 fixed_world_size=G).schedule.solver.objective for g in sizes)
+
+    cands = world_size_candidates(prof, world_size=G, max_window=J)
+    assert cands and cands == sorted(set(cands), reverse=True) and all(1 <= g <= G for g in cands)
+    assert best(cands) == best(range(1, G + 1))
+
+
+def test_fewer_gpus_picks_a_smaller_world_when_exchanges_among_more_ranks_cost_more():
+    from parastep.planner.command import PlanRequest, make_plan
+    from parastep.planner.options import SolverOptions
+    from parastep.profiles.model import Comm, CommEntry
+
+    # exchange latency grows steeply with the ranks; a forward costs 10 ms
+    comm = Comm(entries=[CommEntry(ranks=g, latency_s=0.004 * (g - 1), bandwidth_bytes_per_s=1e12) for g in range(2, 8)],
+                pair=CommEntry(ranks=2, latency_s=1e-5, bandwidth_bytes_per_s=1e12))
+    prof = make_profile(num_steps=20, max_window=6, seed=5, forward_s=[0.01 * k for k in range(1, 7)], step_s=0.0005,
+                        step_overhead_s=0.0, comm=comm, half_forward_ratio=0.6)
+    # budget 0: only exact steps; on 7 ranks one cannot pair every rank for a CFG split, on an even world one can
+    req = PlanRequest(profile=prof, sha256=SHA, world_size=7, max_window=6, budget=0.0, coverage=None, min_psnr_db=None,
+                      policy="optimal", warmup=None, solver="auto", options=SolverOptions(workers=1, time_limit_s=10),
+                      try_fewer_gpus=True)
+    res = make_plan(req)
+    full = make_plan(PlanRequest(**{**req.__dict__, "try_fewer_gpus": False}))
+    assert res.schedule.world_size == 2           # every even world is as fast; a tie keeps the smaller one
+    assert res.schedule.latency.predicted_s < full.schedule.latency.predicted_s
+    assert any("of the 7 GPUs" in w for w in res.warnings)
+    assert violations(res.schedule) == []
