@@ -65,7 +65,9 @@ def implied_totals(windows: Sequence[Window], *, world_size: int, output_bytes: 
 
     Exact: every rank calls the denoiser once (a split pair's ranks on one half each); nothing
     moves except, per split pair, each rank's raw half to its partner (2 outputs' worth: a raw half
-    of a CFG batch has the guided output's shape). Reuse: nothing at all.
+    of a CFG batch has the guided output's shape; a model whose raw output also carries a learned
+    variance, like PixArt's or DiT's 2x channels, moves twice that, which ``exec`` reports as
+    measured bytes against these). Reuse: nothing at all.
     Parallel of size w: rank r does the offsets placed on it (both ranks of a split, plus that
     pair's swap of halves); at the end every rank receives the w guided outputs from their first
     computing rank: (world_size - 1) * w outputs in all, whatever the placement, except when every
