@@ -157,6 +157,9 @@ class Profile(_Strict):
                                           description="sha256 of the measured folder's model_index.json and component configs, "
                                                       "not weights (executor.registry.folder_identity); exec refuses another folder")
     resolution_px: Optional[tuple[int, int]] = None
+    num_frames: Optional[int] = Field(default=None, ge=1, description="frames per video measured (video pipelines)")
+    strength: Optional[float] = Field(default=None, gt=0, le=1, description="img2img strength measured; num_steps are the "
+                                                                            "steps a call with it runs")
     scheduler: str
     guidance_scale: Optional[float] = None
     num_steps: int = Field(ge=1)

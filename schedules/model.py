@@ -204,6 +204,11 @@ class Schedule(_Strict):
                                                       "(not weights); exec and evaluate refuse a folder with another identity")
     # strict=False on the container only: YAML has lists, not tuples; the items stay strict ints
     resolution_px: Optional[tuple[Pixels, Pixels]] = Field(default=None, strict=False, description="(height, width) in pixels")
+    num_frames: Optional[int] = Field(default=None, ge=1, le=MAX_STEPS,
+                                      description="frames per video the profile measured (video pipelines); exec refuses another --num-frames")
+    strength: Optional[float] = Field(default=None, gt=0, le=1,
+                                      description="img2img strength the profile measured: num_steps are the steps it runs; "
+                                                  "exec refuses another --strength")
     scheduler: str = Field(min_length=1, description="diffusers scheduler class name the profile was made with")
     guidance_scale: Optional[float] = None
     num_steps: int = Field(ge=1, le=MAX_STEPS)
