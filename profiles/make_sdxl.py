@@ -4,11 +4,17 @@ SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0) at 1024x1024 with its d
 scheduler (EulerDiscreteScheduler), 50 steps and guidance 5.0 — the defaults of diffusers'
 ``StableDiffusionXLPipeline.__call__`` (``num_inference_steps=50``, ``guidance_scale=5.0``).
 
-No SDXL weights and no GPU exist here, so nothing in this profile is measured by us:
+No SDXL weights and no GPU exist here, so without ``--compute`` nothing in this profile is measured by us:
 
 - compute: a *published* end-to-end latency divided by the step count (below);
 - compute.half_forward_s (CFG split): ``HALF_FORWARD_RATIO`` x the per-step forward, an assumption
   (``priors.half_forward_rule``), not a measurement;
+- with ``--compute FILE`` (the JSON of ``benchmarks/bench_gpu_unet.py``, run on a GPU: an SDXL-sized UNet
+  with random weights, fp16, 1024x1024), compute is *measured* on that device instead: forward_s[k-1] =
+  k x the batch-2 forward (one CFG step; a rank runs its offsets one after another), half_forward_s = the
+  batch-1 forward, step_s = one EulerDiscreteScheduler.step; step_overhead_s = 0 (not measured). Every other
+  part stays as below, and the profile's name names the device. Splice a measurement into the shipped file:
+  ``python -m parastep.profiles.make_sdxl --compute gpu_unet_sdxl.json --out profiles/sdxl.yaml``;
 - comm: the ``nvlink`` interconnect preset (``profiles/interconnects.py``), its CFG pair swap included;
 - deviation, reuse deviation, propagation, similarity: the prior rule of ``profiles/priors.py``, with the
   deviation tables floored by the bundled digits model's *measured* per-sample window errors (the digits
@@ -22,13 +28,15 @@ No SDXL weights and no GPU exist here, so nothing in this profile is measured by
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import re
 from pathlib import Path
 from typing import Optional
 
 from .interconnects import comm_for, describe
 from .io import SHIPPED_DIR, load_profile, write_profile
-from .model import Compute, Prior, Profile, Provenances
+from .model import Compute, Measured, Prior, Profile, Provenances
 from .priors import (
     FLOOR, deviation_tables, floor_params, half_forward_prior, half_forward_rule, propagation, provenance, similarity,
 )
@@ -93,10 +101,9 @@ def digits_floor(digits_path: Optional[str] = None) -> tuple[dict[str, float], s
     return params, m.group(0)
 
 
-def build_profile(digits_path: Optional[str] = None) -> Profile:
+def prior_compute() -> tuple[Compute, Prior]:
+    """The compute part without a measurement: the published latency per step, the half-forward prior."""
     per_step_s = PUBLISHED_TOTAL_S / PUBLISHED_STEPS
-    floor, floor_source = digits_floor(digits_path)
-    dev, reuse = deviation_tables(num_steps=NUM_STEPS, max_window=MAX_WINDOW, params=floor)
     half_rule, half_params = half_forward_rule(HALF_FORWARD_RATIO, why=HALF_FORWARD_WHY)
     compute_prov = Prior(
         rule="published end-to-end latency / steps; forward_s[k-1] = k * per-step time (no batching gain assumed); "
@@ -107,11 +114,71 @@ def build_profile(digits_path: Optional[str] = None) -> Profile:
         params={"published_total_s": PUBLISHED_TOTAL_S, "published_steps": float(PUBLISHED_STEPS),
                 "per_step_s": per_step_s, "step_s": STEP_S, **half_params},
     )
+    compute = Compute(forward_s=[k * per_step_s for k in range(1, FORWARD_OFFSETS + 1)], step_s=STEP_S, step_overhead_s=0.0,
+                      half_forward_s=half_forward_prior(per_step_s, ratio=HALF_FORWARD_RATIO))
+    return compute, compute_prov
+
+
+# What benchmarks/bench_gpu_unet.py must have measured for the shipped SDXL profile (``any_config`` lifts it: tests).
+BENCH_CONFIG = "sdxl-base-1.0"
+BENCH_DTYPE = "float16"
+
+
+def _ms(s: dict) -> str:
+    return f"{s['median'] * 1e3:.2f} ms (min {s['min'] * 1e3:.2f}, max {s['max'] * 1e3:.2f}, {len(s.get('runs', []))} runs)"
+
+
+def measured_compute(path: str | Path, *, any_config: bool = False) -> tuple[Compute, Measured]:
+    """The compute part from a ``benchmarks/bench_gpu_unet.py`` JSON: forward_s[k-1] = k x the batch-2 median,
+    half_forward_s = the batch-1 median, step_s = the scheduler step median."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        fwd, step = data["forward_s"], data["step_s"]
+        whole, half, step_s = float(fwd["2"]["median"]), float(fwd["1"]["median"]), float(step["median"])
+        device, date = str(data["device_name"]), str(data["date"])
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"{path}: not a benchmarks/bench_gpu_unet.py result with batch 1 and 2 forwards and a step time ({exc!r})") from None
+    got = (data.get("config"), data.get("dtype"), list(data.get("resolution_px") or []))
+    want = (BENCH_CONFIG, BENCH_DTYPE, list(RESOLUTION_PX))
+    if got != want and not any_config:
+        raise ValueError(f"{path}: measured config, dtype, resolution {got}; the SDXL profile needs {want} "
+                         "(run benchmarks/bench_gpu_unet.py without --tiny/--dtype)")
+    if not all(math.isfinite(v) and v > 0 for v in (whole, half, step_s)):
+        raise ValueError(f"{path}: forward and step times must be positive finite seconds")
+    extra = [f"batch 4 {_ms(fwd['4'])}"] if "4" in fwd else []
+    notes = (f"benchmarks/bench_gpu_unet.py ({data.get('config')} UNet2DConditionModel config, random weights, {data.get('dtype')}, "
+             f"{'x'.join(map(str, data.get('resolution_px') or []))} px, latents {data.get('latents')}, "
+             f"{data.get('attention_processor')}; {data.get('warmup')} warm-ups then medians): batch 2 {_ms(fwd['2'])}, "
+             f"batch 1 {_ms(fwd['1'])}{''.join(', ' + e for e in extra)}; forward_s[k-1] = k x the batch-2 median (one CFG step "
+             f"per offset, a rank's offsets run one after another); half_forward_s = the batch-1 median: batch 1 / batch 2 = "
+             f"{half / whole:.4f} prices a CFG split on this device; step_s = EulerDiscreteScheduler.step {_ms(step)} on "
+             f"1 x {'x'.join(map(str, (data.get('latents') or [])))} latents; step_overhead_s = 0, not measured (pipeline "
+             "bookkeeping; text encoding and VAE decode are outside the steps)"
+             + ("; TRUNCATED by the script's time limit" if data.get("truncated") else ""))
+    packages = {k: str(data[k]) for k in ("torch", "diffusers", "cuda", "python") if data.get(k)}
+    compute = Compute(forward_s=[k * whole for k in range(1, FORWARD_OFFSETS + 1)], step_s=step_s, step_overhead_s=0.0,
+                      half_forward_s=half)
+    return compute, Measured(device=device, date=date, packages=packages, notes=notes)
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
+
+
+def build_profile(digits_path: Optional[str] = None, compute_path: Optional[str] = None, *, any_config: bool = False) -> Profile:
+    floor, floor_source = digits_floor(digits_path)
+    dev, reuse = deviation_tables(num_steps=NUM_STEPS, max_window=MAX_WINDOW, params=floor)
+    if compute_path is None:
+        compute, compute_prov = prior_compute()
+        hardware = "h100"
+    else:
+        compute, compute_prov = measured_compute(compute_path, any_config=any_config)
+        hardware = f"{_slug(compute_prov.device)}-measured"
     comm_prov = Prior(rule="interconnect preset 'nvlink' (ring all-gather alpha-beta model; CFG pair swap: alpha + bytes / beta)",
                       reference=describe("nvlink"))
     no_weights = "no SDXL weights are available here, so this cannot be measured; run 'parastep profile --model sdxl' where they are"
     return Profile(
-        name="sdxl-base-1.0-1024-euler-50-h100-nvlink-prior",
+        name=f"sdxl-base-1.0-1024-euler-50-{hardware}-nvlink-prior",
         model="sdxl",
         resolution_px=RESOLUTION_PX,
         scheduler="EulerDiscreteScheduler",
@@ -132,8 +199,7 @@ def build_profile(digits_path: Optional[str] = None) -> Profile:
         reuse_deviation=reuse,
         propagation=propagation(num_steps=NUM_STEPS),
         similarity=similarity(num_steps=NUM_STEPS),
-        compute=Compute(forward_s=[k * per_step_s for k in range(1, FORWARD_OFFSETS + 1)], step_s=STEP_S, step_overhead_s=0.0,
-                        half_forward_s=half_forward_prior(per_step_s, ratio=HALF_FORWARD_RATIO)),
+        compute=compute,
         comm=comm_for("nvlink", world_size=COMM_WORLD_SIZE),
         calibration=None,
     )
@@ -143,8 +209,16 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m parastep.profiles.make_sdxl", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(SHIPPED_DIR) / "sdxl.yaml"), help="where to write (default: the shipped file)")
     ap.add_argument("--digits", default=None, help="measured digits profile with output_errors for the floor (default: the shipped digits.yaml)")
+    ap.add_argument("--compute", default=None, metavar="FILE",
+                    help="JSON of benchmarks/bench_gpu_unet.py: the compute part becomes measured on its device (default: the published prior)")
+    ap.add_argument("--any-config", action="store_true",
+                    help="with --compute: accept a measurement of another config, dtype or resolution (--tiny; tests only)")
     args = ap.parse_args(argv)
-    write_profile(build_profile(args.digits), args.out)
+    try:
+        profile = build_profile(args.digits, args.compute, any_config=args.any_config)
+    except ValueError as exc:
+        ap.error(str(exc))
+    write_profile(profile, args.out)
     print(f"wrote {args.out}")
     return 0
 
