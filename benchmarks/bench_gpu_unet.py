@@ -21,8 +21,9 @@ half_forward_s = the batch-1 median, step_s = the step median.
 Time: on one H200 (fp16 SDXL UNet, batch 2 at 1024x1024 about 50-70 ms, batch 4 about twice that) the
 defaults (3 warm-ups + 20 timed runs per batch size and for the step) take about 5 s of timing; building the random
 model on the GPU and importing torch/diffusers take 10-30 s more: well under a minute in all. ``--time-limit``
-(default 240 s from the script's start) is a guard: past it, no further timed run starts (each batch keeps at
-least one), the JSON says ``"truncated": true``, and a batch not reached is absent. GPU memory: about 5 GB of
+(default 240 s from the script's start) is a guard: past it, no further timed run starts (a measurement already
+started keeps at least one), a batch size not yet started is skipped (absent from the JSON), and the JSON says
+``"truncated": true``. GPU memory: about 5 GB of
 fp16 weights (10 GB while the fp32 build is cast), plus activations at batch 4.
 
 On a GPU (the device machine of this workplace: Python 3.12 with torch, huggingface_hub, safetensors, numpy,
