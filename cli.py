@@ -76,6 +76,37 @@ def _float(text: str) -> float:
     return _parsed(text, float, "a number")
 
 
+def _strength(text: str) -> float:
+    value = _parsed(text, float, "a number")
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"expected a strength in (0, 1], got {text}; pass e.g. --strength 0.6")
+    return value
+
+
+MAX_PIXELS = 1 << 20   # an image side (the schedule contract's bound)
+
+
+def _pixels(text: str) -> int:
+    value = _parsed(text, int, "a size in pixels")
+    if not 1 <= value <= MAX_PIXELS:
+        raise argparse.ArgumentTypeError(f"expected pixels from 1 to {MAX_PIXELS}, got {text}")
+    return value
+
+
+def _add_conditioning(cmd: argparse.ArgumentParser, *, what: str) -> None:
+    """The flags that condition a run and size its output (issue 8 item 2); which ones a pipeline
+    takes comes from its ``__call__`` signature, checked before it loads."""
+    cmd.add_argument("--class-label", action="append", dest="class_labels", metavar="L",
+                     help="class-conditional pipelines (DiT): a class index or the pipeline's label name; repeatable")
+    cmd.add_argument("--image", metavar="PATH", help="img2img pipelines: the input image (PNG, JPEG)")
+    cmd.add_argument("--strength", type=_strength, metavar="S",
+                     help=f"img2img: how much of the schedule runs, 0 < S <= 1 (with --image; {what})")
+    cmd.add_argument("--height", type=_pixels, help=f"output height in pixels (with --width; {what})")
+    cmd.add_argument("--width", type=_pixels, help="output width in pixels (with --height)")
+    cmd.add_argument("--num-frames", type=_positive_int, dest="num_frames", metavar="F",
+                     help=f"video pipelines: frames per video ({what})")
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="parastep", description="Planned parallel denoising for diffusion models.")
     p.add_argument("--debug", action="store_true", help="on an unexpected error, print the traceback (also PARASTEP_DEBUG=1)")
@@ -100,6 +131,10 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--time-limit", type=_nonneg_float, dest="time_limit_s", default=10.0, help="CP-SAT time limit in seconds (default 10; past it the best plan found is emitted as FEASIBLE with its proven bound and gap)")
     plan.add_argument("--workers", type=_positive_int, default=None, help="CP-SAT search workers (default: CPU count)")
     plan.add_argument("--seed", type=int, default=0, help="CP-SAT random seed")
+    plan.add_argument("--try-fewer-gpus", action="store_true", dest="try_fewer_gpus",
+                      help="also plan smaller world sizes (ranks left idle) and keep the fastest plan; one solve per size not dominated")
+    plan.add_argument("--cfg-split", choices=["auto", "off"], default="auto", dest="cfg_split",
+                      help="auto (default): windows may split the CFG halves over rank pairs where the profile prices it (lossless); off: never")
     plan.add_argument("--solver", choices=["auto", "cp-sat", "dp"], default="auto",
                       help="auto (default): CP-SAT for per-image statements over a profile's calibration samples, the exact "
                            "DP where one budget says it all (priors); cp-sat or dp to force one")
@@ -123,6 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("exec", help="run a schedule on world_size processes")
     ex.add_argument("schedule")
     ex.add_argument("--prompt", action="append", help="prompt (or class label for digits); repeat for a batch")
+    _add_conditioning(ex, what="default and only value: the schedule's")
     ex.add_argument("--seed", type=_seed, default=0)
     ex.add_argument("--out", default="out", help="output folder (images, report.json)")
     ex.add_argument("--reference", action="store_true", help="also run the sequential pipeline and report speedup/PSNR/SSIM")
@@ -136,6 +172,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("evaluate", help="a schedule's PSNR/SSIM vs sequential on one device, per prompt x seed")
     ev.add_argument("schedule")
     ev.add_argument("--prompt", action="append", help="prompt (or class label for digits); repeatable (default: 0-9 on digits)")
+    _add_conditioning(ev, what="default and only value: the schedule's")
     ev.add_argument("--seed", type=_seed, action="append", help="seed; repeatable (default: 1000 and 1001)")
     ev.add_argument("--model-path", dest="model_path", help="local folder with the pipeline (default: registry / HF cache)")
     ev.add_argument("--out", required=True, help="output folder (quality.json)")
@@ -146,13 +183,15 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--model", help="registry name (e.g. digits, sdxl); not needed with --model-path")
     pr.add_argument("--model-path", dest="model_path", help="a diffusers pipeline folder (save_pretrained); enough on its own")
     pr.add_argument("--gpus", type=_positive_int, default=2)
-    pr.add_argument("--steps", type=_positive_int)
+    pr.add_argument("--steps", type=_positive_int, help="denoising steps actually run (img2img: the call asks for about "
+                    "steps / strength)")
     pr.add_argument("--max-window", type=_positive_int, dest="max_window")
     pr.add_argument("--out", required=True)
     pr.add_argument("--plot", help="write similarity and deviation curves to this PNG")
     pr.add_argument("--interconnect", help="preset to use for ranks beyond this machine's devices")
     pr.add_argument("--seed", type=_seed, action="append", dest="seeds", help="seed (repeatable)")
     pr.add_argument("--prompt", action="append", dest="prompts", help="prompt/class (repeatable)")
+    _add_conditioning(pr, what="recorded in the profile")
     pr.add_argument("--verify", type=int, default=None, help="verification runs for the PSNR calibration")
     pr.add_argument("--recalibrate", metavar="PROFILE", help="measure nothing new: re-fit the calibration of this profile "
                     "(--verify N plans) and/or re-time its compute and exchange (--retime) on this machine, write --out")

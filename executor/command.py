@@ -22,12 +22,20 @@ and ``speedup`` the ratio of the medians; ``latency_spread_s`` keeps every run's
 and forwards are the last parallel run's. ``exec --reference`` ends with one human line on
 stderr (ranks, latency vs sequential, speedup, PSNR, SSIM); report.json is for tools.
 
+Conditioning comes from the pipeline's own signature (``executor.evaluate``, the one home):
+``--prompt`` or ``--class-label`` (DiT: index or label name) per sample, nothing for an
+unconditional pipeline (``batch_size``), ``--image``/``--strength`` for img2img, ``--height``/
+``--width``/``--num-frames``; flags the pipeline cannot take, and a size, frame count or strength
+other than the schedule's, are refused in one line before loading or spawning (the schedule's
+values are the defaults). report.json adds class_labels, image, strength, resolution_px,
+num_frames and frames (per video; null for images).
+
 Test hook: ``PARASTEP_TEST_EXIT_AT=RANK:STEP`` makes that rank ``os._exit(17)`` after that step.
 """
 
 from __future__ import annotations
 
-import inspect
+import contextlib
 import json
 import os
 import shutil
@@ -42,6 +50,7 @@ from ..errors import UserError
 from ..schedules.check import violations
 from ..schedules.io import load_schedule
 from ..schedules.model import Schedule
+from .evaluate import Inputs, check_inputs, check_strength_recorded, inputs_from_args, settle_inputs
 from .launch import RankContext, check_torchrun_world, check_world, in_torchrun, launch, resolve_device
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
@@ -60,13 +69,14 @@ def default_prompt(pipe) -> str:
 class ExecJob:
     schedule: Schedule
     schedule_path: str
-    prompts: Optional[tuple[str, ...]]
+    inputs: Inputs                  # --prompt / --class-label / --image / --strength / size, settled against the schedule
     seed: int
     out_dir: str
     reference: bool
     model_path: Optional[str]
     threads: int
     repeats: int = 1
+    check_after_load: bool = False  # the pipeline class was not known before loading: check the inputs then
 
     @property
     def warmup(self) -> bool:
@@ -74,46 +84,77 @@ class ExecJob:
         return self.reference or self.repeats > 1
 
 
-def call_kwargs(pipe, schedule: Schedule, *, prompts: Optional[tuple[str, ...]], seed: int, device,
-                output_type: str, num_inference_steps: int) -> dict[str, Any]:
-    """The keyword arguments of one pipeline call for ``schedule`` (only those the pipeline accepts)."""
+def call_kwargs(pipe, schedule: Schedule, *, inputs: Inputs, seed: int, output_type: str,
+                num_inference_steps: int) -> dict[str, Any]:
+    """The keyword arguments of one pipeline call for ``schedule`` (only those the pipeline accepts):
+    the conditioning from the pipeline's own signature (``executor.evaluate.conditioning_kwargs``:
+    prompts, class labels, or a batch size for an unconditional pipeline; a default condition when
+    none is given) and ``inputs``' image, strength and size (``evaluate.generation_kwargs``)."""
     import torch
 
-    params = inspect.signature(pipe.__call__).parameters
+    from .evaluate import call_params, conditioning_kwargs, default_prompts, generation_kwargs, takes_prompt
+
+    params = call_params(pipe)
+    conditions = list(inputs.conditions) if inputs.conditions else \
+        ([default_prompt(pipe)] if takes_prompt(pipe) else default_prompts(pipe)[:1])
     kw: dict[str, Any] = {"num_inference_steps": num_inference_steps,
                           "generator": torch.Generator(device="cpu").manual_seed(seed)}
-    if "prompt" in params:
-        kw["prompt"] = list(prompts) if prompts else [default_prompt(pipe)]
-    elif prompts:
-        raise UserError(f"pipeline {type(pipe).__name__} takes no prompt; drop --prompt")
-    elif "batch_size" in params:
-        kw["batch_size"] = 1
+    kw.update(conditioning_kwargs(pipe, conditions, batch=len(conditions)))
+    kw.update(generation_kwargs(pipe, inputs))
+    if "image" in kw and len(conditions) > 1:          # one input image for every prompt
+        kw["image"] = [kw["image"]] * len(conditions)
     if schedule.guidance_scale is not None:
         if "guidance_scale" not in params:
             raise UserError(f"the schedule sets guidance_scale={schedule.guidance_scale} but pipeline "
                             f"{type(pipe).__name__} has no guidance_scale; remove it from the schedule")
         kw["guidance_scale"] = schedule.guidance_scale
-    if schedule.resolution_px is not None and "height" in params and "width" in params:
+    if "height" not in kw and schedule.resolution_px is not None and "height" in params and "width" in params:
         kw["height"], kw["width"] = schedule.resolution_px
     if "output_type" in params:
         kw["output_type"] = output_type
     return kw
 
 
-def inference_steps_for(scheduler, num_steps: int) -> int:
+def _steps_run(scheduler, n: int, strength: Optional[float]) -> Optional[int]:
+    """Scheduler steps a call with ``num_inference_steps=n`` (and img2img ``strength``) makes, on a
+    fresh copy of ``scheduler``; None when it cannot be probed. With a strength the pipeline skips
+    the first ``n - min(int(n * strength), n)`` timesteps (times the scheduler's order), as the
+    diffusers img2img pipelines' ``get_timesteps`` do."""
+    probe = type(scheduler).from_config(scheduler.config)   # a fresh one: never the (hooked) original
+    try:
+        probe.set_timesteps(n)
+    except Exception:  # e.g. flow-match with dynamic shifting needs mu: the pipeline knows it
+        return None
+    count = len(probe.timesteps)
+    if strength is None:
+        return count
+    return count - (n - min(int(n * strength), n)) * int(getattr(probe, "order", 1) or 1)
+
+
+def inference_steps_for(scheduler, num_steps: int, *, strength: Optional[float] = None) -> int:
     """``num_inference_steps`` that makes ``scheduler`` run exactly ``num_steps`` steps (PNDM/PLMS
-    runs one more step than asked for); ``num_steps`` when it cannot be probed."""
-    for n in (num_steps, num_steps - 1):
-        if n < 1:
-            continue
-        probe = type(scheduler).from_config(scheduler.config)   # a fresh one: never the (hooked) original
-        try:
-            probe.set_timesteps(n)
-        except Exception:  # e.g. flow-match with dynamic shifting needs mu: the pipeline knows it
-            return num_steps
-        if len(probe.timesteps) == num_steps:
+    runs one more step than asked for; img2img with ``strength`` S runs about ``n * S`` of ``n``);
+    without a strength, ``num_steps`` when it cannot be probed. With a strength that no
+    ``num_inference_steps`` turns into ``num_steps`` steps: a one-line ``UserError`` naming the
+    ``--steps`` that would work."""
+    if strength is None:
+        for n in (num_steps, num_steps - 1):
+            if n >= 1 and _steps_run(scheduler, n, None) == num_steps:
+                return n
+        return num_steps
+    lo, hi = max(1, int((num_steps - 1) / strength) - 2), int(num_steps / strength) + 3
+    seen: dict[int, int] = {}
+    for n in range(lo, hi + 1):
+        k = _steps_run(scheduler, n, strength)
+        if k is None:                 # not probeable: the img2img rule alone
+            k = min(int(n * strength), n)
+        if k == num_steps:
             return n
-    return num_steps
+        seen[n] = k
+    near = min(seen.values(), key=lambda k: (abs(k - num_steps), k)) if seen else None
+    raise UserError(f"with --strength {strength:g} scheduler {type(scheduler).__name__} never runs exactly {num_steps} steps "
+                    f"(num_inference_steps {lo}..{hi} run {sorted(set(seen.values()))}); profile and plan with "
+                    f"--steps {near} for --strength {strength:g}, or pick another --strength")
 
 
 def prepare_pipeline(schedule: Schedule, *, model_path: Optional[str], device, announce: bool = True):
@@ -151,6 +192,26 @@ def pipeline_class_of(model: str, model_path: Optional[str]):
     (an unknown model or missing folder is reported by ``registry.locate``)."""
     from . import registry
 
+    with _quiet_transformers():   # importing a class may log transformers' optional-backend notes: not ours to print
+        return _pipeline_class_of(registry, model, model_path)
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    try:
+        from transformers.utils import logging as tlog
+    except ImportError:
+        yield
+        return
+    before = tlog.get_verbosity()
+    tlog.set_verbosity_error()
+    try:
+        yield
+    finally:
+        tlog.set_verbosity(before)
+
+
+def _pipeline_class_of(registry, model: str, model_path: Optional[str]):
     try:
         loc = registry.locate(model, model_path=model_path)
         if loc.class_name is not None:
@@ -184,25 +245,25 @@ def check_model(schedule: Schedule, model_path: Optional[str]):
     return loc
 
 
-def check_prompts(model: str, model_path: Optional[str], prompts: Optional[Sequence[str]]) -> None:
-    """Refuse, before anything loads, prompts the pipeline cannot take: any prompt for a pipeline
-    without a ``prompt`` argument, and a non-digit for the class-conditional digits pipeline."""
-    if not prompts:
-        return
+def check_request(model: str, model_path: Optional[str], inputs: Inputs, *, folder: Optional[str]) -> Optional[type]:
+    """Refuse, before anything loads, flags the pipeline cannot take (``evaluate.check_inputs``,
+    from its class's ``__call__`` signature) and a non-digit prompt for the class-conditional digits
+    pipeline. Returns the pipeline class, or None when it is not known without loading (the
+    checks then run once the pipeline is loaded)."""
     cls = pipeline_class_of(model, model_path)
     if cls is None:
-        return
-    if "prompt" not in inspect.signature(cls.__call__).parameters:
-        raise UserError(f"pipeline {cls.__name__} takes no prompt; drop --prompt")
-    if cls.__name__ == "DigitsPipeline":
+        return None
+    check_inputs(cls, inputs, folder=folder)
+    if cls.__name__ == "DigitsPipeline" and inputs.prompts:
         from ..models.digits.pipeline import parse_digit_prompt
 
-        for p in prompts:
+        for p in inputs.prompts:
             try:
                 parse_digit_prompt(p)
             except ValueError:
                 raise UserError(f"--prompt {p!r}: the digits model is class-conditional; give a class label "
                                 "'0'..'9' per --prompt") from None
+    return cls
 
 
 def check_out_dir(out: str, *, flag: str = "--out") -> None:
@@ -275,14 +336,17 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
 
     schedule = job.schedule
     pipe = _prepare_pipeline(job, ctx)
-    steps = inference_steps_for(pipe.scheduler, schedule.num_steps)
+    if job.check_after_load:
+        check_inputs(pipe, job.inputs)
+        check_strength_recorded(pipe, job.inputs, what="schedule")
+    steps = inference_steps_for(pipe.scheduler, schedule.num_steps, strength=job.inputs.strength)
     handle = apply_parastep(pipe, ParaStepConfig(windows=schedule.windows, num_steps=schedule.num_steps,
                                                  exchange=DistExchange(), observer=_test_exit_observer(ctx.rank),
                                                  sync_timing=ctx.device.type == "cuda"))
     sync = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
 
     def parallel_run():
-        kw = call_kwargs(pipe, schedule, prompts=job.prompts, seed=job.seed, device=ctx.device,
+        kw = call_kwargs(pipe, schedule, inputs=job.inputs, seed=job.seed,
                          output_type="np" if ctx.rank == 0 else "latent", num_inference_steps=steps)
         dist.barrier()
         t0 = time.perf_counter()
@@ -319,7 +383,9 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
         "schedule": job.schedule_path, "model": schedule.model, "scheduler": type(pipe.scheduler).__name__,
         "world_size": ctx.world_size, "num_steps": schedule.num_steps, "device": str(ctx.device),
         "threads_per_rank": job.threads if ctx.device.type == "cpu" else None, "seed": job.seed,
-        "prompts": kw.get("prompt"), "latency_s": latency_s,
+        "prompts": kw.get("prompt"), "class_labels": kw.get("class_labels"), "image": job.inputs.image,
+        "strength": job.inputs.strength, "resolution_px": list(job.inputs.resolution_px or ()) or None,
+        "num_frames": job.inputs.num_frames, "latency_s": latency_s,
         "bytes_exchanged": sum(bytes_per_rank), "bytes_exchanged_schedule": schedule.totals.bytes_exchanged,
         "bytes_received_per_rank": bytes_per_rank, "forwards_per_rank": [g["forwards"] for g in gathered],
         "windows": windows, "repeats": job.repeats, "warmup_runs": int(job.warmup),
@@ -333,7 +399,7 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
         from .metrics import psnr_db, ssim
 
         def sequential_run():
-            kw_ref = call_kwargs(pipe, schedule, prompts=job.prompts, seed=job.seed, device=ctx.device,
+            kw_ref = call_kwargs(pipe, schedule, inputs=job.inputs, seed=job.seed,
                                  output_type="np", num_inference_steps=steps)
             t0 = time.perf_counter()
             result = pipe(**kw_ref)
@@ -357,7 +423,8 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
     if job.reference:
         print(summary_line(report, out_dir=job.out_dir), file=sys.stderr)
     else:
-        print(f"parastep: wrote {len(images)} image(s) and report.json to {job.out_dir} "
+        what = "image(s)" if report["frames"] is None else f"video(s) of {report['frames']} frames (PNG frames + GIF)"
+        print(f"parastep: wrote {len(images)} {what} and report.json to {job.out_dir} "
               f"(latency {latency_s:.3f} s, {report['bytes_exchanged']} bytes exchanged)", file=sys.stderr)
 
 
@@ -378,20 +445,31 @@ def summary_line(report: dict, *, out_dir: str) -> str:
             f"report in {Path(out_dir) / 'report.json'}")
 
 
+def settled_inputs(schedule: Schedule, args, loc) -> tuple[Inputs, bool]:
+    """The command line's :class:`Inputs`, checked against the pipeline class (before loading) and
+    settled against the schedule's recorded size and strength; and whether the class was unknown
+    here (check again after loading)."""
+    inputs = inputs_from_args(args)
+    cls = check_request(schedule.model, args.model_path, inputs, folder=loc.folder)
+    inputs = settle_inputs(inputs, schedule, what="schedule", fix="re-profile and re-plan with")
+    if cls is not None:
+        check_strength_recorded(cls, inputs, what="schedule")
+    return inputs, cls is None
+
+
 def run(args) -> int:
     schedule = load_schedule(args.schedule)
     problems = violations(schedule)
     if problems:
         raise UserError(f"{args.schedule}: invalid schedule: {problems[0]}; run 'parastep validate {args.schedule}'")
-    job = ExecJob(schedule=schedule, schedule_path=str(args.schedule),
-                  prompts=tuple(args.prompt) if args.prompt else None, seed=args.seed, out_dir=str(args.out),
-                  reference=bool(args.reference), model_path=args.model_path, threads=args.threads,
-                  repeats=getattr(args, "repeats", 1))
-    check_out_dir(job.out_dir)
-    check_prompts(schedule.model, args.model_path, job.prompts)
+    check_out_dir(str(args.out))
     if in_torchrun():
         check_torchrun_world(schedule.world_size)
     loc = check_model(schedule, args.model_path)   # unknown, missing or another model: one line before any process starts
+    inputs, unknown = settled_inputs(schedule, args, loc)
+    job = ExecJob(schedule=schedule, schedule_path=str(args.schedule), inputs=inputs, seed=args.seed,
+                  out_dir=str(args.out), reference=bool(args.reference), model_path=args.model_path, threads=args.threads,
+                  repeats=getattr(args, "repeats", 1), check_after_load=unknown)
     if not in_torchrun():
         from .registry import weights_bytes
 

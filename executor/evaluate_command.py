@@ -1,12 +1,20 @@
-"""``parastep evaluate SCHEDULE [--prompt P]... [--seed S]... [--model-path DIR] --out DIR`` (DESIGN §8).
+"""``parastep evaluate SCHEDULE [--prompt P | --class-label L]... [--seed S]... [--model-path DIR] --out DIR`` (DESIGN §8).
 
 Runs the schedule's semantics on one device (no ranks launched, every offset computed in this
 process: ``executor.evaluate``) against the sequential pipeline for every prompt x seed, and writes
 ``DIR/quality.json`` atomically:
 
     schedule: {path, name, sha256}, model, scheduler, num_steps, world_size, device,
-    psnr_cap_db, images: [{prompt, seed, psnr_db, ssim, identical}],
+    psnr_cap_db, frames (per video; null for images), strength, resolution_px, num_frames,
+    images: [{prompt, seed, psnr_db, ssim, identical, file}],
     psnr_db: {mean, p10, min}, ssim: {mean, p10, min}
+
+and the schedule's outputs beside it (``executor.media``): ``image_000.png``..., or per video
+``video_000.gif`` plus its PNG frames ``video_000/frame_000.png``...; the sequential outputs of the
+same samples under ``sequential/``. ``file`` is each sample's image or GIF. For a class-conditional
+pipeline (DiT) ``prompt`` is the class label as given. Conditioning and size flags (``--class-label``,
+``--image``/``--strength``, ``--height``/``--width``, ``--num-frames``) are checked as ``exec``
+checks them (``executor.evaluate.check_inputs``, ``settle_inputs``), before the model loads.
 
 PSNR is capped at ``psnr_cap_db`` (100): an image identical to the sequential one scores exactly
 the cap, so every number is finite. Default prompts: every class 0-9 on digits, exec's default
@@ -26,7 +34,7 @@ from typing import Any
 from ..errors import UserError
 from ..schedules.check import violations
 from ..schedules.io import load_schedule
-from .command import call_kwargs, check_model, check_out_dir, check_prompts, inference_steps_for, prepare_pipeline
+from .command import call_kwargs, check_model, check_out_dir, inference_steps_for, prepare_pipeline, settled_inputs
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
@@ -39,34 +47,63 @@ def _write_json_atomically(path: Path, data: dict) -> None:
         tmp.unlink(missing_ok=True)
 
 
+def _write_outputs(folder: Path, out, ref) -> tuple[list[str], "int | None"]:
+    """The schedule's outputs into ``folder`` and the sequential ones into ``folder/sequential``,
+    through a temporary folder moved in file by file; returns each sample's file and the frames."""
+    import shutil
+
+    from .media import frame_count, write_media
+
+    arr, ref_arr = out.numpy(), ref.numpy()
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / f".parastep-tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        names = write_media(tmp, arr)
+        ref_names = ["sequential/" + n for n in write_media(tmp / "sequential", ref_arr)]
+        for name in names + ref_names:
+            (folder / name).parent.mkdir(parents=True, exist_ok=True)
+            os.replace(tmp / name, folder / name)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    frames = frame_count(arr)
+    per_sample = [n for n in names if n.endswith(".gif")] if frames is not None else names
+    return per_sample, frames
+
+
 def run(args) -> int:
     schedule = load_schedule(args.schedule)
     problems = violations(schedule)
     if problems:
         raise UserError(f"{args.schedule}: invalid schedule: {problems[0]}; run 'parastep validate {args.schedule}'")
     check_out_dir(args.out)
-    prompts = list(args.prompt) if args.prompt else None
     seeds = list(dict.fromkeys(args.seed)) if args.seed else None
-    check_prompts(schedule.model, args.model_path, prompts)
-    check_model(schedule, args.model_path)   # unknown, missing or another model: one line, nothing loaded
+    loc = check_model(schedule, args.model_path)   # unknown, missing or another model: one line, nothing loaded
+    inputs, unknown = settled_inputs(schedule, args, loc)   # flags the pipeline cannot take: one line, nothing loaded
+    prompts = list(inputs.conditions) if inputs.conditions else None
 
     import torch
 
-    from .evaluate import DEFAULT_SEEDS, PSNR_CAP_DB, aggregates, default_prompts, evaluate
+    from .evaluate import DEFAULT_SEEDS, PSNR_CAP_DB, aggregates, check_inputs, check_strength_recorded, default_prompts, evaluate_outputs
     from .launch import cpu_threads, resolve_device
 
     device = torch.device(resolve_device(args.device))
     with cpu_threads(device, args.threads):
         pipe = prepare_pipeline(schedule, model_path=args.model_path, device=device, announce=True)
         pipe.set_progress_bar_config(disable=True)
+        if unknown:
+            check_inputs(pipe, inputs)
+            check_strength_recorded(pipe, inputs, what="schedule")
         prompts = prompts or default_prompts(pipe)
         seeds = seeds or list(DEFAULT_SEEDS)
-        steps = inference_steps_for(pipe.scheduler, schedule.num_steps)
-        kw = call_kwargs(pipe, schedule, prompts=None, seed=0, device=device, output_type="np", num_inference_steps=steps)
-        for key in ("generator", "prompt", "batch_size"):   # per sample: set by evaluate
+        steps = inference_steps_for(pipe.scheduler, schedule.num_steps, strength=inputs.strength)
+        kw = call_kwargs(pipe, schedule, inputs=inputs, seed=0, output_type="np", num_inference_steps=steps)
+        for key in ("generator", "prompt", "class_labels", "batch_size"):   # per sample: set by evaluate
             kw.pop(key, None)
-        records = evaluate(pipe, schedule, prompts=prompts, seeds=seeds, call_kwargs=kw, num_steps=schedule.num_steps)
+        records, out_media, ref_media = evaluate_outputs(pipe, schedule, prompts=prompts, seeds=seeds, call_kwargs=kw,
+                                                         num_steps=schedule.num_steps)
 
+    files, frames = _write_outputs(Path(args.out), out_media, ref_media)
     text = Path(args.schedule).read_bytes()
     psnr = [r.psnr_db for r in records]
     ssims = [r.ssim for r in records]
@@ -75,8 +112,10 @@ def run(args) -> int:
                      "sha256": hashlib.sha256(text).hexdigest()},
         "model": schedule.model, "model_path": args.model_path, "scheduler": type(pipe.scheduler).__name__,
         "num_steps": schedule.num_steps, "world_size": schedule.world_size, "policy": schedule.policy,
-        "device": str(device), "psnr_cap_db": PSNR_CAP_DB,
-        "images": [r.as_dict() for r in records],
+        "device": str(device), "psnr_cap_db": PSNR_CAP_DB, "frames": frames, "image": inputs.image,
+        "strength": inputs.strength, "resolution_px": list(inputs.resolution_px or ()) or None,
+        "num_frames": inputs.num_frames,
+        "images": [{**r.as_dict(), "file": f} for r, f in zip(records, files)],
         "psnr_db": aggregates(psnr), "ssim": aggregates(ssims),
     }
     out = Path(args.out) / "quality.json"
@@ -87,7 +126,9 @@ def run(args) -> int:
     def n(k: int, what: str) -> str:
         return f"{k} {what}{'' if k == 1 else 's'}"
 
-    print(f"parastep: {n(len(records), 'image')} ({n(len(prompts), 'prompt')} x {n(len(seeds), 'seed')}{note}): "
+    unit = n(len(records), "image") if frames is None else f"{n(len(records), 'video')} of {frames} frames"
+    print(f"parastep: {unit} ({n(len(prompts), 'prompt')} x {n(len(seeds), 'seed')}{note}): "
           f"PSNR mean {a['mean']:.1f} / p10 {a['p10']:.1f} / min {a['min']:.1f} dB, "
-          f"SSIM mean {quality['ssim']['mean']:.4f} vs sequential; wrote {out}", file=sys.stderr)
+          f"SSIM mean {quality['ssim']['mean']:.4f} vs sequential{' (over every frame)' if frames else ''}; "
+          f"wrote {out} and the outputs beside it", file=sys.stderr)
     return 0

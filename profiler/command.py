@@ -2,7 +2,8 @@
 
     parastep profile --model digits --gpus 8 --steps 50 --max-window 16 --out digits.yaml \\
         [--plot curves.png] [--seed S]... [--prompt P]... [--verify N] [--interconnect NAME]
-    parastep profile --model-path DIR --out prof.yaml ...
+    parastep profile --model-path DIR --out prof.yaml [--class-label L]... [--image PATH --strength S]
+        [--height H --width W] [--num-frames F] ...
 
 The pipeline is loaded offline like ``exec`` loads it (registry name or ``--model-path``), called
 with the registry's default guidance scale and resolution. A folder alone is enough: without
@@ -12,6 +13,13 @@ there). Either way the profile records the pipeline class and the folder's ident
 schedule carries on and ``exec`` / ``evaluate`` check. ``--verify N`` adds a PSNR
 calibration fitted from N sampled schedules (``parastep.profiler.calibrate``), which is what
 ``plan --min-psnr`` needs. Progress goes to stderr; the profile goes to ``--out``.
+
+Conditioning comes from the pipeline's own signature (``executor.evaluate``): ``--prompt`` for text
+pipelines, ``--class-label`` for class-conditional ones (DiT), nothing for unconditional ones;
+``--image PATH --strength S`` for img2img, where ``--steps T`` are the steps actually run (the call
+asks for about T / S); ``--height --width`` and ``--num-frames`` set the size. The profile records
+the size, frames and strength it measured, and ``exec`` refuses others. Flags the pipeline cannot
+take are refused before it loads.
 """
 
 from __future__ import annotations
@@ -69,6 +77,47 @@ def model_label(args) -> str:
     return str(Path(args.model_path).expanduser().resolve())
 
 
+def checked_inputs(args, model: str):
+    """The conditioning and size flags (``executor.evaluate.Inputs``), checked against the pipeline
+    class's ``__call__`` before anything loads; and whether the class was unknown (check after loading)."""
+    from ..executor.command import check_request
+    from dataclasses import replace
+
+    from ..executor.evaluate import default_strength, inputs_from_args
+    from ..executor.registry import locate
+
+    inputs = inputs_from_args(args, prompts_attr="prompts")
+    folder = locate(model, model_path=args.model_path).folder
+    cls = check_request(model, args.model_path, inputs, folder=folder)
+    if cls is not None and inputs.strength is None and not getattr(args, "recalibrate", None):
+        inputs = replace(inputs, strength=default_strength(cls))     # img2img: the pipeline's own default, recorded
+    return inputs, cls is None
+
+
+def generation(pipe, inputs, *, kwargs: dict, resolution, num_steps: int):
+    """Put ``inputs``' image, strength, size and frames into the call ``kwargs`` and the
+    ``num_inference_steps`` that runs exactly ``num_steps`` steps (PNDM runs one more than asked;
+    img2img with strength S about S of them); returns the (resolution, frames) to record: the
+    given ones, else the pipeline signature's integer defaults (Latte: 512 px, 16 frames)."""
+    from ..executor.command import inference_steps_for
+    from ..executor.evaluate import call_params, frames_param, generation_kwargs
+
+    kwargs.update(generation_kwargs(pipe, inputs))
+    kwargs["num_inference_steps"] = inference_steps_for(pipe.scheduler, num_steps, strength=inputs.strength)
+    params = call_params(pipe)
+    if inputs.resolution_px is not None:
+        resolution = inputs.resolution_px
+    elif resolution is None and "height" in params and "width" in params:
+        h, w = params["height"].default, params["width"].default
+        if type(h) is int and type(w) is int:
+            resolution = (h, w)
+    fp = frames_param(pipe)
+    frames = inputs.num_frames
+    if frames is None and fp is not None and type(params[fp].default) is int:
+        frames = params[fp].default
+    return (None if resolution is None else tuple(resolution)), frames
+
+
 def identified(profile, pipe, *, model: str, model_path):
     """``profile`` with the pipeline class and the identity of the folder that was measured."""
     from ..executor.registry import folder_identity, locate
@@ -94,15 +143,27 @@ def run(args) -> int:
     if not out.parent.exists():
         raise UserError(f"--out {out}: folder {out.parent} does not exist; create it or pass another path")
     model = model_label(args)
+    inputs, unknown = checked_inputs(args, model)       # flags the pipeline cannot take: one line, nothing loaded
+    if args.steps is not None and args.steps < 2 and not getattr(args, "recalibrate", None):
+        raise UserError(f"--steps {args.steps}: profiling needs at least 2 steps; pass --steps 2 or more")
     pipe = load_pipeline(model, model_path=args.model_path)
+    if unknown:
+        from dataclasses import replace
+
+        from ..executor.evaluate import check_inputs, default_strength
+
+        check_inputs(pipe, inputs)
+        if inputs.strength is None and not getattr(args, "recalibrate", None):
+            inputs = replace(inputs, strength=default_strength(pipe))
     kwargs, resolution, default_prompts, default_steps = default_call(pipe, model)
     if getattr(args, "recalibrate", None):
-        return recalibrate(pipe, args, kwargs=kwargs, out=out, model=model)
+        return recalibrate(pipe, args, kwargs=kwargs, out=out, model=model, inputs=inputs)
     T = args.steps or default_steps
     if T < 2:
         raise UserError(f"--steps {T}: profiling needs at least 2 steps; pass --steps 2 or more")
     J = min(args.max_window or max(args.gpus, 8), T)
-    prompts = tuple(args.prompts) if args.prompts else default_prompts
+    resolution, num_frames = generation(pipe, inputs, kwargs=kwargs, resolution=resolution, num_steps=T)
+    prompts = tuple(inputs.conditions) if inputs.conditions else default_prompts
     seeds = tuple(args.seeds) if args.seeds else DEFAULT_SEEDS
     name = None if args.model is not None else f"{Path(model).name}-{type(pipe.scheduler).__name__}-{T}steps"
     settings = ProfilerSettings(model=model, name=name, num_steps=T, max_window=J, gpus=args.gpus, prompts=prompts,
@@ -118,6 +179,7 @@ def run(args) -> int:
     except ValueError as exc:
         raise UserError(str(exc).splitlines()[0]) from None
     profile = identified(run_.profile, pipe, model=model, model_path=args.model_path)
+    profile = profile.model_copy(update={"num_frames": num_frames, "strength": inputs.strength})
     if args.verify is not None:
         profile = calibrate_profile(pipe, profile, settings=settings, count=args.verify, say=say)
     write_profile(profile, out)
@@ -128,7 +190,7 @@ def run(args) -> int:
     return 0
 
 
-def recalibrate(pipe, args, *, kwargs, out: Path, model: str) -> int:
+def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
     """``--recalibrate PROFILE``: re-time compute/exchange (``--retime``) and/or re-fit the
     calibration (``--verify N``) of an existing profile on this machine; its quality tables stay."""
     from ..profiles.io import dump_profile, load_profile, write_profile
@@ -149,6 +211,10 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str) -> int:
         raise UserError("--recalibrate needs --retime and/or --verify N; pass one")
     if profile.guidance_scale is not None and "guidance_scale" in kwargs:
         kwargs["guidance_scale"] = profile.guidance_scale
+    from ..executor.evaluate import settle_inputs
+
+    inputs = settle_inputs(inputs, profile, what="profile", fix="profile anew with")   # its size and strength
+    generation(pipe, inputs, kwargs=kwargs, resolution=profile.resolution_px, num_steps=profile.num_steps)
     prompts = tuple(dict.fromkeys(s.prompt for s in profile.output_errors.samples)) if profile.output_errors else ("0",)
     settings = ProfilerSettings(model=profile.model, num_steps=profile.num_steps, max_window=profile.max_window,
                                 gpus=args.gpus, prompts=prompts, seeds=(0,), call_kwargs=kwargs, interconnect=args.interconnect,

@@ -103,7 +103,9 @@ def test_quality_json_fields(tmp_path):
     assert [(im["prompt"], im["seed"]) for im in q["images"]] == [("1", 1000), ("1", 1001)]   # default seeds
     assert set(q["images"][0]) >= {"prompt", "seed", "psnr_db", "ssim"}
     assert set(q["psnr_db"]) == set(q["ssim"]) == {"mean", "p10", "min"}
-    assert not [p.name for p in (tmp_path / "q").iterdir() if p.name != "quality.json"]   # no temp files left
+    assert not [p.name for p in (tmp_path / "q").iterdir() if p.name.startswith(".")]   # no temp files left
+    assert [im["file"] for im in q["images"]] == ["image_000.png", "image_001.png"] and q["frames"] is None
+    assert (tmp_path / "q" / "image_001.png").is_file() and (tmp_path / "q" / "sequential" / "image_001.png").is_file()
 
 
 def test_psnr_db_per_sample_semantics():
