@@ -216,6 +216,10 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
     inputs = settle_inputs(inputs, profile, what="profile", fix="profile anew with")   # its size and strength
     generation(pipe, inputs, kwargs=kwargs, resolution=profile.resolution_px, num_steps=profile.num_steps)
     prompts = tuple(dict.fromkeys(s.prompt for s in profile.output_errors.samples)) if profile.output_errors else ("0",)
+    from ..executor.evaluate import takes_class_labels, takes_prompt
+
+    if not takes_prompt(pipe) and not takes_class_labels(pipe):
+        prompts = (None,)              # unconditional: the samples' prompt is the text 'None'
     settings = ProfilerSettings(model=profile.model, num_steps=profile.num_steps, max_window=profile.max_window,
                                 gpus=args.gpus, prompts=prompts, seeds=(0,), call_kwargs=kwargs, interconnect=args.interconnect,
                                 threads=getattr(args, "threads", 1) or 1, resolution_px=profile.resolution_px)

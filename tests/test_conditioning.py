@@ -101,6 +101,8 @@ def test_unconditional_ddim_end_to_end_and_refusals(folders, ddim_profile, tmp_p
     _refused(["profile", "--model-path", folders["ddim"], "--prompt", "x", "--out", tmp_path / "p.yaml"],
              needle="this pipeline takes no prompt")
     assert not (tmp_path / "p.yaml").exists()
+    _ok(["profile", "--model-path", folders["ddim"], "--recalibrate", ddim_profile, "--retime", "--gpus", 1,
+         "--out", tmp_path / "re.yaml"])          # its samples' prompt is the text 'None': called with no prompt
 
 
 # ---- class labels -------------------------------------------------------------------------------
