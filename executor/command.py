@@ -7,18 +7,19 @@ writes the images (PNG) and ``report.json`` into ``--out``, atomically, at the v
     world_size, num_steps, latency_s, bytes_exchanged (measured, sum over ranks of bytes
     received), bytes_exchanged_schedule (schedule.totals), forwards_per_rank,
     bytes_received_per_rank, windows: [{start, kind, size, seconds, bytes, exchange_s,
-    snapshot_s, replay_s}], images, repeats, warmup_runs, latency_spread_s: {median, min, max,
+    snapshot_s, replay_s, swap_s, half_forwards}] (rank 0's CFG-split swaps are inside exchange_s too), images, repeats, warmup_runs, latency_spread_s: {median, min, max,
     runs}, and with --reference:
     reference: {latency_s, speedup, psnr_db, ssim, identical, latency_spread_s}.
 
 ``latency_s`` is rank 0's wall time of the whole pipeline call (prompt encoding and VAE decode
 included), started after a barrier. The reference is the plain pipeline (hooks removed), same
-seed, on rank 0 alone, after the parallel runs. PSNR is ``null`` (and ``identical`` true) when
+seed, on rank 0 alone, after each parallel run. PSNR is ``null`` (and ``identical`` true) when
 the images are bit-identical. Ranks other than 0 skip the VAE decode (``output_type="latent"``).
 
 Timing (``--repeats N``, default 1): with ``--reference`` or N > 1, one untimed warm-up run of
-each side comes first; then N timed runs of each side; ``latency_s`` (both sides) is the median
-and ``speedup`` the ratio of the medians; ``latency_spread_s`` keeps every run's time. Windows
+each side comes first; then N timed runs of each side, alternating (parallel, then sequential on
+rank 0 with the hooks removed while the other ranks wait), so that load changes on a shared machine
+hit both sides alike; ``latency_s`` (both sides) is the median and ``speedup`` the ratio of the medians; ``latency_spread_s`` keeps every run's time. Windows
 and forwards are the last parallel run's. ``exec --reference`` ends with one human line on
 stderr (ranks, latency vs sequential, speedup, PSNR, SSIM); report.json is for tools.
 
@@ -340,9 +341,9 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
         check_inputs(pipe, job.inputs)
         check_strength_recorded(pipe, job.inputs, what="schedule")
     steps = inference_steps_for(pipe.scheduler, schedule.num_steps, strength=job.inputs.strength)
-    handle = apply_parastep(pipe, ParaStepConfig(windows=schedule.windows, num_steps=schedule.num_steps,
-                                                 exchange=DistExchange(), observer=_test_exit_observer(ctx.rank),
-                                                 sync_timing=ctx.device.type == "cuda"))
+    config = ParaStepConfig(windows=schedule.windows, num_steps=schedule.num_steps, exchange=DistExchange(),
+                            observer=_test_exit_observer(ctx.rank), sync_timing=ctx.device.type == "cuda")
+    handle = apply_parastep(pipe, config)
     sync = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
 
     def parallel_run():
@@ -355,17 +356,42 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
         pipe.set_progress_bar_config(disable=True)   # one progress bar per command, not one per run
         return time.perf_counter() - t0, result, kw
 
+    def sequential_run():
+        kw_ref = call_kwargs(pipe, schedule, inputs=job.inputs, seed=job.seed, output_type="np", num_inference_steps=steps)
+        t0 = time.perf_counter()
+        result = pipe(**kw_ref)
+        sync()
+        return time.perf_counter() - t0, result
+
+    def sequential_round():
+        """With --reference, rank 0 runs the plain pipeline (hooks removed) while the others wait,
+        right after a parallel run: the two sides alternate, so a change in the machine's load
+        hits both alike (a shared machine's timings drift by +-25 %)."""
+        nonlocal handle
+        remove_parastep(pipe)
+        result = sequential_run() if ctx.rank == 0 else None
+        dist.barrier()
+        handle = apply_parastep(pipe, config)
+        return result
+
     if job.warmup:
         parallel_run()
-    times = []
+        if job.reference:
+            sequential_round()
+    times, ref_times, ref_out = [], [], None
     for _ in range(job.repeats):   # every run has the same seed, so the same output; the last one's is kept
         t, out, kw = parallel_run()
         times.append(t)
+        if handle.steps_done != schedule.num_steps:
+            raise UserError(f"the pipeline ran {handle.steps_done} scheduler steps, the schedule has {schedule.num_steps}; "
+                            "re-plan with the pipeline's step count")
+        mine = {"forwards": handle.forwards, "windows": [vars(w) for w in handle.stats()]}
+        if job.reference:
+            seq = sequential_round()
+            if seq is not None:
+                ref_times.append(seq[0])
+                ref_out = seq[1]
     latency_s = statistics.median(times)
-    if handle.steps_done != schedule.num_steps:
-        raise UserError(f"the pipeline ran {handle.steps_done} scheduler steps, the schedule has {schedule.num_steps}; "
-                        "re-plan with the pipeline's step count")
-    mine = {"forwards": handle.forwards, "windows": [vars(w) for w in handle.stats()]}
     gathered: list[Any] = [None] * ctx.world_size
     dist.all_gather_object(gathered, mine)
     remove_parastep(pipe)
@@ -378,7 +404,8 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
     for k, w in enumerate(wins0):
         windows.append({"start": w["start"], "kind": w["kind"], "size": w["size"], "seconds": w["seconds"],
                         "bytes": sum(g["windows"][k]["bytes_received"] for g in gathered),
-                        "exchange_s": w["exchange_s"], "snapshot_s": w["snapshot_s"], "replay_s": w["replay_s"]})
+                        "exchange_s": w["exchange_s"], "snapshot_s": w["snapshot_s"], "replay_s": w["replay_s"],
+                        "swap_s": w.get("swap_s", 0.0), "half_forwards": w.get("half_forwards", 0)})
     report: dict[str, Any] = {
         "schedule": job.schedule_path, "model": schedule.model, "scheduler": type(pipe.scheduler).__name__,
         "world_size": ctx.world_size, "num_steps": schedule.num_steps, "device": str(ctx.device),
@@ -398,20 +425,6 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
     if job.reference:
         from .metrics import psnr_db, ssim
 
-        def sequential_run():
-            kw_ref = call_kwargs(pipe, schedule, inputs=job.inputs, seed=job.seed,
-                                 output_type="np", num_inference_steps=steps)
-            t0 = time.perf_counter()
-            result = pipe(**kw_ref)
-            sync()
-            return time.perf_counter() - t0, result
-
-        if job.warmup:
-            sequential_run()
-        ref_times = []
-        for _ in range(job.repeats):
-            t, ref_out = sequential_run()
-            ref_times.append(t)
         ref_latency_s = statistics.median(ref_times)
         ref_images = _images_np(ref_out.images if hasattr(ref_out, "images") else ref_out[0])
         a, b = _to_tensor(images), _to_tensor(ref_images)
