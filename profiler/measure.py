@@ -7,6 +7,10 @@ does, for a batch of samples (every prompt x every seed, one generator per sampl
    wrapped on the instance to record, before each step i, ``x_i``, the guided output ``e_i`` the
    pipeline passes to ``step``, the step's other arguments, and a snapshot (deep copy of
    ``scheduler.__dict__``) of the scheduler state. ``x_T`` is the output latent.
+   A pipeline may step k identical copies of the samples (DiT with guidance > 1 steps ``[x; x]``):
+   ``latent_copies`` finds k (and refuses copies that differ); every per-sample number below is
+   taken on the first copy (``first_copy``) and every injected perturbation reaches all copies
+   alike (``tiled``), so each sample counts once.
 2. **Deviation tables**, per predictor p and start s (``last``: s >= 1, ``linear``: s >= 2):
    the pipeline runs the schedule ``exact 0..s-1 | parallel(s, w = min(J, T - s)) | ...`` through
    the executor's own hooks (``parastep.executor.hooks``) with the prefix *replayed* from the
@@ -114,6 +118,7 @@ class Trajectory:
     bound: list[inspect.BoundArguments]
     step_fn: Callable            # the scheduler class's unbound ``step``
     forwards: int
+    copies: int = 1              # the latent batch is ``copies`` identical copies of the samples (``latent_copies``)
 
 
 @dataclass
@@ -139,10 +144,49 @@ def _torch():
     return torch
 
 
-def rms_per_sample(diff) -> "Any":
-    """RMS over every dimension but the first (the batch): one value per sample."""
-    flat = diff.detach().reshape(diff.shape[0], -1).double()
-    return flat.pow(2).mean(dim=1).sqrt()
+def rms_per_sample(diff, copies: int = 1) -> "Any":
+    """RMS over every dimension but the first (the batch): one value per sample (``first_copy``
+    folds a batch of ``copies`` identical copies of the samples first)."""
+    d = first_copy(diff.detach(), copies)
+    return d.reshape(d.shape[0], -1).double().pow(2).mean(dim=1).sqrt()
+
+
+def first_copy(t, copies: int):
+    """Rows ``[0, N)`` of a latent batch that holds ``copies`` copies of N samples, viewed as
+    ``(copies, N, ...)``. The copies are identical (``latent_copies`` refuses otherwise), so the
+    first one is every reduction over them, and it is the one the pipeline decodes (DiT's
+    ``latents, _ = latent_model_input.chunk(2)``)."""
+    return t if copies == 1 else t.reshape(copies, -1, *t.shape[1:])[0]
+
+
+def tiled(t, copies: int):
+    """``t`` (N samples) repeated ``copies`` times along the batch: a perturbation every copy of a
+    sample receives alike, so the copies stay identical (a pipeline may step every copy, as DiT's
+    scheduler does, or re-sync them from the first, as DiT's loop does: both see the same change)."""
+    return t if copies == 1 else t.repeat(copies, *([1] * (t.dim() - 1)))
+
+
+def latent_copies(tensors: Sequence[Any], *, samples: int) -> int:
+    """k where the scheduler steps a latent batch of k x ``samples`` rows holding k identical copies
+    of the samples (DiT with guidance > 1 steps ``[x; x]``): 1 for one latent per sample.
+    ValueError, one line, when the rows are not a whole number of copies or the copies differ."""
+    rows = int(tensors[0].shape[0])
+    if rows == samples:
+        return 1
+    if samples <= 0 or rows % samples:
+        raise ValueError(f"the scheduler steps a latent batch of {rows} rows for {samples} samples, not a whole number of "
+                         "copies of them: parastep cannot tell which rows are which sample; profile one sample per latent row")
+    k = rows // samples
+    worst = 0.0
+    for t in tensors:
+        v = t.detach().reshape(k, samples, -1).double()
+        scale = float(v[0].abs().max())
+        worst = max(worst, float((v - v[:1]).abs().max()) / max(scale, 1e-30))
+    if worst > 1e-6:
+        raise ValueError(f"the scheduler steps {k} copies of each of the {samples} samples and the copies differ (max relative "
+                         f"difference {worst:.2g}): parastep measures one latent per sample; profile with a deterministic "
+                         "scheduler (e.g. DDIMScheduler), whose copies stay identical")
+    return k
 
 
 def _first(out):
@@ -243,7 +287,8 @@ def record_reference(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_
         raise RuntimeError(f"the pipeline made {len(es)} scheduler steps for num_inference_steps={num_steps}; "
                            "profile a first-order scheduler")
     step_fn = type(sched).step
-    return Trajectory(x=xs + last_out, e=es, states=states, bound=bounds, step_fn=step_fn, forwards=n[0])
+    copies = latent_copies(xs + last_out + es, samples=len(prompts))
+    return Trajectory(x=xs + last_out, e=es, states=states, bound=bounds, step_fn=step_fn, forwards=n[0], copies=copies)
 
 
 # ---- 2. deviation tables ----------------------------------------------------------------------
@@ -354,7 +399,7 @@ def deviation_tables(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, 
                 for j in range(size):
                     a = stand_in(traj, predictor=p, start=s, k=j)
                     d = rms_per_sample(_scratch_step(traj, sched_cls, s + j, model_output=a, sample=traj.x[s + j])
-                                       - ref_next[s + j])
+                                       - ref_next[s + j], traj.copies)
                     r_mean.append(float(d.mean()))
                     r_max.append(float(d.max()))
             reuse[p]["mean"].append(r_mean)
@@ -370,7 +415,7 @@ def deviation_tables(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, 
                 with torch.no_grad():
                     for j in range(1, size):
                         d = rms_per_sample(_scratch_step(traj, sched_cls, s + j, model_output=ehat[j], sample=traj.x[s + j])
-                                           - ref_next[s + j])
+                                           - ref_next[s + j], traj.copies)
                         d_mean.append(float(d.mean()))
                         d_max.append(float(d.max()))
             dev[p]["mean"].append(d_mean)
@@ -438,16 +483,16 @@ def propagation_gain(pipe, traj: Trajectory, *, prompts, seeds, num_steps: int, 
     forwards = 0
     t0 = time.perf_counter()
     for n_done, i in enumerate(points):
-        x_next = traj.x[i + 1]
+        x_next = first_copy(traj.x[i + 1], traj.copies)
         g = torch.Generator().manual_seed(1_000_003 * (seed + 1) + i)
         d = torch.randn(x_next.shape, generator=g, dtype=torch.float64)
         d = d / rms_per_sample(d).view(-1, *([1] * (d.dim() - 1)))      # unit RMS per sample
         direction = (d * delta).to(x_next.dtype)
         applied = rms_per_sample(direction.double())
         out, n = perturbed_output(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=call_kwargs,
-                                  step=i, direction=direction)
+                                  step=i, direction=tiled(direction, traj.copies))
         forwards += n
-        measured[i] = float((rms_per_sample(out - traj.x[T]) / applied).mean())
+        measured[i] = float((rms_per_sample(out - traj.x[T], traj.copies) / applied).mean())
         if progress is not None and (n_done % 10 == 9 or n_done == len(points) - 1):
             progress(f"propagation: {n_done + 1}/{len(points)} injection steps, {forwards} forwards, {time.perf_counter() - t0:.1f} s")
     known = sorted(measured)
@@ -549,7 +594,8 @@ def window_output_errors(pipe, traj: Trajectory, deviations: Mapping[int, list],
     t0 = time.perf_counter()
     for n_done, b in enumerate(sorted(deviations)):
         keys = [k for k, _, _ in deviations[b]]
-        M = torch.stack([d.reshape(d.shape[0], -1).double() for _, d, _ in deviations[b]], dim=1)   # N x m x dim
+        M = torch.stack([first_copy(d, traj.copies).reshape(-1, d[0].numel()).double() for _, d, _ in deviations[b]],
+                        dim=1)                                                      # N x m x dim
         N, m, dim = M.shape
         if direct and b < T:
             # the scheduler carries model outputs across steps: the window's own history changes
@@ -559,7 +605,7 @@ def window_output_errors(pipe, traj: Trajectory, deviations: Mapping[int, list],
                 out, n = perturbed_output(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=call_kwargs,
                                           step=b - 1, direction=None, outputs={s + j: e for j, e in enumerate(applied)})
                 forwards += n
-                rms_out[:, i] = (out - x_T).reshape(N, -1).double().pow(2).mean(-1).sqrt()
+                rms_out[:, i] = rms_per_sample(out - x_T, traj.copies)
             kept_total += float(M.pow(2).sum())
             norm_total += float(M.pow(2).sum())
         elif b == T:
@@ -583,11 +629,11 @@ def window_output_errors(pipe, traj: Trajectory, deviations: Mapping[int, list],
                 if not bool((eps > 0).any()):
                     break
                 scale = (eps * math.sqrt(dim)).view(N, 1)    # unit-L2 direction -> RMS eps
-                direction = (V[:, k] * scale).reshape(traj.x[b].shape).to(traj.x[b].dtype)
+                direction = (V[:, k] * scale).reshape(N, *traj.x[b].shape[1:]).to(traj.x[b].dtype)
                 out, n = perturbed_output(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T,
-                                          call_kwargs=call_kwargs, step=b - 1, direction=direction)
+                                          call_kwargs=call_kwargs, step=b - 1, direction=tiled(direction, traj.copies))
                 forwards += n
-                diff = (out - x_T).reshape(N, -1).double()
+                diff = first_copy(out - x_T, traj.copies).reshape(N, -1).double()
                 JV[:, k] = torch.where(scale > 0, diff / scale.clamp_min(1e-300), torch.zeros_like(diff))
             O = coeff @ JV                                  # N x m x dim_out
             rms_out = (O.pow(2).mean(-1) + (gain[b - 1] ** 2) * residual_ms).sqrt()      # N x m
@@ -604,6 +650,7 @@ def window_output_errors(pipe, traj: Trajectory, deviations: Mapping[int, list],
 def similarity(traj: Trajectory) -> Similarity:
     cos, rel = [], []
     for a, b in zip(traj.e[:-1], traj.e[1:]):
+        a, b = first_copy(a, traj.copies), first_copy(b, traj.copies)
         fa, fb = a.reshape(a.shape[0], -1).double(), b.reshape(b.shape[0], -1).double()
         c = (fa * fb).sum(1) / (fa.norm(dim=1) * fb.norm(dim=1)).clamp_min(1e-30)
         r = (fb - fa).abs().sum(1) / fa.abs().sum(1).clamp_min(1e-30)
@@ -967,7 +1014,7 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
     if nonzero:
         delta = statistics.median(nonzero)
     else:
-        delta = 1e-3 * float(rms_per_sample(traj.x[T]).mean())
+        delta = 1e-3 * float(rms_per_sample(traj.x[T], traj.copies).mean())
     gain, n_prop = propagation_gain(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=kw,
                                     delta=delta, stride=settings.propagation_stride, progress=say)
     forwards["propagation"] = n_prop
