@@ -60,15 +60,16 @@ def test_the_held_out_seeds_are_held_out(setup):
     assert not set(HELD_OUT_SEEDS) & {s.seed for s in profile.output_errors.samples}
 
 
-G8_OPEN = ("issue 7, open at G = 8: with deterministic CP-SAT plans the G = 8 plan measures below its goal on these "
-           "held-out seeds (default: mean 36.82 vs the fixed plan's 37.19 dB; --min-psnr 30: 80 % of images at 30 dB); "
-           "see the closing note and README Results")
+G8_OPEN = ("issue 7, open at G = 8: with deterministic CP-SAT plans the G = 8 --min-psnr 30 plan covers 80 % of these "
+           "held-out images at 30 dB (the goal: 85 %); see the closing note and README Results")
 
 
-@pytest.mark.parametrize("G", [2, 4, pytest.param(8, marks=pytest.mark.xfail(strict=True, reason=G8_OPEN))])
+@pytest.mark.parametrize("G", [2, 4, 8])
 def test_default_plan_measures_at_least_the_fixed_plan_and_is_faster(setup, G):
     """Issue 7 item 3: no budget -> every calibration image no worse than under the fixed plan;
-    on held-out images the mean and the 10th percentile are at least the fixed plan's."""
+    on held-out images the mean and the 10th percentile are at least the fixed plan's. (At G = 8 this
+    holds with CFG split, the default since the digits profile prices it; without it the default plan
+    measured 36.82 vs the fixed plan's 37.19 dB mean on these seeds.)"""
     profile, sha = setup[0], setup[1]
     fixed = _plan(profile, sha, world_size=G, policy="fixed")
     default = _plan(profile, sha, world_size=G)
