@@ -118,6 +118,17 @@ def generation(pipe, inputs, *, kwargs: dict, resolution, num_steps: int):
     return (None if resolution is None else tuple(resolution)), frames
 
 
+def sample_conditions(pipe, prompts) -> tuple:
+    """A profile's sample prompts as ``pipe`` is called with them: an unconditional pipeline's
+    samples record the text 'None' and are called with no condition; others as recorded (text
+    prompts, or class labels by index or name)."""
+    from ..executor.evaluate import takes_class_labels, takes_prompt
+
+    if not takes_prompt(pipe) and not takes_class_labels(pipe):
+        return tuple(None for _ in prompts)
+    return tuple(prompts)
+
+
 def identified(profile, pipe, *, model: str, model_path):
     """``profile`` with the pipeline class and the identity of the folder that was measured."""
     from ..executor.registry import folder_identity, locate
@@ -216,10 +227,7 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
     inputs = settle_inputs(inputs, profile, what="profile", fix="profile anew with")   # its size and strength
     generation(pipe, inputs, kwargs=kwargs, resolution=profile.resolution_px, num_steps=profile.num_steps)
     prompts = tuple(dict.fromkeys(s.prompt for s in profile.output_errors.samples)) if profile.output_errors else ("0",)
-    from ..executor.evaluate import takes_class_labels, takes_prompt
-
-    if not takes_prompt(pipe) and not takes_class_labels(pipe):
-        prompts = (None,)              # unconditional: the samples' prompt is the text 'None'
+    prompts = sample_conditions(pipe, prompts)
     settings = ProfilerSettings(model=profile.model, num_steps=profile.num_steps, max_window=profile.max_window,
                                 gpus=args.gpus, prompts=prompts, seeds=(0,), call_kwargs=kwargs, interconnect=args.interconnect,
                                 threads=getattr(args, "threads", 1) or 1, resolution_px=profile.resolution_px)

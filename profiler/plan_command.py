@@ -3,8 +3,12 @@
 ``--verify N`` runs the plan in ONE process (the executor's hooks; which rank computes an offset
 does not change its value) on N held-out images (the profile's calibration prompts, seeds from
 ``HELD_OUT_SEED0`` on: none the profile saw) against the sequential output of the same seed, and
-records per-image PSNR in ``quality.measured``. If the plan misses its target, the quality model
-is corrected from the measurement and the plan re-made, at most ``MAX_ROUNDS`` rounds:
+records per-image PSNR in ``quality.measured``. The pipeline is called as the profiler called it
+(``profiler.command.generation``: the profile's size, frames and step count; class labels or no
+condition from the pipeline's signature); an image-to-image profile is refused in one line (there
+is no input image here: ``parastep evaluate SCHED --image PATH`` measures such a schedule).
+If the plan misses its target, the quality model is corrected from the measurement and the plan
+re-made, at most ``MAX_ROUNDS`` rounds:
 
 - ``--min-psnr DB --coverage Q``: the target is "at least Q of the measured images at or above
   DB". Missed by S dB at that quantile, the next round plans for DB + S + 0.25 dB (the per-image
@@ -57,6 +61,12 @@ def run(args) -> int:
     return 0
 
 
+def _refuse_img2img(profile) -> None:
+    """``--verify`` has no input image to run an image-to-image pipeline on: one line naming the fix."""
+    raise UserError(f"plan --verify needs an input image: profile '{profile.name}' is image-to-image; plan without "
+                    "--verify, then measure the schedule with 'parastep evaluate SCHED --image PATH'")
+
+
 def _verified(req, *, n: int, model_path):
     import torch
 
@@ -64,28 +74,36 @@ def _verified(req, *, n: int, model_path):
     from ..executor.registry import load_pipeline
     from ..planner.command import make_plan
     from ..schedules.model import MeasuredQuality
-    from ..executor.evaluate import psnr_db_per_sample, quantile, run_schedule_local
-    from .command import default_call
+    from ..executor.evaluate import Inputs, psnr_db_per_sample, quantile, run_schedule_local, settle_inputs, takes_image
+    from .command import default_call, generation, sample_conditions
     from ..executor.launch import cpu_threads
 
     profile = req.profile
     say = lambda msg: print(f"parastep plan: {msg}", file=sys.stderr, flush=True)  # noqa: E731
     prompts, seeds = held_out_samples(profile, n)
+    if profile.strength is not None:
+        _refuse_img2img(profile)
     check_model(profile, model_path)          # another folder than the one profiled: one line, nothing loaded
+    # the size, frames and strength the profile measured (a video's frames: Latte's video_length)
+    inputs = settle_inputs(Inputs(), profile, what="profile", fix="profile anew with")
     result = make_plan(req)
     t0 = time.perf_counter()
     pipe = load_pipeline(profile.model, model_path=model_path)
     pipe.set_progress_bar_config(disable=True)
+    if takes_image(pipe):
+        _refuse_img2img(profile)              # a profile from before strength was recorded
     kwargs, _res, _p, _s = default_call(pipe, profile.model)
     if profile.guidance_scale is not None and "guidance_scale" in kwargs:
         kwargs["guidance_scale"] = profile.guidance_scale
     T = profile.num_steps
+    generation(pipe, inputs, kwargs=kwargs, resolution=profile.resolution_px, num_steps=T)   # the profiler's call
+    conditions = list(sample_conditions(pipe, prompts))      # an unconditional pipeline: None per sample
 
     with cpu_threads(pipe, max(1, torch.get_num_threads())):
-        ref = run_schedule_local(pipe, None, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=kwargs)
+        ref = run_schedule_local(pipe, None, num_steps=T, prompts=conditions, seeds=seeds, call_kwargs=kwargs)
 
         def measure(schedule) -> list[float]:
-            out = run_schedule_local(pipe, schedule, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=kwargs)
+            out = run_schedule_local(pipe, schedule, num_steps=T, prompts=conditions, seeds=seeds, call_kwargs=kwargs)
             return psnr_db_per_sample(out, ref)
 
         target = None               # (name, check(psnr) -> bool, shortfall(psnr) -> dB)

@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
 import torch
 
 import tiny_pipelines as TP
@@ -56,20 +57,26 @@ def root(tmp_path_factory) -> Path:
 # ---- DiT: a doubled latent batch ------------------------------------------------------------------
 
 
-def test_dit_folder_profile_plan_exec(root, tmp_path):
-    folder = _folder(root, "dit")
-    prof = tmp_path / "dit.yaml"
-    _ok(["profile", "--model-path", folder, "--gpus", 1, "--max-window", 2, "--steps", 3, "--seed", 1,
+@pytest.fixture(scope="module")
+def dit_profile(root) -> Path:
+    prof = root / "dit.yaml"
+    _ok(["profile", "--model-path", _folder(root, "dit"), "--gpus", 1, "--max-window", 2, "--steps", 3, "--seed", 1,
          "--class-label", "golden retriever", "--class-label", "2", "--out", prof])
-    p, _ = load_profile(prof)
+    return prof
+
+
+def test_dit_folder_profile_plan_exec(dit_profile, tmp_path):
+    p, _ = load_profile(dit_profile)
     assert p.pipeline_class == "DiTPipeline" and p.guidance_scale is not None and p.guidance_scale > 1
     oe = p.output_errors
     assert [(s.prompt, s.seed) for s in oe.samples] == [("golden retriever", 1), ("2", 1)]
     rows = [v for tab in (oe.parallel, oe.reuse) for pred in tab.values() for row in pred for v in row]
     assert rows and all(len(v) == 2 for v in rows)                   # one error per sample, not per latent row
     sched = tmp_path / "s.yaml"
-    text, _ = _ok(["plan", "--profile", prof, "--gpus", 1])
+    text, _ = _ok(["plan", "--profile", dit_profile, "--gpus", 1, "--verify", 2])   # held-out class labels
     sched.write_text(text)
+    measured = load_schedule(sched).quality.measured
+    assert measured.prompts == ["golden retriever", "2"] and measured.psnr_db_min == 100.0   # lossless on 1 GPU
     _, err = _ok(["exec", sched, "--class-label", "golden retriever", "--out", tmp_path / "run", "--reference"])
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["class_labels"] == [1] and report["reference"]["identical"]
@@ -122,3 +129,50 @@ def test_latent_copies_fold_and_refuse():
         latent_copies([torch.cat([x, x + 1e-3])], samples=3)
     with pytest.raises(ValueError, match="latent batch of 5 rows for 3 samples, not a whole number of copies"):
         latent_copies([torch.randn(5, 4)], samples=3)
+
+
+# ---- plan --verify calls the pipeline as the profiler did -------------------------------------------
+
+
+def test_plan_verify_video_at_the_profiled_size_and_frames(root, tmp_path):
+    """Latte: the profile's 32x32 px and its frames (``video_length``), not the pipeline's 512 px x 16."""
+    prof = tmp_path / "latte.yaml"
+    _ok(["profile", "--model-path", _folder(root, "latte"), "--gpus", 1, "--max-window", 2, "--steps", 3, "--seed", 1,
+         "--prompt", "a cat", "--height", 32, "--width", 32, "--num-frames", TP.LATTE_FRAMES, "--out", prof])
+    text, err = _ok(["plan", "--profile", prof, "--gpus", 2, "--interconnect", "nvlink", "--budget", 1e9, "--verify", 2])
+    s = (tmp_path / "s.yaml")
+    s.write_text(text)
+    sched = load_schedule(s)
+    assert any(w.kind != "exact" for w in sched.windows) and sched.num_frames == TP.LATTE_FRAMES
+    m = sched.quality.measured
+    assert (m.samples, m.prompts, m.seeds) == (2, ["a cat", "a cat"], [10_000, 10_001])
+    assert 0 < m.psnr_db_min <= m.psnr_db_mean < 100
+    assert "verify: 2 held-out images" in err
+
+
+def test_plan_verify_unconditional(root, tmp_path):
+    """DDIM: the samples' prompt is the text 'None'; the pipeline is called with no condition."""
+    prof = tmp_path / "ddim.yaml"
+    _ok(["profile", "--model-path", _folder(root, "ddim"), "--gpus", 1, "--max-window", 2, "--steps", 3, "--out", prof])
+    text, _ = _ok(["plan", "--profile", prof, "--gpus", 1, "--verify", 2])
+    (tmp_path / "s.yaml").write_text(text)
+    assert load_schedule(tmp_path / "s.yaml").quality.measured.psnr_db_min == 100.0
+
+
+def test_plan_verify_refuses_img2img_in_one_line(root, dit_profile, tmp_path):
+    """No input image to run it on: one line pointing to evaluate, whether the profile records its
+    strength (refused before loading) or predates that (refused once the class is known)."""
+    from parastep.executor.registry import folder_identity
+
+    folder = _folder(root, "sd15-img2img")
+    data = yaml.safe_load(dit_profile.read_text())
+    data.update(name="i2i", model=str(folder), pipeline_class="StableDiffusionImg2ImgPipeline",
+                model_identity=folder_identity(folder))
+    fix = "plan without --verify, then measure the schedule with 'parastep evaluate SCHED --image PATH'"
+    for strength in (0.5, None):
+        prof = tmp_path / f"i2i-{strength}.yaml"
+        prof.write_text(yaml.safe_dump({**data, "strength": strength} if strength else data, sort_keys=False))
+        line = _refused(["plan", "--profile", prof, "--gpus", 1, "--verify", 2],
+                        needle="plan --verify needs an input image: profile 'i2i' is image-to-image")
+        assert line.endswith(fix)
+        _ok(["plan", "--profile", prof, "--gpus", 1])                  # without --verify: planned
