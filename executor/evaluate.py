@@ -319,6 +319,32 @@ def generation_kwargs(pipe, inputs: Inputs) -> dict[str, Any]:
     fp = frames_param(pipe)
     if inputs.num_frames is not None and fp is not None:
         kw[fp] = inputs.num_frames
+    kw.update(_config_kwargs(pipe, params))
+    return kw
+
+
+# PixArt pipelines bin the requested size to an aspect-ratio table that exists only for these
+# transformer sample sizes (latent pixels: 256, 512, 1024, 2048 px images); any other size makes the
+# pipeline raise "Invalid sample size" unless binning is off
+_PIXART_BINNED_SAMPLE_SIZES = (32, 64, 128, 256)
+
+
+def _config_kwargs(pipe, params: Mapping[str, inspect.Parameter]) -> dict[str, Any]:
+    """Call arguments the folder's own configs fix, so a pipeline whose defaults do not fit its
+    denoiser still runs without a flag the user would have to guess: the text length a CogVideoX
+    transformer was built for (``max_text_seq_length``; the pipeline's default is 226), and no
+    resolution binning for a PixArt transformer of a size the pipeline has no bins for."""
+    den = getattr(pipe, "transformer", None) or getattr(pipe, "unet", None)
+    cfg = getattr(den, "config", None)
+    if cfg is None:
+        return {}
+    kw: dict[str, Any] = {}
+    text_len = getattr(cfg, "max_text_seq_length", None)
+    if "max_sequence_length" in params and isinstance(text_len, int):
+        kw["max_sequence_length"] = text_len
+    size = getattr(cfg, "sample_size", None)
+    if "use_resolution_binning" in params and isinstance(size, int) and size not in _PIXART_BINNED_SAMPLE_SIZES:
+        kw["use_resolution_binning"] = False
     return kw
 
 

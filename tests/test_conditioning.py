@@ -241,3 +241,33 @@ def test_settle_inputs_fills_and_refuses():
     blank = SimpleNamespace(resolution_px=None, num_frames=None, strength=None)
     with pytest.raises(UserError, match="the pipeline's default size \\(not recorded\\).*drop --height/--width"):
         settle_inputs(Inputs(height=8, width=8), blank, what="profile", fix="profile anew with")
+
+
+def test_config_fixed_call_arguments_need_no_flag():
+    """A folder whose denoiser does not fit the pipeline's defaults still runs without a guessed flag:
+    CogVideoX's text length comes from its transformer, PixArt bins only its released sizes."""
+    from types import SimpleNamespace
+
+    from parastep.executor.evaluate import Inputs, generation_kwargs
+
+    class CogLike:
+        def __call__(self, prompt=None, max_sequence_length=226, num_frames=49):
+            pass
+
+    class PixArtLike:
+        def __call__(self, prompt=None, use_resolution_binning=True, height=None, width=None):
+            pass
+
+    class Plain:
+        def __call__(self, prompt=None, height=None, width=None):
+            pass
+
+    def pipe(cls, **cfg):
+        p = cls()
+        p.transformer = SimpleNamespace(config=SimpleNamespace(**cfg))
+        return p
+
+    assert generation_kwargs(pipe(CogLike, max_text_seq_length=16), Inputs()) == {"max_sequence_length": 16}
+    assert generation_kwargs(pipe(PixArtLike, sample_size=8), Inputs()) == {"use_resolution_binning": False}
+    assert generation_kwargs(pipe(PixArtLike, sample_size=128), Inputs()) == {}      # PixArt-Sigma 1024: binned
+    assert generation_kwargs(pipe(Plain, sample_size=8, max_text_seq_length=16), Inputs()) == {}
