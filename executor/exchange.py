@@ -32,7 +32,7 @@ from typing import Mapping, Protocol, Sequence, Union
 
 import torch
 
-from ..schedules.model import entry_ranks
+from ..schedules.model import entry_ranks, held_by_all
 
 PlacementEntry = Union[int, Sequence[int]]
 
@@ -44,12 +44,6 @@ def tensor_nbytes(t: torch.Tensor) -> int:
 def senders(placement: Sequence[PlacementEntry]) -> list[int]:
     """The rank that sends each offset's guided output at the window's end: its first computing rank."""
     return [entry_ranks(e)[0] for e in placement]
-
-
-def held_by_all(placement: Sequence[PlacementEntry], world_size: int) -> bool:
-    """Does every rank hold every offset's output already (no end exchange needed)?"""
-    everyone = set(range(world_size))
-    return all(set(entry_ranks(e)) >= everyone for e in placement)
 
 
 class Exchange(Protocol):

@@ -86,6 +86,7 @@ from dataclasses import dataclass, field, replace as dc_replace
 from typing import Literal, Optional, Sequence
 
 from ..profiles.model import Predictor, Profile
+from ..schedules.model import entry_ranks, held_by_all
 
 EdgeKind = Literal["exact", "parallel", "reuse"]
 Placement = tuple  # per offset: a rank (int) or a CFG-split pair (rank_uncond, rank_cond)
@@ -234,10 +235,6 @@ def round_robin_placement(*, size: int, world_size: int) -> tuple[int, ...]:
     return tuple(j % world_size for j in range(size))
 
 
-def _entry_ranks(entry: "int | tuple[int, int]") -> tuple[int, ...]:
-    return (entry,) if isinstance(entry, int) else tuple(entry)
-
-
 def window_latency_s(profile: Profile, *, kind: EdgeKind, size: int, world_size: int,
                      placement: "Placement" = (), split: Sequence[tuple[int, int]] = ()) -> float:
     """Latency of one window under docs/cost-model.md. A placement entry is a rank or a CFG-split
@@ -256,10 +253,8 @@ def window_latency_s(profile: Profile, *, kind: EdgeKind, size: int, world_size:
         return size * step
     whole = [0] * world_size
     halves = [0] * world_size
-    holders = []
     for entry in placement:
-        ranks = _entry_ranks(entry)
-        holders.append(set(ranks))
+        ranks = entry_ranks(entry)
         for rank in ranks:
             if len(ranks) == 1:
                 whole[rank] += 1
@@ -267,8 +262,7 @@ def window_latency_s(profile: Profile, *, kind: EdgeKind, size: int, world_size:
                 halves[rank] += 1
     swap_s = profile.half_forward_time_s(1) + profile.pair_exchange_time_s() if any(halves) else 0.0
     compute = max(profile.forward_time_s(n) + h * swap_s for n, h in zip(whole, halves))
-    everyone = set(range(world_size))
-    exchange = 0.0 if all(h >= everyone for h in holders) else profile.exchange_time_s(world_size, size)
+    exchange = 0.0 if held_by_all(placement, world_size) else profile.exchange_time_s(world_size, size)
     return (size - 1) * step + compute + exchange + size * step
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal, Sequence
 
-from .model import ExactWindow, ParallelWindow, ReuseWindow, Schedule, Totals, Window
+from .model import ExactWindow, ParallelWindow, ReuseWindow, Schedule, Totals, Window, held_by_all
 
 ViolationCode = Literal[
     "coverage",            # windows do not cover 0..T-1 exactly once, in order
@@ -75,13 +75,11 @@ def implied_totals(windows: Sequence[Window], *, world_size: int, output_bytes: 
     """
     forwards = [0] * world_size
     outputs_moved = 0
-    everyone = set(range(world_size))
     for w in windows:
         if isinstance(w, ExactWindow):
             forwards = [f + 1 for f in forwards]
             outputs_moved += 2 * len(w.split or ())
         elif isinstance(w, ParallelWindow):
-            held_by_all = True
             for j in range(w.size):
                 ranks = w.offset_ranks(j)
                 for rank in ranks:
@@ -89,8 +87,7 @@ def implied_totals(windows: Sequence[Window], *, world_size: int, output_bytes: 
                         forwards[rank] += 1
                 if len(ranks) == 2:
                     outputs_moved += 2
-                held_by_all = held_by_all and set(ranks) >= everyone
-            if not held_by_all:
+            if not held_by_all(w.placement, world_size):
                 outputs_moved += (world_size - 1) * w.size
     return Totals(forwards_per_rank=forwards, bytes_exchanged=outputs_moved * output_bytes)
 

@@ -43,6 +43,13 @@ def entry_ranks(entry: "int | list[int] | tuple[int, ...]") -> tuple[int, ...]:
     """The ranks that compute one offset: ``(r,)`` for a whole offset, ``(u, c)`` for a CFG split
     (unconditional half on ``u``, conditional half on ``c``)."""
     return (entry,) if isinstance(entry, int) else tuple(entry)
+
+
+def held_by_all(placement, world_size: int) -> bool:
+    """Does every rank already hold every offset's output after computing a parallel window with
+    this placement (all offsets split over the only two ranks)? Then no end exchange is needed."""
+    everyone = set(range(world_size))
+    return all(set(entry_ranks(e)) >= everyone for e in placement)
 SolverStatus = Literal["OPTIMAL", "FEASIBLE", "INFEASIBLE", "MODEL_INVALID", "UNKNOWN", "NOT_SOLVED"]
 
 

@@ -39,7 +39,7 @@ import networkx as nx
 from ..errors import UserError
 from ..profiles.model import Profile
 from .check import violations, window_size
-from .model import ExactWindow, ParallelWindow, ReuseWindow, Schedule
+from .model import ExactWindow, ParallelWindow, ReuseWindow, Schedule, held_by_all
 
 OpKind = Literal["forward", "scratch", "step", "exchange", "swap"]
 
@@ -176,8 +176,7 @@ def _add_split_window(add, profile: Profile, w: ParallelWindow, last: list, *, w
         if j < size - 1:
             for r in range(G):
                 last[r] = add(_Node(r, "scratch", window, 3 * j + 2, step_s, step=start + j), after=[last[r]])
-    everyone = set(range(G))
-    if not all(set(w.offset_ranks(j)) >= everyone for j in range(size)):
+    if not held_by_all(w.placement, G):
         exchange = add(_Node(-1, "exchange", window, 3 * size, profile.exchange_time_s(G, size)), after=list(last))
         last[:] = [exchange] * G
     for r in range(G):
