@@ -128,16 +128,17 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--max-window", type=_positive_int, dest="max_window", help="largest window (default: min(gpus, profile max))")
     plan.add_argument("--profile", help="profile YAML (default: the shipped one for --model)")
     plan.add_argument("--interconnect", help="interconnect preset for exchange costs (nvlink, pcie4, pcie3, ethernet-10g, ethernet-1g)")
-    plan.add_argument("--time-limit", type=_nonneg_float, dest="time_limit_s", default=10.0, help="CP-SAT time limit in seconds (default 10; past it the best plan found is emitted as FEASIBLE with its proven bound and gap)")
+    plan.add_argument("--time-limit", type=_nonneg_float, dest="time_limit_s", default=10.0, help="solver time limit in seconds (branch and bound or CP-SAT; default 10; past it the best plan found is emitted as FEASIBLE with its proven bound and gap)")
     plan.add_argument("--workers", type=_positive_int, default=None, help="CP-SAT search workers (default: CPU count)")
     plan.add_argument("--seed", type=int, default=0, help="CP-SAT random seed")
     plan.add_argument("--try-fewer-gpus", action="store_true", dest="try_fewer_gpus",
                       help="also plan smaller world sizes (ranks left idle) and keep the fastest plan; one solve per size not dominated")
     plan.add_argument("--cfg-split", choices=["auto", "off"], default="auto", dest="cfg_split",
                       help="auto (default): windows may split the CFG halves over rank pairs where the profile prices it (lossless); off: never")
-    plan.add_argument("--solver", choices=["auto", "cp-sat", "dp"], default="auto",
-                      help="auto (default): CP-SAT for per-image statements over a profile's calibration samples, the exact "
-                           "DP where one budget says it all (priors); cp-sat or dp to force one")
+    plan.add_argument("--solver", choices=["auto", "branch-and-bound", "cp-sat", "dp"], default="auto",
+                      help="auto (default): for per-image statements over a profile's calibration samples the exact "
+                           "Lagrangian branch and bound (proves optimality where CP-SAT stalls), the exact DP where one "
+                           "budget says it all (priors); branch-and-bound, cp-sat or dp to force one")
     plan.add_argument("--verify", type=int, default=0, metavar="N", help="run the plan on N held-out images in one process "
                       "and record per-image PSNR vs sequential in quality.measured; re-plan (up to 3 rounds) if it misses its target")
     plan.add_argument("--model-path", dest="model_path", help="pipeline folder for --verify (default: the registry's)")

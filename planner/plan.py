@@ -28,7 +28,7 @@ from .problem import (
     DEFAULT_LATENCY_UNITS_PER_S, PlannedWindow, Problem, build_problem, error_scale_for, error_units,
 )
 
-SolverName = Literal["auto", "cp-sat", "dp"]
+SolverName = Literal["auto", "branch-and-bound", "cp-sat", "dp"]
 CPSAT_SCALE_FACTOR = 1000.0
 # The default plan's per-image bounds: this share of the fixed plan's predicted errors. 1 keeps the
 # fixed plan feasible, so the default plan is never predicted slower. A margin (0.8) was measured to
@@ -53,7 +53,7 @@ class PlanResult:
 class SolveOutcome:
     """What the solver (or the fixed policy) says about the plan, as recorded in the schedule."""
 
-    name: Literal["cp-sat", "dp", "fixed"]
+    name: Literal["branch-and-bound", "cp-sat", "dp", "fixed"]
     status: str
     objective: Optional[int]             # latency units
     bound: Optional[int]
@@ -169,7 +169,8 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
       ``DEFAULT_FIXED_MARGIN`` = 1; ``plan --verify`` tightens it when a measurement shows the model
       was too kind).
     ``min_psnr_db`` is recorded in the schedule (the caller converts it to ``budget``).
-    solver "auto": the DP oracle where one budget says it all (N = 1), CP-SAT otherwise.
+    solver "auto": the DP oracle where one budget says it all (N = 1), the Lagrangian branch and bound
+    (branch.py, exact; CP-SAT does not prove optimality on these instances) otherwise.
     ``allow_split``: windows may split CFG halves over rank pairs where the profile prices it
     (``Profile.can_split``; lossless, see problem.py); False plans without splits.
     ``fixed_world_size``: the fixed plan that sets the default bounds runs on this many ranks
@@ -210,11 +211,12 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         verify_schedule(schedule, profile)
         return PlanResult(schedule=schedule, warnings=tuple(warnings), problem=None)
 
-    name = ("dp" if N == 1 else "cp-sat") if solver == "auto" else solver
-    # CP-SAT's cost does not grow with coefficient size, the DP's table does: CP-SAT gets an error
-    # scale 1000x finer, so rounding each window's error up costs at most ~1e-7 of the bound per
-    # window instead of ~1e-4 (which made "OPTIMAL" plans up to 6 % slower than the float optimum)
-    fine = CPSAT_SCALE_FACTOR if name == "cp-sat" else 1.0
+    name = ("dp" if N == 1 else "branch-and-bound") if solver == "auto" else solver
+    # the cost of CP-SAT and of the branch and bound does not grow with coefficient size, the DP's
+    # table does: they get an error scale 1000x finer, so rounding each window's error up costs at
+    # most ~1e-7 of the bound per window instead of ~1e-4 (which made "OPTIMAL" plans up to 6 %
+    # slower than the float optimum)
+    fine = CPSAT_SCALE_FACTOR if name != "dp" else 1.0
     if budget is None:
         scale = error_scale_for(min(fixed_per_sample)) * fine
         b_units = fixed_sample_error_units(fixed, scale=scale)
@@ -253,7 +255,7 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
 
         if not problem.single_budget:
             raise UserError(f"--solver dp solves one budget; profile '{profile.name}' states quality per image over {N} "
-                            "calibration samples: use --solver cp-sat (the default)")
+                            "calibration samples: use --solver branch-and-bound (the default) or cp-sat")
         t0 = time.perf_counter()
         res = solve_dp(problem)
         wall = time.perf_counter() - t0
@@ -261,6 +263,42 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
             _raise_infeasible(problem)
         path = res.path
         outcome = SolveOutcome(name="dp", status="OPTIMAL", objective=res.latency_units, bound=res.latency_units, wall_s=wall)
+    elif name == "branch-and-bound":
+        from .branch import solve_branch
+
+        # with --solver auto the branch and bound gets 30 % of the time; if it has not proven its plan
+        # by then (long schedules with many near-equal plans), CP-SAT continues from its best plan
+        # and the larger of the two proven bounds is reported
+        portfolio = solver == "auto"
+        share = 0.3 if portfolio else 1.0
+        res = solve_branch(problem, time_limit_s=options.time_limit_s * share, incumbents=[hint] if hint else [])
+        from_cpsat = False
+        if res.status == "INFEASIBLE":
+            _raise_infeasible(problem)
+        wall = res.wall_s
+        if res.status != "OPTIMAL" and portfolio:
+            from dataclasses import replace as dc_replace
+
+            from .cpsat import solve_cpsat
+
+            cs = solve_cpsat(problem, dc_replace(options, time_limit_s=max(0.1, options.time_limit_s - wall)),
+                             hint=res.path or hint)
+            wall += cs.wall_s
+            if cs.status in ("OPTIMAL", "FEASIBLE"):
+                better = res.objective is None or cs.objective < res.objective
+                objective = cs.objective if better else res.objective
+                bound = min(objective, max(b for b in (cs.bound, res.bound) if b is not None))
+                res = dc_replace(res, status="OPTIMAL" if bound >= objective else "FEASIBLE", objective=objective, bound=bound,
+                                 path=cs.path if better else res.path)
+                from_cpsat = better
+        if res.status not in ("OPTIMAL", "FEASIBLE"):
+            raise UserError(f"no plan found within --time-limit {options.time_limit_s:g} s; raise --time-limit")
+        if res.status == "FEASIBLE":
+            warnings.append(_time_limit_warning("the branch and bound" + (" and CP-SAT" if portfolio else ""), options,
+                                                res.objective, res.bound, dp_fits))
+        path = res.path
+        outcome = SolveOutcome(name="cp-sat" if from_cpsat else "branch-and-bound", status=res.status, objective=res.objective,
+                               bound=res.bound, wall_s=wall)
     else:
         from .cpsat import solve_cpsat
 
@@ -273,10 +311,7 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
             raise UserError(f"CP-SAT found no plan within --time-limit {options.time_limit_s:g} s (status {res.status}); raise --time-limit"
                             + (" or use --solver dp" if dp_fits else ""))
         if res.status == "FEASIBLE":
-            warnings.append(f"CP-SAT stopped at the time limit ({options.time_limit_s:g} s) before proving optimality: "
-                            f"plan latency {res.objective} units, best bound {res.bound} units "
-                            f"(gap {(res.objective - res.bound) / max(1, res.objective):.3%}); raise --time-limit"
-                            + (", or use --solver dp (the exact DP, fast at this size)" if dp_fits else ""))
+            warnings.append(_time_limit_warning("CP-SAT", options, res.objective, res.bound, dp_fits))
         path = res.path
         outcome = SolveOutcome(name="cp-sat", status=res.status, objective=res.objective, bound=res.bound, wall_s=res.wall_s)
 
@@ -285,9 +320,16 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
                          budget=reported_budget, sample_budget_units=problem.sample_budget_units, required=problem.min_within,
                          coverage=coverage, scale=problem.error_units_per_unit, min_psnr_db=min_psnr_db,
                          outcome=outcome, latency_units_per_s=latency_units_per_s,
-                         options=options if name == "cp-sat" else None)
+                         options=options if name != "dp" else None)
     verify_schedule(schedule, profile)
     return PlanResult(schedule=schedule, warnings=tuple(warnings), problem=problem)
+
+
+def _time_limit_warning(who: str, options, objective: int, bound: int, dp_fits: bool) -> str:
+    return (f"{who} stopped at the time limit ({options.time_limit_s:g} s) before proving optimality: "
+            f"plan latency {objective} units, best bound {bound} units "
+            f"(gap {(objective - bound) / max(1, objective):.3%}); raise --time-limit"
+            + (", or use --solver dp (the exact DP, fast at this size)" if dp_fits else ""))
 
 
 def world_size_candidates(profile: Profile, *, world_size: int, max_window: int, allow_split: bool = True) -> list[int]:
@@ -396,8 +438,9 @@ def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_win
     solver = Solver(name=outcome.name, status=outcome.status, objective=outcome.objective, bound=outcome.bound,
                     wall_s=outcome.wall_s, latency_units_per_s=latency_units_per_s,
                     time_limit_s=options.time_limit_s if options is not None else None,
-                    workers=options.resolved_workers() if options is not None else None,
-                    seed=options.seed if options is not None else None)
+                    # the branch and bound is one deterministic thread: no workers, no seed
+                    workers=options.resolved_workers() if options is not None and outcome.name == "cp-sat" else None,
+                    seed=options.seed if options is not None and outcome.name == "cp-sat" else None)
     return base.model_copy(update=dict(
         profile=ProfileRef(name=profile.name, sha256=profile_sha256, prior_parts=profile.prior_parts()),
         quality=quality, latency=Latency(predicted_s=latency_s, sequential_s=sequential_s, speedup=speedup), solver=solver))

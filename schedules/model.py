@@ -181,7 +181,7 @@ class Latency(_Strict):
 
 
 class Solver(_Strict):
-    name: Literal["cp-sat", "dp", "fixed"]
+    name: Literal["branch-and-bound", "cp-sat", "dp", "fixed"]
     status: SolverStatus
     objective: Optional[int] = Field(default=None, description="integer latency units (see latency_units_per_s)")
     bound: Optional[int] = None

@@ -1,7 +1,8 @@
 """The per-image quality statement (issue 7): one constraint per calibration sample, "at least K of
-N samples", the default plan no worse than the fixed plan on any sample. CP-SAT against an
-exhaustive search written here from the profile alone, CP-SAT == DP where one budget says it all,
-the Lagrangian reduction exact with several samples, and the independent checker's negative cases."""
+N samples", the default plan no worse than the fixed plan on any sample. CP-SAT and the Lagrangian
+branch and bound (the default solver) each against an exhaustive search written here from the
+profile alone, against each other, and against the DP where one budget says it all; the Lagrangian
+reduction exact with several samples, and the independent checker's negative cases."""
 
 from __future__ import annotations
 
@@ -12,6 +13,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parastep.planner import branch
+from parastep.planner.branch import solve_branch
 from parastep.planner.cpsat import SolverOptions, solve_cpsat
 from parastep.planner.fixed import default_warmup, fixed_sample_error_units, fixed_windows
 from parastep.planner.oracle import solve_dp
@@ -85,6 +88,83 @@ def test_cpsat_per_sample_statement_equals_exhaustive_search():
     assert mismatches == []
 
 
+@pytest.mark.parametrize("one_sample_bounds_only", [False, True])
+def test_branch_and_bound_equals_exhaustive_search(monkeypatch, one_sample_bounds_only):
+    """Both bound families: miss sets (N - K samples allowed to miss, each set its own LP) and, with
+    MAX_MISS_SETS = 0, only the one-sample bounds (the min_within-th smallest)."""
+    if one_sample_bounds_only:
+        monkeypatch.setattr(branch, "MAX_MISS_SETS", 0)
+    mismatches = []
+    for seed in range(60):
+        prof, G, J, bounds, required = _instance(seed)
+        problem = build_problem(prof, world_size=G, max_window=J, budget=bounds[0], min_within=required)
+        res = solve_branch(problem, time_limit_s=60.0)
+        want = _brute_force(prof, G=G, J=J, bounds=bounds, required=required, scale=problem.error_units_per_unit)
+        if res.status != "OPTIMAL" or res.objective != want or res.bound != want:
+            mismatches.append((seed, res.status, res.objective, want))
+        else:
+            assert problem.samples_within(res.path) >= required
+            assert sum(problem.edges[i].latency_units for i in res.path) == want
+    assert mismatches == []
+
+
+def _mid_instance(seed: int):
+    r = random.Random(seed)
+    T, G, N = r.randint(8, 30), r.choice([2, 4, 8]), r.randint(2, 20)
+    J = min(G, r.randint(2, 8))
+    prof = make_profile(num_steps=T, max_window=J, seed=seed, samples=N)
+    fixed = plan_schedule(prof, profile_sha256=SHA, world_size=G, max_window=J, policy="fixed").schedule
+    budget = fixed.quality.predicted * r.choice([0.3, 1.0, 2.0])
+    return prof, G, J, budget, r.choice([N, N, max(1, N - 1), required_samples(0.8, N)])
+
+
+def test_branch_and_bound_equals_cpsat_where_cpsat_proves_optimality():
+    """Two independent exact solvers on mid-size instances (T <= 30, up to 20 samples, K of N):
+    wherever CP-SAT proves its optimum the branch and bound proves the same value; where CP-SAT only
+    bounds it, the branch and bound's proven optimum lies between CP-SAT's bound and its plan."""
+    proven = 0
+    for seed in range(400, 430):
+        prof, G, J, budget, required = _mid_instance(seed)
+        problem = build_problem(prof, world_size=G, max_window=J, budget=budget, min_within=required,
+                                error_units_per_unit=1e3 * 10 ** -math.floor(math.log10(budget)))
+        bb = solve_branch(problem, time_limit_s=60.0)
+        cs = solve_cpsat(problem, SolverOptions(workers=1, seed=0, time_limit_s=5.0))
+        assert bb.status == "OPTIMAL" and problem.path_feasible(bb.path), seed
+        if cs.status == "OPTIMAL":
+            proven += 1
+            assert bb.objective == cs.objective, (seed, bb.objective, cs.objective)
+        else:
+            assert cs.bound <= bb.objective <= cs.objective, (seed, cs.bound, bb.objective, cs.objective)
+    assert proven >= 20, f"CP-SAT proved only {proven} of 30 instances: the comparison checks too little"
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(2, 40), J=st.integers(1, 8), G=st.integers(1, 8), seed=st.integers(0, 10**6),
+       factor=st.sampled_from([0.0, 0.1, 0.5, 1.0, 2.0]))
+def test_branch_and_bound_equals_dp_with_one_sample(T, J, G, seed, factor):
+    prof = make_profile(num_steps=T, max_window=J, seed=seed, samples=1)
+    Jp = min(J, G)
+    fixed_err = plan_schedule(prof, profile_sha256=SHA, world_size=G, max_window=Jp, policy="fixed").schedule.quality.predicted
+    problem = build_problem(prof, world_size=G, max_window=Jp, budget=fixed_err * factor)
+    bb, dp = solve_branch(problem, time_limit_s=60.0), solve_dp(problem)
+    assert bb.status == "OPTIMAL" and bb.objective == dp.latency_units
+
+
+def test_branch_and_bound_reports_infeasible_and_honours_its_time_limit():
+    prof = make_profile(num_steps=12, max_window=3, seed=5, samples=4)
+    problem = build_problem(prof, world_size=3, max_window=3, budget=1.0)
+    impossible = problem.restricted([0, 1], budget_units=[-1, 5])   # no plan has a negative error
+    assert solve_branch(impossible).status == "INFEASIBLE"
+    # a zero time limit stops at once: the plan it starts from (the hint) comes back, FEASIBLE, with
+    # a proven bound no higher than the true optimum
+    full = solve_branch(problem, time_limit_s=60.0)
+    exact_only = tuple(problem.edge_index(start=s, size=1, kind="exact") for s in range(12))
+    cut = solve_branch(problem, time_limit_s=0.0, incumbents=[exact_only])
+    assert full.status == "OPTIMAL"
+    assert cut.status in ("FEASIBLE", "OPTIMAL") and cut.bound <= full.objective <= cut.objective
+    assert problem.path_feasible(cut.path)
+
+
 def test_reduction_is_exact_with_several_samples():
     for seed in range(100, 140):
         prof, G, J, bounds, required = _instance(seed)
@@ -113,7 +193,7 @@ def test_default_plan_is_no_worse_than_the_fixed_plan_on_every_sample(T, J, G, N
     W = default_warmup(T)
     fixed = plan_schedule(prof, profile_sha256=SHA, world_size=G, max_window=Jp, policy="fixed", warmup=W).schedule
     s = plan_schedule(prof, profile_sha256=SHA, world_size=G, max_window=Jp, warmup=W, options=ONE_WORKER).schedule
-    assert s.solver.name == "cp-sat" and s.solver.status == "OPTIMAL"
+    assert s.solver.name == "branch-and-bound" and s.solver.status == "OPTIMAL"
     ps = s.quality.per_sample
     assert ps.required == ps.within == N
     # in the same integer units the fixed plan's errors (x DEFAULT_FIXED_MARGIN = 1) are the bounds, sample by sample

@@ -73,7 +73,7 @@ def test_default_plan_measures_at_least_the_fixed_plan_and_is_faster(setup, G):
     profile, sha = setup[0], setup[1]
     fixed = _plan(profile, sha, world_size=G, policy="fixed")
     default = _plan(profile, sha, world_size=G)
-    assert default.solver.name == "cp-sat" and default.solver.status in ("OPTIMAL", "FEASIBLE")
+    assert default.solver.name == "branch-and-bound" and default.solver.status == "OPTIMAL"
     assert default.quality.per_sample.within == default.quality.per_sample.samples
     f, d = _measure(setup, fixed), _measure(setup, default)
     assert default.latency.speedup > fixed.latency.speedup, (default.latency.speedup, fixed.latency.speedup)
