@@ -18,6 +18,7 @@ held-out images; the held-out half reports how well the shifted line does. A non
 
 from __future__ import annotations
 
+import json
 import math
 import random
 import statistics
@@ -82,8 +83,8 @@ def sample_schedules(profile: Profile, profile_sha256: str, *, count: int, world
             res = plan_schedule(profile, profile_sha256=profile_sha256, world_size=G, max_window=J, budget=budget,
                                 coverage=rng.choice([0.9, 1.0]), options=options)
         s = res.schedule
-        key = (G, tuple((w.kind, w.start, tuple(getattr(w, "placement", ())), getattr(w, "predictor", None),
-                         getattr(w, "size", None)) for w in s.windows))
+        # the windows as plain data (placements may hold CFG-split pairs, which are lists)
+        key = (G, json.dumps([w.model_dump(mode="json") for w in s.windows], sort_keys=True))
         if key in seen or s.quality.predicted <= 0:
             continue
         seen.add(key)

@@ -564,3 +564,22 @@ def test_add_split_costs_keeps_every_other_number(monkeypatch):
     no_cfg = settings(num_steps=4, max_window=2, prompts=("1",), seeds=(0,), call_kwargs={"guidance_scale": 1.0})
     with pytest.raises(ValueError, match="no CFG split to price"):
         prof.add_split_costs(pipe, base, no_cfg, say=lambda m: None)
+
+
+def test_verification_plans_are_distinct_valid_and_include_cfg_splits():
+    """The calibration's verification plans (``sample_schedules``) on a profile that prices CFG
+    splits: placements then hold [u, c] pairs (a regression: the de-duplication key could not hash
+    them), every plan is valid, no two are the same, and some split."""
+    from parastep.profiler.calibrate import sample_schedules
+    from parastep.schedules.check import violations
+
+    from strategies import make_profile
+
+    prof = make_profile(num_steps=16, max_window=4, seed=11, samples=4, half_forward_ratio=0.55)
+    plans = sample_schedules(prof, "0" * 64, count=8, world_sizes=(2, 4), seed=0)
+    assert len(plans) == 8
+    keys = {(s.world_size, tuple(w.model_dump_json() for w in s.windows)) for s in plans}
+    assert len(keys) == 8
+    assert all(violations(s) == [] for s in plans)
+    assert any(getattr(w, "split", None) or any(isinstance(e, list) for e in getattr(w, "placement", []) or [])
+               for s in plans for w in s.windows)
