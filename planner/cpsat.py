@@ -1,5 +1,10 @@
 """CP-SAT model of the planning problem: build / solve / decode as separate functions.
 
+Per-image statements default to the Lagrangian branch and bound (branch.py), which proves
+optimality on the shipped digits profile where this model stalls (measured there); CP-SAT is
+``--solver cp-sat``, the continuation of ``--solver auto`` when the branch and bound has not proven
+its plan, and the differential check of the branch and bound in the tests.
+
 Variables (one family): ``x[i]`` (bool) = candidate window ``problem.edges[i]`` is chosen.
 
 Constraints:

@@ -583,3 +583,45 @@ def test_verification_plans_are_distinct_valid_and_include_cfg_splits():
     assert all(violations(s) == [] for s in plans)
     assert any(getattr(w, "split", None) or any(isinstance(e, list) for e in getattr(w, "placement", []) or [])
                for s in plans for w in s.windows)
+
+
+def test_window_audit_measures_what_a_direct_run_of_the_window_gives(measured):
+    """Differential, exact on both sides: the audit's end-to-end run of one window (the executor's
+    hooks, prefix replayed from the reference) against the hand-written loop above."""
+    from parastep.profiler.audit import measure_window
+
+    kind_, pipe, run = measured
+    ref = direct_reference(pipe, kind_)
+    prompts, seeds = samples_of(PROMPTS, SEEDS)
+    traj = record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs={"guidance_scale": GUIDANCE})
+    for kind, pred, s, w in [("parallel", "linear", 2, 3), ("parallel", "last", 1, 2), ("reuse", "linear", 3, 2),
+                             ("reuse", "last", T - 2, 2)]:
+        got = torch.tensor(measure_window(pipe, traj, (kind, pred, s, w), prompts=prompts, seeds=seeds, num_steps=T,
+                                          call_kwargs={"guidance_scale": GUIDANCE}), dtype=torch.float64)
+        want = direct_window_output_error(pipe, ref, kind=kind, start=s, size=w, predictor=pred)
+        assert torch.allclose(got, want, rtol=1e-3, atol=1e-9), (kind, pred, s, w, got, want)
+
+
+def test_window_audit_stores_measurements_for_every_window_its_plans_use(measured):
+    from parastep.planner.plan import plan_schedule
+    from parastep.profiler.audit import audit_windows, window_keys
+
+    kind_, pipe, run = measured
+    profile = run.profile
+    audited, info = audit_windows(pipe, profile, "0" * 64, call_kwargs={"guidance_scale": GUIDANCE}, world_sizes=(2, 4),
+                                  rounds=4)
+    assert info["windows"] >= 1 and info["rounds"] >= 1
+    # the patched tables hold the measurements; every other entry is the model's, untouched
+    changed = 0
+    for kind in ("parallel", "reuse"):
+        for pred, rows in getattr(profile.output_errors, kind).items():
+            for s, row in enumerate(rows):
+                for w in range(1, len(row) + 1):
+                    a = profile.window_errors(kind, start=s, size=w, predictor=pred)
+                    b = audited.window_errors(kind, start=s, size=w, predictor=pred)
+                    changed += a != b
+    assert 0 < changed <= info["windows"]
+    if info["rounds"] < 4:          # converged: plans made from the audited profile use measured windows only
+        for G in (2, 4):
+            s = plan_schedule(audited, profile_sha256="0" * 64, world_size=G, max_window=min(G, J)).schedule
+            assert set(window_keys(s)) <= set(info["keys"]), G
