@@ -284,10 +284,15 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
             cs = solve_cpsat(problem, dc_replace(options, time_limit_s=max(0.1, options.time_limit_s - wall)),
                              hint=res.path or hint)
             wall += cs.wall_s
+            if cs.status in ("OPTIMAL", "FEASIBLE") and res.objective is not None and cs.bound is not None \
+                    and cs.bound > res.objective:
+                # a bound above a checked plan is a false certificate (see cpsat.solve_model): keep ours
+                warnings.append(f"CP-SAT claimed a bound of {cs.bound} units above a checked plan of {res.objective}: ignored")
+                cs = dc_replace(cs, status="FEASIBLE", bound=None)
             if cs.status in ("OPTIMAL", "FEASIBLE"):
                 better = res.objective is None or cs.objective < res.objective
                 objective = cs.objective if better else res.objective
-                bound = min(objective, max(b for b in (cs.bound, res.bound) if b is not None))
+                bound = min(objective, max((b for b in (cs.bound, res.bound) if b is not None), default=0))
                 res = dc_replace(res, status="OPTIMAL" if bound >= objective else "FEASIBLE", objective=objective, bound=bound,
                                  path=cs.path if better else res.path)
                 from_cpsat = better

@@ -251,3 +251,21 @@ def test_required_samples_adds_a_margin_for_unseen_images():
             r = required_samples(q, n)
             assert max(1, math.ceil(q * n - 1e-9)) <= r <= n and r >= prev
             prev = r
+
+
+def test_cpsat_certifies_no_optimum_above_a_checked_plan():
+    """Regression for OR-Tools 9.15's presolve (google/or-tools#5293): on the shipped digits G = 8
+    ``--min-psnr 35`` instance CP-SAT claimed OPTIMAL 127,990 latency units while the branch and
+    bound's plan of 119,697 is feasible (checked here independently). With the workaround in
+    ``cpsat.solve_model`` CP-SAT's bound stays at or below every feasible plan."""
+    from parastep.profiles.io import resolve_profile
+
+    prof, sha = resolve_profile("digits")
+    problem = plan_schedule(prof, profile_sha256=sha, world_size=8, budget=prof.calibration.deviation_for_psnr(35.0),
+                            coverage=0.9, options=SolverOptions(workers=1, time_limit_s=5.0)).problem
+    bb = solve_branch(problem, time_limit_s=60.0)
+    assert bb.status == "OPTIMAL" and problem.path_feasible(bb.path)
+    cs = solve_cpsat(problem, SolverOptions(workers=2, seed=0, time_limit_s=5.0), reduce=False)
+    assert cs.status in ("OPTIMAL", "FEASIBLE")
+    assert cs.bound <= bb.objective <= cs.objective
+    assert cs.status != "OPTIMAL" or cs.objective == bb.objective
