@@ -23,18 +23,27 @@ far (UB, integer latency units, so only plans of at most UB - 1 count):
 
 1. latency: prefix latency + least latency to go > UB - 1;
 2. quality: more than N - min_within samples already past their bound (errors only grow);
-3. Lagrangian, every sample required: one vector ``lam``, the optimal duals of the LP relaxation
-   (GLOP, once per solve), so the bound at the root is the LP bound;
-   some samples may miss: the path meets at least ``min_within`` samples not yet past their bound,
-   each of which gives its own one-sample bound (``lam_n`` from the 1-D Lagrangian dual,
-   ``bounds.lagrangian_reduce``), so the ``min_within``-th smallest of those bounds is valid.
+3. Lagrangian (``_Bounds``): several multiplier vectors, each valid for the samples it weighs,
+   and the largest bound counts. One-sample duals (each image alone): a plan meets at least
+   ``min_within`` images its prefix has not broken, so the ``min_within``-th smallest of their
+   bounds holds. Miss sets: every set D of N - ``min_within`` images (only the empty set when all
+   are required) gets the duals of the LP without D's rows (GLOP, warm re-solves), at 0.5x, 1x and
+   2x; a plan meets every image outside some D that holds the images its prefix broke, so the least
+   bound over those D holds. At the root this is the LP bound; deeper, where a prefix spent budget
+   unevenly, the other multipliers bound better (on digits G = 8: 191k prefixes with the scaled LP
+   duals alone, 7.3k with both families).
 
-Children are tried in order of their Lagrangian cost to go, so good plans come first and UB drops
-fast. Everything above is exact: the search ends OPTIMAL (the best plan, proven) or INFEASIBLE;
-past the time limit it returns the best plan with the root bound as FEASIBLE.
+Children are tried in order of their mean Lagrangian cost to go. The limit deepens: first only
+plans within 0.5 % of the root bound are searched, then 1 %, 2 %, ... up to the best plan known
+(a Lagrangian primal heuristic and the caller's incumbents); a pass that finds a plan has found
+the optimum, a pass that finds none proves the optimum is at least its limit, and a pass that cut
+nothing by the limit ends the search (no plan exists: INFEASIBLE). Everything above is exact.
+Past the time limit the best plan comes back FEASIBLE with the highest proven bound.
 
-Measured (benchmarks/results/planner.md, 2 shared cores): digits T = 50, G = 8, 20 samples,
-default bounds: OPTIMAL in about 1.3 s, 33k prefixes.
+Measured (benchmarks/results/planner.md, idle 2-core machine): digits T = 50 with 20 samples,
+default and ``--min-psnr 35`` at G = 2, 4, 8: OPTIMAL in 0.4-1.2 s (G = 8 default: 7.3k prefixes).
+Long schedules with many near-equal plans remain hard: synthetic 20-sample profiles at T = 200,
+G = 8 end FEASIBLE at 10 s (plan.py then lets CP-SAT continue from the best plan).
 """
 
 from __future__ import annotations
