@@ -266,11 +266,11 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     elif name == "branch-and-bound":
         from .branch import solve_branch
 
-        # with --solver auto the branch and bound gets 30 % of the time; if it has not proven its plan
+        # with --solver auto the branch and bound gets 70 % of the time; if it has not proven its plan
         # by then (long schedules with many near-equal plans), CP-SAT continues from its best plan
         # and the larger of the two proven bounds is reported
         portfolio = solver == "auto"
-        share = 0.3 if portfolio else 1.0
+        share = 0.7 if portfolio else 1.0
         res = solve_branch(problem, time_limit_s=options.time_limit_s * share, incumbents=[hint] if hint else [])
         from_cpsat = False
         if res.status == "INFEASIBLE":
