@@ -170,7 +170,9 @@ def emit(result, profile: Profile) -> None:
     for w in result.warnings:
         print(f"parastep: warning: {w}", file=sys.stderr)
     text = dump_schedule(s)
-    print(f"parastep plan: {s.policy} plan, {len(s.windows)} windows on {s.world_size} GPU(s), predicted {s.latency.predicted_s:.4g} s "
+    # a plan the solver did not prove optimal is not called optimal (the warning above says why)
+    kind = "best found (not proven optimal)" if s.policy == "optimal" and s.solver.status != "OPTIMAL" else s.policy
+    print(f"parastep plan: {kind} plan, {len(s.windows)} windows on {s.world_size} GPU(s), predicted {s.latency.predicted_s:.4g} s "
           f"vs sequential {s.latency.sequential_s:.4g} s: speedup {s.latency.speedup:.3f}x, deviation {s.quality.predicted:.4g} "
           f"(budget {s.quality.budget:.4g}{_per_image(s)}); solver {s.solver.name} {s.solver.status} in {s.solver.wall_s:.3f} s", file=sys.stderr)
     sys.stdout.write(text)
