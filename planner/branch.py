@@ -62,7 +62,7 @@ from .problem import Problem
 
 @dataclass(frozen=True)
 class BranchResult:
-    status: str                           # OPTIMAL, FEASIBLE (time limit), INFEASIBLE
+    status: str                           # OPTIMAL, FEASIBLE (time limit), INFEASIBLE, UNKNOWN (time limit, no plan)
     path: tuple[int, ...]                 # edge indices of the problem, empty without a plan
     objective: Optional[int]              # latency units
     bound: Optional[int]                  # proven lower bound (latency units)
@@ -220,8 +220,9 @@ def solve_branch(problem: Problem, *, time_limit_s: float = 10.0, incumbents: Se
     best_units, best_arcs = math.inf, None
     for inc in list(incumbents) + _lagrangian_paths(problem, g, errors, bounds.full):
         arcs = _arcs_of(g, inc) if inc and problem.path_feasible(list(inc)) else None
-        if arcs is not None and float(g.lat[arcs].sum()) < best_units:
-            best_units, best_arcs = float(g.lat[arcs].sum()), arcs
+        units = float(g.lat[arcs].sum()) if arcs is not None else math.inf
+        if units < best_units:
+            best_units, best_arcs = units, arcs
     # the search looks for plans of latency < ``limit`` (integers: at most limit - 1); the float
     # margin is far below one unit and far above the rounding of a few thousand float terms
     margin = 1e-7 * max(1.0, abs(root_bound))
@@ -244,11 +245,10 @@ def solve_branch(problem: Problem, *, time_limit_s: float = 10.0, incumbents: Se
         ks = children[node]
         nodes = g.stop[ks]
         lat2 = latency + g.lat[ks]
-        need = np.maximum(lat2 + lat_to_go[nodes], 0.0)
         err2 = err + errors[ks]
         broken = err2 > budget
         lc2 = lc + bounds.weights[ks]
-        need = np.maximum(need, bounds.bounds(lc2, nodes, broken))
+        need = np.maximum(lat2 + lat_to_go[nodes], bounds.bounds(lc2, nodes, broken))
         within = broken.sum(axis=1) <= missable
         fast = need <= state["limit"] - 1.0 + margin
         if not state["capped"] and (within & ~fast).any():

@@ -272,30 +272,12 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         portfolio = solver == "auto"
         share = 0.7 if portfolio else 1.0
         res = solve_branch(problem, time_limit_s=options.time_limit_s * share, incumbents=[hint] if hint else [])
-        from_cpsat = False
         if res.status == "INFEASIBLE":
             _raise_infeasible(problem)
-        wall = res.wall_s
+        wall, from_cpsat = res.wall_s, False
         if res.status != "OPTIMAL" and portfolio:
-            from dataclasses import replace as dc_replace
-
-            from .cpsat import solve_cpsat
-
-            cs = solve_cpsat(problem, dc_replace(options, time_limit_s=max(0.1, options.time_limit_s - wall)),
-                             hint=res.path or hint)
-            wall += cs.wall_s
-            if cs.status in ("OPTIMAL", "FEASIBLE") and res.objective is not None and cs.bound is not None \
-                    and cs.bound > res.objective:
-                # a bound above a checked plan is a false certificate (see cpsat.solve_model): keep ours
-                warnings.append(f"CP-SAT claimed a bound of {cs.bound} units above a checked plan of {res.objective}: ignored")
-                cs = dc_replace(cs, status="FEASIBLE", bound=None)
-            if cs.status in ("OPTIMAL", "FEASIBLE"):
-                better = res.objective is None or cs.objective < res.objective
-                objective = cs.objective if better else res.objective
-                bound = min(objective, max((b for b in (cs.bound, res.bound) if b is not None), default=0))
-                res = dc_replace(res, status="OPTIMAL" if bound >= objective else "FEASIBLE", objective=objective, bound=bound,
-                                 path=cs.path if better else res.path)
-                from_cpsat = better
+            res, from_cpsat, cs_wall = _continue_with_cpsat(problem, options, res, hint=hint, spent_s=wall, warnings=warnings)
+            wall += cs_wall
         if res.status not in ("OPTIMAL", "FEASIBLE"):
             raise UserError(f"no plan found within --time-limit {options.time_limit_s:g} s; raise --time-limit")
         if res.status == "FEASIBLE":
@@ -328,6 +310,28 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
                          options=options if name != "dp" else None)
     verify_schedule(schedule, profile)
     return PlanResult(schedule=schedule, warnings=tuple(warnings), problem=problem)
+
+
+def _continue_with_cpsat(problem: Problem, options, res, *, hint, spent_s: float, warnings: list):
+    """CP-SAT for the rest of the time limit, from the branch and bound's best plan: (the better
+    result with the larger proven bound, whether CP-SAT's plan won, CP-SAT's wall seconds)."""
+    from dataclasses import replace as dc_replace
+
+    from .cpsat import solve_cpsat
+
+    cs = solve_cpsat(problem, dc_replace(options, time_limit_s=max(0.1, options.time_limit_s - spent_s)), hint=res.path or hint)
+    if cs.status in ("OPTIMAL", "FEASIBLE") and res.objective is not None and cs.bound is not None and cs.bound > res.objective:
+        # a bound above a checked plan is a false certificate (see cpsat.solve_model): keep ours
+        warnings.append(f"CP-SAT claimed a bound of {cs.bound} units above a checked plan of {res.objective}: ignored")
+        cs = dc_replace(cs, status="FEASIBLE", bound=None)
+    if cs.status not in ("OPTIMAL", "FEASIBLE"):
+        return res, False, cs.wall_s
+    better = res.objective is None or cs.objective < res.objective
+    objective = cs.objective if better else res.objective
+    bound = min(objective, max((b for b in (cs.bound, res.bound) if b is not None), default=0))
+    res = dc_replace(res, status="OPTIMAL" if bound >= objective else "FEASIBLE", objective=objective, bound=bound,
+                     path=cs.path if better else res.path)
+    return res, better, cs.wall_s
 
 
 def _time_limit_warning(who: str, options, objective: int, bound: int, dp_fits: bool) -> str:

@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..profiles.model import Profile
 from ..schedules.model import ExactWindow, ParallelWindow, ReuseWindow
-from .measure import Trajectory, _call, record_reference, rms_per_sample
+from .measure import Trajectory, _call, _torch, record_reference, rms_per_sample
 
 WindowKey = tuple  # (kind, predictor, start, size)
 
@@ -53,7 +53,7 @@ def measure_window(pipe, traj: Trajectory, key: WindowKey, *, prompts, seeds, nu
     the reference, the window as the executor runs it, every later step exact."""
     from ..executor.hooks import ParaStepConfig, apply_parastep, remove_parastep
 
-    torch = __import__("torch")
+    torch = _torch()
     kind, predictor, start, size = key
     T = num_steps
     window = (ParallelWindow(start=start, placement=list(range(size)), predictor=predictor) if kind == "parallel"
