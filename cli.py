@@ -195,8 +195,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_conditioning(pr, what="recorded in the profile")
     pr.add_argument("--verify", type=int, default=None, help="verification runs for the PSNR calibration")
     pr.add_argument("--recalibrate", metavar="PROFILE", help="measure nothing new: re-fit the calibration of this profile "
-                    "(--verify N plans) and/or re-time its compute and exchange (--retime) on this machine, write --out")
+                    "(--verify N plans), re-time its compute and exchange (--retime) on this machine and/or correct its "
+                    "quality tables on the optimizer's plans (--correct ROUNDS), write --out")
     pr.add_argument("--retime", action="store_true", help="with --recalibrate: re-measure compute and exchange costs")
+    pr.add_argument("--correct", type=_positive_int, default=None, metavar="ROUNDS",
+                    help="plan-level corrections: plan, run the plans on the calibration samples, raise the quality "
+                    "tables where an image measured below its prediction; at most ROUNDS rounds (needs a calibration)")
     pr.add_argument("--threads", type=_positive_int, default=1, help="intra-op threads on CPU (as exec's ranks use)")
     pr.add_argument("--propagation-stride", type=_positive_int, default=1, dest="propagation_stride",
                     help="measure propagation every k-th step and interpolate (cost ~T^2/(2k) forwards)")

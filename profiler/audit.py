@@ -76,11 +76,16 @@ def measure_window(pipe, traj: Trajectory, key: WindowKey, *, prompts, seeds, nu
     return [float(v) for v in rms_per_sample(final[0] - traj.x[T], traj.copies)]
 
 
+def table_copies(oe) -> dict:
+    """Mutable copies of ``output_errors``' parallel and reuse tables (``{kind: {predictor: rows}}``)."""
+    return {kind: {p: [[list(v) for v in row] for row in rows] for p, rows in getattr(oe, kind).items()}
+            for kind in ("parallel", "reuse")}
+
+
 def patched(profile: Profile, measured: Mapping[WindowKey, Sequence[float]]) -> Profile:
     """``profile`` with the table entries of ``measured`` windows replaced by the measurements."""
     oe = profile.output_errors
-    tables = {"parallel": {p: [[list(v) for v in row] for row in rows] for p, rows in oe.parallel.items()},
-              "reuse": {p: [[list(v) for v in row] for row in rows] for p, rows in oe.reuse.items()}}
+    tables = table_copies(oe)
     for (kind, predictor, start, size), values in measured.items():
         tables[kind][predictor][start][size - 1] = [float(v) for v in values]
     return profile.model_copy(update={"output_errors": oe.model_copy(update=tables)})

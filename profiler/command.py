@@ -146,6 +146,8 @@ def run(args) -> int:
 
     if args.verify is not None and args.verify < 6:
         raise UserError(f"--verify {args.verify} is too few runs to fit and check a calibration; pass --verify 6 or more (80+ for a solid fit)")
+    if args.correct is not None and args.verify is None and not getattr(args, "recalibrate", None):
+        raise UserError("--correct ROUNDS needs a calibration to correct against; add --verify N (e.g. --verify 45)")
     if args.interconnect is not None:
         from ..profiles.interconnects import preset
 
@@ -193,6 +195,8 @@ def run(args) -> int:
     profile = profile.model_copy(update={"num_frames": num_frames, "strength": inputs.strength})
     if args.verify is not None:
         profile = calibrate_profile(pipe, profile, settings=settings, count=args.verify, say=say)
+    if args.correct is not None:
+        profile = correct_profile(pipe, profile, settings=settings, rounds=args.correct, say=say)
     write_profile(profile, out)
     say(f"wrote {out} (sha256 {profile_sha256(dump_profile(profile))[:12]}...)")
     if args.plot:
@@ -218,8 +222,8 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
     elif profile.model != model:
         raise UserError(f"--recalibrate {args.recalibrate} is a profile of '{profile.model}', not --model {model}")
     profile = here
-    if not args.retime and args.verify is None:
-        raise UserError("--recalibrate needs --retime and/or --verify N; pass one")
+    if not args.retime and args.verify is None and args.correct is None:
+        raise UserError("--recalibrate needs --retime, --verify N and/or --correct ROUNDS; pass one")
     if profile.guidance_scale is not None and "guidance_scale" in kwargs:
         kwargs["guidance_scale"] = profile.guidance_scale
     from ..executor.evaluate import settle_inputs
@@ -242,9 +246,57 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
             raise UserError(str(exc).splitlines()[0]) from None
     if args.verify is not None:
         profile = calibrate_profile(pipe, profile, settings=settings, count=args.verify, say=say)
+    if args.correct is not None:
+        profile = correct_profile(pipe, profile, settings=settings, rounds=args.correct, say=say)
     write_profile(profile, out)
     say(f"wrote {out} (sha256 {profile_sha256(dump_profile(profile))[:12]}...)")
     return 0
+
+
+def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
+    """``profile`` with its quality tables corrected on the plans the optimizer picks
+    (``profiler/correct.py``), run on the profile's own calibration samples. The calibration line
+    goes back to its central intercept where one is recorded: the corrections, not a residual
+    shift, then keep every measured plan's predictions at or below what it measured."""
+    from ..executor.evaluate import psnr_db_per_sample, run_schedule_local
+    from ..executor.launch import cpu_threads
+    from ..profiles.io import dump_profile
+    from ..profiles.model import Corrections, profile_sha256
+    from .correct import DEFAULT_MIN_PSNR_DBS, correct_on_plans
+
+    if profile.output_errors is None or profile.calibration is None:
+        raise UserError(f"profile '{profile.name}' has no calibrated per-sample quality model to correct; "
+                        "add --verify N (a calibration) or re-profile it")
+    if profile.strength is not None:
+        raise UserError(f"--correct runs the pipeline without an input image: profile '{profile.name}' is image-to-image; "
+                        "profile it without --correct")
+    samples = profile.output_errors.samples
+    prompts, seeds = sample_conditions(pipe, [s.prompt for s in samples]), [s.seed for s in samples]
+    T = profile.num_steps
+    sizes = tuple(g for g in (2, 4, 8) if g <= max(settings.gpus, 2)) or (2,)
+    sha = profile_sha256(dump_profile(profile))
+    cal = profile.calibration
+    with cpu_threads(pipe, settings.threads):
+        ref = run_schedule_local(pipe, None, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs)
+
+        def measure(schedule) -> list[float]:
+            out = run_schedule_local(pipe, schedule, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs)
+            return psnr_db_per_sample(out, ref)
+
+        corrected, rep = correct_on_plans(profile, sha, measure=measure, world_sizes=sizes, rounds=rounds,
+                                          intercept_db=cal.central_intercept_db, say=say)
+    say(f"corrections: {rep.rounds} round(s), {rep.plans} plan runs, {rep.corrected_entries} entries raised, "
+        f"images below prediction per round {rep.violations_per_round}, {'converged' if rep.converged else 'NOT converged'}, "
+        f"{rep.seconds:.0f} s")
+    record = Corrections(rounds=rep.rounds, plans_measured=rep.plans, entries_raised=rep.corrected_entries,
+                         below_prediction_per_round=rep.violations_per_round, converged=rep.converged,
+                         world_sizes=list(sizes), min_psnr_dbs=list(DEFAULT_MIN_PSNR_DBS))
+    oe = corrected.output_errors.model_copy(update={"corrections": record})
+    new_cal = corrected.calibration
+    if cal.central_intercept_db is not None and cal.central_intercept_db != cal.intercept_db:
+        new_cal = new_cal.model_copy(update={"how": new_cal.how + f"; intercept reset to the central {cal.central_intercept_db:.2f} dB "
+                                             f"for plan-level corrections ({rep.rounds} rounds)"})
+    return corrected.model_copy(update={"output_errors": oe, "calibration": new_cal})
 
 
 def calibrate_profile(pipe, profile, *, settings, count: int, say) -> "object":

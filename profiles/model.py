@@ -107,6 +107,20 @@ class CalibrationSample(_Strict):
     seed: int
 
 
+class Corrections(_Strict):
+    """Plan-level corrections of the tables (``profiler/correct.py``): plans the optimizer picked were
+    run on the calibration samples, and where an image measured below its calibrated prediction, that
+    image's entries of the plan's windows were raised until the plan's prediction met the measurement."""
+
+    rounds: int = Field(ge=0)
+    plans_measured: int = Field(ge=0, description="plan runs on the calibration samples, all rounds")
+    entries_raised: int = Field(ge=0, description="(window, sample) entries multiplied by a factor > 1, counted per round")
+    below_prediction_per_round: list[int] = Field(default_factory=list, description="(plan, image) pairs measured below their prediction, per round")
+    converged: bool = Field(description="the last round's plans all met their predictions on every image")
+    world_sizes: list[int] = Field(default_factory=list)
+    min_psnr_dbs: list[float] = Field(default_factory=list, description="the --min-psnr statements planned each round (with the fixed and default plans)")
+
+
 class OutputErrors(_Strict):
     """Per-sample output error of every candidate window (see the module docstring for axes).
     Row s of a table has ``min(max_window, num_steps - s)`` entries (empty where the predictor is
@@ -117,6 +131,7 @@ class OutputErrors(_Strict):
     reuse: dict[Predictor, list[list[list[Annotated[float, Field(ge=0)]]]]]
     rank: int = Field(ge=1, description="directions per boundary pushed through the rest of the run")
     captured_energy: float = Field(ge=0, le=1, description="share of the windows' squared deviation (all windows and samples) inside those directions; the rest is priced by propagation.gain")
+    corrections: Optional[Corrections] = Field(default=None, description="plan-level corrections applied to these tables, if any")
 
 
 class Calibration(_Strict):
@@ -129,6 +144,7 @@ class Calibration(_Strict):
     fitted_on: int = Field(ge=0, description="number of verification runs")
     spearman: Optional[float] = None
     median_abs_error_db: Optional[float] = None
+    central_intercept_db: Optional[float] = Field(default=None, description="the least-squares intercept before any downward shift (plan-level corrections start from it)")
     how: str = ""
 
     def psnr_db(self, deviation: float) -> float:

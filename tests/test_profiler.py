@@ -625,3 +625,46 @@ def test_window_audit_stores_measurements_for_every_window_its_plans_use(measure
         for G in (2, 4):
             s = plan_schedule(audited, profile_sha256="0" * 64, world_size=G, max_window=min(G, J)).schedule
             assert set(window_keys(s)) <= set(info["keys"]), G
+
+
+def test_corrected_tables_never_promise_more_than_the_executor_delivers(measured):
+    """``--correct`` (``command.correct_profile``) on a tiny pipeline, checked from outside: every plan
+    the corrected profile gives (fixed, default, three --min-psnr statements, G = 2/4/8) is run end to
+    end by the executor, and no calibration image measures below the PSNR the corrected model predicts."""
+    import math as _math
+
+    from parastep.executor.evaluate import psnr_db_per_sample, run_schedule_local
+    from parastep.planner.plan import plan_schedule
+    from parastep.profiler.calibrate import predicted_per_sample
+    from parastep.profiler.command import correct_profile
+    from parastep.profiler.correct import statements_for
+    from parastep.profiles.model import Calibration
+
+    kind_, pipe, run = measured
+    profile = run.profile
+    fixed = plan_schedule(profile, profile_sha256="0" * 64, world_size=2, policy="fixed").schedule
+    e = sorted(predicted_per_sample(fixed, profile))[1]
+    cal = Calibration(intercept_db=50.0 + 20.0 * _math.log10(e), slope_db_per_decade=20.0, fitted_on=10, how="test")
+    profile = profile.model_copy(update={"calibration": cal})
+    out = correct_profile(pipe, profile, settings=settings(), rounds=20, say=lambda m: None)
+    rec = out.output_errors.corrections
+    assert rec is not None and rec.converged and rec.world_sizes == [2, 4, 8], rec
+    assert rec.below_prediction_per_round[0] > 0 and rec.entries_raised > 0     # the model was too kind at first
+    kw = {"guidance_scale": GUIDANCE}
+    samples = out.output_errors.samples
+    prompts, seeds = [s.prompt for s in samples], [s.seed for s in samples]
+    ref = run_schedule_local(pipe, None, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=kw)
+    for st in statements_for(out, world_sizes=(2, 4, 8), min_psnr_dbs=rec.min_psnr_dbs[1:4]):
+        s = plan_schedule(out, profile_sha256="0" * 64, **st).schedule
+        got = psnr_db_per_sample(run_schedule_local(pipe, s, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=kw), ref)
+        pred = [out.calibration.psnr_db(v) if v > 0 else _math.inf for v in predicted_per_sample(s, out)]
+        assert all(p <= g + 1e-6 for p, g in zip(pred, got)), (st, pred, got)
+
+
+def test_profile_correct_without_a_calibration_is_refused_before_measuring(tmp_path, capsys):
+    from parastep.cli import main
+
+    assert main(["profile", "--model", "digits", "--correct", "2", "--out", str(tmp_path / "x.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--correct ROUNDS needs a calibration" in err[0] and "--verify N" in err[0]
+    assert not (tmp_path / "x.yaml").exists()
