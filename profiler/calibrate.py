@@ -191,7 +191,6 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, quantile:
             "held_out_residual_p10_db": _quantile(errors, 0.1)}
     cal = Calibration(
         intercept_db=a, slope_db_per_decade=slope, fitted_on=len(fit_i), spearman=rho, median_abs_error_db=mae,
-        central_intercept_db=a_central,
         how=(f"per image: least squares of PSNR (output vs sequential, same prompt and seed) on log10 of the planner's "
              f"predicted error for that image, over {len(fit_pts)} images of {len(fit_i)} of {len(runs)} verification plans, "
              f"intercept {a_central:.2f} dB lowered by the {quantile:.0%} residual quantile ({min(0.0, shift):.2f} dB) "

@@ -255,14 +255,16 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
 
 def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
     """``profile`` with its quality tables corrected on the plans the optimizer picks
-    (``profiler/correct.py``), run on the profile's own calibration samples. The calibration line
-    goes back to its central intercept where one is recorded: the corrections, not a residual
-    shift, then keep every measured plan's predictions at or below what it measured."""
+    (``profiler/correct.py``), run on the profile's own calibration samples: the windows of a plan
+    that missed are run alone and raised to what they measured, what they leave unexplained
+    (compounding) is spread over the plan's windows. The calibration line stays as fitted."""
     from ..executor.evaluate import psnr_db_per_sample, run_schedule_local
     from ..executor.launch import cpu_threads
     from ..profiles.io import dump_profile
     from ..profiles.model import Corrections, profile_sha256
+    from .audit import measure_window
     from .correct import DEFAULT_MIN_PSNR_DBS, correct_on_plans
+    from .measure import record_reference
 
     if profile.output_errors is None or profile.calibration is None:
         raise UserError(f"profile '{profile.name}' has no calibrated per-sample quality model to correct; "
@@ -275,28 +277,30 @@ def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
     T = profile.num_steps
     sizes = tuple(g for g in (2, 4, 8) if g <= max(settings.gpus, 2)) or (2,)
     sha = profile_sha256(dump_profile(profile))
-    cal = profile.calibration
     with cpu_threads(pipe, settings.threads):
         ref = run_schedule_local(pipe, None, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs)
+
+        traj = record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=settings.call_kwargs)
 
         def measure(schedule) -> list[float]:
             out = run_schedule_local(pipe, schedule, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs)
             return psnr_db_per_sample(out, ref)
 
-        corrected, rep = correct_on_plans(profile, sha, measure=measure, world_sizes=sizes, rounds=rounds,
-                                          intercept_db=cal.central_intercept_db, say=say)
-    say(f"corrections: {rep.rounds} round(s), {rep.plans} plan runs, {rep.corrected_entries} entries raised, "
+        def measure_alone(key) -> list[float]:
+            return measure_window(pipe, traj, key, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=settings.call_kwargs)
+
+        corrected, rep = correct_on_plans(profile, sha, measure=measure, measure_alone=measure_alone, world_sizes=sizes,
+                                          rounds=rounds, say=say)
+    say(f"corrections: {rep.rounds} round(s), {rep.plans} plan runs, {rep.windows_run_alone} windows run alone, "
+        f"{rep.corrected_entries} entries raised, "
         f"images below prediction per round {rep.violations_per_round}, {'converged' if rep.converged else 'NOT converged'}, "
         f"{rep.seconds:.0f} s")
-    record = Corrections(rounds=rep.rounds, plans_measured=rep.plans, entries_raised=rep.corrected_entries,
+    record = Corrections(rounds=rep.rounds, plans_measured=rep.plans, windows_run_alone=rep.windows_run_alone,
+                         entries_raised=rep.corrected_entries,
                          below_prediction_per_round=rep.violations_per_round, converged=rep.converged,
                          world_sizes=list(sizes), min_psnr_dbs=list(DEFAULT_MIN_PSNR_DBS))
     oe = corrected.output_errors.model_copy(update={"corrections": record})
-    new_cal = corrected.calibration
-    if cal.central_intercept_db is not None and cal.central_intercept_db != cal.intercept_db:
-        new_cal = new_cal.model_copy(update={"how": new_cal.how + f"; intercept reset to the central {cal.central_intercept_db:.2f} dB "
-                                             f"for plan-level corrections ({rep.rounds} rounds)"})
-    return corrected.model_copy(update={"output_errors": oe, "calibration": new_cal})
+    return corrected.model_copy(update={"output_errors": oe})
 
 
 def calibrate_profile(pipe, profile, *, settings, count: int, say) -> "object":

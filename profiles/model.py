@@ -109,11 +109,13 @@ class CalibrationSample(_Strict):
 
 class Corrections(_Strict):
     """Plan-level corrections of the tables (``profiler/correct.py``): plans the optimizer picked were
-    run on the calibration samples, and where an image measured below its calibrated prediction, that
-    image's entries of the plan's windows were raised until the plan's prediction met the measurement."""
+    run on the calibration samples; where an image measured below its calibrated prediction, the
+    plan's windows were run alone (entries raised to what they measured) and what they left
+    unexplained was spread over the plan's windows, until the plan's prediction met the measurement."""
 
     rounds: int = Field(ge=0)
     plans_measured: int = Field(ge=0, description="plan runs on the calibration samples, all rounds")
+    windows_run_alone: int = Field(default=0, ge=0, description="windows of plans that missed, each run alone once (its entries raised to what it measured)")
     entries_raised: int = Field(ge=0, description="(window, sample) entries multiplied by a factor > 1, counted per round")
     below_prediction_per_round: list[int] = Field(default_factory=list, description="(plan, image) pairs measured below their prediction, per round")
     converged: bool = Field(description="the last round's plans all met their predictions on every image")
@@ -144,7 +146,6 @@ class Calibration(_Strict):
     fitted_on: int = Field(ge=0, description="number of verification runs")
     spearman: Optional[float] = None
     median_abs_error_db: Optional[float] = None
-    central_intercept_db: Optional[float] = Field(default=None, description="the least-squares intercept before any downward shift (plan-level corrections start from it)")
     how: str = ""
 
     def psnr_db(self, deviation: float) -> float:

@@ -119,6 +119,15 @@ def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "ra
     return Profile.model_validate({**profile.model_dump(), "output_errors": oe.model_dump()})
 
 
+def every_window(profile: Profile):
+    """(kind, predictor, start, size) of every entry of a profile's per-sample tables."""
+    for kind in ("parallel", "reuse"):
+        for pred, rows in getattr(profile.output_errors, kind).items():
+            for s, row in enumerate(rows):
+                for w in range(1, len(row) + 1):
+                    yield kind, pred, s, w
+
+
 def zero_comm(*, max_ranks: int = 64) -> Comm:
     """Exchange costs of (numerically) zero: no latency, the largest float as bandwidth."""
     return Comm(preset="zero", entries=[CommEntry(ranks=2, latency_s=0.0, bandwidth_bytes_per_s=float(np.finfo(float).max))])

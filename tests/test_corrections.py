@@ -20,7 +20,7 @@ from parastep.profiler.audit import window_keys
 from parastep.profiler.correct import correct_on_plans, scaled, statements_for
 from parastep.profiles.model import Calibration
 
-from strategies import make_profile
+from strategies import every_window, make_profile
 
 
 def _with_calibration(profile, *, world_size: int = 2, at_db: float = 30.0, slope: float = 20.0):
@@ -59,6 +59,7 @@ def _hidden_truth(profile, seed: int):
             sums = [a + b for a, b in zip(sums, truth(key))]
         return [100.0 if e <= 0 else min(100.0, cal.psnr_db(e)) for e in sums]
 
+    measure.truth = truth
     return measure
 
 
@@ -113,8 +114,24 @@ def test_scaled_multiplies_only_the_listed_entries():
     assert diff.sum() == sum(1 for v in a[1:] if v > 0)
 
 
-def test_intercept_is_replaced_before_the_loop():
-    base = _with_calibration(make_profile(num_steps=8, max_window=3, seed=4, samples=3))
-    out, _ = correct_on_plans(base, "0" * 64, measure=lambda s: [100.0] * 3, world_sizes=(2,), min_psnr_dbs=(30.0,),
-                              rounds=1, intercept_db=base.calibration.intercept_db + 4.0)
-    assert out.calibration.intercept_db == pytest.approx(base.calibration.intercept_db + 4.0)
+@pytest.mark.parametrize("seed", [3, 23])
+def test_windows_run_alone_explain_an_additive_truth_exactly(seed):
+    """With ``measure_alone`` (each window of a plan that missed, run alone) and a truth that adds up
+    over windows, every raised entry is raised to exactly its hidden value: the plan-level spread
+    (for compounding) is never needed, and no entry is raised past the truth."""
+    base = _with_calibration(make_profile(num_steps=12, max_window=4, seed=seed, samples=6))
+    measure = _hidden_truth(base, seed)
+    out, rep = correct_on_plans(base, "0" * 64, measure=measure, measure_alone=measure.truth, world_sizes=(2, 4),
+                                min_psnr_dbs=(25.0, 30.0, 35.0), rounds=40)
+    assert rep.converged and rep.windows_run_alone > 0 and rep.corrected_entries > 0, rep
+    raised = 0
+    for kind, pred, s, w in every_window(base):
+        a = base.window_errors(kind, start=s, size=w, predictor=pred)
+        b = out.window_errors(kind, start=s, size=w, predictor=pred)
+        if a == b:
+            continue
+        t = measure.truth((kind, pred, s, w))
+        for x, y, z in zip(a, b, t):
+            assert y == pytest.approx(max(x, z), rel=1e-12), (kind, pred, s, w)
+            raised += y > x
+    assert raised == rep.corrected_entries

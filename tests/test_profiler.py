@@ -606,20 +606,16 @@ def test_window_audit_stores_measurements_for_every_window_its_plans_use(measure
     from parastep.planner.plan import plan_schedule
     from parastep.profiler.audit import audit_windows, window_keys
 
+    from strategies import every_window
+
     kind_, pipe, run = measured
     profile = run.profile
     audited, info = audit_windows(pipe, profile, "0" * 64, call_kwargs={"guidance_scale": GUIDANCE}, world_sizes=(2, 4),
                                   rounds=4)
     assert info["windows"] >= 1 and info["rounds"] >= 1
     # the patched tables hold the measurements; every other entry is the model's, untouched
-    changed = 0
-    for kind in ("parallel", "reuse"):
-        for pred, rows in getattr(profile.output_errors, kind).items():
-            for s, row in enumerate(rows):
-                for w in range(1, len(row) + 1):
-                    a = profile.window_errors(kind, start=s, size=w, predictor=pred)
-                    b = audited.window_errors(kind, start=s, size=w, predictor=pred)
-                    changed += a != b
+    changed = sum(profile.window_errors(kind, start=s, size=w, predictor=pred)
+                  != audited.window_errors(kind, start=s, size=w, predictor=pred) for kind, pred, s, w in every_window(profile))
     assert 0 < changed <= info["windows"]
     if info["rounds"] < 4:          # converged: plans made from the audited profile use measured windows only
         for G in (2, 4):
