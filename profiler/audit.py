@@ -21,9 +21,10 @@ worst 25x (the window above). But a profile with the measured entries patched in
 on 45 plans, planned *worse* plans on held-out images (the default plan at one G fell 4.4 dB below
 the fixed plan's mean; ``--min-psnr`` coverage 70-80 %): with every window priced exactly alone,
 the optimizer combines more of them, and how windows compound along a plan (not any one window)
-dominates the error. So the shipped profile is not patched; this module is the instrument that
-shows where the per-window model is wrong (tests/test_profiler.py checks it against a hand-written
-loop), and the next step is pricing consecutive windows together.
+dominates the error. So the shipped profile was not patched this way; this module is the
+instrument that shows where the per-window model is wrong (tests/test_profiler.py checks it against
+a hand-written loop). ``correct.py`` uses its ``measure_window`` on the windows of plans that missed,
+and prices what the windows alone leave unexplained (compounding) per plan.
 """
 
 from __future__ import annotations
