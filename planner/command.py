@@ -49,7 +49,7 @@ def _per_image(s) -> str:
     if q.per_sample is not None:
         text = f", {q.per_sample.within}/{q.per_sample.samples} calibration images within their bound ({q.per_sample.required} required)"
     if q.predicted_psnr_db is not None:
-        text += f", predicted PSNR {q.predicted_psnr_db:.1f} dB at the coverage quantile"
+        text += f", predicted PSNR {q.predicted_psnr_db:.1f} dB for the worst image required within its bound"
     elif q.predicted == 0:
         text += ", lossless (zero predicted deviation)"
     return text
