@@ -52,6 +52,12 @@ def predicted_per_sample(schedule, profile: Profile) -> list[float]:
     return [math.fsum(col) for col in zip(*errs)]
 
 
+def plan_key(schedule) -> tuple:
+    """A hashable identity of a plan: its world size and its windows as plain data (placements may
+    hold CFG-split pairs, which are lists)."""
+    return schedule.world_size, json.dumps([w.model_dump(mode="json") for w in schedule.windows], sort_keys=True)
+
+
 def sample_schedules(profile: Profile, profile_sha256: str, *, count: int, world_sizes: Sequence[int] = (2, 4, 8),
                      seed: int = 0, fixed_share: float = 0.2, span_decades: tuple[float, float] = (-1.5, 1.0),
                      max_window: Optional[int] = None) -> list[Any]:
@@ -83,8 +89,7 @@ def sample_schedules(profile: Profile, profile_sha256: str, *, count: int, world
             res = plan_schedule(profile, profile_sha256=profile_sha256, world_size=G, max_window=J, budget=budget,
                                 coverage=rng.choice([0.9, 1.0]), options=options)
         s = res.schedule
-        # the windows as plain data (placements may hold CFG-split pairs, which are lists)
-        key = (G, json.dumps([w.model_dump(mode="json") for w in s.windows], sort_keys=True))
+        key = plan_key(s)
         if key in seen or s.quality.predicted <= 0:
             continue
         seen.add(key)

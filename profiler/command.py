@@ -253,6 +253,11 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
     return 0
 
 
+def verification_world_sizes(gpus: int) -> tuple[int, ...]:
+    """World sizes whose plans calibrate and correct a profile: 2, 4 and 8, up to ``--gpus``."""
+    return tuple(g for g in (2, 4, 8) if g <= max(gpus, 2)) or (2,)
+
+
 def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
     """``profile`` with its quality tables corrected on the plans the optimizer picks
     (``profiler/correct.py``), run on the profile's own calibration samples: the windows of a plan
@@ -275,11 +280,10 @@ def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
     samples = profile.output_errors.samples
     prompts, seeds = sample_conditions(pipe, [s.prompt for s in samples]), [s.seed for s in samples]
     T = profile.num_steps
-    sizes = tuple(g for g in (2, 4, 8) if g <= max(settings.gpus, 2)) or (2,)
+    sizes = verification_world_sizes(settings.gpus)
     sha = profile_sha256(dump_profile(profile))
     with cpu_threads(pipe, settings.threads):
         ref = run_schedule_local(pipe, None, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs)
-
         traj = record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=settings.call_kwargs)
 
         def measure(schedule) -> list[float]:
@@ -314,7 +318,7 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> "object":
     if profile.output_errors is None:
         raise UserError(f"profile '{profile.name}' has no per-sample quality model (output_errors) to calibrate; re-profile it")
     sha = profile_sha256(dump_profile(profile))
-    sizes = tuple(g for g in (2, 4, 8) if g <= max(settings.gpus, 2)) or (2,)
+    sizes = verification_world_sizes(settings.gpus)
     schedules = sample_schedules(profile, sha, count=count, world_sizes=sizes, seed=0)
     say(f"verify: {len(schedules)} distinct plans for world sizes {list(sizes)}")
     samples = profile.output_errors.samples

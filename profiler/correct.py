@@ -37,16 +37,14 @@ What it changes is checked where it matters, on seeds neither the profile nor th
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..profiles.model import Profile
-
-PSNR_CAP_DB = 100.0          # executor.evaluate's cap: an image identical to the sequential one
 from .audit import WindowKey, table_copies, window_keys
+from .calibrate import plan_key
 
 
 def scaled(profile: Profile, factors: Mapping[WindowKey, Sequence[float]]) -> Profile:
@@ -65,7 +63,6 @@ class CorrectionReport:
     plans: int = 0                                  # plan runs measured, all rounds
     corrected_entries: int = 0                      # (window, image) entries raised, all rounds
     violations_per_round: list[int] = field(default_factory=list)    # (plan, image) below prediction
-    worst_shortfall_db_per_round: list[float] = field(default_factory=list)
     seconds: float = 0.0
     converged: bool = False
     windows_run_alone: int = 0
@@ -91,6 +88,7 @@ def statements_for(profile: Profile, *, world_sizes: Sequence[int], min_psnr_dbs
 def _shortfalls(schedule, profile: Profile, measured: Sequence[float], tolerance_db: float) -> list[float]:
     """Per image: dB by which the measurement fell below the calibrated prediction (0 where it did
     not, where the prediction is exact, or where the image is identical to the sequential one)."""
+    from ..executor.evaluate import PSNR_CAP_DB
     from ..planner.plan import recompute
 
     _, _, errs = recompute(schedule, profile)
@@ -130,25 +128,23 @@ def correct_on_plans(profile: Profile, profile_sha256: str, *, measure: Callable
         plans, seen = [], set()
         for st in statements_for(current, world_sizes=world_sizes, min_psnr_dbs=min_psnr_dbs):
             s = plan_schedule(current, profile_sha256=profile_sha256, options=options, **st).schedule
-            key = (s.world_size, json.dumps([w.model_dump(mode="json") for w in s.windows], sort_keys=True))
+            key = plan_key(s)
             if key not in seen:
                 seen.add(key)
                 plans.append(s)
         violated = []                                   # (plan, measured PSNR per image)
-        violations, worst = 0, 0.0
+        violations = 0
         for k, s in enumerate(plans):
             measured = measure(s)
             short = _shortfalls(s, current, measured, tolerance_db)
             if any(v > 0 for v in short):
                 violated.append((s, measured))
                 violations += sum(1 for v in short if v > 0)
-                worst = max(worst, max(short))
             say(f"correct round {r + 1}: {k + 1}/{len(plans)} plans measured, {violations} images below prediction, "
                 f"{time.perf_counter() - t0:.0f} s")
         report.rounds = r + 1
         report.plans += len(plans)
         report.violations_per_round.append(violations)
-        report.worst_shortfall_db_per_round.append(worst)
         if violations == 0:
             report.converged = True
             break

@@ -10,6 +10,7 @@ function of the arguments (numpy Generator seeded with ``seed``).
 
 from __future__ import annotations
 
+import math
 from typing import Literal, Optional
 
 import numpy as np
@@ -117,6 +118,20 @@ def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "ra
     oe = OutputErrors(samples=[CalibrationSample(prompt=str(n % 10), seed=n // 10) for n in range(samples)],
                       parallel=tables["parallel"], reuse=tables["reuse"], rank=4, captured_energy=1.0)
     return Profile.model_validate({**profile.model_dump(), "output_errors": oe.model_dump()})
+
+
+def with_calibration(profile: Profile, *, world_size: int = 2, at_db: float = 30.0, slope: float = 20.0,
+                     rank: Optional[int] = None) -> Profile:
+    """``profile`` with a calibration that puts the fixed plan's ``rank``-th smallest predicted image
+    error (default: the median image) at ``at_db``."""
+    from parastep.planner.plan import plan_schedule
+    from parastep.profiler.calibrate import predicted_per_sample
+
+    fixed = plan_schedule(profile, profile_sha256="0" * 64, world_size=world_size, policy="fixed").schedule
+    errors = sorted(predicted_per_sample(fixed, profile))
+    e = errors[len(errors) // 2 if rank is None else rank]
+    cal = Calibration(intercept_db=at_db + slope * math.log10(e), slope_db_per_decade=slope, fitted_on=10, how="test")
+    return profile.model_copy(update={"calibration": cal})
 
 
 def every_window(profile: Profile):

@@ -18,20 +18,8 @@ import pytest
 
 from parastep.profiler.audit import window_keys
 from parastep.profiler.correct import correct_on_plans, scaled, statements_for
-from parastep.profiles.model import Calibration
 
-from strategies import every_window, make_profile
-
-
-def _with_calibration(profile, *, world_size: int = 2, at_db: float = 30.0, slope: float = 20.0):
-    """A calibration that puts the fixed plan's median predicted image at ``at_db``."""
-    from parastep.planner.plan import plan_schedule
-    from parastep.profiler.calibrate import predicted_per_sample
-
-    fixed = plan_schedule(profile, profile_sha256="0" * 64, world_size=world_size, policy="fixed").schedule
-    e = sorted(predicted_per_sample(fixed, profile))[len(profile.output_errors.samples) // 2]
-    cal = Calibration(intercept_db=at_db + slope * math.log10(e), slope_db_per_decade=slope, fitted_on=10, how="test")
-    return profile.model_copy(update={"calibration": cal})
+from strategies import every_window, make_profile, with_calibration
 
 
 def _entries(profile):
@@ -74,7 +62,7 @@ def test_corrections_end_with_every_plan_meeting_its_prediction_against_a_hidden
     from parastep.planner.options import SolverOptions
     from parastep.planner.plan import plan_schedule
 
-    base = _with_calibration(make_profile(num_steps=12, max_window=4, seed=seed, samples=6))
+    base = with_calibration(make_profile(num_steps=12, max_window=4, seed=seed, samples=6))
     measure = _hidden_truth(base, seed)
     dbs = (25.0, 30.0, 35.0)
     fixed, rep = correct_on_plans(base, "0" * 64, measure=measure, world_sizes=(2, 4), min_psnr_dbs=dbs, rounds=40,
@@ -94,7 +82,7 @@ def test_corrections_end_with_every_plan_meeting_its_prediction_against_a_hidden
 
 
 def test_a_model_that_agrees_with_the_measurements_is_left_alone():
-    base = _with_calibration(make_profile(num_steps=10, max_window=4, seed=5, samples=4))
+    base = with_calibration(make_profile(num_steps=10, max_window=4, seed=5, samples=4))
 
     def exact(schedule):          # the model's own prediction, a hair kinder: nothing to correct
         return [p + 1e-6 for p in _predicted_db(schedule, base)]
@@ -119,7 +107,7 @@ def test_windows_run_alone_explain_an_additive_truth_exactly(seed):
     """With ``measure_alone`` (each window of a plan that missed, run alone) and a truth that adds up
     over windows, every raised entry is raised to exactly its hidden value: the plan-level spread
     (for compounding) is never needed, and no entry is raised past the truth."""
-    base = _with_calibration(make_profile(num_steps=12, max_window=4, seed=seed, samples=6))
+    base = with_calibration(make_profile(num_steps=12, max_window=4, seed=seed, samples=6))
     measure = _hidden_truth(base, seed)
     out, rep = correct_on_plans(base, "0" * 64, measure=measure, measure_alone=measure.truth, world_sizes=(2, 4),
                                 min_psnr_dbs=(25.0, 30.0, 35.0), rounds=40)

@@ -627,21 +627,16 @@ def test_corrected_tables_never_promise_more_than_the_executor_delivers(measured
     """``--correct`` (``command.correct_profile``) on a tiny pipeline, checked from outside: every plan
     the corrected profile gives (fixed, default, three --min-psnr statements, G = 2/4/8) is run end to
     end by the executor, and no calibration image measures below the PSNR the corrected model predicts."""
-    import math as _math
-
     from parastep.executor.evaluate import psnr_db_per_sample, run_schedule_local
     from parastep.planner.plan import plan_schedule
     from parastep.profiler.calibrate import predicted_per_sample
     from parastep.profiler.command import correct_profile
     from parastep.profiler.correct import statements_for
-    from parastep.profiles.model import Calibration
+
+    from strategies import with_calibration
 
     kind_, pipe, run = measured
-    profile = run.profile
-    fixed = plan_schedule(profile, profile_sha256="0" * 64, world_size=2, policy="fixed").schedule
-    e = sorted(predicted_per_sample(fixed, profile))[1]
-    cal = Calibration(intercept_db=50.0 + 20.0 * _math.log10(e), slope_db_per_decade=20.0, fitted_on=10, how="test")
-    profile = profile.model_copy(update={"calibration": cal})
+    profile = with_calibration(run.profile, at_db=50.0, rank=1)
     out = correct_profile(pipe, profile, settings=settings(), rounds=20, say=lambda m: None)
     rec = out.output_errors.corrections
     assert rec is not None and rec.converged and rec.world_sizes == [2, 4, 8], rec
@@ -653,7 +648,7 @@ def test_corrected_tables_never_promise_more_than_the_executor_delivers(measured
     for st in statements_for(out, world_sizes=(2, 4, 8), min_psnr_dbs=rec.min_psnr_dbs[1:4]):
         s = plan_schedule(out, profile_sha256="0" * 64, **st).schedule
         got = psnr_db_per_sample(run_schedule_local(pipe, s, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=kw), ref)
-        pred = [out.calibration.psnr_db(v) if v > 0 else _math.inf for v in predicted_per_sample(s, out)]
+        pred = [out.calibration.psnr_db(v) if v > 0 else math.inf for v in predicted_per_sample(s, out)]
         assert all(p <= g + 1e-6 for p, g in zip(pred, got)), (st, pred, got)
 
 
