@@ -154,7 +154,7 @@ class MeasuredQuality(_Strict):
     psnr_db_mean: float
     psnr_db_p10: float
     psnr_db_min: float
-    rounds: int = Field(ge=1, description="plan-measure rounds until the target held (or the last one)")
+    rounds: int = Field(ge=1, description="plans measured (plan --verify re-plans when a plan misses its target, or meets it with room to spare)")
     target_met: Optional[bool] = None
 
 
