@@ -299,10 +299,16 @@ def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
         f"{rep.corrected_entries} entries raised, "
         f"images below prediction per round {rep.violations_per_round}, {'converged' if rep.converged else 'NOT converged'}, "
         f"{rep.seconds:.0f} s")
+    # a profile corrected before (``--recalibrate P --correct R`` continues from P's tables, which is
+    # valid: entries only go up) keeps the whole history: counts add up, rounds append
+    prev = profile.output_errors.corrections
     record = Corrections(rounds=rep.rounds, plans_measured=rep.plans, windows_run_alone=rep.windows_run_alone,
                          entries_raised=rep.corrected_entries,
                          below_prediction_per_round=rep.violations_per_round, converged=rep.converged,
-                         world_sizes=list(sizes), min_psnr_dbs=list(DEFAULT_MIN_PSNR_DBS))
+                         world_sizes=list(sizes), min_psnr_dbs=list(DEFAULT_MIN_PSNR_DBS),
+                         cfg_split=["auto", "off"] if profile.can_split else ["auto"])
+    if prev is not None:
+        record = prev.followed_by(record)
     oe = corrected.output_errors.model_copy(update={"corrections": record})
     return corrected.model_copy(update={"output_errors": oe})
 

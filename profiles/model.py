@@ -121,6 +121,21 @@ class Corrections(_Strict):
     converged: bool = Field(description="the last round's plans all met their predictions on every image")
     world_sizes: list[int] = Field(default_factory=list)
     min_psnr_dbs: list[float] = Field(default_factory=list, description="the --min-psnr statements planned each round (with the fixed and default plans)")
+    cfg_split: list[Literal["auto", "off"]] = Field(default_factory=lambda: ["auto"],
+                                                    description="the --cfg-split settings planned each round")
+
+    def followed_by(self, later: "Corrections") -> "Corrections":
+        """The record of this run and a ``later`` one on its tables (``profile --recalibrate P
+        --correct R`` continues from P's, valid since entries only go up): counts add up, the
+        rounds' misses append, the settings planned are the union, converged is the later run's."""
+        return later.model_copy(update=dict(
+            rounds=self.rounds + later.rounds, plans_measured=self.plans_measured + later.plans_measured,
+            windows_run_alone=self.windows_run_alone + later.windows_run_alone,
+            entries_raised=self.entries_raised + later.entries_raised,
+            below_prediction_per_round=self.below_prediction_per_round + later.below_prediction_per_round,
+            world_sizes=sorted(set(self.world_sizes) | set(later.world_sizes)),
+            min_psnr_dbs=sorted(set(self.min_psnr_dbs) | set(later.min_psnr_dbs)),
+            cfg_split=sorted(set(self.cfg_split) | set(later.cfg_split))))
 
 
 class OutputErrors(_Strict):

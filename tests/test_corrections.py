@@ -81,6 +81,30 @@ def test_corrections_end_with_every_plan_meeting_its_prediction_against_a_hidden
         assert all(p <= g + 1e-9 for p, g in zip(pred, got)), (st, pred, got)
 
 
+def test_plans_without_cfg_split_are_corrected_too_where_the_profile_prices_splits():
+    """A profile that prices CFG splits is planned both ways each round (``plan --cfg-split off``
+    picks other windows); after the loop, the plans without splits meet their predictions as well."""
+    from parastep.planner.options import SolverOptions
+    from parastep.planner.plan import plan_schedule
+
+    base = with_calibration(make_profile(num_steps=12, max_window=4, seed=11, samples=6, half_forward_ratio=0.52))
+    assert base.can_split
+    dbs = (25.0, 30.0)
+    statements = statements_for(base, world_sizes=(2, 4), min_psnr_dbs=dbs)
+    off = [st for st in statements if st.get("allow_split") is False]
+    assert len(off) == len(statements) // 2 == 2 * (2 + len(dbs))
+    measure = _hidden_truth(base, 11)
+    fixed, rep = correct_on_plans(base, "0" * 64, measure=measure, world_sizes=(2, 4), min_psnr_dbs=dbs, rounds=40)
+    assert rep.converged and rep.violations_per_round[0] > 0, rep
+    options = SolverOptions(workers=1, seed=0, deterministic=True, time_limit_s=10.0)
+    for st in off:
+        s = plan_schedule(fixed, profile_sha256="0" * 64, options=options, **st).schedule
+        assert all(p <= g + 1e-9 for p, g in zip(_predicted_db(s, fixed), measure(s))), st
+    no_split = with_calibration(make_profile(num_steps=12, max_window=4, seed=11, samples=6))
+    assert not no_split.can_split
+    assert all("allow_split" not in st for st in statements_for(no_split, world_sizes=(2, 4), min_psnr_dbs=dbs))
+
+
 def test_a_model_that_agrees_with_the_measurements_is_left_alone():
     base = with_calibration(make_profile(num_steps=10, max_window=4, seed=5, samples=4))
 
@@ -123,3 +147,18 @@ def test_windows_run_alone_explain_an_additive_truth_exactly(seed):
             assert y == pytest.approx(max(x, z), rel=1e-12), (kind, pred, s, w)
             raised += y > x
     assert raised == rep.corrected_entries
+
+
+def test_a_second_correction_run_adds_to_the_record_of_the_first():
+    from parastep.profiles.model import Corrections
+
+    first = Corrections(rounds=8, plans_measured=168, windows_run_alone=362, entries_raised=3618,
+                        below_prediction_per_round=[44, 13], converged=False, world_sizes=[2, 4, 8], min_psnr_dbs=[30.0])
+    assert first.cfg_split == ["auto"]          # records from before the field: split plans only
+    later = Corrections(rounds=2, plans_measured=78, windows_run_alone=83, entries_raised=500,
+                        below_prediction_per_round=[37, 0], converged=True, world_sizes=[2, 4], min_psnr_dbs=[30.0, 35.0],
+                        cfg_split=["auto", "off"])
+    both = first.followed_by(later)
+    assert (both.rounds, both.plans_measured, both.windows_run_alone, both.entries_raised) == (10, 246, 445, 4118)
+    assert both.below_prediction_per_round == [44, 13, 37, 0] and both.converged
+    assert both.world_sizes == [2, 4, 8] and both.min_psnr_dbs == [30.0, 35.0] and both.cfg_split == ["auto", "off"]
