@@ -143,17 +143,23 @@ class _Bounds:
       all the samples its prefix broke, so the least bound over those D is valid (per D, the largest
       over ``LP_SCALES``)."""
 
-    def __init__(self, problem: Problem, g: _Graph, errors: np.ndarray):
+    def __init__(self, problem: Problem, g: _Graph, errors: np.ndarray, *, deadline: float = math.inf):
         from itertools import combinations
 
         N, K = problem.samples, problem.min_within
         budget = np.array(problem.sample_budget_units, dtype=np.float64)
         lp = _Relaxation(problem, g, errors)
         self.K = K
-        lams = [lp.multipliers([m == n for m in range(N)]) for n in range(N)]
+
+        def duals(active) -> np.ndarray:
+            # past the deadline no more LPs (1-2 s each at T = 1000): zero multipliers, a valid and
+            # weaker bound (the plain latency to go), so the time limit holds on long schedules
+            return lp.multipliers(active) if time.perf_counter() < deadline else np.zeros(N)
+
+        self.full = full = duals([True] * N)
+        lams = [duals([m == n for m in range(N)]) for n in range(N)]
         miss = N - K
         self.sets = math.comb(N, miss) <= MAX_MISS_SETS
-        self.full = full = lp.multipliers([True] * N)
         if self.sets:
             support = set(np.nonzero(full)[0].tolist())
             masks, columns, cache = [], [], {}
@@ -161,7 +167,7 @@ class _Bounds:
                 # relaxing rows whose duals are 0 leaves the LP optimum (and its duals) as they are
                 key = D if support.intersection(D) else ()
                 if key not in cache:
-                    base = full if not key else lp.multipliers([n not in D for n in range(N)])
+                    base = full if not key else duals([n not in D for n in range(N)])
                     cache[key] = [len(lams) + i for i in range(len(LP_SCALES))]
                     lams.extend(f * base for f in LP_SCALES)
                 masks.append([n in D for n in range(N)])
@@ -174,7 +180,7 @@ class _Bounds:
         if self.sets:
             bases = {cols[0]: lams[cols[0]] for cols in cache.values() if lams[cols[0]].any()}   # LP_SCALES[0] = 1
             levels = min(SURROGATE_LEVELS, SURROGATE_BYTES // (8 * g.n_nodes * max(1, len(bases))) - 1)
-            if bases and levels >= 16:
+            if bases and levels >= 16 and time.perf_counter() < deadline:
                 order = list(bases)
                 self.surrogates = [_Surrogate(g, errors, bases[c], budget, levels) for c in order]
                 pos = {c: i for i, c in enumerate(order)}
@@ -280,7 +286,8 @@ def solve_branch(problem: Problem, *, time_limit_s: float = 10.0, incumbents: Se
     errors = np.array([problem.edges[int(i)].sample_error_units for i in g.ids], dtype=np.float64).reshape(A, N)
     budget = np.array(problem.sample_budget_units, dtype=np.float64)
     lat_to_go = g.backward(g.lat)
-    bounds = _Bounds(problem, g, errors)
+    deadline = t0 + float(time_limit_s)
+    bounds = _Bounds(problem, g, errors, deadline=deadline)
     root_bound = max(float(lat_to_go[0]), float(bounds.bounds(np.zeros((1, bounds.offset.size)), np.zeros(1, dtype=np.int64),
                                                                    np.zeros((1, N), dtype=bool), np.zeros(1), np.zeros((1, N)))[0]))
 
@@ -302,7 +309,6 @@ def solve_branch(problem: Problem, *, time_limit_s: float = 10.0, incumbents: Se
     margin = 1e-7 * max(1.0, abs(root_bound))
     state = {"limit": best_units, "found": False, "capped": False}
     visited = [0]
-    deadline = t0 + float(time_limit_s)
     path: list[int] = []
 
     def visit(node: int, latency: float, lc: np.ndarray, err: np.ndarray) -> None:

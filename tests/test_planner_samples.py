@@ -88,12 +88,22 @@ def test_cpsat_per_sample_statement_equals_exhaustive_search():
     assert mismatches == []
 
 
-@pytest.mark.parametrize("one_sample_bounds_only", [False, True])
-def test_branch_and_bound_equals_exhaustive_search(monkeypatch, one_sample_bounds_only):
-    """Both bound families: miss sets (N - K samples allowed to miss, each set its own LP) and, with
-    MAX_MISS_SETS = 0, only the one-sample bounds (the min_within-th smallest)."""
-    if one_sample_bounds_only:
+@pytest.mark.parametrize("families", ["all", "one-sample", "past-deadline"])
+def test_branch_and_bound_equals_exhaustive_search(monkeypatch, families):
+    """Every bound family: miss sets (N - K samples allowed to miss, each set its own LP, and its
+    surrogate table), with MAX_MISS_SETS = 0 only the one-sample bounds (the min_within-th
+    smallest), and bounds built past their deadline (no LP solved: zero multipliers, no tables)."""
+    if families == "one-sample":
         monkeypatch.setattr(branch, "MAX_MISS_SETS", 0)
+    if families == "past-deadline":
+        built = branch._Bounds
+
+        class Late(built):
+            def __init__(self, problem, g, errors, *, deadline):
+                super().__init__(problem, g, errors, deadline=-math.inf)
+                assert not self.full.any() and not self.surrogates
+
+        monkeypatch.setattr(branch, "_Bounds", Late)
     mismatches = []
     for seed in range(60):
         prof, G, J, bounds, required = _instance(seed)
