@@ -229,7 +229,7 @@ class _Surrogate:
     levels of ``S / L``, is at most ``l`` levels (a backward DP, exact for the rounded problem). A
     completion with surrogate error ``<= r`` uses at most ``floor(r L / S)`` levels (a sum of floors
     is at most the floor of the sum), so ``table[v, floor(r L / S)]`` bounds its latency from below:
-    the bound is exact whatever the rounding, and L only decides how tight it is. It is at least the
+    the bound is valid whatever the rounding, and L only decides how tight it is. It is at least the
     Lagrangian bound of the same ``lam`` (up to the rounding) and captures what that bound misses:
     windows spend the budget in lumps (measured on the 200-step synthetic profile of
     benchmarks/results/planner.md, seed 200: root bound 244,264 latency units against the LP's

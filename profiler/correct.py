@@ -31,7 +31,9 @@ mispriced one; also *lowering* entries where images measured better went from 44
 below prediction to 89 and 92 in its next two rounds.) Cost: one run of the calibration batch
 per distinct plan and round (``T`` forwards), plus ``T - start`` forwards per window run alone.
 
-What it changes is checked where it matters, on seeds neither the profile nor the corrections saw
+The shipped digits tables: 8 rounds planning with CFG split only (session 5, not converged), then
+6 more planning every statement with and without splits (``statements_for``), the last with no
+image below its prediction (benchmarks/results/quality_model.md). What it changes is checked where it matters, on seeds neither the profile nor the corrections saw
 (``tests/test_quality.py``) and at statements the loop did not plan (README, Results).
 """
 
