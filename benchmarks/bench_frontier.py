@@ -12,6 +12,9 @@ aggregated as the **mean** and the **10th percentile** (p10) over images. Series
   fixed plans' per-image errors;
 - ``min-psnr``: ``--min-psnr DB`` (coverage 0.9) for DB in 30..40, scored by the share of held-out
   images at or above DB and the p10 image's distance to DB.
+- ``default-w``: ``parastep plan --warmup W`` for W = 1..15, the default plan against the fixed plan
+  with that warm-up (every calibration image predicted no worse than under it, predicted no
+  slower): the planner's own answer to "beat the paper's plan with W warm-up steps".
 - ``split-default``, ``split-optimal``, ``split-min-psnr`` (issue 9): the same three with CFG split
   allowed (``--cfg-split auto``); the three above plan with ``--cfg-split off`` (the "before").
   Split plans are run as planned: the executor computes both CFG halves of a split offset in the one
@@ -48,7 +51,7 @@ import torch
 HELD_OUT_SEED0 = 5000
 MIN_PSNR_TARGETS = (30.0, 32.5, 35.0, 37.5, 40.0)
 TOLERANCE_DB = 0.5
-SERIES = ("fixed", "default", "optimal", "min-psnr", "split-default", "split-optimal", "split-min-psnr", "lossless")
+SERIES = ("fixed", "default", "default-w", "optimal", "min-psnr", "split-default", "split-optimal", "split-min-psnr", "lossless")
 # issue 9's goal at G = 8 (nvlink): predicted speedup >= 6 with held-out mean >= 35 dB and p10 >= 30 dB
 GOAL_MEAN_DB, GOAL_P10_DB, GOAL_SPEEDUP = 35.0, 30.0, 6.0
 
@@ -119,6 +122,8 @@ def main(argv=None) -> int:
             fixed_median.append(statistics.median(predicted_per_sample(s, profile)))
             if "fixed" in args.series:
                 rows.append({"G": G, "series": "fixed", "param": W, **measure(s)})
+            if "default-w" in args.series:
+                rows.append({"G": G, "series": "default-w", "param": W, **measure(planned(G, J, split=False, warmup=W))})
         lo, hi = min(fixed_median) / 10, max(fixed_median) * 3
         for prefix, split in (("", False), ("split-", True)):
             if split and not profile.can_split:
@@ -161,7 +166,7 @@ def _short(w, schedule) -> str:
 
 def check(rows, G: int) -> dict:
     """Dominance, speedup ratio at equal quality, default vs fixed (module docstring)."""
-    planned = [r for r in rows if r["G"] == G and r["series"] in ("optimal", "default", "min-psnr")]   # without split
+    planned = [r for r in rows if r["G"] == G and r["series"] in ("optimal", "default", "default-w", "min-psnr")]   # without split
     fixed = [r for r in rows if r["G"] == G and r["series"] == "fixed"]
     dominated, ratios = [], []
     for f in fixed:
@@ -214,7 +219,7 @@ def _plot(rows, gpus, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(2, len(gpus), figsize=(5 * len(gpus), 8.5), squeeze=False)
-    style = {"fixed": ("tab:red", "^:"), "optimal": ("tab:blue", "o-"), "default": ("black", "*"),
+    style = {"fixed": ("tab:red", "^:"), "optimal": ("tab:blue", "o-"), "default": ("black", "*"), "default-w": ("tab:gray", "x"),
              "min-psnr": ("tab:green", "s"), "split-optimal": ("tab:purple", "o--"), "split-default": ("tab:purple", "*"),
              "split-min-psnr": ("tab:olive", "s"), "lossless": ("tab:cyan", "D")}
     for c, G in enumerate(gpus):
@@ -250,7 +255,7 @@ def _table(rows, checks, args, path: Path, *, images: int, profile) -> None:
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = r["param"]
-        param = f"W={p}" if r["series"] == "fixed" else ("" if p is None else (f"{p:g} dB" if r["series"].endswith("min-psnr") else f"{p:.3g}"))
+        param = f"W={p}" if r["series"] in ("fixed", "default-w") else ("" if p is None else (f"{p:g} dB" if r["series"].endswith("min-psnr") else f"{p:.3g}"))
         lines.append(f"| {r['G']} | {r['series']} | {param} | {r['speedup']:.3f} | {r['psnr_mean_db']:.2f} | {r['psnr_p10_db']:.2f} | "
                      f"{r['psnr_min_db']:.2f} | `{r['plan']}` |")
     lines += ["", "## Checks", "", "```json", json.dumps(checks, indent=1), "```"]

@@ -122,7 +122,7 @@ def main() -> int:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     tail = ["", "## Per-image statements (20 calibration samples): --solver auto (the branch and bound, then CP-SAT "
-            "from its plan if it has not proven it after 70 % of the limit) vs --solver cp-sat", "",
+            "from its plan if it has not proven it after half the limit) vs --solver cp-sat", "",
             "| profile | T | G | statement | auto: solver | wall s | status | objective | bound | gap % | "
             "cp-sat: solver | wall s | status | objective | bound | gap % | speedup (cp-sat plan) |",
             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"] + sample_rows if sample_rows else []
