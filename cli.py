@@ -140,7 +140,9 @@ def build_parser() -> argparse.ArgumentParser:
                            "Lagrangian branch and bound (proves optimality where CP-SAT stalls), the exact DP where one "
                            "budget says it all (priors); branch-and-bound, cp-sat or dp to force one")
     plan.add_argument("--verify", type=int, default=0, metavar="N", help="run the plan on N held-out images in one process "
-                      "and record per-image PSNR vs sequential in quality.measured; re-plan (up to 3 rounds) if it misses its target")
+                      "and record per-image PSNR vs sequential in quality.measured; re-plan if it misses its target, and for "
+                      "--min-psnr try a faster plan if it meets it with over 3 dB to spare (kept only if it meets it too; "
+                      "at most 3 plans measured)")
     plan.add_argument("--model-path", dest="model_path", help="pipeline folder for --verify (default: the registry's)")
     plan.add_argument("--deterministic", action="store_true", help="CP-SAT: reproducible result for a given --seed and --workers (interleaved search)")
 
