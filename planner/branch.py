@@ -35,10 +35,11 @@ far (UB, integer latency units, so only plans of at most UB - 1 count):
 4. surrogate (``_Surrogate``): each miss set's LP duals fold its samples into one constraint, and a
    table (one backward DP over the state graph and the error levels, built once) gives the exact
    least latency to go under that one constraint, where rule 3 only has its Lagrangian relaxation.
-   It sees that windows spend the budget in lumps; measured on the shipped digits profile
-   (2026-11-30, 2-core machine), default and ``--min-psnr 30/35`` at G = 2, 4, 8 visit 3-40x fewer
-   prefixes than with rules 1-3 (G = 8 default: 4.1k against 11.1k; G = 2 default: 119 against 4.7k),
-   with the same optima.
+   It sees that windows spend the budget in lumps; measured on the session-5 digits profile
+   (2026-11-30, 2-core machine, CFG split allowed), default and ``--min-psnr 30/35`` at G = 2, 4, 8
+   visit 2.5-85x fewer prefixes than with rules 1-3 (G = 8 default: 4.1k against 11.1k; G = 2
+   default: 119 against 4.7k), with the same optima; on the shipped profile without CFG split the
+   G = 8 default is proven in 0.9 s with them and not within 10 s without (README, Planner).
 
 Children are tried in order of their mean Lagrangian cost to go. The limit deepens: first only
 plans within 0.5 % of the root bound are searched, then 1 %, 2 %, ... up to the best plan known
