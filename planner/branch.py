@@ -182,9 +182,8 @@ class _Bounds:
             bases = {cols[0]: lams[cols[0]] for cols in cache.values() if lams[cols[0]].any()}   # LP_SCALES[0] = 1
             levels = min(SURROGATE_LEVELS, SURROGATE_BYTES // (8 * g.n_nodes * max(1, len(bases))) - 1)
             if bases and levels >= 16 and time.perf_counter() < deadline:
-                order = list(bases)
-                self.surrogates = [_Surrogate(g, errors, bases[c], budget, levels) for c in order]
-                pos = {c: i for i, c in enumerate(order)}
+                self.surrogates = [_Surrogate(g, errors, lam, budget, levels) for lam in bases.values()]
+                pos = {c: i for i, c in enumerate(bases)}
                 # miss set -> its table (-1: its duals are all zero, no table; bounds() maps it to -inf)
                 self.set_surrogate = np.array([pos.get(cols[0], -1) for cols in columns], dtype=np.int64)
         lam = np.array(lams).reshape(len(lams), N)                     # (L, N)
@@ -200,11 +199,11 @@ class _Bounds:
         N, K = self.samples, self.K
         live = np.where(broken, np.inf, values[:, :N])                 # a broken sample bounds nothing
         bound = live.max(axis=1) if K == N else np.partition(live, K - 1, axis=1)[:, K - 1]
-        sur = [t.bounds(lat, err, nodes) for t in self.surrogates]
         if self.sets:
             per_set = values[:, self.set_columns].max(axis=2)           # (c, S)
-            if sur:
-                table = np.stack(sur + [np.full(lat.shape, -np.inf)], axis=1)     # (c, tables + 1); -1: none
+            if self.surrogates:
+                sur = [t.bounds(lat, err, nodes) for t in self.surrogates] + [np.full(lat.shape, -np.inf)]
+                table = np.stack(sur, axis=1)                           # (c, tables + 1); -1: none
                 per_set = np.maximum(per_set, table[:, self.set_surrogate])
             if per_set.shape[1] == 1:
                 bound = np.maximum(bound, per_set[:, 0])

@@ -268,7 +268,7 @@ def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
     from ..profiles.io import dump_profile
     from ..profiles.model import Corrections, profile_sha256
     from .audit import measure_window
-    from .correct import DEFAULT_MIN_PSNR_DBS, correct_on_plans
+    from .correct import DEFAULT_MIN_PSNR_DBS, cfg_split_settings, correct_on_plans
     from .measure import record_reference
 
     if profile.output_errors is None or profile.calibration is None:
@@ -306,7 +306,7 @@ def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
                          entries_raised=rep.corrected_entries,
                          below_prediction_per_round=rep.violations_per_round, converged=rep.converged,
                          world_sizes=list(sizes), min_psnr_dbs=list(DEFAULT_MIN_PSNR_DBS),
-                         cfg_split=["auto", "off"] if profile.can_split else ["auto"])
+                         cfg_split=cfg_split_settings(profile))
     if prev is not None:
         record = prev.followed_by(record)
     oe = corrected.output_errors.model_copy(update={"corrections": record})

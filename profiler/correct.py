@@ -73,6 +73,11 @@ class CorrectionReport:
 DEFAULT_MIN_PSNR_DBS: tuple[float, ...] = (25.0, 30.0, 35.0, 40.0, 45.0)
 
 
+def cfg_split_settings(profile: Profile) -> list[str]:
+    """The ``plan --cfg-split`` settings each round plans: both where the profile prices splits."""
+    return ["auto", "off"] if profile.can_split else ["auto"]
+
+
 def statements_for(profile: Profile, *, world_sizes: Sequence[int], min_psnr_dbs: Sequence[float]) -> list[dict]:
     """The plan requests each round measures: per world size the fixed plan, the default plan and
     ``--min-psnr DB --coverage 0.9`` for each DB; where the profile prices CFG splits, each of these
@@ -80,8 +85,8 @@ def statements_for(profile: Profile, *, world_sizes: Sequence[int], min_psnr_dbs
     (2026-11-30) on the shipped tables corrected on split plans only, the G = 8 ``--min-psnr 35``
     plan without splits put 2 of its 20 calibration images 3.5-4.3 dB below their prediction."""
     out: list[dict] = []
-    for split in ((True, False) if profile.can_split else (True,)):
-        extra = {} if split else {"allow_split": False}
+    for setting in cfg_split_settings(profile):
+        extra = {} if setting == "auto" else {"allow_split": False}
         for G in world_sizes:
             J = min(G, profile.max_window)
             out.append({"world_size": G, "max_window": J, "policy": "fixed", **extra})
