@@ -17,7 +17,10 @@ import torch
 from parastep.executor.evaluate import psnr_db_per_sample, quantile, run_schedule_local, samples_of
 from parastep.profiles.io import resolve_profile
 
-HELD_OUT_SEEDS = (7001, 7002)
+# 100 images: the 10th percentile of 20 images (the second worst) moves by 10-15 dB between
+# disjoint blocks of 20 images for one plan (benchmarks/results/heldout.md), more than the 5 dB window
+# the tightness check allows; of 100 images it is the tenth worst
+HELD_OUT_SEEDS = tuple(range(6000, 6010))
 PROMPTS = tuple(str(d) for d in range(10))
 COVERAGE_FLOOR = 0.85          # --coverage 0.9 planned; at least 85 % of held-out images must reach the target
 OVERSHOOT_DB = 5.0             # the 10th-percentile image within 5 dB above the target
@@ -65,7 +68,9 @@ def test_default_plan_measures_at_least_the_fixed_plan_and_is_faster(setup, G):
     """Issue 7 item 3: no budget -> every calibration image no worse than under the fixed plan;
     on held-out images the mean and the 10th percentile are at least the fixed plan's. (At G = 8 this
     holds with CFG split, the default since the digits profile prices it; without it the default plan
-    measured 36.82 vs the fixed plan's 37.19 dB mean on these seeds.)"""
+    measured 36.82 vs the fixed plan's 37.19 dB mean on seeds 7001-7002.) Measured on these 100 images
+    (benchmarks/results/heldout.md), default vs fixed mean / p10: G = 2 52.9 / 39.5 vs 44.0 / 27.1 dB,
+    G = 4 41.4 / 24.5 vs 40.2 / 23.6, G = 8 38.3 / 23.7 vs 37.6 / 22.7."""
     profile, sha = setup[0], setup[1]
     fixed = _plan(profile, sha, world_size=G, policy="fixed")
     default = _plan(profile, sha, world_size=G)
@@ -73,21 +78,26 @@ def test_default_plan_measures_at_least_the_fixed_plan_and_is_faster(setup, G):
     assert default.quality.per_sample.within == default.quality.per_sample.samples
     f, d = _measure(setup, fixed), _measure(setup, default)
     assert default.latency.speedup > fixed.latency.speedup, (default.latency.speedup, fixed.latency.speedup)
-    # 20 held-out images: a mean or 10th percentile moves by a few hundredths of a dB with the seed
-    # set; measured on these seeds, G = 4 came out 0.02 dB below the fixed plan's mean (and above on
-    # seeds 5000-5001, benchmarks/results/frontier.md), so the test allows TIE_DB
+    # a mean or 10th percentile moves with the images drawn: on the 20 images of seeds 7001-7002, G = 4
+    # came out 0.02 dB below the fixed plan's mean (above on 5000-5001 and on these), so the test
+    # allows TIE_DB
     assert statistics.fmean(d) >= statistics.fmean(f) - TIE_DB, (statistics.fmean(d), statistics.fmean(f))
     assert quantile(d, 0.1) >= quantile(f, 0.1) - TIE_DB, (quantile(d, 0.1), quantile(f, 0.1))
 
 
-@pytest.mark.parametrize("G,target_db", [(4, 40.0), (4, 30.0), (8, 35.0), (8, 30.0)])
+@pytest.mark.parametrize("G,target_db", [
+    (4, 40.0), (4, 30.0), (8, 35.0), (8, 30.0),
+    # measured on these 100 images: 98 % covered, but the p10 image 5.9 dB above the target (the one
+    # G = 4/8 case of 30-40 dB out of the 5 dB window, benchmarks/results/heldout.md)
+    pytest.param(4, 37.5, marks=pytest.mark.xfail(strict=True, reason="p10 image 5.9 dB above a 37.5 dB target at G = 4")),
+])
 def test_min_psnr_holds_and_is_tight_on_held_out_images(setup, G, target_db):
     """``--min-psnr DB --coverage 0.9``: at least 85 % of held-out images at or above DB
     (coverage), and the 10th-percentile image within 5 dB of DB (the bound binds; overshoot).
     At G = 8 this held only after the plan-level corrections of the shipped tables
     (``profiler/correct.py``, ``profile --correct 8``): before them the exact planner's G = 8 plans
-    covered 80 % (30 dB) and 75-80 % (35 dB) of these images, since it spent exactly the windows the
-    per-window model underpriced."""
+    covered 80 % (30 dB) and 75-80 % (35 dB) of the 20 images of seeds 7001-7002, since it spent
+    exactly the windows the per-window model underpriced."""
     profile, sha = setup[0], setup[1]
     s = _plan(profile, sha, world_size=G, budget=profile.calibration.deviation_for_psnr(target_db), coverage=0.9,
               min_psnr_db=target_db)
