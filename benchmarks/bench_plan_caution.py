@@ -1,6 +1,6 @@
 """How cautious the per-image quality model is on the plans the optimizer picks, per world size (digits).
 
-Plans the statements the correction loop plans (the fixed plan, the default plan, ``--min-psnr DB
+Plans the statements the correction loop plans (``correct.statements_for``: the fixed plan, the default plan, ``--min-psnr DB
 --coverage 0.9`` for DB = 25 .. 45) at G = 2, 4, 8, with and without CFG split, runs each distinct
 plan ONCE on the profile's own calibration images (one process, ``run_schedule_local``) and
 compares each image's measured PSNR with its calibrated prediction: the *slack*
@@ -36,11 +36,6 @@ EXPONENTS = (1.0, 1.25, 1.5, 2.0)
 MIN_PSNR_DBS = (25.0, 27.5, 30.0, 32.5, 35.0, 37.5, 40.0, 42.5, 45.0)
 
 
-def _q(values, x):
-    v = sorted(values)
-    return v[min(len(v) - 1, int(x * len(v)))]
-
-
 def composed(entries_per_window, p: float) -> float:
     """A plan's error for one image from its windows' entries, composed with exponent ``p``."""
     s = math.fsum(e ** p for e in entries_per_window)
@@ -48,11 +43,12 @@ def composed(entries_per_window, p: float) -> float:
 
 
 def main(argv=None) -> int:
-    from parastep.executor.evaluate import PSNR_CAP_DB, psnr_db_per_sample, run_schedule_local
+    from parastep.executor.evaluate import PSNR_CAP_DB, psnr_db_per_sample, quantile, run_schedule_local
     from parastep.executor.registry import load_pipeline
     from parastep.planner.options import SolverOptions
     from parastep.planner.plan import plan_schedule, recompute
     from parastep.profiler.audit import measure_window, window_keys
+    from parastep.profiler.correct import cfg_split_settings, statements_for
     from parastep.profiler.measure import record_reference
     from parastep.profiles.io import resolve_profile
 
@@ -72,27 +68,23 @@ def main(argv=None) -> int:
     T = profile.num_steps
     ref = run_schedule_local(pipe, None, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=kw)
     options = SolverOptions(workers=1, seed=0, deterministic=True, time_limit_s=10.0)
-    splits = ["auto", "off"] if profile.can_split else ["auto"]
+    splits = cfg_split_settings(profile)
 
     runs = []            # (G, split, statement, windows' per-sample entries, measured per image, keys)
     seen = set()
-    for G in args.gpus:
-        for split in splits:
-            statements = [("fixed", {"policy": "fixed"}), ("default", {})] + [
-                (f"--min-psnr {db:g}", {"budget": cal.deviation_for_psnr(db), "coverage": 0.9, "min_psnr_db": db})
-                for db in MIN_PSNR_DBS]
-            for name, extra in statements:
-                s = plan_schedule(profile, profile_sha256=sha, options=options, world_size=G,
-                                  allow_split=split == "auto", **extra).schedule
-                keys = tuple(window_keys(s))
-                if not keys or (G, keys) in seen:
-                    continue
-                seen.add((G, keys))
-                _, _, errs = recompute(s, profile)
-                errs = [e for e in errs if any(x > 0 for x in e)]
-                out = run_schedule_local(pipe, s, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=kw)
-                runs.append((G, split, name, errs, psnr_db_per_sample(out, ref), keys))
-                print(f"G={G} split={split} {name}: {len(keys)} windows, {time.perf_counter() - t0:.0f} s", flush=True)
+    for req in statements_for(profile, world_sizes=args.gpus, min_psnr_dbs=MIN_PSNR_DBS):
+        G, split = req["world_size"], "auto" if req.get("allow_split", True) else "off"
+        name = req.get("policy") or (f"--min-psnr {req['min_psnr_db']:g}" if "min_psnr_db" in req else "default")
+        s = plan_schedule(profile, profile_sha256=sha, options=options, **req).schedule
+        keys = tuple(window_keys(s))
+        if not keys or (G, keys) in seen:
+            continue
+        seen.add((G, keys))
+        _, _, errs = recompute(s, profile)
+        errs = [e for e in errs if any(x > 0 for x in e)]
+        out = run_schedule_local(pipe, s, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=kw)
+        runs.append((G, split, name, errs, psnr_db_per_sample(out, ref), keys))
+        print(f"G={G} split={split} {name}: {len(keys)} windows, {time.perf_counter() - t0:.0f} s", flush=True)
 
     def slack(run, p):
         _, _, _, errs, measured, _ = run
@@ -114,7 +106,7 @@ def main(argv=None) -> int:
             v = [x for r in runs if r[0] == G for x in slack(r, p)]
             if v:
                 lines.append(f"| {p:g}{' (shipped)' if p == 1 else ''} | {G} | {len(v)} | {statistics.median(v):+.2f} | "
-                             f"{_q(v, 0.1):+.2f} | {min(v):+.2f} | {sum(x < 0 for x in v)} |")
+                             f"{quantile(v, 0.1):+.2f} | {min(v):+.2f} | {sum(x < 0 for x in v)} |")
     lines += ["", "Per plan (shipped composition): median and min slack over the images.", "",
               "| G | split | statement | windows | median slack | min slack |", "|---|---|---|---|---|---|"]
     for r in runs:
