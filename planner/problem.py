@@ -73,8 +73,10 @@ error_units_per_unit)``: a plan that is feasible in integers is feasible in floa
 (``error_scale_for``): fine enough that rounding up costs at most one unit per window (<= 1e-4 of
 the budget each), coarse enough that the DP oracle's table (boundaries x budget units, 25 M cells
 at T = 1000) stays small. When the budget is the fixed plan's
-own error the caller passes ``budget_units`` = that plan's integer error under the same scale, so
-the fixed plan is always feasible and the optimum can never lose to it.
+own error (the default statement) the bound is that error rounded down like any other, so the
+plan's float error never exceeds the fixed plan's; the fixed plan may then miss the integer bound
+by its own rounding, and the planner emits it where no plan within the bound is faster
+(``plan_schedule``), so the default plan never loses to it either.
 
 Budget 0: only zero-error edges survive (an edge with any positive error has error_units >= 1).
 """
@@ -420,7 +422,7 @@ def build_problem(profile: Profile, *, world_size: int, max_window: int, budget:
     Quality statement: sample n's error at most ``sample_budgets[n]`` (default: ``budget`` for every
     sample) for at least ``min_within`` samples (default: all). ``sample_budget_units`` (or, with one
     sample, ``budget_units``) overrides ``floor(budget * scale)`` (used when the bounds are the fixed
-    plan's own integer errors). ``error_units_per_unit`` overrides ``error_scale_for`` of the least
+    plan's per-sample errors, each rounded down). ``error_units_per_unit`` overrides ``error_scale_for`` of the least
     bound. A negative budget is allowed here (the instance is then infeasible); the CLI rejects it.
     """
     if world_size < 1 or max_window < 1:
