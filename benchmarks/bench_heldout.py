@@ -12,7 +12,9 @@ with the images drawn. This script also reports each statistic on every disjoint
 images (two seeds x ten classes), so the spread of the 20-image numbers is visible next to the
 100-image ones, and a 95 % bootstrap interval (images resampled with replacement, 2000 times) says how
 far the 100-image value itself could move with another 100 images. Per-image PSNRs go to
-``--json`` (default results/heldout.json) for further analysis.
+``--json`` (default results/heldout.json) for further analysis, and ``--plot`` (default
+results/heldout.png) draws the two checks per G with their intervals; ``--plot-only`` redraws it
+from the JSON without running anything.
 
     python benchmarks/bench_heldout.py [--seeds 10] [--gpus 2 4 8] [--targets 30 32.5 35 37.5 40]
 """
@@ -45,6 +47,49 @@ def bootstrap_ci(values, stat, *, reps: int = BOOTSTRAP_REPS, seed: int = 0, lev
     return quantile(got, (1 - level) / 2), quantile(got, 1 - (1 - level) / 2)
 
 
+def plot(record: list[dict], path: Path) -> None:
+    """Per G, for each ``--min-psnr DB``: the p10 image minus DB against the window [0, 5] dB, and
+    the share at or above DB against the 85 % floor, each with its 95 % bootstrap interval."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from parastep.executor.evaluate import quantile
+
+    sizes = sorted({r["world_size"] for r in record})
+    fig, axes = plt.subplots(2, len(sizes), figsize=(4.2 * len(sizes), 6.4), sharey="row", squeeze=False)
+    for col, G in enumerate(sizes):
+        rows = [r for r in record if r["world_size"] == G and r["statement"].startswith("--min-psnr")]
+        dbs = [float(r["statement"].split()[1]) for r in rows]
+        top, bottom = axes[0][col], axes[1][col]
+        top.axhspan(0.0, OVERSHOOT_DB, color="tab:green", alpha=0.12, label=f"within {OVERSHOOT_DB:g} dB above DB")
+        for r, db in zip(rows, dbs):
+            v = r["psnr_db"]
+            p10 = quantile(v, 0.1) - db
+            lo, hi = bootstrap_ci(v, lambda x: quantile(x, 0.1) - db)
+            share = sum(x >= db for x in v) / len(v)
+            slo, shi = bootstrap_ci(v, lambda x: sum(y >= db for y in x) / len(x))
+            top.errorbar([db], [p10], yerr=[[p10 - lo], [hi - p10]], fmt="o", color="tab:blue", capsize=3)
+            bottom.errorbar([db], [100 * share], yerr=[[100 * (share - slo)], [100 * (shi - share)]], fmt="s",
+                            color="tab:purple", capsize=3)
+        bottom.axhline(100 * COVERAGE_FLOOR, color="tab:red", ls="--", lw=1, label=f"{COVERAGE_FLOOR:.0%} floor")
+        top.set_title(f"G = {G}" + ("" if G in TIGHT_AT else " (bound hardly binds)"))
+        bottom.set_xlabel("--min-psnr DB (coverage 0.9)")
+        for ax in (top, bottom):
+            ax.set_xticks(dbs)
+            ax.grid(alpha=0.3)
+    axes[0][0].set_ylabel("p10 image - DB (dB)")
+    axes[1][0].set_ylabel("images >= DB (%)")
+    axes[0][0].legend(loc="upper left", fontsize=8)
+    axes[1][0].legend(loc="lower left", fontsize=8)
+    n = len(record[0]["psnr_db"]) if record else 0
+    fig.suptitle(f"Held-out checks on {n} images: value and 95 % bootstrap interval", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     from parastep.executor.evaluate import psnr_db_per_sample, quantile, run_schedule_local, samples_of
     from parastep.executor.registry import load_pipeline
@@ -61,7 +106,13 @@ def main(argv=None) -> int:
     ap.add_argument("--cfg-split", choices=["auto", "off"], default="auto")
     ap.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "results" / "heldout.md")
     ap.add_argument("--json", type=Path, default=Path(__file__).resolve().parent / "results" / "heldout.json")
+    ap.add_argument("--plot", type=Path, default=Path(__file__).resolve().parent / "results" / "heldout.png")
+    ap.add_argument("--plot-only", action="store_true", help="redraw --plot from --json; run nothing")
     args = ap.parse_args(argv)
+    if args.plot_only:
+        plot(json.loads(args.json.read_text())["plans"], args.plot)
+        print(f"wrote {args.plot}")
+        return 0
     torch.set_num_threads(1)
     t0 = time.perf_counter()
     profile, sha = resolve_profile(args.profile)
@@ -134,6 +185,7 @@ def main(argv=None) -> int:
         f"Wall time {time.perf_counter() - t0:.0f} s (one thread).", ""]
     args.out.write_text("\n".join(lines))
     args.json.write_text(json.dumps({"profile_sha256": sha, "prompts": prompts, "seeds": seeds, "plans": record}, indent=1) + "\n")
+    plot(record, args.plot)
     print("\n".join(lines))
     return 0
 

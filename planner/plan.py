@@ -320,7 +320,8 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         errs = [math.fsum(col) for col in zip(*(problem.edges[i].planned().errors for i in path))] if path else [0.0] * N
         if any(e > lim for e, lim in zip(errs, limits)):
             first_s = outcome.wall_s
-            problem = build(tuple(budget_units_for(lim, scale=scale) for lim in limits))
+            # the same graph (edges priced alike), only the bounds lower: no rebuild
+            problem = problem.restricted(range(N), budget_units=[budget_units_for(lim, scale=scale) for lim in limits])
             path, outcome, notes = solve(problem, name)
             outcome = dc_replace(outcome, wall_s=outcome.wall_s + first_s)
         reported_budget = fixed_error(fixed)
