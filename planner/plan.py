@@ -219,87 +219,8 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     # slower than the float optimum)
     fine = CPSAT_SCALE_FACTOR if name != "dp" else 1.0
 
-    def build(b_units: Optional[tuple[int, ...]]) -> Problem:
-        if b_units is None:
-            required = N if coverage is None else required_samples(coverage, N)
-            return build_problem(profile, world_size=G, max_window=J, budget=budget, min_within=required,
-                                 error_units_per_unit=error_scale_for(budget) * fine, latency_units_per_s=latency_units_per_s,
-                                 allow_split=allow_split)
-        return build_problem(profile, world_size=G, max_window=J, budget=fixed_error(fixed), sample_budget_units=b_units,
-                             error_units_per_unit=scale, latency_units_per_s=latency_units_per_s, allow_split=allow_split)
-
-    def solve(problem: Problem, name: str) -> "tuple[Sequence[int], SolveOutcome, list[str]]":
-        notes = list(problem.notes)
-        hint = _path_of(problem, fixed)
-        if hint and not problem.path_feasible(hint):
-            hint = ()
-
-        dp_bytes = dp_table_bytes(problem) if problem.single_budget else None
-        dp_fits = dp_bytes is not None and dp_bytes <= DP_TABLE_LIMIT_BYTES
-        if name == "dp" and dp_bytes is not None and not dp_fits:
-            need = (f"the DP's table would need {dp_bytes / 2 ** 30:.1f} GiB ({T + 1} boundaries x 3 x {problem.budget_units + 1} "
-                    f"error units; limit {DP_TABLE_LIMIT_BYTES / 2 ** 30:.0f} GiB)")
-            if solver == "dp":
-                raise UserError(f"--solver dp: {need}; plan fewer --steps or use --solver cp-sat")
-            notes.append(f"{need}: solving with CP-SAT instead")
-            name = "cp-sat"
-        if name == "dp":
-            import time
-
-            from .oracle import solve_dp
-
-            if not problem.single_budget:
-                raise UserError(f"--solver dp solves one budget; profile '{profile.name}' states quality per image over {N} "
-                                "calibration samples: use --solver branch-and-bound (the default) or cp-sat")
-            t0 = time.perf_counter()
-            res = solve_dp(problem)
-            wall = time.perf_counter() - t0
-            if res is None:
-                _raise_infeasible(problem)
-            path = res.path
-            outcome = SolveOutcome(name="dp", status="OPTIMAL", objective=res.latency_units, bound=res.latency_units, wall_s=wall)
-        elif name == "branch-and-bound":
-            from .branch import solve_branch
-
-            # with --solver auto the branch and bound gets half the time; if it has not proven its plan
-            # by then (long schedules with many near-equal plans), CP-SAT continues from its best plan
-            # and the larger of the two proven bounds is reported. Measured (2026-11-30, synthetic
-            # 20-image profiles, T = 200, G = 8, 10 s): with 70 % the plans were 254,329 / 460,572 /
-            # proven 1,981,235 (3.5 s); with 50 % 250,974 / 457,606 / proven (3.1 s): CP-SAT finds
-            # better plans there, the branch and bound proves digits in under 1 s
-            portfolio = solver == "auto"
-            share = 0.5 if portfolio else 1.0
-            res = solve_branch(problem, time_limit_s=options.time_limit_s * share, incumbents=[hint] if hint else [])
-            if res.status == "INFEASIBLE":
-                _raise_infeasible(problem)
-            wall, from_cpsat = res.wall_s, False
-            if res.status != "OPTIMAL" and portfolio:
-                res, from_cpsat, cs_wall = _continue_with_cpsat(problem, options, res, hint=hint, spent_s=wall, warnings=notes)
-                wall += cs_wall
-            if res.status not in ("OPTIMAL", "FEASIBLE"):
-                raise UserError(f"no plan found within --time-limit {options.time_limit_s:g} s; raise --time-limit")
-            if res.status == "FEASIBLE":
-                notes.append(_time_limit_warning("the branch and bound" + (" and CP-SAT" if portfolio else ""), options,
-                                                    res.objective, res.bound, dp_fits))
-            path = res.path
-            outcome = SolveOutcome(name="cp-sat" if from_cpsat else "branch-and-bound", status=res.status, objective=res.objective,
-                                   bound=res.bound, wall_s=wall)
-        else:
-            from .cpsat import solve_cpsat
-
-            res = solve_cpsat(problem, options, hint=hint)
-            if res.status == "INFEASIBLE":
-                _raise_infeasible(problem)
-            if res.status == "MODEL_INVALID":
-                raise RuntimeError(f"planner bug: CP-SAT rejected the model: {res.message}")
-            if res.status not in ("OPTIMAL", "FEASIBLE"):
-                raise UserError(f"CP-SAT found no plan within --time-limit {options.time_limit_s:g} s (status {res.status}); raise --time-limit"
-                                + (" or use --solver dp" if dp_fits else ""))
-            if res.status == "FEASIBLE":
-                notes.append(_time_limit_warning("CP-SAT", options, res.objective, res.bound, dp_fits))
-            path = res.path
-            outcome = SolveOutcome(name="cp-sat", status=res.status, objective=res.objective, bound=res.bound, wall_s=res.wall_s)
-        return path, outcome, notes
+    def solve(problem: Problem):
+        return _solve(problem, name, requested=solver, options=options, fixed=fixed, profile_name=profile.name)
 
     if budget is None:
         # each sample's bound: its error under the fixed plan (times the factor), first in the fixed
@@ -315,19 +236,24 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
             fixed_bound_factor = DEFAULT_FIXED_MARGIN
         own = fixed_sample_error_units(fixed, scale=scale)
         limits = [e * fixed_bound_factor for e in fixed_per_sample]
-        problem = build(own if fixed_bound_factor == 1.0 else tuple(math.floor(u * fixed_bound_factor) for u in own))
-        path, outcome, notes = solve(problem, name)
+        first = own if fixed_bound_factor == 1.0 else tuple(math.floor(u * fixed_bound_factor) for u in own)
+        problem = build_problem(profile, world_size=G, max_window=J, budget=fixed_error(fixed), sample_budget_units=first,
+                                error_units_per_unit=scale, latency_units_per_s=latency_units_per_s, allow_split=allow_split)
+        path, outcome, notes = solve(problem)
         errs = [math.fsum(col) for col in zip(*(problem.edges[i].planned().errors for i in path))] if path else [0.0] * N
         if any(e > lim for e, lim in zip(errs, limits)):
             first_s = outcome.wall_s
             # the same graph (edges priced alike), only the bounds lower: no rebuild
             problem = problem.restricted(range(N), budget_units=[budget_units_for(lim, scale=scale) for lim in limits])
-            path, outcome, notes = solve(problem, name)
+            path, outcome, notes = solve(problem)
             outcome = dc_replace(outcome, wall_s=outcome.wall_s + first_s)
         reported_budget = fixed_error(fixed)
     else:
-        problem = build(None)
-        path, outcome, notes = solve(problem, name)
+        required = N if coverage is None else required_samples(coverage, N)
+        problem = build_problem(profile, world_size=G, max_window=J, budget=budget, min_within=required,
+                                error_units_per_unit=error_scale_for(budget) * fine, latency_units_per_s=latency_units_per_s,
+                                allow_split=allow_split)
+        path, outcome, notes = solve(problem)
         reported_budget = budget
     warnings.extend(notes)
     chosen = [problem.edges[i].planned() for i in path]
@@ -346,6 +272,84 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
                          options=options if outcome.name != "dp" else None)
     verify_schedule(schedule, profile)
     return PlanResult(schedule=schedule, warnings=tuple(warnings), problem=problem)
+
+
+def _solve(problem: Problem, name: str, *, requested: SolverName, options, fixed: Sequence[PlannedWindow],
+           profile_name: str) -> "tuple[Sequence[int], SolveOutcome, list[str]]":
+    """Solve ``problem`` with solver ``name`` (``requested`` is what the user asked for): the plan's
+    edge indices, the solver's outcome, and the notes to warn about."""
+    notes = list(problem.notes)
+    T, N = problem.num_steps, problem.samples
+    hint = _path_of(problem, fixed)
+    if hint and not problem.path_feasible(hint):
+        hint = ()
+
+    dp_bytes = dp_table_bytes(problem) if problem.single_budget else None
+    dp_fits = dp_bytes is not None and dp_bytes <= DP_TABLE_LIMIT_BYTES
+    if name == "dp" and dp_bytes is not None and not dp_fits:
+        need = (f"the DP's table would need {dp_bytes / 2 ** 30:.1f} GiB ({T + 1} boundaries x 3 x {problem.budget_units + 1} "
+                f"error units; limit {DP_TABLE_LIMIT_BYTES / 2 ** 30:.0f} GiB)")
+        if requested == "dp":
+            raise UserError(f"--solver dp: {need}; plan fewer --steps or use --solver cp-sat")
+        notes.append(f"{need}: solving with CP-SAT instead")
+        name = "cp-sat"
+    if name == "dp":
+        import time
+
+        from .oracle import solve_dp
+
+        if not problem.single_budget:
+            raise UserError(f"--solver dp solves one budget; profile '{profile_name}' states quality per image over {N} "
+                            "calibration samples: use --solver branch-and-bound (the default) or cp-sat")
+        t0 = time.perf_counter()
+        res = solve_dp(problem)
+        wall = time.perf_counter() - t0
+        if res is None:
+            _raise_infeasible(problem)
+        path = res.path
+        outcome = SolveOutcome(name="dp", status="OPTIMAL", objective=res.latency_units, bound=res.latency_units, wall_s=wall)
+    elif name == "branch-and-bound":
+        from .branch import solve_branch
+
+        # with --solver auto the branch and bound gets half the time; if it has not proven its plan
+        # by then (long schedules with many near-equal plans), CP-SAT continues from its best plan
+        # and the larger of the two proven bounds is reported. Measured (2026-11-30, synthetic
+        # 20-image profiles, T = 200, G = 8, 10 s): with 70 % the plans were 254,329 / 460,572 /
+        # proven 1,981,235 (3.5 s); with 50 % 250,974 / 457,606 / proven (3.1 s): CP-SAT finds
+        # better plans there, the branch and bound proves digits in under 1 s
+        portfolio = requested == "auto"
+        share = 0.5 if portfolio else 1.0
+        res = solve_branch(problem, time_limit_s=options.time_limit_s * share, incumbents=[hint] if hint else [])
+        if res.status == "INFEASIBLE":
+            _raise_infeasible(problem)
+        wall, from_cpsat = res.wall_s, False
+        if res.status != "OPTIMAL" and portfolio:
+            res, from_cpsat, cs_wall = _continue_with_cpsat(problem, options, res, hint=hint, spent_s=wall, warnings=notes)
+            wall += cs_wall
+        if res.status not in ("OPTIMAL", "FEASIBLE"):
+            raise UserError(f"no plan found within --time-limit {options.time_limit_s:g} s; raise --time-limit")
+        if res.status == "FEASIBLE":
+            notes.append(_time_limit_warning("the branch and bound" + (" and CP-SAT" if portfolio else ""), options,
+                                                res.objective, res.bound, dp_fits))
+        path = res.path
+        outcome = SolveOutcome(name="cp-sat" if from_cpsat else "branch-and-bound", status=res.status, objective=res.objective,
+                               bound=res.bound, wall_s=wall)
+    else:
+        from .cpsat import solve_cpsat
+
+        res = solve_cpsat(problem, options, hint=hint)
+        if res.status == "INFEASIBLE":
+            _raise_infeasible(problem)
+        if res.status == "MODEL_INVALID":
+            raise RuntimeError(f"planner bug: CP-SAT rejected the model: {res.message}")
+        if res.status not in ("OPTIMAL", "FEASIBLE"):
+            raise UserError(f"CP-SAT found no plan within --time-limit {options.time_limit_s:g} s (status {res.status}); raise --time-limit"
+                            + (" or use --solver dp" if dp_fits else ""))
+        if res.status == "FEASIBLE":
+            notes.append(_time_limit_warning("CP-SAT", options, res.objective, res.bound, dp_fits))
+        path = res.path
+        outcome = SolveOutcome(name="cp-sat", status=res.status, objective=res.objective, bound=res.bound, wall_s=res.wall_s)
+    return path, outcome, notes
 
 
 def _continue_with_cpsat(problem: Problem, options, res, *, hint, spent_s: float, warnings: list):
