@@ -144,6 +144,11 @@ def verify_schedule(schedule: Schedule, profile: Profile) -> None:
             raise RuntimeError(f"planner bug: {within} samples within their bound, {ps.required} required")
     elif s.name != "fixed" and sum(units) > q.budget_units:
         raise RuntimeError(f"planner bug: {sum(units)} error units exceed the budget of {q.budget_units}")
+    # where every sample is required, the bound holds in floats too (units round errors up, bounds
+    # down; the default statement re-plans where the fixed plan's rounded-up units would not)
+    all_required = q.per_sample is None or q.per_sample.required == q.per_sample.samples
+    if schedule.policy == "optimal" and all_required and error > q.budget * (1.0 + 1e-12):
+        raise RuntimeError(f"planner bug: predicted error {error!r} exceeds the budget {q.budget!r} in floats")
     if s.objective is not None:
         lat_units = sum(round(x * s.latency_units_per_s) for x in lats)
         if lat_units != s.objective:

@@ -290,7 +290,7 @@ def test_coverage_below_one_is_never_slower_and_counts_samples():
     assert faster >= 3, "dropping a sample from the statement should often allow a faster plan"
 
 
-@pytest.mark.parametrize("field", ["latency", "predicted", "per_sample_units", "within"])
+@pytest.mark.parametrize("field", ["latency", "predicted", "per_sample_units", "within", "float_budget"])
 def test_verify_schedule_rejects_tampered_numbers(field):
     prof = make_profile(num_steps=30, max_window=4, seed=3, samples=6)
     s = plan_schedule(prof, profile_sha256=SHA, world_size=4, options=ONE_WORKER).schedule
@@ -304,8 +304,13 @@ def test_verify_schedule_rejects_tampered_numbers(field):
         units = list(q.per_sample.predicted_units)
         units[0] = max(0, units[0] - 1)
         bad = s.model_copy(update={"quality": q.model_copy(update={"per_sample": q.per_sample.model_copy(update={"predicted_units": units})})})
-    else:
+    elif field == "within":
         bad = s.model_copy(update={"quality": q.model_copy(update={"per_sample": q.per_sample.model_copy(update={"within": q.per_sample.within - 1})})})
+    else:
+        # every integer number left as it is, the budget just below the plan's float error: the
+        # bound no longer holds in floats (what rounding up each window's error could hide)
+        assert q.predicted > 0
+        bad = s.model_copy(update={"quality": q.model_copy(update={"budget": q.predicted * (1 - 1e-9)})})
     with pytest.raises(RuntimeError, match="planner bug"):
         verify_schedule(bad, prof)
 
