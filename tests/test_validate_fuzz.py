@@ -203,7 +203,8 @@ def _wrong_values(v) -> list:
             -1, 0, -v - 1, MAX_INT, MAX_INT + 1, 2**62, 10**20, 10**4000, -(10**30), MAX_STEPS + 1, MAX_WORLD_SIZE + 1,
             float("inf")]
     elif isinstance(v, float):
-        out += [int(v), float("inf"), float("-inf"), -1.0, 1e308]
+        # likewise an earlier retype may have put inf here: int(inf) overflows
+        out += ([int(v)] if math.isfinite(v) else []) + [float("inf"), float("-inf"), -1.0, 1e308]
     elif isinstance(v, str):
         out += [1, 1.5, v.upper(), v + "\n", "a\nb: c"]
     elif isinstance(v, list):
