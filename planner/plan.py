@@ -245,8 +245,8 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         problem = build_problem(profile, world_size=G, max_window=J, budget=fixed_error(fixed), sample_budget_units=first,
                                 error_units_per_unit=scale, latency_units_per_s=latency_units_per_s, allow_split=allow_split)
         path, outcome, notes = solve(problem)
-        errs = [math.fsum(col) for col in zip(*(problem.edges[i].planned().errors for i in path))] if path else [0.0] * N
-        if any(e > lim for e, lim in zip(errs, limits)):
+        # the plan's float error per sample (the same sum as the fixed plan's)
+        if any(e > lim for e, lim in zip(fixed_sample_errors([problem.edges[i].planned() for i in path]), limits)):
             first_s = outcome.wall_s
             # the same graph (edges priced alike), only the bounds lower: no rebuild
             problem = problem.restricted(range(N), budget_units=[budget_units_for(lim, scale=scale) for lim in limits])
