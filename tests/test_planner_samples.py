@@ -342,3 +342,14 @@ def test_cpsat_certifies_no_optimum_above_a_checked_plan():
     assert cs.status in ("OPTIMAL", "FEASIBLE")
     assert cs.bound <= bb.objective <= cs.objective
     assert cs.status != "OPTIMAL" or cs.objective == bb.objective
+
+
+def test_branch_and_bound_never_replaces_its_best_plan_by_a_slower_one():
+    """Regression (CI, session 8): with latencies near 2e7 units the float margin was 2 units, so a
+    plan one or two units slower than the best found passed the "< limit" test and replaced it:
+    OPTIMAL 21,235,491 where the DP's optimum is 21,235,489."""
+    prof = make_profile(num_steps=37, max_window=8, seed=217, samples=1)
+    fixed_err = plan_schedule(prof, profile_sha256=SHA, world_size=5, max_window=5, policy="fixed").schedule.quality.predicted
+    problem = build_problem(prof, world_size=5, max_window=5, budget=fixed_err * 0.1)
+    bb, dp = solve_branch(problem, time_limit_s=60.0), solve_dp(problem)
+    assert bb.status == "OPTIMAL" and bb.objective == dp.latency_units == 21235489
