@@ -18,9 +18,10 @@ It prints the summary and writes a JSON (``--out``, default ``gpu_unet.json``). 
 device): forward_s[k-1] = k x the batch-2 median (the executor runs a rank's offsets one after another),
 half_forward_s = the batch-1 median, step_s = the step median.
 
-Time: on one H200 (fp16 SDXL UNet, batch 2 at 1024x1024 about 50-70 ms, batch 4 about twice that) the
-defaults (3 warm-ups + 20 timed runs per batch size and for the step) take about 5 s of timing; building the random
-model on the GPU and importing torch/diffusers take 10-30 s more: well under a minute in all. ``--time-limit``
+Measured on one H200 (2026-11-30, three runs, JSONs in ``profiles/measurements/``): eager batch 2 53-88 ms
+(launch-bound: 42 ms replayed from a CUDA graph), batch 1 49-84 ms (26 ms), batch 4 77 ms; the script took 20-31 s
+in all (model built in 5-7 s, peak GPU memory 9.6 GiB). ``--cuda-graph`` adds each batch size replayed from a
+captured CUDA graph (the forward without per-kernel launch cost) to the JSON. ``--time-limit``
 (default 240 s from the script's start) is a guard: past it, no further timed run starts (a measurement already
 started keeps at least one), a batch size not yet started is skipped (absent from the JSON), and the JSON says
 ``"truncated": true``. GPU memory: about 5 GB of
@@ -37,18 +38,18 @@ then the run (carry [".whl"], timeout_s 300)::
 
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site .whl/*.whl \
       && export PYTHONPATH=/tmp/site || exit; \
-    PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu_unet.py --out $OUT/gpu_unet_sdxl.json
+    PYTHONUNBUFFERED=1 python3 benchmarks/bench_gpu_unet.py --cuda-graph --out $OUT/gpu_unet_sdxl.json
 
 Anywhere else with torch (CUDA) and diffusers: ``python benchmarks/bench_gpu_unet.py --out gpu_unet_sdxl.json``.
 
-Splice the result into the shipped profile (then commit the JSON beside it, e.g. as
-``benchmarks/results/gpu_unet_sdxl.json``, so the profile stays reproducible from its inputs)::
+The shipped profile's compute is the median of the runs in ``profiles/measurements/sdxl_unet_*.json``
+(``python -m parastep.profiles.make_sdxl`` rebuilds it from them). To splice runs of another device (several runs
+of one device: per batch size the median of their medians)::
 
-    python -m parastep.profiles.make_sdxl --compute gpu_unet_sdxl.json --out profiles/sdxl.yaml
+    python -m parastep.profiles.make_sdxl --compute run1.json run2.json run3.json --out profiles/sdxl.yaml
 
-(the module form: ``python profiles/make_sdxl.py`` cannot resolve the package's relative imports). The
-shipped-file tests of ``tests/test_profiles.py`` pin today's prior compute (published H100 latency, the 0.52
-half-forward ratio, byte-identical output of ``build_profile()``): move them to the measurement with the splice.
+(the module form: ``python profiles/make_sdxl.py`` cannot resolve the package's relative imports); for the shipped
+file, put the JSONs in ``profiles/measurements/`` instead, so the profile stays reproducible from its inputs.
 
 Tests (CPU, seconds): ``python benchmarks/bench_gpu_unet.py --tiny --device cpu --repeats 2 --out FILE``.
 """
@@ -139,6 +140,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--repeats", type=int, default=20, help="timed runs per batch size and for the step (default 20)")
     ap.add_argument("--warmup", type=int, default=3, help="untimed runs before each batch size's timed runs (default 3)")
     ap.add_argument("--out", default="gpu_unet.json", help="JSON to write (default: gpu_unet.json)")
+    ap.add_argument("--cuda-graph", action="store_true",
+                    help="also time each batch size's forward replayed from a captured CUDA graph (no per-kernel launch "
+                         "cost: what a deployment with torch.compile(mode='reduce-overhead') would see); CUDA only")
     ap.add_argument("--tiny", action="store_true", help="a tiny UNet of the same structure (CPU, seconds; for tests)")
     ap.add_argument("--time-limit", type=float, default=240.0,
                     help="seconds from the script's start after which no further timed run starts (default 240)")
@@ -225,6 +229,22 @@ def time_forward(unet, torch, device, dtype, config: dict, batch: int, *, resolu
     return runs, cut, finite
 
 
+def time_forward_graph(unet, torch, device, dtype, config: dict, batch: int, *, resolution_px: int, warmup: int,
+                       repeats: int, deadline: float) -> tuple[list[float], bool]:
+    """(seconds of each timed replay of the forward captured in one CUDA graph, truncated) at ``batch``."""
+    inputs = unet_inputs(torch, device, dtype, config, batch, resolution_px=resolution_px)
+    side = torch.cuda.Stream(device)
+    side.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(side):               # warm-up on a side stream, as capture requires
+        for _ in range(2):
+            unet(**inputs, return_dict=False)
+    torch.cuda.current_stream(device).wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        unet(**inputs, return_dict=False)
+    return timed(graph.replay, torch=torch, device=device, warmup=warmup, repeats=repeats, deadline=deadline)
+
+
 def time_scheduler_step(torch, device, dtype, config: dict, *, resolution_px: int, warmup: int, repeats: int, deadline: float):
     from diffusers import EulerDiscreteScheduler
 
@@ -287,6 +307,22 @@ def run(args: argparse.Namespace) -> dict:
             forward[str(batch)] = s = stats(runs)
             print(f"forward batch {batch}: median {s['median'] * 1e3:.2f} ms (min {s['min'] * 1e3:.2f}, max {s['max'] * 1e3:.2f}; "
                   f"{len(runs)} runs)", flush=True)
+        graphed: dict[str, dict] = {}
+        for batch in BATCHES if args.cuda_graph and device.type == "cuda" else ():
+            if elapsed() > deadline:
+                truncated = True
+                continue
+            try:
+                runs, cut = time_forward_graph(unet, torch, device, dtype, config, batch, resolution_px=resolution_px,
+                                               warmup=args.warmup, repeats=args.repeats, deadline=deadline)
+            except Exception as exc:        # capture can fail on a diffusers version that syncs inside forward
+                graphed[str(batch)] = {"error": f"{type(exc).__name__}: {exc}"}
+                print(f"forward batch {batch} (CUDA graph): capture failed: {type(exc).__name__}: {exc}", flush=True)
+                continue
+            truncated = truncated or cut
+            graphed[str(batch)] = s = stats(runs)
+            print(f"forward batch {batch} (CUDA graph replay): median {s['median'] * 1e3:.2f} ms (min {s['min'] * 1e3:.2f}, "
+                  f"max {s['max'] * 1e3:.2f}; {len(runs)} runs)", flush=True)
         runs, cut = time_scheduler_step(torch, device, dtype, config, resolution_px=resolution_px,
                                         warmup=args.warmup, repeats=args.repeats, deadline=deadline)
     truncated = truncated or cut
@@ -318,6 +354,9 @@ def run(args: argparse.Namespace) -> dict:
         "repeats": args.repeats,
         "forward_s": forward,
         "step_s": step,
+        "forward_cuda_graph_s": graphed if args.cuda_graph else None,
+        "cuda_graph_batch1_over_batch2": (graphed["1"]["median"] / graphed["2"]["median"]
+                                          if "median" in graphed.get("1", {}) and "median" in graphed.get("2", {}) else None),
         "scheduler": {"class": "EulerDiscreteScheduler", "num_steps": NUM_STEPS, **SDXL_SCHEDULER},
         "batch1_over_batch2": ratio,
         "batch4_over_batch2": forward["4"]["median"] / forward["2"]["median"] if "4" in forward and "2" in forward else None,
@@ -331,6 +370,8 @@ def run(args: argparse.Namespace) -> dict:
     if ratio is not None:
         print(f"batch 1 / batch 2 = {ratio:.3f}: a CFG split's half forward costs {ratio:.3f} of the guided forward "
               f"(ideal split speedup of the forward {1 / ratio:.2f}x)", flush=True)
+    if result["cuda_graph_batch1_over_batch2"] is not None:
+        print(f"CUDA graph replay: batch 1 / batch 2 = {result['cuda_graph_batch1_over_batch2']:.3f}", flush=True)
     if truncated:
         print(f"truncated: --time-limit {args.time_limit:g} s reached", flush=True)
     return result

@@ -4,17 +4,18 @@ SDXL base 1.0 (stabilityai/stable-diffusion-xl-base-1.0) at 1024x1024 with its d
 scheduler (EulerDiscreteScheduler), 50 steps and guidance 5.0 — the defaults of diffusers'
 ``StableDiffusionXLPipeline.__call__`` (``num_inference_steps=50``, ``guidance_scale=5.0``).
 
-No SDXL weights and no GPU exist here, so without ``--compute`` nothing in this profile is measured by us:
+No SDXL weights exist here, so only the compute part is measured by us, on a GPU without weights:
 
-- compute: a *published* end-to-end latency divided by the step count (below);
-- compute.half_forward_s (CFG split): ``HALF_FORWARD_RATIO`` x the per-step forward, an assumption
-  (``priors.half_forward_rule``), not a measurement;
-- with ``--compute FILE`` (the JSON of ``benchmarks/bench_gpu_unet.py``, run on a GPU: an SDXL-sized UNet
-  with random weights, fp16, 1024x1024), compute is *measured* on that device instead: forward_s[k-1] =
-  k x the batch-2 forward (one CFG step; a rank runs its offsets one after another), half_forward_s = the
-  batch-1 forward, step_s = one EulerDiscreteScheduler.step; step_overhead_s = 0 (not measured). Every other
-  part stays as below, and the profile's name names the device. Splice a measurement into the shipped file:
-  ``python -m parastep.profiles.make_sdxl --compute gpu_unet_sdxl.json --out profiles/sdxl.yaml``;
+- compute (the shipped file): *measured* on one NVIDIA H200 by ``benchmarks/bench_gpu_unet.py`` (an SDXL-sized
+  UNet with random weights, fp16, 1024x1024, eager as ``parastep exec`` runs it; three runs in
+  ``profiles/measurements/``, per batch size the median of the runs' medians): forward_s[k-1] = k x the
+  batch-2 forward (one CFG step; a rank runs its offsets one after another), half_forward_s = the batch-1
+  forward, step_s = one EulerDiscreteScheduler.step; step_overhead_s = 0 (not measured). Measured there: an
+  eager forward is launch-bound at batch 1 and 2 (batch 1 / batch 2 = 0.94; 0.64 replayed from a CUDA graph),
+  so a CFG split saves little in eager mode. ``--compute FILE...`` splices other runs of one device (the
+  profile's name names it), ``--prior-compute`` restores the earlier prior: a *published* end-to-end H100
+  latency divided by the step count, and ``HALF_FORWARD_RATIO`` x that per-step forward for a half forward
+  (an assumption, ``priors.half_forward_rule``);
 - comm: the ``nvlink`` interconnect preset (``profiles/interconnects.py``), its CFG pair swap included;
 - deviation, reuse deviation, propagation, similarity: the prior rule of ``profiles/priors.py``, with the
   deviation tables floored by the bundled digits model's *measured* per-sample window errors (the digits
@@ -31,6 +32,7 @@ import argparse
 import json
 import math
 import re
+import statistics
 from pathlib import Path
 from typing import Optional
 
@@ -69,7 +71,7 @@ STEP_S = 2e-4
 # CFG split: the SDXL UNet on one CFG half (batch 1 instead of 2) at 1024x1024 in fp16 on an H100. An
 # *assumption*, not measured (no GPU here): at 128x128 latents the UNet is compute-bound on a large GPU,
 # so half the batch is about half the FLOPs and time; 0.02 above 0.5 for what does not halve (kernel
-# launches, weight reads, lower occupancy at batch 1). issue 9's GPU script measures it.
+# launches, weight reads, lower occupancy at batch 1). Measured on an H200 since (SHIPPED_COMPUTE): 0.94 eager.
 HALF_FORWARD_RATIO = 0.52
 HALF_FORWARD_WHY = ("assumption, not measured: at 1024x1024 (128x128 fp16 latents) the SDXL UNet is compute-bound on a "
                     "large GPU, so half the batch is about half the time, plus 0.02 for launches and weight reads that do "
@@ -128,14 +130,23 @@ def _ms(s: dict) -> str:
     return f"{s['median'] * 1e3:.2f} ms (min {s['min'] * 1e3:.2f}, max {s['max'] * 1e3:.2f}, {len(s.get('runs', []))} runs)"
 
 
-def measured_compute(path: str | Path, *, any_config: bool = False) -> tuple[Compute, Measured]:
-    """The compute part from a ``benchmarks/bench_gpu_unet.py`` JSON: forward_s[k-1] = k x the batch-2 median,
-    half_forward_s = the batch-1 median, step_s = the scheduler step median."""
+# The shipped profile's compute: three runs of benchmarks/bench_gpu_unet.py on one NVIDIA H200 (2026-11-30; run 1 on
+# one machine, runs 2 and 3 back to back on another), their logs in benchmarks/results/gpu/.
+MEASUREMENTS_DIR = Path(__file__).resolve().parent / "measurements"
+SHIPPED_COMPUTE = tuple(sorted(MEASUREMENTS_DIR.glob("sdxl_unet_*.json")))
+
+
+def _median_of(runs: list[dict], key: str, batch: str) -> Optional[float]:
+    vals = [float(r[key][batch]["median"]) for r in runs if isinstance(r.get(key), dict) and "median" in r[key].get(batch, {})]
+    return statistics.median(vals) if vals else None
+
+
+def _load_run(path: Path, *, any_config: bool) -> dict:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = json.loads(path.read_text(encoding="utf-8"))
         fwd, step = data["forward_s"], data["step_s"]
-        whole, half, step_s = float(fwd["2"]["median"]), float(fwd["1"]["median"]), float(step["median"])
-        device, date = str(data["device_name"]), str(data["date"])
+        vals = (float(fwd["2"]["median"]), float(fwd["1"]["median"]), float(step["median"]))
+        str(data["device_name"]), str(data["date"])
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a benchmarks/bench_gpu_unet.py result with batch 1 and 2 forwards and a step time ({exc!r})") from None
     got = (data.get("config"), data.get("dtype"), list(data.get("resolution_px") or []))
@@ -143,36 +154,64 @@ def measured_compute(path: str | Path, *, any_config: bool = False) -> tuple[Com
     if got != want and not any_config:
         raise ValueError(f"{path}: measured config, dtype, resolution {got}; the SDXL profile needs {want} "
                          "(run benchmarks/bench_gpu_unet.py without --tiny/--dtype)")
-    if not all(math.isfinite(v) and v > 0 for v in (whole, half, step_s)):
+    if not all(math.isfinite(v) and v > 0 for v in vals):
         raise ValueError(f"{path}: forward and step times must be positive finite seconds")
-    extra = [f"batch 4 {_ms(fwd['4'])}"] if "4" in fwd else []
-    notes = (f"benchmarks/bench_gpu_unet.py ({data.get('config')} UNet2DConditionModel config, random weights, {data.get('dtype')}, "
-             f"{'x'.join(map(str, data.get('resolution_px') or []))} px, latents {data.get('latents')}, "
-             f"{data.get('attention_processor')}; {data.get('warmup')} warm-ups then medians): batch 2 {_ms(fwd['2'])}, "
-             f"batch 1 {_ms(fwd['1'])}{''.join(', ' + e for e in extra)}; forward_s[k-1] = k x the batch-2 median (one CFG step "
-             f"per offset, a rank's offsets run one after another); half_forward_s = the batch-1 median: batch 1 / batch 2 = "
-             f"{half / whole:.4f} prices a CFG split on this device; step_s = EulerDiscreteScheduler.step {_ms(step)} on "
-             f"1 x {'x'.join(map(str, (data.get('latents') or [])))} latents; step_overhead_s = 0, not measured (pipeline "
-             "bookkeeping; text encoding and VAE decode are outside the steps)"
-             + ("; TRUNCATED by the script's time limit" if data.get("truncated") else ""))
-    packages = {k: str(data[k]) for k in ("torch", "diffusers", "cuda", "python") if data.get(k)}
+    if data.get("truncated"):
+        raise ValueError(f"{path}: truncated by the script's --time-limit; re-run it with a longer limit")
+    return data
+
+
+def measured_compute(paths, *, any_config: bool = False) -> tuple[Compute, Measured]:
+    """The compute part from one or more ``benchmarks/bench_gpu_unet.py`` JSONs of one device: per batch size the
+    median over runs of each run's median (one run on this kind of machine varies by 1.6x in eager mode: launch-bound
+    at batch 1 and 2), forward_s[k-1] = k x the batch-2 value, half_forward_s = the batch-1 value, step_s = the
+    scheduler step's. Eager forwards (what ``parastep exec`` runs); CUDA-graph replays, where measured, go to the notes."""
+    paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
+    if not paths:
+        raise ValueError("--compute needs at least one benchmarks/bench_gpu_unet.py JSON")
+    runs = [_load_run(p, any_config=any_config) for p in paths]
+    devices = sorted({r["device_name"] for r in runs})
+    if len(devices) > 1:
+        raise ValueError(f"--compute: runs of different devices {devices}; pass runs of one device")
+    whole, half = _median_of(runs, "forward_s", "2"), _median_of(runs, "forward_s", "1")
+    step_s = statistics.median(float(r["step_s"]["median"]) for r in runs)
+    b4 = _median_of(runs, "forward_s", "4")
+    g1, g2 = _median_of(runs, "forward_cuda_graph_s", "1"), _median_of(runs, "forward_cuda_graph_s", "2")
+    first = runs[0]
+    per_run = "; ".join(f"{p.name}: batch 2 {_ms(r['forward_s']['2'])}, batch 1 {_ms(r['forward_s']['1'])}"
+                        + (f", batch 4 {_ms(r['forward_s']['4'])}" if "4" in r["forward_s"] else "")
+                        for p, r in zip(paths, runs))
+    graph = (f"; CUDA-graph replay (not what exec runs; no per-kernel launch cost): batch 2 {g2 * 1e3:.2f} ms, batch 1 "
+             f"{g1 * 1e3:.2f} ms, batch 1 / batch 2 = {g1 / g2:.4f}" if g1 and g2 else "")
+    notes = (f"benchmarks/bench_gpu_unet.py, {len(runs)} run(s) ({first.get('config')} UNet2DConditionModel config, random "
+             f"weights, {first.get('dtype')}, {'x'.join(map(str, first.get('resolution_px') or []))} px, latents "
+             f"{first.get('latents')}, {first.get('attention_processor')}; {first.get('warmup')} warm-ups then medians, eager "
+             f"forwards): {per_run}. Across runs (median of the runs' medians): batch 2 {whole * 1e3:.2f} ms, batch 1 "
+             f"{half * 1e3:.2f} ms" + (f", batch 4 {b4 * 1e3:.2f} ms" if b4 else "") + "; forward_s[k-1] = k x batch 2 (one "
+             f"CFG step per offset, a rank's offsets run one after another); half_forward_s = batch 1: batch 1 / batch 2 = "
+             f"{half / whole:.4f} prices a CFG split on this device{graph}; step_s = EulerDiscreteScheduler.step median "
+             f"{step_s * 1e3:.3f} ms on 1 x {'x'.join(map(str, (first.get('latents') or [])))} latents; step_overhead_s = 0, "
+             "not measured (pipeline bookkeeping; text encoding and VAE decode are outside the steps)")
+    packages = {k: str(first[k]) for k in ("torch", "diffusers", "cuda", "python") if first.get(k)}
     compute = Compute(forward_s=[k * whole for k in range(1, FORWARD_OFFSETS + 1)], step_s=step_s, step_overhead_s=0.0,
                       half_forward_s=half)
-    return compute, Measured(device=device, date=date, packages=packages, notes=notes)
+    return compute, Measured(device=devices[0], date=max(str(r["date"]) for r in runs), packages=packages, notes=notes)
 
 
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")
 
 
-def build_profile(digits_path: Optional[str] = None, compute_path: Optional[str] = None, *, any_config: bool = False) -> Profile:
+def build_profile(digits_path: Optional[str] = None, compute_paths=SHIPPED_COMPUTE, *, any_config: bool = False) -> Profile:
+    """The SDXL profile; ``compute_paths`` (default: the shipped H200 measurements) names bench_gpu_unet.py JSONs,
+    an empty sequence or None the published prior compute."""
     floor, floor_source = digits_floor(digits_path)
     dev, reuse = deviation_tables(num_steps=NUM_STEPS, max_window=MAX_WINDOW, params=floor)
-    if compute_path is None:
+    if not compute_paths:
         compute, compute_prov = prior_compute()
         hardware = "h100"
     else:
-        compute, compute_prov = measured_compute(compute_path, any_config=any_config)
+        compute, compute_prov = measured_compute(compute_paths, any_config=any_config)
         hardware = f"{_slug(compute_prov.device)}-measured"
     comm_prov = Prior(rule="interconnect preset 'nvlink' (ring all-gather alpha-beta model; CFG pair swap: alpha + bytes / beta)",
                       reference=describe("nvlink"))
@@ -209,13 +248,18 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m parastep.profiles.make_sdxl", description=__doc__.splitlines()[0])
     ap.add_argument("--out", default=str(Path(SHIPPED_DIR) / "sdxl.yaml"), help="where to write (default: the shipped file)")
     ap.add_argument("--digits", default=None, help="measured digits profile with output_errors for the floor (default: the shipped digits.yaml)")
-    ap.add_argument("--compute", default=None, metavar="FILE",
-                    help="JSON of benchmarks/bench_gpu_unet.py: the compute part becomes measured on its device (default: the published prior)")
+    src = ap.add_mutually_exclusive_group()
+    src.add_argument("--compute", nargs="+", default=None, metavar="FILE",
+                     help="JSONs of benchmarks/bench_gpu_unet.py runs on one device: the compute part becomes measured there, "
+                          "per batch size the median of the runs' medians (default: the shipped H200 runs in profiles/measurements/)")
+    src.add_argument("--prior-compute", action="store_true",
+                     help="the published-latency prior instead of a measurement (the compute of sdxl.yaml before 2026-11-30)")
     ap.add_argument("--any-config", action="store_true",
                     help="with --compute: accept a measurement of another config, dtype or resolution (--tiny; tests only)")
     args = ap.parse_args(argv)
     try:
-        profile = build_profile(args.digits, args.compute, any_config=args.any_config)
+        compute = () if args.prior_compute else (args.compute or SHIPPED_COMPUTE)
+        profile = build_profile(args.digits, compute, any_config=args.any_config)
     except ValueError as exc:
         ap.error(str(exc))
     write_profile(profile, args.out)

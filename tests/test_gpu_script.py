@@ -1,4 +1,4 @@
-"""Issue 9 item 6, prepared on CPU: ``benchmarks/bench_gpu_unet.py`` (SDXL-sized UNet forward at batch 1, 2, 4 and
+"""Issue 9 item 6 (run on an H200 on 2026-11-30; these tests run on CPU): ``benchmarks/bench_gpu_unet.py`` (SDXL-sized UNet forward at batch 1, 2, 4 and
 one scheduler step) and ``profiles/make_sdxl.py --compute`` (its JSON as the SDXL profile's measured compute)."""
 
 from __future__ import annotations
@@ -137,3 +137,50 @@ def test_no_cuda_is_a_clear_refusal(tmp_path):
     with pytest.raises(SystemExit, match="CUDA is not available here"):
         _bench_module().main(["--out", str(tmp_path / "x.json")])
     assert not (tmp_path / "x.json").exists()
+
+
+def _scaled_copy(d: dict, path: Path, factor: float, **update) -> Path:
+    r = json.loads(json.dumps(d))
+    for b in BATCHES:
+        r["forward_s"][b]["median"] *= factor
+    r["step_s"]["median"] *= factor
+    r.update(update)
+    path.write_text(json.dumps(r))
+    return path
+
+
+def test_make_sdxl_takes_the_median_of_several_runs_of_one_device(tiny_json, tmp_path, capsys):
+    d = json.loads(tiny_json.read_text())
+    files = [str(_scaled_copy(d, tmp_path / f"run{i}.json", f)) for i, f in enumerate((1.0, 3.0, 1.5))]
+    out = tmp_path / "sdxl.yaml"
+    assert make_sdxl.main(["--compute", *files, "--any-config", "--out", str(out)]) == 0
+    prof, _ = load_profile(out)
+    whole, half = 1.5 * d["forward_s"]["2"]["median"], 1.5 * d["forward_s"]["1"]["median"]
+    assert prof.compute.forward_s == pytest.approx([k * whole for k in range(1, make_sdxl.FORWARD_OFFSETS + 1)])
+    assert prof.compute.half_forward_s == pytest.approx(half)
+    assert prof.compute.step_s == pytest.approx(1.5 * d["step_s"]["median"])
+    assert "3 run(s)" in prof.provenance.compute.notes and all(Path(f).name in prof.provenance.compute.notes for f in files)
+    # runs of two devices, or a truncated run, are refused with one line and nothing written
+    other = str(_scaled_copy(d, tmp_path / "other.json", 1.0, device_name="another GPU"))
+    cut = str(_scaled_copy(d, tmp_path / "cut.json", 1.0, truncated=True))
+    for bad, needle in (([files[0], other], "different devices"), ([cut], "truncated")):
+        with pytest.raises(SystemExit) as exc:
+            make_sdxl.main(["--compute", *bad, "--any-config", "--out", str(tmp_path / "no.yaml")])
+        assert exc.value.code == 2 and needle in capsys.readouterr().err
+    assert not (tmp_path / "no.yaml").exists()
+
+
+def test_make_sdxl_prior_compute_restores_the_published_prior(tmp_path):
+    out = tmp_path / "prior.yaml"
+    assert make_sdxl.main(["--prior-compute", "--out", str(out)]) == 0
+    prof, _ = load_profile(out)
+    assert prof.provenance.compute.source == "prior" and "compute" in prof.prior_parts()
+    assert prof.name == "sdxl-base-1.0-1024-euler-50-h100-nvlink-prior"
+    assert prof.forward_time_s(1) == pytest.approx(make_sdxl.PUBLISHED_TOTAL_S / make_sdxl.PUBLISHED_STEPS)
+
+
+def test_shipped_sdxl_compute_is_the_committed_h200_runs():
+    assert [p.name for p in make_sdxl.SHIPPED_COMPUTE] == [f"sdxl_unet_h200_run{i}.json" for i in (1, 2, 3)]
+    shipped, _ = load_profile(make_sdxl.SHIPPED_DIR / "sdxl.yaml")
+    assert shipped == make_sdxl.build_profile(compute_paths=make_sdxl.SHIPPED_COMPUTE)
+    assert isinstance(shipped.provenance.compute, Measured) and shipped.provenance.compute.device == "NVIDIA H200"

@@ -292,14 +292,18 @@ def test_fixed_latency_units_match_the_plan():
     assert s.solver.objective == fixed_latency_units(fw, scale=s.solver.latency_units_per_s)
 
 
+@pytest.mark.parametrize("compute", ["prior", "shipped"])
 @pytest.mark.parametrize("G", [2, 8])
-def test_default_plan_is_within_the_fixed_plans_error_in_floats_on_the_sdxl_prior(G):
+def test_default_plan_is_within_the_fixed_plans_error_in_floats_on_the_sdxl_prior(G, compute):
     """Regression: with the fixed plan's rounded-up units as the bound, the SDXL prior at 1000 steps
-    planned deviation 0.3098 against the fixed plan's 0.3082 (G = 2) and 0.3098 against 0.3096 (G = 8)."""
+    (with its earlier, published-latency compute) planned deviation 0.3098 against the fixed plan's
+    0.3082 (G = 2) and 0.3098 against 0.3096 (G = 8); with the shipped H200-measured compute the
+    first plan at G = 2 exceeds the fixed plan's float error too."""
     from parastep.profiles.io import resolve_profile
+    from parastep.profiles.make_sdxl import build_profile
     from parastep.profiles.priors import derive_for_steps
 
-    base, sha = resolve_profile("sdxl")
+    base, sha = resolve_profile("sdxl") if compute == "shipped" else (build_profile(compute_paths=()), "0" * 64)
     prof = derive_for_steps(base, num_steps=1000, max_window=max(G, base.max_window))
     fixed = plan_schedule(prof, profile_sha256=sha, world_size=G, policy="fixed").schedule
     s = plan_schedule(prof, profile_sha256=sha, world_size=G).schedule
