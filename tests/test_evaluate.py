@@ -178,3 +178,34 @@ def test_evaluate_equals_a_two_rank_exec(tmp_path):
     image = json.loads((tmp_path / "q" / "quality.json").read_text())["images"][0]
     assert image["psnr_db"] == pytest.approx(ref["psnr_db"], abs=1e-9)
     assert image["ssim"] == pytest.approx(ref["ssim"], abs=1e-9)
+
+
+class _FakeGpuPipe:
+    """Records the call; says it runs on CUDA (no CUDA is touched: nothing is computed)."""
+
+    def __init__(self):
+        import torch
+
+        self.device = torch.device("cuda", 0)
+        self.calls = []
+
+    def __call__(self, **kwargs):
+        self.calls.append(kwargs)
+        return kwargs
+
+
+def test_seeds_draw_the_same_noise_on_every_device():
+    """``evaluate`` seeds CPU generators whatever the pipeline's device, as ``exec`` does: on an H200 a
+    generator on the pipeline's device drew other noise, so a GPU evaluation scored other images than
+    exec makes from the same seeds (benchmarks/gpu_smoke.sh)."""
+    import torch
+
+    from parastep.executor.evaluate import call_pipeline
+
+    pipe = _FakeGpuPipe()
+    call_pipeline(pipe, prompts=[None, None], seeds=[7, 1234], num_steps=3, call_kwargs={})
+    gens = pipe.calls[0]["generator"]
+    assert [g.device.type for g in gens] == ["cpu", "cpu"]
+    for g, seed in zip(gens, (7, 1234)):
+        want = torch.randn(4, generator=torch.Generator().manual_seed(seed))
+        assert torch.equal(torch.randn(4, generator=g), want)
