@@ -91,15 +91,13 @@ def call_kwargs(pipe, schedule: Schedule, *, inputs: Inputs, seed: int, output_t
     the conditioning from the pipeline's own signature (``executor.evaluate.conditioning_kwargs``:
     prompts, class labels, or a batch size for an unconditional pipeline; a default condition when
     none is given) and ``inputs``' image, strength and size (``evaluate.generation_kwargs``)."""
-    import torch
-
-    from .evaluate import call_params, conditioning_kwargs, default_prompts, generation_kwargs, takes_prompt
+    from .evaluate import call_params, conditioning_kwargs, default_prompts, generation_kwargs, seeded_generator, takes_prompt
 
     params = call_params(pipe)
     conditions = list(inputs.conditions) if inputs.conditions else \
         ([default_prompt(pipe)] if takes_prompt(pipe) else default_prompts(pipe)[:1])
     kw: dict[str, Any] = {"num_inference_steps": num_inference_steps,
-                          "generator": torch.Generator(device="cpu").manual_seed(seed)}
+                          "generator": seeded_generator(seed)}
     kw.update(conditioning_kwargs(pipe, conditions, batch=len(conditions)))
     kw.update(generation_kwargs(pipe, inputs))
     if "image" in kw and len(conditions) > 1:          # one input image for every prompt

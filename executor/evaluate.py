@@ -352,21 +352,26 @@ def _is_pil(value) -> bool:
     return hasattr(value, "mode") and hasattr(value, "size") and hasattr(value, "convert")
 
 
+def seeded_generator(seed: int):
+    """How a seed becomes noise, for ``exec``, ``evaluate`` and the profiler alike: a CPU generator whatever
+    the pipeline's device, so seed S is the same initial noise on a CPU, one GPU or eight."""
+    import torch
+
+    return torch.Generator(device="cpu").manual_seed(int(seed))
+
+
 def call_pipeline(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_steps: int, call_kwargs: Mapping[str, Any]):
     """One pipeline call for all samples: the conditioning of :func:`conditioning_kwargs` (a prompt
     or a class label per sample, or ``batch_size=len(seeds)`` for a pipeline without conditioning)
-    and one generator per sample, seeded, on the CPU whatever the pipeline's device (as ``exec`` seeds
-    its run: seed S is the same initial noise on a CPU, one GPU or eight; on an H200 a CUDA generator
-    drew other noise, so ``evaluate`` there scored other images than ``exec`` makes from the same
-    seeds: per-image PSNR up to 22 dB off the CPU's, benchmarks/gpu_smoke.sh).
+    and one :func:`seeded_generator` per sample (on an H200 a generator on the pipeline's device drew
+    other noise than ``exec``'s, so ``evaluate`` there scored other images than ``exec`` makes from the
+    same seeds: per-image PSNR up to 22 dB off the CPU's, benchmarks/gpu_smoke.sh).
     ``call_kwargs`` may override ``num_inference_steps`` (default ``num_steps``)."""
-    import torch
-
     if len(prompts) != len(seeds):
         raise ValueError(f"{len(prompts)} prompts for {len(seeds)} seeds: give one prompt per sample (see samples_of)")
     kwargs = dict(call_kwargs)
     kwargs.setdefault("num_inference_steps", num_steps)
-    kwargs["generator"] = [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
+    kwargs["generator"] = [seeded_generator(s) for s in seeds]
     kwargs.update(conditioning_kwargs(pipe, prompts, batch=len(seeds)))
     if _is_pil(kwargs.get("image")) and len(seeds) > 1:      # one input image for every sample
         kwargs["image"] = [kwargs["image"]] * len(seeds)

@@ -146,7 +146,9 @@ def _load_run(path: Path, *, any_config: bool) -> dict:
         data = json.loads(path.read_text(encoding="utf-8"))
         fwd, step = data["forward_s"], data["step_s"]
         vals = (float(fwd["2"]["median"]), float(fwd["1"]["median"]), float(step["median"]))
-        str(data["device_name"]), str(data["date"])
+        missing = [k for k in ("device_name", "date") if not isinstance(data.get(k), str)]
+        if missing:
+            raise KeyError(", ".join(missing))
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a benchmarks/bench_gpu_unet.py result with batch 1 and 2 forwards and a step time ({exc!r})") from None
     got = (data.get("config"), data.get("dtype"), list(data.get("resolution_px") or []))
