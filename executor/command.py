@@ -418,7 +418,8 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
     }
     if report["bytes_exchanged"] != schedule.totals.bytes_exchanged:
         print(f"parastep: note: {report['bytes_exchanged']} bytes were exchanged but the schedule implies "
-              f"{schedule.totals.bytes_exchanged} (its output_bytes={schedule.output_bytes} is for another batch size, "
+              f"{schedule.totals.bytes_exchanged} (its output_bytes={schedule.output_bytes}"
+              f"{'' if schedule.raw_half_bytes is None else f' or raw_half_bytes={schedule.raw_half_bytes}'} is for another batch size, "
               "resolution or dtype); the plan's exchange costs may be off", file=sys.stderr)
     if job.reference:
         from .metrics import psnr_db, ssim

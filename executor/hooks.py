@@ -316,6 +316,16 @@ def _pipeline_local(pipe, name: str) -> Any:
     return _MISSING
 
 
+def cfg_flag(pipe) -> Optional[bool]:
+    """The running pipeline's ``do_classifier_free_guidance``: its attribute, else the local of its
+    ``__call__`` (PixArt, DiT-style pipelines decide CFG in a local); None where it has neither
+    (distilled guidance). Call it from inside the pipeline's call (e.g. a denoiser hook)."""
+    flag = getattr(pipe, "do_classifier_free_guidance", _MISSING)
+    if flag is _MISSING:
+        flag = _pipeline_local(pipe, "do_classifier_free_guidance")
+    return None if flag is _MISSING else bool(flag)
+
+
 class ParaStepHandle:
     """State of the hooks on one pipeline; ``reset()`` starts a fresh run (done by set_timesteps)."""
 
@@ -429,10 +439,8 @@ class ParaStepHandle:
         elif batch % 2:
             why = f"its denoiser batch is {batch} (odd)"
         elif not self._cfg_checked:
-            flag = getattr(self.pipe, "do_classifier_free_guidance", _MISSING)
-            if flag is _MISSING:
-                flag = _pipeline_local(self.pipe, "do_classifier_free_guidance")
-            if flag is _MISSING:
+            flag = cfg_flag(self.pipe)
+            if flag is None:
                 why = "it reports no do_classifier_free_guidance (distilled guidance, e.g. Flux-dev, has none)"
             elif not flag:
                 why = "it runs without classifier-free guidance (do_classifier_free_guidance is False: guidance_scale <= 1)"

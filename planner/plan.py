@@ -83,7 +83,8 @@ def recompute(schedule: Schedule, profile: Profile) -> tuple[float, list[float],
     step = profile.compute.step_s + profile.compute.step_overhead_s
 
     def half() -> float:   # one CFG half plus the swap of raw halves
-        return profile.compute.half_forward_s + profile.comm.pair.latency_s + profile.output_bytes / profile.comm.pair.bandwidth_bytes_per_s
+        raw_half = profile.raw_half_bytes if profile.raw_half_bytes is not None else profile.output_bytes
+        return profile.compute.half_forward_s + profile.comm.pair.latency_s + raw_half / profile.comm.pair.bandwidth_bytes_per_s
 
     zero = (0.0,) * profile.quality_samples
     lats, errs = [], []
@@ -470,8 +471,9 @@ def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_win
                     resolution_px=profile.resolution_px, num_frames=profile.num_frames, strength=profile.strength,
                     scheduler=profile.scheduler,
                     guidance_scale=profile.guidance_scale, num_steps=profile.num_steps, world_size=world_size,
-                    max_window=max_window, output_bytes=profile.output_bytes, policy=policy,
-                    totals=implied_totals(windows, world_size=world_size, output_bytes=profile.output_bytes), windows=windows)
+                    max_window=max_window, output_bytes=profile.output_bytes, raw_half_bytes=profile.raw_half_bytes, policy=policy,
+                    totals=implied_totals(windows, world_size=world_size, output_bytes=profile.output_bytes,
+                                          raw_half_bytes=profile.raw_half_bytes), windows=windows)
     latency_s = math.fsum(c.latency_s for c in chosen)
     per_sample = [math.fsum(col) for col in zip(*(c.errors for c in chosen))]
     units = [sum(col) for col in zip(*((error_units(x, scale=scale) for x in c.errors) for c in chosen))]

@@ -199,6 +199,12 @@ def _denoiser(pipe):
     return denoiser_of(pipe)[1]
 
 
+def cfg_flag(pipe) -> Optional[bool]:
+    from ..executor.hooks import cfg_flag as flag   # the executor's own test of a two-way guided batch (lazily: torch)
+
+    return flag(pipe)
+
+
 @contextlib.contextmanager
 def _instance_override(obj, name: str, impl_factory: Callable[[Callable], Callable]) -> Iterator[None]:
     """Temporarily replace ``obj.name`` (a method) by ``impl_factory(orig)`` on the instance."""
@@ -700,21 +706,35 @@ def _batch_of(args: tuple, kwargs: Mapping[str, Any]) -> Optional[int]:
 
 def _time_half_forward(forward, captured: dict, *, count: int, sync) -> dict:
     """Median wall time of ``count`` forwards on one CFG half of the captured call, interleaved
-    with as many on the whole captured call (their ratio is then measured under one load)."""
+    with as many on the whole captured call (their ratio is then measured under one load), and the
+    bytes of the half's raw output (``raw_half_bytes``: what a split pair swaps; twice the guided
+    output's for a model that also predicts a learned variance)."""
     args, kwargs = captured["args"], captured["kwargs"]
     hargs, hkwargs = half_batch(args, kwargs, full=captured["batch"])
     half, whole = [], []
+    raw_half_bytes = None
     for r in range(count + 2):                        # two warm-up rounds: a new batch shape may build kernels
         for fn_args, fn_kwargs, box in ((hargs, hkwargs, half), (args, kwargs, whole)):
             sync()
             t0 = time.perf_counter()
-            forward(*fn_args, **fn_kwargs)
+            out = forward(*fn_args, **fn_kwargs)
             sync()
             if r >= 2:
                 box.append(time.perf_counter() - t0)
+            if box is half and raw_half_bytes is None:
+                raw = out if isinstance(out, _torch().Tensor) else _first(out)    # a tensor, a tuple or a BaseOutput
+                raw_half_bytes = int(raw.numel() * raw.element_size())
     h, w = statistics.median(half), statistics.median(whole)
     return {"half_s": h, "whole_s": w, "ratio": h / w if w > 0 else float("nan"), "count": count,
-            "step": captured["step"], "batch": captured["batch"]}
+            "step": captured["step"], "batch": captured["batch"], "raw_half_bytes": raw_half_bytes}
+
+
+def raw_half_bytes_of(details: Mapping[str, Any], out_bytes: int) -> Optional[int]:
+    """``Profile.raw_half_bytes`` from ``measure_compute``'s details: None where no CFG half was
+    timed or a raw half has the guided output's size (the field's default)."""
+    half = details.get("half_forward")
+    raw = half.get("raw_half_bytes") if isinstance(half, dict) else None
+    return None if raw is None or raw == out_bytes else int(raw)
 
 
 def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max_window: int, repeats: int,
@@ -745,7 +765,7 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
                 captured.update(args=_map_tensors(args, lambda t: t.detach().clone()),
                                 kwargs=_map_tensors(dict(kwargs), lambda t: t.detach().clone()),
                                 batch=_batch_of(args, kwargs), step=capture_at,
-                                cfg=bool(getattr(pipe, "do_classifier_free_guidance", False)))
+                                cfg=bool(cfg_flag(pipe)))
             t0 = time.perf_counter()
             out = orig(*args, **kwargs)
             fwd_times[-1].append(time.perf_counter() - t0)
@@ -896,9 +916,11 @@ PAIR_HOW = ("the executor's DistExchange.swap of n raw halves (one tensor) each 
 
 def measure_pair(*, output_shape: Sequence[int], dtype: str, output_bytes: int, repeats: int,
                  device: str = "auto", max_bytes: int = 64 * 2 ** 20) -> tuple[CommEntry, dict]:
-    """The CFG pair swap on 2 local ranks: each rank sends its raw half (one output's bytes) while
-    it receives its partner's. Timed for n = 1, 4, 16, ... stacked halves up to 64 MiB and fitted
-    ``latency + n * output_bytes / bandwidth`` (``fit_alpha_beta``: a non-positive slope is refused)."""
+    """The CFG pair swap on 2 local ranks: each rank sends n tensors of ``output_shape`` while it
+    receives its partner's, for n = 1, 4, 16, ... up to 64 MiB, fitted ``latency + n *
+    output_bytes / bandwidth`` (``fit_alpha_beta``: a non-positive slope is refused). The bandwidth
+    is in bytes per second, so ``Profile.pair_exchange_time_s`` prices a raw half of any size
+    (``Profile.swap_bytes``)."""
     from ..executor.launch import launch
 
     sizes = [4 ** k for k in range(10) if k == 0 or 4 ** k * output_bytes <= max_bytes]
@@ -1076,6 +1098,7 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
         num_steps=T,
         max_window=J,
         output_bytes=out_bytes,
+        raw_half_bytes=raw_half_bytes_of(cdet, out_bytes),
         provenance=prov,
         deviation=_stats(dev),
         reuse_deviation=_stats(reuse),
@@ -1110,7 +1133,8 @@ def retime(pipe, profile: Profile, settings: ProfilerSettings, *, say) -> Profil
     prov = profile.provenance.model_copy(update={"compute": measured.model_copy(update={"notes": (
         f"batch 1, median of {settings.timing_repeats} runs; forward_s[k-1] = k consecutive forwards as the executor runs "
         f"a rank's offsets; {half_forward_note(cdet)} (re-timed with --recalibrate --retime)")}), "comm": comm_prov})
-    return profile.model_copy(update={"compute": compute, "comm": comm, "output_bytes": out_bytes, "provenance": prov})
+    return profile.model_copy(update={"compute": compute, "comm": comm, "output_bytes": out_bytes,
+                                      "raw_half_bytes": raw_half_bytes_of(cdet, out_bytes), "provenance": prov})
 
 
 def _load() -> str:
@@ -1146,6 +1170,8 @@ def add_split_costs(pipe, profile: Profile, settings: ProfilerSettings, *, say, 
     say(f"half forward: {half_forward_note(cdet)}; whole forward now {compute.forward_s[0] * 1e3:.3f} ms vs stored "
         f"{profile.compute.forward_s[0] * 1e3:.3f} ms ({load_compute})")
     half_s = profile.compute.forward_s[0] * half["ratio"]
+    raw_half = raw_half_bytes_of(cdet, out_bytes)
+    swap_bytes = raw_half if raw_half is not None else out_bytes
     e0 = traj.e[0]
     cuda = str(getattr(pipe, "device", "cpu")).startswith("cuda")
     runs, refused = [], 0
@@ -1159,7 +1185,7 @@ def add_split_costs(pipe, profile: Profile, settings: ProfilerSettings, *, say, 
             refused += 1
             say(f"pair swap run {r + 1}: {str(exc).splitlines()[0][:160]} ({load})")
             continue
-        one = entry.latency_s + out_bytes / entry.bandwidth_bytes_per_s
+        one = entry.latency_s + swap_bytes / entry.bandwidth_bytes_per_s
         runs.append((one, entry, raw, load))
         say(f"pair swap run {r + 1}: latency {entry.latency_s * 1e6:.1f} us, bandwidth {entry.bandwidth_bytes_per_s / 1e9:.3g} GB/s, "
             f"one swap {one * 1e6:.1f} us ({load}; raw {raw['times']})")
@@ -1182,6 +1208,7 @@ def add_split_costs(pipe, profile: Profile, settings: ProfilerSettings, *, say, 
     comm_prov = prov.comm.model_copy(update={"notes" if prov.comm.source == "measured" else "rule":
                                              _join(prov.comm.notes if prov.comm.source == "measured" else prov.comm.rule, pair_words)})
     return profile.model_copy(update={
+        "raw_half_bytes": raw_half,
         "compute": profile.compute.model_copy(update={"half_forward_s": half_s}),
         "comm": profile.comm.model_copy(update={"pair": pair}),
         "provenance": prov.model_copy(update={"compute": comp_prov, "comm": comm_prov})})

@@ -99,7 +99,7 @@ class Comm(_Strict):
     preset: Optional[str] = None
     entries: list[CommEntry] = Field(default_factory=list)
     pair: Optional[CommEntry] = Field(default=None, description="CFG split: two ranks swapping one raw half each "
-                                                                "(latency_s + output_bytes / bandwidth_bytes_per_s)")
+                                                                "(latency_s + Profile.swap_bytes / bandwidth_bytes_per_s)")
 
 
 class CalibrationSample(_Strict):
@@ -197,6 +197,9 @@ class Profile(_Strict):
     num_steps: int = Field(ge=1)
     max_window: int = Field(ge=1, description="deviation tables hold offsets 0..max_window-1")
     output_bytes: int = Field(ge=1)
+    raw_half_bytes: Optional[int] = Field(default=None, ge=1, description=(
+        "bytes of one CFG half of the denoiser's raw output, what the ranks of a CFG split swap; absent: output_bytes "
+        "(a model that also predicts a learned variance, like DiT or PixArt, returns twice the guided output's channels)"))
     provenance: Provenances
     deviation: dict[Predictor, DeviationStats]
     reuse_deviation: dict[Predictor, DeviationStats]
@@ -312,11 +315,16 @@ class Profile(_Strict):
             raise ValueError(f"profile '{self.name}' has no half-forward time: it cannot price a CFG split")
         return max(0, halves) * self.compute.half_forward_s
 
+    @property
+    def swap_bytes(self) -> int:
+        """Bytes of one raw CFG half (what each rank of a split pair sends its partner)."""
+        return self.raw_half_bytes if self.raw_half_bytes is not None else self.output_bytes
+
     def pair_exchange_time_s(self) -> float:
-        """Two ranks of a CFG split swapping their raw halves (one output's bytes each way)."""
+        """Two ranks of a CFG split swapping their raw halves (``swap_bytes`` each way)."""
         if self.comm.pair is None:
             raise ValueError(f"profile '{self.name}' has no pair exchange cost: it cannot price a CFG split")
-        return self.comm.pair.latency_s + self.output_bytes / self.comm.pair.bandwidth_bytes_per_s
+        return self.comm.pair.latency_s + self.swap_bytes / self.comm.pair.bandwidth_bytes_per_s
 
     def comm_entry(self, ranks: int) -> CommEntry:
         for e in self.comm.entries:

@@ -15,7 +15,7 @@ DESIGN §1 says, so it is not a violation).
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Sequence
+from typing import Literal, Optional, Sequence
 
 from .model import ExactWindow, ParallelWindow, ReuseWindow, Schedule, Totals, Window, held_by_all
 
@@ -59,15 +59,16 @@ def window_size(window: Window) -> int | None:
     return 1
 
 
-def implied_totals(windows: Sequence[Window], *, world_size: int, output_bytes: int) -> Totals:
+def implied_totals(windows: Sequence[Window], *, world_size: int, output_bytes: int,
+                   raw_half_bytes: Optional[int] = None) -> Totals:
     """Forwards (denoiser calls, whole or half) per rank and bytes received, summed over ranks,
     that ``windows`` imply.
 
     Exact: every rank calls the denoiser once (a split pair's ranks on one half each); nothing
-    moves except, per split pair, each rank's raw half to its partner (2 outputs' worth: a raw half
-    of a CFG batch has the guided output's shape; a model whose raw output also carries a learned
-    variance, like PixArt's or DiT's 2x channels, moves twice that, which ``exec`` reports as
-    measured bytes against these). Reuse: nothing at all.
+    moves except, per split pair, each rank's raw half to its partner: 2 x ``raw_half_bytes``
+    (default ``output_bytes``: a raw half of a CFG batch has the guided output's shape, except for a
+    model whose raw output also carries a learned variance, like PixArt's or DiT's 2x channels).
+    Reuse: nothing at all.
     Parallel of size w: rank r does the offsets placed on it (both ranks of a split, plus that
     pair's swap of halves); at the end every rank receives the w guided outputs from their first
     computing rank: (world_size - 1) * w outputs in all, whatever the placement, except when every
@@ -75,10 +76,11 @@ def implied_totals(windows: Sequence[Window], *, world_size: int, output_bytes: 
     """
     forwards = [0] * world_size
     outputs_moved = 0
+    halves_moved = 0
     for w in windows:
         if isinstance(w, ExactWindow):
             forwards = [f + 1 for f in forwards]
-            outputs_moved += 2 * len(w.split or ())
+            halves_moved += 2 * len(w.split or ())
         elif isinstance(w, ParallelWindow):
             for j in range(w.size):
                 ranks = w.offset_ranks(j)
@@ -86,10 +88,11 @@ def implied_totals(windows: Sequence[Window], *, world_size: int, output_bytes: 
                     if rank < world_size:
                         forwards[rank] += 1
                 if len(ranks) == 2:
-                    outputs_moved += 2
+                    halves_moved += 2
             if not held_by_all(w.placement, world_size):
                 outputs_moved += (world_size - 1) * w.size
-    return Totals(forwards_per_rank=forwards, bytes_exchanged=outputs_moved * output_bytes)
+    half = raw_half_bytes if raw_half_bytes is not None else output_bytes
+    return Totals(forwards_per_rank=forwards, bytes_exchanged=outputs_moved * output_bytes + halves_moved * half)
 
 
 def _split_violations(w: Window, where: str, world_size: int) -> list[Violation]:
@@ -147,7 +150,8 @@ def violations(schedule: Schedule) -> list[Violation]:
                 out.append(Violation("needs-e-ref", f"{where}: needs the output of step start-1, so it cannot start at step 0"))
             elif w.predictor == "linear" and start < 2:
                 out.append(Violation("linear-too-early", f"{where}: predictor 'linear' needs the outputs of steps start-1 and start-2, so start must be >= 2"))
-    implied = implied_totals(wins, world_size=schedule.world_size, output_bytes=schedule.output_bytes)
+    implied = implied_totals(wins, world_size=schedule.world_size, output_bytes=schedule.output_bytes,
+                             raw_half_bytes=schedule.raw_half_bytes)
     if list(schedule.totals.forwards_per_rank) != list(implied.forwards_per_rank):
         out.append(Violation("totals-forwards", f"totals.forwards_per_rank is {list(schedule.totals.forwards_per_rank)} but the windows imply {implied.forwards_per_rank}"))
     if schedule.totals.bytes_exchanged != implied.bytes_exchanged:

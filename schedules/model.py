@@ -222,6 +222,9 @@ class Schedule(_Strict):
     world_size: int = Field(ge=1, le=MAX_WORLD_SIZE)
     max_window: int = Field(ge=1, le=MAX_WINDOW)
     output_bytes: int = Field(ge=1, le=1 << 53, description="bytes of one guided output (what an exchange moves per offset)")
+    raw_half_bytes: Optional[int] = Field(default=None, ge=1, le=1 << 53,
+                                          description="bytes of one CFG half of the denoiser's raw output (what a split pair "
+                                                      "swaps); absent: output_bytes (the profile's raw_half_bytes)")
     policy: Policy = "optimal"
     profile: Optional[ProfileRef] = None
     quality: Optional[Quality] = None

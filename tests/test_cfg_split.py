@@ -254,7 +254,12 @@ def _dist_cases(world_size: int, seed: int) -> list[dict]:
              {"pipe": "sd-tiny", "num_steps": 6, "world_size": 2,   # every rank holds every output: no end exchange
               "windows": [{"start": 0, "kind": "exact", "split": [[1, 0]]},
                           {"start": 1, "kind": "parallel", "placement": [[0, 1], [1, 0], [0, 1]]},
-                          {"start": 4, "kind": "parallel", "placement": [[0, 1], 1]}]}]
+                          {"start": 4, "kind": "parallel", "placement": [[0, 1], 1]}]},
+             # a learned variance: raw halves of twice the guided output's bytes
+             {"pipe": "pixart-sigma", "num_steps": 4, "world_size": 2,
+              "windows": [{"start": 0, "kind": "exact", "split": [[0, 1]]},
+                          {"start": 1, "kind": "parallel", "placement": [[0, 1], 1], "predictor": "last"},
+                          {"start": 3, "kind": "exact", "split": [[1, 0]]}]}]
     for _ in range(2):
         n = rng.randint(5, 8)
         cases.append({"pipe": "sd-tiny", "num_steps": n, "world_size": world_size,
@@ -289,8 +294,10 @@ def test_split_schedules_on_real_ranks_match_reference(tmp_path):
         assert torch.equal(got[0]["out"], want), (case, (got[0]["out"] - want).abs().max())
         if case["pipe"] == "digits":
             assert psnr_db(got[0]["out"], _digits_call(_build(case))) >= DIGITS_MIN_PSNR_DB
-        one = got[0]["one"]   # a raw CFG half has the guided output's shape for all these models
+        one = got[0]["one"]   # bytes of one guided output
+        # a raw CFG half has the guided output's shape, except with PixArt's learned variance (2x channels)
+        raw_half = 2 * one if case["pipe"] == "pixart-sigma" else None
         sched = R.make_schedule(case["windows"], num_steps=case["num_steps"], world_size=world_size, output_bytes=one)
-        totals = implied_totals(sched.windows, world_size=world_size, output_bytes=one)
+        totals = implied_totals(sched.windows, world_size=world_size, output_bytes=one, raw_half_bytes=raw_half)
         assert [g["forwards"] for g in got] == totals.forwards_per_rank, case
         assert sum(g["bytes"] for g in got) == totals.bytes_exchanged, case

@@ -150,3 +150,31 @@ def test_fewer_gpus_picks_a_smaller_world_when_exchanges_among_more_ranks_cost_m
     assert res.schedule.latency.predicted_s < full.schedule.latency.predicted_s
     assert any("of the 7 GPUs" in w for w in res.warnings)
     assert violations(res.schedule) == []
+
+
+def test_a_learned_variance_raw_half_is_priced_swapped_and_counted_at_its_own_size():
+    """A model that also predicts a learned variance (DiT, PixArt) returns raw halves of twice the
+    guided output's bytes: the planner prices the swap at ``raw_half_bytes``, the schedule records
+    it, its totals count it, simulate agrees, and a schedule that drops it is invalid."""
+    from parastep.profiles.model import CommEntry
+
+    base = _profile(3, ratio=0.55, comm=zero_comm())
+    out = base.output_bytes
+    pair = CommEntry(ranks=2, latency_s=1e-6, bandwidth_bytes_per_s=out / (0.05 * base.forward_time_s(1)))  # one output: 5 % of a forward
+    plain = base.model_copy(update={"comm": base.comm.model_copy(update={"pair": pair})})
+    learned = plain.model_copy(update={"raw_half_bytes": 2 * out})
+    assert plain.swap_bytes == out and learned.swap_bytes == 2 * out
+    assert learned.pair_exchange_time_s() - plain.pair_exchange_time_s() == pytest.approx(out / pair.bandwidth_bytes_per_s)
+    per_step = {}
+    for name, prof in (("plain", plain), ("learned", learned)):
+        s = plan_schedule(prof, profile_sha256=SHA, world_size=2, budget=0.0).schedule
+        assert all(w.split == [[0, 1]] for w in s.windows), name           # a split still pays at 2 x 5 %
+        assert s.raw_half_bytes == prof.raw_half_bytes
+        assert s.totals.bytes_exchanged == 2 * prof.swap_bytes * s.num_steps
+        assert violations(s) == []
+        assert math.isclose(simulate(s, prof).latency_s, s.latency.predicted_s, rel_tol=1e-9)
+        per_step[name] = s.latency.predicted_s / s.num_steps
+    assert per_step["learned"] - per_step["plain"] == pytest.approx(out / pair.bandwidth_bytes_per_s, rel=1e-9)
+    s = plan_schedule(learned, profile_sha256=SHA, world_size=2, budget=0.0).schedule
+    dropped = s.model_copy(update={"raw_half_bytes": None})
+    assert [v.code for v in violations(dropped)] == ["totals-bytes"]

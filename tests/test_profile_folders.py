@@ -176,3 +176,25 @@ def test_plan_verify_refuses_img2img_in_one_line(root, dit_profile, tmp_path):
                         needle="plan --verify needs an input image: profile 'i2i' is image-to-image")
         assert line.endswith(fix)
         _ok(["plan", "--profile", prof, "--gpus", 1])                  # without --verify: planned
+
+
+# ---- PixArt: CFG decided in a local, raw halves carry a learned variance ------------------------
+
+
+def test_pixart_folder_profile_prices_the_split_it_can_run(root, tmp_path):
+    """PixArt decides CFG in a local of its ``__call__`` (no attribute) and its transformer returns
+    epsilon + a learned variance: the profile still times a half forward (as the executor finds
+    the guided batch), and prices the pair swap at a raw half of twice the guided output's bytes;
+    a plan's schedule carries that size into its totals."""
+    prof = tmp_path / "pixart.yaml"
+    _ok(["profile", "--model-path", _folder(root, "pixart-sigma"), "--gpus", 2, "--max-window", 2, "--steps", 3,
+         "--seed", 1, "--prompt", "a red cat", "--interconnect", "nvlink", "--out", prof])
+    p, _ = load_profile(prof)
+    assert p.pipeline_class == "PixArtSigmaPipeline" and p.compute.half_forward_s is not None and p.can_split
+    assert p.raw_half_bytes == 2 * p.output_bytes == p.swap_bytes
+    text, _ = _ok(["plan", "--profile", prof, "--gpus", 2, "--budget", 0])
+    sched = tmp_path / "s.yaml"
+    sched.write_text(text)
+    s = load_schedule(sched)
+    assert s.raw_half_bytes == p.raw_half_bytes
+    _ok(["validate", sched])

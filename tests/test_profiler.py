@@ -413,6 +413,31 @@ def test_compute_times_a_half_forward_only_with_a_two_way_guided_batch():
     assert half_forward_note(det).startswith("half_forward_s absent")
 
 
+@pytest.mark.parametrize("name", ["digits", "pixart-sigma"])
+def test_compute_measures_the_raw_half_a_split_pair_swaps(name):
+    """The bytes of one CFG half of the denoiser's raw output, measured on the real call: the
+    guided output's size for digits (no field), twice it for PixArt's learned variance."""
+    from parastep.profiler.measure import measure_compute, raw_half_bytes_of
+
+    torch.set_num_threads(1)
+    if name == "digits":
+        pipe, prompt, call_kwargs = tiny_digits(), "3", {"guidance_scale": GUIDANCE}
+    else:
+        from tiny_pipelines import make_tiny_pipeline, tiny_call_kwargs
+
+        pipe, prompt = make_tiny_pipeline(name), "a red cat"
+        call_kwargs = {k: v for k, v in tiny_call_kwargs(name, num_inference_steps=3).items() if k != "num_inference_steps"}
+    _, out_bytes, det = measure_compute(pipe, prompt=prompt, seed=0, num_steps=3, call_kwargs=call_kwargs, max_window=1,
+                                        repeats=1, threads=1)
+    raw = det["half_forward"]["raw_half_bytes"]
+    if name == "digits":
+        assert raw == out_bytes and raw_half_bytes_of(det, out_bytes) is None
+    else:
+        den = pipe.transformer.config
+        assert den.out_channels == 2 * den.in_channels                  # epsilon + learned variance
+        assert raw == 2 * out_bytes == raw_half_bytes_of(det, out_bytes)
+
+
 def test_profile_has_split_costs_with_cfg(measured):
     """The tiny CFG profile (exchange from the nvlink preset) can price a split."""
     _, _, run = measured
