@@ -54,6 +54,13 @@ Long schedules with many near-equal plans remain hard: synthetic 20-sample profi
 G = 8 end FEASIBLE at 10 s (plan.py then lets CP-SAT continue from the best plan). There the root
 bound is 1.4 % below the best plan known even with rule 4 (244,264 against 247,619 units; 2.2 %
 with rules 1-3), and no deepening pass finished within 120 s: proving it needs stronger bounds.
+Tried there without effect (2026-12-01, seed 200, 2-core machine): label dominance at each state
+(a prefix with no more latency and no more error on every sample than one already searched;
+0 of 80k prefixes in 20 s were dominated: every image's error differs between prefixes); exact
+one-sample tables (rule 4 with one image's weight each: their best root bound is 207,367, far
+below the surrogate's, since the budget binds on several images at once); and a coordinate
+search over the surrogate's multipliers from the LP duals (+1 unit at 2,000 levels, where the LP
+duals give 240,910: the level count matters more than the weights).
 """
 
 from __future__ import annotations
