@@ -65,15 +65,23 @@ def _timeout_s(text: str) -> float:
 
 
 def _seed(text: str) -> int:
-    """A seed torch.Generator.manual_seed takes: -2**63 .. 2**64 - 1."""
+    """A seed in 0 .. 2**64 - 1 (torch.Generator.manual_seed also takes negatives, as the same seeds
+    plus 2**64: one name per noise keeps reports comparable)."""
     value = _parsed(text, int, "an integer seed")
-    if not -(2 ** 63) <= value < 2 ** 64:
+    if not 0 <= value < 2 ** 64:
         raise argparse.ArgumentTypeError(f"seed {text} is out of range; pass an integer from 0 to 2**64 - 1")
     return value
 
 
 def _float(text: str) -> float:
     return _parsed(text, float, "a number")
+
+
+def _psnr_db(text: str) -> float:
+    value = _parsed(text, float, "a PSNR in dB")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a PSNR above 0 dB, got {text}; pass e.g. --min-psnr 35")
+    return value
 
 
 def _strength(text: str) -> float:
@@ -119,7 +127,7 @@ def build_parser() -> argparse.ArgumentParser:
     q = plan.add_mutually_exclusive_group()
     q.add_argument("--budget", type=_nonneg_float, help="per-image bound on the predicted output deviation (latent RMS); "
                    "every calibration image unless --coverage")
-    q.add_argument("--min-psnr", type=_float, dest="min_psnr", help="target PSNR (dB) of each image vs the sequential output "
+    q.add_argument("--min-psnr", type=_psnr_db, dest="min_psnr", help="target PSNR (dB) of each image vs the sequential output "
                    "of the same seed; needs a calibrated profile")
     plan.add_argument("--coverage", type=_float, help="share of images that must meet --min-psnr/--budget (default 0.9 with "
                       "--min-psnr, 1 with --budget)")

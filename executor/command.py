@@ -2,7 +2,9 @@
 
 Every rank loads the pipeline (``executor.registry.load_pipeline``), wraps it with
 ``apply_parastep`` (a ``DistExchange`` over the world) and calls it with the same seed; rank 0
-writes the images (PNG) and ``report.json`` into ``--out``, atomically, at the very end:
+writes the images (PNG) and ``report.json`` into ``--out``, atomically, at the very end (an
+earlier exec/evaluate run's outputs there are removed first, with a note; other files stay;
+``outputs.check_out_dir`` refuses an --out it could not write before any rank starts):
 
     world_size, num_steps, latency_s, bytes_exchanged (measured, sum over ranks of bytes
     received), bytes_exchanged_schedule (schedule.totals), forwards_per_rank,
@@ -48,6 +50,7 @@ from pathlib import Path
 from typing import Any, Optional, Sequence
 
 from ..errors import UserError
+from ..outputs import check_out_dir, clear_earlier_outputs
 from ..schedules.check import violations
 from ..schedules.io import load_schedule
 from ..schedules.model import Schedule
@@ -249,6 +252,10 @@ def check_request(model: str, model_path: Optional[str], inputs: Inputs, *, fold
     from its class's ``__call__`` signature) and a non-digit prompt for the class-conditional digits
     pipeline. Returns the pipeline class, or None when it is not known without loading (the
     checks then run once the pipeline is loaded)."""
+    if folder is not None:
+        from .schedulers import check_folder_scheduler
+
+        check_folder_scheduler(folder)      # a second-order scheduler: refused before the weights load
     cls = pipeline_class_of(model, model_path)
     if cls is None:
         return None
@@ -263,16 +270,6 @@ def check_request(model: str, model_path: Optional[str], inputs: Inputs, *, fold
                 raise UserError(f"--prompt {p!r}: the digits model is class-conditional; give a class label "
                                 "'0'..'9' per --prompt") from None
     return cls
-
-
-def check_out_dir(out: str, *, flag: str = "--out") -> None:
-    """Refuse an output folder that is an existing file (or under one), before any work is done."""
-    path = Path(out)
-    for p in (path, *path.parents):
-        if p.exists() and not p.is_dir():
-            raise UserError(f"{flag} {out}: {p} is an existing file, not a folder; choose another {flag} folder")
-        if p.exists():
-            break
 
 
 def _images_np(images) -> Any:
@@ -304,10 +301,17 @@ def _write_outputs(out_dir: Path, images_np, report: dict) -> None:
     report["images"] = names
     report["frames"] = frame_count(images_np)     # frames per video; null for images
     (tmp / "report.json").write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
+    note_replaced(out_dir, clear_earlier_outputs(out_dir))
     for name in names + ["report.json"]:
         (out_dir / name).parent.mkdir(parents=True, exist_ok=True)
         os.replace(tmp / name, out_dir / name)
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+def note_replaced(folder: Path, removed: int) -> None:
+    if removed:
+        print(f"parastep: note: removed {removed} output file(s) of an earlier run from {folder}; it now holds this run's only",
+              file=sys.stderr)
 
 
 def _test_exit_observer(rank: int):

@@ -34,7 +34,8 @@ from typing import Any
 from ..errors import UserError
 from ..schedules.check import violations
 from ..schedules.io import load_schedule
-from .command import call_kwargs, check_model, check_out_dir, inference_steps_for, prepare_pipeline, settled_inputs
+from ..outputs import check_out_dir, clear_earlier_outputs
+from .command import note_replaced, call_kwargs, check_model, inference_steps_for, prepare_pipeline, settled_inputs
 
 
 def _write_json_atomically(path: Path, data: dict) -> None:
@@ -61,6 +62,7 @@ def _write_outputs(folder: Path, out, ref) -> tuple[list[str], "int | None"]:
     try:
         names = write_media(tmp, arr)
         ref_names = ["sequential/" + n for n in write_media(tmp / "sequential", ref_arr)]
+        note_replaced(folder, clear_earlier_outputs(folder))
         for name in names + ref_names:
             (folder / name).parent.mkdir(parents=True, exist_ok=True)
             os.replace(tmp / name, folder / name)

@@ -322,5 +322,7 @@ def launch(worker: Callable[[RankContext, Any], None], job: Any, *, world_size: 
         raise RankFailed(f"rank {r} {how} without an error message; the run was aborted on all {world_size} ranks", exit_code=1)
     if messages:
         _, rank, _, text, code = sorted(messages, key=lambda m: m[0])[0]
+        if "timed out" in text.lower() or "timeout" in text.lower():
+            text += f" (every collective waits at most {timeout_s:g} s: raise --timeout if the ranks are only slow)"
         raise RankFailed(f"rank {rank}: {text}", exit_code=code or 1)
     raise RankFailed(f"the run failed on {world_size} ranks without an error message", exit_code=1)

@@ -304,8 +304,17 @@ def locate(model: str, *, model_path: str | os.PathLike[str] | None = None,
         model_path = model
     if model_path is not None:
         folder = Path(model_path).expanduser()
-        _read_model_index(folder)
+        found = _read_model_index(folder)["_class_name"]
+        if model in REGISTRY and found != get_spec(model).pipeline_class_name:
+            raise UserError(f"--model-path {model_path} holds a {found}, but model '{model}' is a "
+                            f"{get_spec(model).pipeline_class_name}; pass that model's folder, or drop --model (the "
+                            "folder then names the model)")
         return Location(source=str(folder), where=str(folder), class_name=None, folder=str(folder))
+    if model not in REGISTRY and (os.sep in model or model.startswith("~")):
+        # a profile of a folder records the folder's path as its model: the folder has moved or gone
+        what = "has no model_index.json" if Path(model).expanduser().is_dir() else "does not exist"
+        raise UserError(f"model folder {model} (the folder the profile was made from) {what}: moved or deleted? "
+                        "pass --model-path DIR with the same pipeline")
 
     spec = get_spec(model)
     if spec.source == "package":

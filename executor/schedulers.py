@@ -202,6 +202,30 @@ def check_scheduler_supported(scheduler) -> None:
     raise UserError(f"scheduler {name} is not supported by parastep: {why}; use {alternative}")
 
 
+def check_folder_scheduler(folder) -> None:
+    """``check_scheduler_supported`` on a pipeline folder's saved scheduler, before any weights load
+    (built from its ``scheduler/scheduler_config.json``: cheap). Silent where the folder has no such
+    config or names a class diffusers does not have: the check after loading covers those."""
+    import json
+    from pathlib import Path
+
+    config = Path(folder) / "scheduler" / "scheduler_config.json"
+    try:
+        data = json.loads(config.read_text())
+    except (OSError, ValueError):
+        return
+    import diffusers
+
+    cls = getattr(diffusers, str(data.get("_class_name")), None) if isinstance(data, dict) else None
+    if cls is None or not hasattr(cls, "from_config"):
+        return
+    try:
+        scheduler = cls.from_config(data)
+    except Exception:  # noqa: BLE001 - an odd config: leave it to the check after loading
+        return
+    check_scheduler_supported(scheduler)
+
+
 _NOISING_ONLY = frozenset({"low_res_scheduler", "image_noising_scheduler"})
 
 

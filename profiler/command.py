@@ -29,6 +29,7 @@ import sys
 from pathlib import Path
 
 from ..errors import UserError
+from ..outputs import check_out_file
 
 DIGIT_PROMPTS = tuple(str(d) for d in range(10))
 TEXT_PROMPTS = ("a photo of an astronaut riding a horse on the moon", "a red sports car parked by the sea at sunset",
@@ -153,13 +154,17 @@ def run(args) -> int:
 
         preset(args.interconnect)                     # unknown name: one-line UserError
     out = Path(args.out)
-    if not out.parent.exists():
-        raise UserError(f"--out {out}: folder {out.parent} does not exist; create it or pass another path")
+    check_out_file(args.out)                          # before hours of measuring: a folder, no folder, not writable
+    if args.plot:
+        check_out_file(args.plot, flag="--plot")
     model = model_label(args)
     inputs, unknown = checked_inputs(args, model)       # flags the pipeline cannot take: one line, nothing loaded
     if args.steps is not None and args.steps < 2 and not getattr(args, "recalibrate", None):
         raise UserError(f"--steps {args.steps}: profiling needs at least 2 steps; pass --steps 2 or more")
     pipe = load_pipeline(model, model_path=args.model_path)
+    from ..executor.schedulers import check_pipeline_supported
+
+    check_pipeline_supported(pipe)    # what exec would refuse (second-order schedulers, several stages): before measuring
     if unknown:
         from dataclasses import replace
 

@@ -74,6 +74,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Mapping, Optional, Sequence
 
+from ..errors import UserError
 from ..executor.launch import cpu_threads
 from ..executor.schedulers import scheduler_state
 from ..profiles.model import (
@@ -290,8 +291,8 @@ def record_reference(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_
     with torch.no_grad(), _instance_override(sched, "step", factory), count_forwards(_denoiser(pipe)) as n:
         _call(pipe, prompts=prompts, seeds=seeds, num_steps=num_steps, call_kwargs=call_kwargs)
     if len(es) != num_steps:
-        raise RuntimeError(f"the pipeline made {len(es)} scheduler steps for num_inference_steps={num_steps}; "
-                           "profile a first-order scheduler")
+        raise UserError(f"the pipeline made {len(es)} scheduler steps for num_inference_steps={num_steps}; "
+                        "profile a first-order scheduler")
     step_fn = type(sched).step
     copies = latent_copies(xs + last_out + es, samples=len(prompts))
     return Trajectory(x=xs + last_out, e=es, states=states, bound=bounds, step_fn=step_fn, forwards=n[0], copies=copies)

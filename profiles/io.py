@@ -55,5 +55,12 @@ def write_profile(profile: Profile, path: str | Path) -> None:
     """Write atomically: a crash never leaves a half-written profile behind."""
     p = Path(path)
     tmp = p.with_name(p.name + ".tmp")
-    tmp.write_text(dump_profile(profile), encoding="utf-8")
-    tmp.replace(p)
+    try:
+        tmp.write_text(dump_profile(profile), encoding="utf-8")
+        tmp.replace(p)
+    except OSError as exc:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass
+        raise UserError(f"cannot write the profile to '{p}': {exc.strerror or exc}; pass a writable --out path") from None

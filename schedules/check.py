@@ -14,6 +14,7 @@ DESIGN §1 says, so it is not a violation).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
@@ -32,7 +33,13 @@ ViolationCode = Literal[
     "linear-too-early",    # a linear-predictor window starts before step 2
     "totals-forwards",     # declared forwards per rank differ from what the windows imply
     "totals-bytes",        # declared bytes exchanged differ from what the windows imply
+    "latency-speedup",     # latency.speedup is not sequential_s / predicted_s
+    "quality-counts",      # quality.per_sample disagrees with itself or with the quality totals
+    "quality-budget",      # the plan's recorded prediction breaks the bound it records
 ]
+
+# relative tolerance of the recorded floats' own arithmetic (they round-trip through YAML exactly)
+RECORD_REL_TOL = 1e-9
 
 
 CautionCode = Literal[
@@ -156,6 +163,47 @@ def violations(schedule: Schedule) -> list[Violation]:
         out.append(Violation("totals-forwards", f"totals.forwards_per_rank is {list(schedule.totals.forwards_per_rank)} but the windows imply {implied.forwards_per_rank}"))
     if schedule.totals.bytes_exchanged != implied.bytes_exchanged:
         out.append(Violation("totals-bytes", f"totals.bytes_exchanged is {schedule.totals.bytes_exchanged} but the windows imply {implied.bytes_exchanged}"))
+    return out + _record_violations(schedule)
+
+
+def _record_violations(schedule: Schedule) -> list[Violation]:
+    """The recorded numbers agree with each other (no profile needed): the speedup is the ratio of
+    the two latencies, the per-sample counts add up to the totals and to ``within``, at least
+    ``required`` samples are within, and a statement over every sample holds for the recorded mean."""
+    out: list[Violation] = []
+    lat = schedule.latency
+    if lat is not None:
+        expected = lat.sequential_s / lat.predicted_s if lat.predicted_s > 0 else 1.0
+        if not math.isclose(lat.speedup, expected, rel_tol=RECORD_REL_TOL):
+            out.append(Violation("latency-speedup", f"latency.speedup is {lat.speedup:.6g} but sequential_s / predicted_s = "
+                                                    f"{lat.sequential_s:.6g} / {lat.predicted_s:.6g} = {expected:.6g}"))
+    q = schedule.quality
+    if q is None:
+        return out
+    ps = q.per_sample
+    if ps is not None:
+        n = ps.samples
+        if len(ps.budget_units) != n or len(ps.predicted_units) != n or ps.required > n:
+            out.append(Violation("quality-counts", f"quality.per_sample: {n} samples but {len(ps.budget_units)} bounds, "
+                                                   f"{len(ps.predicted_units)} predictions and {ps.required} required"))
+            return out
+        within = sum(p <= b for p, b in zip(ps.predicted_units, ps.budget_units))
+        if ps.within != within:
+            out.append(Violation("quality-counts", f"quality.per_sample.within is {ps.within} but {within} of the recorded "
+                                                   "predicted_units are at or below their budget_units"))
+        if sum(ps.budget_units) != q.budget_units or sum(ps.predicted_units) != q.predicted_units:
+            out.append(Violation("quality-counts", f"quality.budget_units / predicted_units are {q.budget_units} / "
+                                                   f"{q.predicted_units} but the per-sample lists sum to {sum(ps.budget_units)} / "
+                                                   f"{sum(ps.predicted_units)}"))
+        if within < ps.required:
+            out.append(Violation("quality-budget", f"only {within} of {n} samples are predicted within their bound but "
+                                                   f"{ps.required} are required"))
+    elif q.predicted_units > q.budget_units:
+        out.append(Violation("quality-budget", f"quality.predicted_units {q.predicted_units} exceed budget_units {q.budget_units}"))
+    every = ps is None or ps.required == ps.samples
+    if every and q.predicted > q.budget * (1 + RECORD_REL_TOL):
+        out.append(Violation("quality-budget", f"quality.predicted {q.predicted:.6g} exceeds the budget {q.budget:.6g} that "
+                                               "every sample is bound by"))
     return out
 
 

@@ -325,8 +325,11 @@ def plot_timeline(result: SimulationResult, schedule: Schedule, path: str | Path
         fig.savefig(tmp, format="png")
         tmp.replace(out)
     except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise UserError(f"cannot write the timeline to '{out}': {exc.strerror}; pass a writable --plot path") from None
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:                   # no folder to remove it from (a file where a folder should be)
+            pass
+        raise UserError(f"cannot write the timeline to '{out}': {exc.strerror or exc}; pass a writable --plot path") from None
 
 
 # ---- command --------------------------------------------------------------------------------

@@ -43,14 +43,15 @@ def test_contracts_import_neither_torch_nor_ortools():
 
 
 # Which parastep packages each package may import (DESIGN §6). The contracts (schedules, profiles)
-# are one layer: the schedule's simulator prices with the profile's cost primitives.
+# are one layer: the schedule's simulator prices with the profile's cost primitives. ``errors`` and
+# ``outputs`` (output paths checked before work) are leaf modules with no heavy imports.
 ALLOWED = {
     "schedules": {"errors", "schedules", "profiles"},
     "profiles": {"errors", "profiles", "schedules"},
     "models": {"errors", "models"},
     "planner": {"errors", "schedules", "profiles", "planner"},
-    "executor": {"errors", "schedules", "profiles", "models", "executor"},
-    "profiler": {"errors", "schedules", "profiles", "models", "planner", "executor", "profiler"},
+    "executor": {"errors", "outputs", "schedules", "profiles", "models", "executor"},
+    "profiler": {"errors", "outputs", "schedules", "profiles", "models", "planner", "executor", "profiler"},
 }
 
 

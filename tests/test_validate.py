@@ -525,3 +525,55 @@ def test_validate_exit_code_does_not_depend_on_message_text(tmp_path, monkeypatc
     text = GOOD.replace("model: sdxl", "model: sdxl\ndoes not exist: 1")
     code, err = _validate_dict(tmp_path, {}, text=text)
     assert code == 1 and "does not exist" in err
+
+
+# ---- recorded numbers (audit 2026-12-01: tampered latency and quality passed as valid) ----------
+
+@pytest.fixture(scope="module")
+def planned() -> Schedule:
+    from parastep.planner.plan import plan_schedule
+    from parastep.profiles.io import resolve_profile
+
+    profile, sha = resolve_profile("digits")
+    return plan_schedule(profile, profile_sha256=sha, world_size=4).schedule
+
+
+def _tampered(schedule: Schedule, part: str, **changes) -> Schedule:
+    data = schedule.model_dump(mode="json")
+    section = data[part]
+    for key, value in changes.items():
+        if "." in key:
+            outer, inner = key.split(".")
+            section[outer][inner] = value
+        else:
+            section[key] = value
+    return Schedule.model_validate(data)
+
+
+@pytest.mark.parametrize("part,changes,code", [
+    ("latency", {"predicted_s": 0.01}, "latency-speedup"),
+    ("latency", {"speedup": 99.0}, "latency-speedup"),
+    ("quality", {"predicted": 5.0}, "quality-budget"),
+    ("quality", {"per_sample.within": 3}, "quality-counts"),
+    ("quality", {"budget_units": 1}, "quality-counts"),
+])
+def test_tampered_recorded_numbers_are_rejected(planned, part, changes, code):
+    assert violations(planned) == []
+    assert codes(_tampered(planned, part, **changes)) == {code}
+
+
+def test_a_plan_recorded_as_breaking_its_own_statement_is_rejected(planned):
+    ps = planned.quality.per_sample
+    over = [b + 1 for b in ps.budget_units]                       # every sample past its bound
+    bad = _tampered(planned, "quality", **{"per_sample.predicted_units": over, "per_sample.within": 0,
+                                           "predicted_units": sum(over)})
+    assert codes(bad) == {"quality-budget"}
+    msg = str(next(v for v in violations(bad) if v.code == "quality-budget"))
+    assert f"only 0 of {ps.samples} samples" in msg and f"{ps.required} are required" in msg
+
+
+def test_cli_reports_a_tampered_speedup_in_one_line(planned, tmp_path):
+    path = tmp_path / "s.yaml"
+    path.write_text(dump_schedule(_tampered(planned, "latency", speedup=99.0)))
+    code, out, err = run_cli(["validate", str(path)])
+    assert code == 1 and out == "" and "latency-speedup" in err and len(err.strip().splitlines()) == 1
