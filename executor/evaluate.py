@@ -209,6 +209,16 @@ def _check_image_file(path: str) -> None:
         raise UserError(f"--image {path}: cannot read it as an image ({type(exc).__name__}); pass a PNG or JPEG file") from None
 
 
+def image_size_px(path: str) -> tuple[int, int]:
+    """(height, width) of an image file: the size an image-to-image output takes (the pipelines
+    round it down to their VAE's multiple, the same way for the profile and for exec)."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        w, h = im.size
+    return int(h), int(w)
+
+
 def check_inputs(pipe_or_class, inputs: Inputs, *, folder=None) -> None:
     """Refuse, in one line naming the fix, flags the pipeline cannot take, from its ``__call__``
     signature (the class is enough: call it before loading anything). ``folder``: where class label
@@ -282,6 +292,13 @@ def settle_inputs(inputs: Inputs, recorded, *, what: str, fix: str) -> Inputs:
                             f"costs and quality were measured there); {keep}, or {fix} --height {inputs.height} "
                             f"--width {inputs.width}")
     elif have_res is not None:
+        if inputs.image is not None and getattr(recorded, "strength", None) is not None:
+            size = image_size_px(inputs.image)          # an image-to-image output takes the input's size
+            if size != tuple(have_res):
+                raise UserError(f"--image {inputs.image} is {size[0]}x{size[1]} px but the {what} was measured on a "
+                                f"{have_res[0]}x{have_res[1]} px image (the output takes the input's size; its costs and "
+                                f"quality were measured there); resize the image to {have_res[0]}x{have_res[1]}, or {fix} "
+                                f"--image {inputs.image}")
         want["height"], want["width"] = int(have_res[0]), int(have_res[1])
     for field, flag, mine, theirs, none, remeasure in (
             ("num_frames", "--num-frames", inputs.num_frames, getattr(recorded, "num_frames", None),

@@ -307,8 +307,8 @@ def locate(model: str, *, model_path: str | os.PathLike[str] | None = None,
         found = _read_model_index(folder)["_class_name"]
         if model in REGISTRY and found != get_spec(model).pipeline_class_name:
             raise UserError(f"--model-path {model_path} holds a {found}, but model '{model}' is a "
-                            f"{get_spec(model).pipeline_class_name}; pass that model's folder, or drop --model (the "
-                            "folder then names the model)")
+                            f"{get_spec(model).pipeline_class_name}; pass a folder of that model, or profile this folder "
+                            f"on its own (parastep profile --model-path {model_path}, no --model) and plan from that")
         return Location(source=str(folder), where=str(folder), class_name=None, folder=str(folder))
     if model not in REGISTRY and (os.sep in model or model.startswith("~")):
         # a profile of a folder records the folder's path as its model: the folder has moved or gone

@@ -72,6 +72,7 @@ class PlanRequest:
     options: object
     allow_split: bool = True
     try_fewer_gpus: bool = False
+    interconnect: Optional[str] = None    # --interconnect: recorded in the schedule (simulate prices as the plan did)
 
 
 def request_from_args(args) -> PlanRequest:
@@ -121,7 +122,7 @@ def request_from_args(args) -> PlanRequest:
     return PlanRequest(profile=profile, sha256=sha, world_size=G, max_window=J, budget=budget, coverage=coverage,
                        min_psnr_db=args.min_psnr, policy=args.policy, warmup=args.warmup, solver=args.solver, options=options,
                        allow_split=getattr(args, "cfg_split", "auto") != "off",
-                       try_fewer_gpus=bool(getattr(args, "try_fewer_gpus", False)))
+                       try_fewer_gpus=bool(getattr(args, "try_fewer_gpus", False)), interconnect=args.interconnect)
 
 
 def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_factor: Optional[float] = None):
@@ -135,11 +136,15 @@ def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_f
     from .plan import plan_schedule, world_size_candidates
 
     def one(world_size: int):
-        return plan_schedule(req.profile, profile_sha256=req.sha256, world_size=world_size, max_window=req.max_window,
-                             budget=req.budget if budget is None else budget, coverage=req.coverage, min_psnr_db=req.min_psnr_db,
-                             policy=req.policy, warmup=req.warmup, solver=req.solver, options=req.options,
-                             fixed_bound_factor=fixed_bound_factor, allow_split=req.allow_split,
-                             fixed_world_size=req.world_size if req.policy == "optimal" else None)
+        res = plan_schedule(req.profile, profile_sha256=req.sha256, world_size=world_size, max_window=req.max_window,
+                            budget=req.budget if budget is None else budget, coverage=req.coverage, min_psnr_db=req.min_psnr_db,
+                            policy=req.policy, warmup=req.warmup, solver=req.solver, options=req.options,
+                            fixed_bound_factor=fixed_bound_factor, allow_split=req.allow_split,
+                            fixed_world_size=req.world_size if req.policy == "optimal" else None)
+        if req.interconnect is None:
+            return res
+        s = res.schedule
+        return replace(res, schedule=s.model_copy(update={"profile": s.profile.model_copy(update={"interconnect": req.interconnect})}))
 
     if not req.try_fewer_gpus or req.policy != "optimal":
         return one(req.world_size)

@@ -198,6 +198,9 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         raise UserError(f"--warmup {warmup} must be in 1..{T - 1} for {T} steps; pass a smaller --warmup")
     if coverage is not None and not 0 < coverage <= 1:
         raise UserError(f"--coverage {coverage} must be in (0, 1]; pass e.g. --coverage 0.9")
+    if warmup is not None and policy == "optimal" and budget is not None:
+        raise UserError("--warmup sets the fixed plan (--policy fixed) and the default statement's bounds; with "
+                        "--budget/--min-psnr it changes nothing: drop --warmup")
     if policy == "fixed" and fixed_world_size not in (None, G):
         raise ValueError("the fixed policy plans its own world size: fixed_world_size applies to the optimal policy")
     fixed = fixed_windows(profile, world_size=fixed_world_size or G, max_window=J, warmup=W)

@@ -30,6 +30,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..outputs import check_out_file
+from .measure import sample_conditions
 
 DIGIT_PROMPTS = tuple(str(d) for d in range(10))
 TEXT_PROMPTS = ("a photo of an astronaut riding a horse on the moon", "a red sports car parked by the sea at sunset",
@@ -101,13 +102,15 @@ def generation(pipe, inputs, *, kwargs: dict, resolution, num_steps: int):
     img2img with strength S about S of them); returns the (resolution, frames) to record: the
     given ones, else the pipeline signature's integer defaults (Latte: 512 px, 16 frames)."""
     from ..executor.command import inference_steps_for
-    from ..executor.evaluate import call_params, frames_param, generation_kwargs
+    from ..executor.evaluate import call_params, frames_param, generation_kwargs, image_size_px
 
     kwargs.update(generation_kwargs(pipe, inputs))
     kwargs["num_inference_steps"] = inference_steps_for(pipe.scheduler, num_steps, strength=inputs.strength)
     params = call_params(pipe)
     if inputs.resolution_px is not None:
         resolution = inputs.resolution_px
+    elif inputs.image is not None and not ("height" in params and "width" in params):
+        resolution = image_size_px(inputs.image)          # an image-to-image output takes its input's size
     elif resolution is None and "height" in params and "width" in params:
         h, w = params["height"].default, params["width"].default
         if type(h) is int and type(w) is int:
@@ -117,17 +120,6 @@ def generation(pipe, inputs, *, kwargs: dict, resolution, num_steps: int):
     if frames is None and fp is not None and type(params[fp].default) is int:
         frames = params[fp].default
     return (None if resolution is None else tuple(resolution)), frames
-
-
-def sample_conditions(pipe, prompts) -> tuple:
-    """A profile's sample prompts as ``pipe`` is called with them: an unconditional pipeline's
-    samples record the text 'None' and are called with no condition; others as recorded (text
-    prompts, or class labels by index or name)."""
-    from ..executor.evaluate import takes_class_labels, takes_prompt
-
-    if not takes_prompt(pipe) and not takes_class_labels(pipe):
-        return tuple(None for _ in prompts)
-    return tuple(prompts)
 
 
 def identified(profile, pipe, *, model: str, model_path):
@@ -149,6 +141,14 @@ def run(args) -> int:
         raise UserError(f"--verify {args.verify} is too few runs to fit and check a calibration; pass --verify 6 or more (80+ for a solid fit)")
     if args.correct is not None and args.verify is None and not getattr(args, "recalibrate", None):
         raise UserError("--correct ROUNDS needs a calibration to correct against; add --verify N (e.g. --verify 45)")
+    if getattr(args, "retime", False) and not getattr(args, "recalibrate", None):
+        raise UserError("--retime re-measures an existing profile's costs: add --recalibrate PROFILE (or drop --retime "
+                        "for a new profile, which measures them anyway)")
+    if getattr(args, "recalibrate", None):
+        fixed = [f for f, v in (("--steps", args.steps), ("--max-window", args.max_window)) if v is not None]
+        if fixed:
+            raise UserError(f"{' and '.join(fixed)} cannot change with --recalibrate (the profile's tables are kept); "
+                            f"drop {' and '.join(fixed)}, or profile anew")
     if args.interconnect is not None:
         from ..profiles.interconnects import preset
 
@@ -330,10 +330,17 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> "object":
         raise UserError(f"profile '{profile.name}' has no per-sample quality model (output_errors) to calibrate; re-profile it")
     sha = profile_sha256(dump_profile(profile))
     sizes = verification_world_sizes(settings.gpus)
+    for g in sizes:
+        try:
+            profile.comm_entry(g)
+        except ValueError:
+            raise UserError(f"profile '{profile.name}' has no exchange costs for {g} ranks, and its calibration plans on "
+                            f"{', '.join(map(str, sizes))} ranks; add --retime --gpus {max(sizes)} (with --interconnect NAME for "
+                            "ranks beyond this machine), or profile anew with --gpus 2 or more") from None
     schedules = sample_schedules(profile, sha, count=count, world_sizes=sizes, seed=0)
     say(f"verify: {len(schedules)} distinct plans for world sizes {list(sizes)}")
     samples = profile.output_errors.samples
-    prompts, seeds = [s.prompt for s in samples], [s.seed for s in samples]
+    prompts, seeds = list(sample_conditions(pipe, [s.prompt for s in samples])), [s.seed for s in samples]
     with cpu_threads(pipe, settings.threads):
         runs = verify(pipe, profile, schedules, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say)
     try:

@@ -194,6 +194,17 @@ def _first(out):
     return out[0]
 
 
+def sample_conditions(pipe, prompts) -> tuple:
+    """A profile's sample prompts as ``pipe`` is called with them: an unconditional pipeline's
+    samples record the text 'None' and are called with no condition; others as recorded (text
+    prompts, or class labels by index or name)."""
+    from ..executor.evaluate import takes_class_labels, takes_prompt
+
+    if not takes_prompt(pipe) and not takes_class_labels(pipe):
+        return tuple(None for _ in prompts)
+    return tuple(prompts)
+
+
 def _denoiser(pipe):
     from ..executor.hooks import denoiser_of   # the executor's lookup (imports torch: lazily)
 

@@ -132,6 +132,8 @@ class ProfileRef(_Strict):
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
     prior_parts: list[str] = Field(default_factory=list, description="profile parts that are priors, not measurements")
+    interconnect: Optional[str] = Field(default=None, description="the interconnect preset (plan --interconnect) that "
+                                                                  "priced exchanges instead of the profile's own costs")
 
 
 class SampleQuality(_Strict):

@@ -362,10 +362,15 @@ def _profile_for(schedule: Schedule, args) -> Profile:
         # a prior profile is step-count independent where simulate looks (compute and comm)
         print(f"parastep: note: {where} describes {profile.num_steps} steps; its prior tables are re-derivable, and its "
               f"compute/comm costs do not depend on the step count, so they are used for {schedule.num_steps} steps", file=sys.stderr)
-    if args.interconnect is not None:
+    name = args.interconnect
+    if name is None and schedule.profile is not None and schedule.profile.interconnect is not None:
+        name = schedule.profile.interconnect
+        print(f"parastep: note: exchanges priced by interconnect preset '{name}', as the plan was (plan --interconnect); "
+              "pass --interconnect NAME for another", file=sys.stderr)
+    if name is not None:
         from ..profiles.interconnects import comm_for
 
-        profile = profile.model_copy(update={"comm": comm_for(args.interconnect, world_size=schedule.world_size)})
+        profile = profile.model_copy(update={"comm": comm_for(name, world_size=schedule.world_size)})
     return profile
 
 
@@ -396,6 +401,10 @@ def simulate_command(args) -> int:
     from .io import load_schedule
 
     schedule = load_schedule(args.schedule)
+    if args.plot:
+        from ..outputs import check_out_file
+
+        check_out_file(args.plot, flag="--plot")     # before the report: a run that fails prints nothing
     profile = _profile_for(schedule, args)
     result = simulate(schedule, profile)
     sys.stdout.write(format_report(result, schedule, profile, source=str(args.schedule)))

@@ -103,6 +103,12 @@ def test_unconditional_ddim_end_to_end_and_refusals(folders, ddim_profile, tmp_p
     assert not (tmp_path / "p.yaml").exists()
     _ok(["profile", "--model-path", folders["ddim"], "--recalibrate", ddim_profile, "--retime", "--gpus", 1,
          "--out", tmp_path / "re.yaml"])          # its samples' prompt is the text 'None': called with no prompt
+    # the calibration runs the samples unconditioned too (it passed the text 'None' as a prompt: refused)
+    _refused(["profile", "--model-path", folders["ddim"], "--recalibrate", ddim_profile, "--verify", 6, "--gpus", 2,
+              "--out", tmp_path / "cal.yaml"], needle="has no exchange costs for 2 ranks")       # profiled on 1 GPU
+    _ok(["profile", "--model-path", folders["ddim"], "--steps", 8, "--gpus", 2, "--max-window", 2, "--verify", 6,
+         "--out", tmp_path / "cal.yaml"])
+    assert load_profile(tmp_path / "cal.yaml")[0].calibration is not None
 
 
 # ---- class labels -------------------------------------------------------------------------------
@@ -149,6 +155,12 @@ def test_img2img_image_and_strength(folders, tmp_path):
                     "--image", folders["image"], "--strength", 0.5)
     p, _ = load_profile(prof)
     assert (p.num_steps, p.strength) == (3, 0.5)          # --steps: the steps run (the call asked for 6)
+    from PIL import Image
+
+    with Image.open(folders["image"]) as im:
+        w, h = im.size
+        im.resize((w + 16, h)).save(tmp_path / "wider.png")
+    assert tuple(p.resolution_px) == (h, w)               # the output takes the input image's size
     sched = _plan(prof, tmp_path / "s.yaml", "--gpus", 1)
     assert load_schedule(sched).strength == 0.5
     _ok(["exec", sched, "--image", folders["image"], "--prompt", "a cat", "--out", tmp_path / "run", "--reference"])
@@ -159,6 +171,9 @@ def test_img2img_image_and_strength(folders, tmp_path):
              needle="--strength 0.7 differs from the schedule's 0.5 (its steps were planned for it); pass --strength 0.5, "
                     "or re-profile and re-plan with --image IMAGE --strength 0.7", out_dir=out)
     _refused(["exec", sched, "--out", out], needle="is image-to-image: pass --image PATH", out_dir=out)
+    for command in ("exec", "evaluate"):
+        _refused([command, sched, "--image", tmp_path / "wider.png", "--prompt", "a cat", "--out", out],
+                 needle=f"is {h}x{w + 16} px but the schedule was measured on a {h}x{w} px image", out_dir=out)
     _refused(["exec", sched, "--image", tmp_path / "missing.png", "--out", out], needle="no such file", out_dir=out)
     _refused(["exec", sched, "--image", prof, "--out", out], needle="cannot read it as an image", out_dir=out)
     _refused(["exec", sched, "--image", folders["image"], "--strength", 0, "--out", out], needle="a strength in (0, 1]",

@@ -125,7 +125,15 @@ def test_simulate_plot_under_a_file_is_one_line(tmp_path):
     code, _, err = run_cli(["simulate", str(sched), "--plot", str(tmp_path / "ok.png")])
     assert code == 0 and (tmp_path / "ok.png").stat().st_size > 0, err
     (tmp_path / "afile").write_text("x")
-    _refused(["simulate", sched, "--plot", tmp_path / "afile" / "t.png"], needle="cannot write the timeline")
+    _refused(["simulate", sched, "--plot", tmp_path / "afile" / "t.png"], needle="is a file, not a folder")
+    # the writer's own handler (a path that turns bad after the check) is one line too, not a crash in it
+    from parastep.profiles.io import resolve_profile
+    from parastep.schedules.io import load_schedule
+    from parastep.schedules.simulate import plot_timeline, simulate
+
+    schedule = load_schedule(sched)
+    with pytest.raises(UserError, match="cannot write the timeline"):
+        plot_timeline(simulate(schedule, resolve_profile("digits")[0]), schedule, tmp_path / "afile" / "t.png")
 
 
 def test_exec_and_evaluate_refuse_an_unwritable_out_before_any_work(tmp_path):
@@ -158,3 +166,43 @@ def test_a_reused_evaluate_folder_holds_only_the_new_run(tmp_path):
 ])
 def test_flag_ranges(argv, needle):
     _refused(argv, needle=needle)
+
+
+# ---- second audit (2026-12-01) -------------------------------------------------------------------
+
+def test_flags_that_would_be_ignored_are_refused(tmp_path):
+    _refused(["profile", "--model", "digits", "--retime", "--out", tmp_path / "p.yaml"], needle="add --recalibrate PROFILE")
+    _refused(["profile", "--model", "digits", "--recalibrate", "x.yaml", "--verify", 6, "--steps", 4, "--out", tmp_path / "p.yaml"],
+             needle="--steps cannot change with --recalibrate")
+    _refused(["plan", "--model", "digits", "--gpus", 4, "--budget", 0.1, "--warmup", 3], needle="drop --warmup")
+    _refused(["plan", "--model", "digits", "--gpus", 4, "--min-psnr", 35, "--warmup", 20], needle="drop --warmup")
+    assert not any(tmp_path.iterdir())
+
+
+def test_simulate_prices_a_plan_with_the_interconnect_it_was_planned_with(tmp_path):
+    """plan --interconnect is recorded in the schedule, so simulate agrees with the plan's own
+    latency (it priced with the profile's own exchange costs before: 0.0953 s against 0.0987 s)."""
+    from parastep.schedules.io import load_schedule
+
+    code, text, err = run_cli(["plan", "--model", "digits", "--gpus", "8", "--interconnect", "ethernet-1g"])
+    assert code == 0, err
+    path = tmp_path / "e.yaml"
+    path.write_text(text)
+    s = load_schedule(path)
+    assert s.profile.interconnect == "ethernet-1g"
+    code, out, err = run_cli(["simulate", str(path)])
+    assert code == 0 and "interconnect preset 'ethernet-1g', as the plan was" in err, err
+    simulated = float(next(ln for ln in out.splitlines() if ln.startswith("latency_s")).split()[1])
+    assert simulated == pytest.approx(s.latency.predicted_s, rel=1e-5)
+    code, out, _ = run_cli(["simulate", str(path), "--interconnect", "nvlink"])     # an explicit preset still wins
+    assert code == 0
+    assert float(next(ln for ln in out.splitlines() if ln.startswith("latency_s")).split()[1]) < s.latency.predicted_s
+    code, text, _ = run_cli(["plan", "--model", "digits", "--gpus", "8"])
+    path.write_text(text)
+    assert load_schedule(path).profile.interconnect is None
+
+
+def test_simulate_checks_the_plot_path_before_printing(tmp_path):
+    sched = _digits_schedule(tmp_path, steps=50)
+    code, out, err = run_cli(["simulate", str(sched), "--plot", str(tmp_path / "missing" / "t.png")])
+    assert code == 2 and out == "" and "does not exist" in err
