@@ -99,8 +99,11 @@ def call_kwargs(pipe, schedule: Schedule, *, inputs: Inputs, seed: int, output_t
     params = call_params(pipe)
     conditions = list(inputs.conditions) if inputs.conditions else \
         ([default_prompt(pipe)] if takes_prompt(pipe) else default_prompts(pipe)[:1])
+    # one generator per sample, all from ``seed`` (as evaluate and the profiler seed theirs): image i
+    # is then the sample (condition i, seed), whatever else is in the batch
     kw: dict[str, Any] = {"num_inference_steps": num_inference_steps,
-                          "generator": seeded_generator(seed)}
+                          "generator": seeded_generator(seed) if len(conditions) == 1 else
+                          [seeded_generator(seed) for _ in conditions]}
     kw.update(conditioning_kwargs(pipe, conditions, batch=len(conditions)))
     kw.update(generation_kwargs(pipe, inputs))
     if "image" in kw and len(conditions) > 1:          # one input image for every prompt

@@ -73,16 +73,27 @@ def _write_outputs(folder: Path, out, ref) -> tuple[list[str], "int | None"]:
     return per_sample, frames
 
 
+def _once(values, flag: str) -> list:
+    """``values`` with repeats dropped (a repeated sample would count twice in the aggregates), and a
+    note naming them."""
+    kept = list(dict.fromkeys(values))
+    if len(kept) < len(values):
+        repeated = [v for v in kept if list(values).count(v) > 1]
+        print(f"parastep: note: repeated {flag} {', '.join(map(str, repeated))} counted once", file=sys.stderr)
+    return kept
+
+
 def run(args) -> int:
     schedule = load_schedule(args.schedule)
     problems = violations(schedule)
     if problems:
         raise UserError(f"{args.schedule}: invalid schedule: {problems[0]}; run 'parastep validate {args.schedule}'")
     check_out_dir(args.out)
-    seeds = list(dict.fromkeys(args.seed)) if args.seed else None
+    seeds = _once(args.seed, "--seed") if args.seed else None
     loc = check_model(schedule, args.model_path)   # unknown, missing or another model: one line, nothing loaded
     inputs, unknown = settled_inputs(schedule, args, loc)   # flags the pipeline cannot take: one line, nothing loaded
-    prompts = list(inputs.conditions) if inputs.conditions else None
+    label = "class label" if inputs.class_labels else "prompt"
+    prompts = _once(inputs.conditions, f"--{label.replace(' ', '-')}") if inputs.conditions else None
 
     import torch
 
@@ -129,7 +140,7 @@ def run(args) -> int:
         return f"{k} {what}{'' if k == 1 else 's'}"
 
     unit = n(len(records), "image") if frames is None else f"{n(len(records), 'video')} of {frames} frames"
-    print(f"parastep: {unit} ({n(len(prompts), 'prompt')} x {n(len(seeds), 'seed')}{note}): "
+    print(f"parastep: {unit} ({n(len(prompts), label)} x {n(len(seeds), 'seed')}{note}): "
           f"PSNR mean {a['mean']:.1f} / p10 {a['p10']:.1f} / min {a['min']:.1f} dB, "
           f"SSIM mean {quality['ssim']['mean']:.4f} vs sequential{' (over every frame)' if frames else ''}; "
           f"wrote {out} and the outputs beside it", file=sys.stderr)

@@ -160,24 +160,36 @@ def test_bad_input_is_one_line_exit_2_nothing_written(tmp_path, monkeypatch):
 
 @pytest.mark.distributed
 def test_evaluate_equals_a_two_rank_exec(tmp_path):
-    """One device emulating every rank gives what 2 spawned ranks give: the same PSNR and SSIM."""
+    """One device emulating every rank gives what 2 spawned ranks give, image for image: with two
+    prompts, exec's image i is the sample (prompt i, seed) that evaluate scores (exec drew the whole
+    batch from one generator before, so its second image was another sample: 14.7 dB off)."""
+    import math
     import os
     import subprocess
     import sys
 
+    import numpy as np
+    from PIL import Image
+
     path = _write(tmp_path, PARALLEL, "par.yaml")
     env = {k: v for k, v in os.environ.items() if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "PARASTEP_TEST_EXIT_AT")}
     res = subprocess.run([sys.executable, "-m", "parastep.cli", "exec", str(path), "--reference", "--prompt", "4",
-                          "--seed", "11", "--out", str(tmp_path / "x")], cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=240)
+                          "--prompt", "9", "--seed", "11", "--out", str(tmp_path / "x")], cwd=tmp_path, env=env,
+                         capture_output=True, text=True, timeout=240)
     assert res.returncode == 0, res.stderr[-3000:]
     ref = json.loads((tmp_path / "x" / "report.json").read_text())["reference"]
-    code, _, err = run_cli(["evaluate", str(path), "--prompt", "4", "--seed", "11", "--out", str(tmp_path / "q")])
+    code, _, err = run_cli(["evaluate", str(path), "--prompt", "4", "--prompt", "9", "--seed", "11", "--out", str(tmp_path / "q")])
     assert code == 0, err
-    assert "1 image (1 prompt x 1 seed)" in err
-    image = json.loads((tmp_path / "q" / "quality.json").read_text())["images"][0]
-    assert image["psnr_db"] == pytest.approx(ref["psnr_db"], abs=1e-9)
-    assert image["ssim"] == pytest.approx(ref["ssim"], abs=1e-9)
+    assert "2 images (2 prompts x 1 seed)" in err
+    images = json.loads((tmp_path / "q" / "quality.json").read_text())["images"]
+    assert [(im["prompt"], im["seed"]) for im in images] == [("4", 11), ("9", 11)]
+    for k in range(2):
+        a = np.asarray(Image.open(tmp_path / "x" / f"image_{k:03d}.png"))
+        b = np.asarray(Image.open(tmp_path / "q" / f"image_{k:03d}.png"))
+        assert np.array_equal(a, b), k
+    # exec's reference PSNR is over the whole batch: the mean of the per-image squared errors
+    batch_db = -10 * math.log10(sum(10 ** (-im["psnr_db"] / 10) for im in images) / len(images))
+    assert batch_db == pytest.approx(ref["psnr_db"], abs=1e-6)
 
 
 class _FakeGpuPipe:

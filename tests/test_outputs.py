@@ -206,3 +206,16 @@ def test_simulate_checks_the_plot_path_before_printing(tmp_path):
     sched = _digits_schedule(tmp_path, steps=50)
     code, out, err = run_cli(["simulate", str(sched), "--plot", str(tmp_path / "missing" / "t.png")])
     assert code == 2 and out == "" and "does not exist" in err
+
+
+def test_evaluate_counts_a_repeated_sample_once_and_says_so(tmp_path):
+    """Repeated seeds were dropped silently and repeated prompts kept (counted twice in the mean)."""
+    sched = _digits_schedule(tmp_path)
+    out = tmp_path / "dup"
+    code, _, err = run_cli(["evaluate", str(sched), "--prompt", "3", "--prompt", "3", "--prompt", "7", "--seed", "5",
+                            "--seed", "5", "--seed", "6", "--out", str(out)])
+    assert code == 0, err
+    assert "repeated --prompt 3 counted once" in err and "repeated --seed 5 counted once" in err
+    assert "4 images (2 prompts x 2 seeds" in err
+    q = json.loads((out / "quality.json").read_text())
+    assert [(im["prompt"], im["seed"]) for im in q["images"]] == [("3", 5), ("7", 5), ("3", 6), ("7", 6)]
