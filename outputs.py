@@ -80,16 +80,14 @@ def check_out_dir(out: str, *, flag: str = "--out") -> None:
     """Refuse, in one line, an output folder that is a file (or under one), or that could not be
     created or written."""
     path = Path(out)
-    existing = Path(".")
-    for p in (path, *path.parents):
+    for p in (path, *path.parents):       # ends at '.' or '/', which exist
         kind = _kind(p)
         if kind == "file":
             raise UserError(f"{flag} {out}: {p} is an existing file, not a folder; choose another {flag} folder")
         if kind == "dir":
-            existing = p
-            break
-    _check_names(path, existing, flag=flag, out=out)
-    _probe(existing, flag=flag, out=out)
+            _check_names(path, p, flag=flag, out=out)
+            _probe(p, flag=flag, out=out)
+            return
 
 
 # what exec and evaluate write (executor.media.write_media, report.json, quality.json, sequential/)

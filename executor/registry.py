@@ -305,9 +305,10 @@ def locate(model: str, *, model_path: str | os.PathLike[str] | None = None,
     if model_path is not None:
         folder = Path(model_path).expanduser()
         found = _read_model_index(folder)["_class_name"]
-        if model in REGISTRY and found != get_spec(model).pipeline_class_name:
+        named = get_spec(model).pipeline_class_name if model in REGISTRY else found
+        if found != named:
             raise UserError(f"--model-path {model_path} holds a {found}, but model '{model}' is a "
-                            f"{get_spec(model).pipeline_class_name}; pass a folder of that model, or profile this folder "
+                            f"{named}; pass a folder of that model, or profile this folder "
                             f"on its own (parastep profile --model-path {model_path}, no --model) and plan from that")
         return Location(source=str(folder), where=str(folder), class_name=None, folder=str(folder))
     if model not in REGISTRY and (os.sep in model or model.startswith("~")):

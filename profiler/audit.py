@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..profiles.model import Profile
 from ..schedules.model import ExactWindow, ParallelWindow, ReuseWindow
-from .measure import Trajectory, _call, _torch, record_reference, rms_per_sample, sample_conditions
+from .measure import Trajectory, _call, _torch, record_reference, rms_per_sample, calibration_samples
 
 WindowKey = tuple  # (kind, predictor, start, size)
 
@@ -102,8 +102,7 @@ def audit_windows(pipe, profile: Profile, profile_sha256: str, *, call_kwargs: M
     from ..planner.plan import plan_schedule
 
     say = say or (lambda msg: None)
-    samples = profile.output_errors.samples
-    prompts, seeds = list(sample_conditions(pipe, [s.prompt for s in samples])), [s.seed for s in samples]
+    prompts, seeds = calibration_samples(pipe, profile)
     T = profile.num_steps
     t0 = time.perf_counter()
     traj = record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=call_kwargs)

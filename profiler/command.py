@@ -30,7 +30,7 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..outputs import check_out_file
-from .measure import sample_conditions
+from .measure import calibration_samples, sample_conditions
 
 DIGIT_PROMPTS = tuple(str(d) for d in range(10))
 TEXT_PROMPTS = ("a photo of an astronaut riding a horse on the moon", "a red sports car parked by the sea at sunset",
@@ -282,8 +282,7 @@ def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
     if profile.strength is not None:
         raise UserError(f"--correct runs the pipeline without an input image: profile '{profile.name}' is image-to-image; "
                         "profile it without --correct")
-    samples = profile.output_errors.samples
-    prompts, seeds = sample_conditions(pipe, [s.prompt for s in samples]), [s.seed for s in samples]
+    prompts, seeds = calibration_samples(pipe, profile)
     T = profile.num_steps
     sizes = verification_world_sizes(settings.gpus)
     sha = profile_sha256(dump_profile(profile))
@@ -339,8 +338,7 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> "object":
                             "ranks beyond this machine), or profile anew with --gpus 2 or more") from None
     schedules = sample_schedules(profile, sha, count=count, world_sizes=sizes, seed=0)
     say(f"verify: {len(schedules)} distinct plans for world sizes {list(sizes)}")
-    samples = profile.output_errors.samples
-    prompts, seeds = list(sample_conditions(pipe, [s.prompt for s in samples])), [s.seed for s in samples]
+    prompts, seeds = calibration_samples(pipe, profile)
     with cpu_threads(pipe, settings.threads):
         runs = verify(pipe, profile, schedules, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say)
     try:

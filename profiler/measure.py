@@ -205,6 +205,13 @@ def sample_conditions(pipe, prompts) -> tuple:
     return tuple(prompts)
 
 
+def calibration_samples(pipe, profile) -> tuple[list, list[int]]:
+    """(conditions, seeds) of a profile's calibration samples, as ``pipe`` is called with them (one
+    definition for calibration, corrections and the window audit)."""
+    samples = profile.output_errors.samples
+    return list(sample_conditions(pipe, [s.prompt for s in samples])), [s.seed for s in samples]
+
+
 def _denoiser(pipe):
     from ..executor.hooks import denoiser_of   # the executor's lookup (imports torch: lazily)
 

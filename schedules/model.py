@@ -242,6 +242,11 @@ class Schedule(_Strict):
             raise ValueError("must be the integer 1, not a boolean")
         return value
 
+    @property
+    def swap_bytes(self) -> int:
+        """Bytes of one raw CFG half (what each rank of a split pair sends its partner)."""
+        return self.raw_half_bytes if self.raw_half_bytes is not None else self.output_bytes
+
     def window_bounds(self) -> list[tuple[int, int]]:
         """(start, stop) of every window, stop implied by the next start (may be inconsistent: see check)."""
         starts = [w.start for w in self.windows]

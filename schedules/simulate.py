@@ -352,9 +352,9 @@ def _profile_for(schedule: Schedule, args) -> Profile:
     if profile.output_bytes != schedule.output_bytes:
         raise UserError(f"{where} has output_bytes={profile.output_bytes} but the schedule has {schedule.output_bytes} "
                         f"(another resolution or dtype?); pass the matching --profile")
-    if profile.swap_bytes != (schedule.raw_half_bytes or schedule.output_bytes):
+    if profile.swap_bytes != schedule.swap_bytes:
         raise UserError(f"{where} prices a CFG half swap of {profile.swap_bytes} bytes but the schedule says "
-                        f"{schedule.raw_half_bytes or schedule.output_bytes} (raw_half_bytes); pass the matching --profile")
+                        f"{schedule.swap_bytes} (raw_half_bytes); pass the matching --profile")
     if profile.num_steps != schedule.num_steps:
         if profile.provenance.deviation.source == "measured":
             raise UserError(f"{where} was measured for {profile.num_steps} steps but the schedule has {schedule.num_steps}; "
