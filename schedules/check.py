@@ -18,6 +18,7 @@ import math
 from dataclasses import dataclass
 from typing import Literal, Optional, Sequence
 
+from ..profiles.interconnects import PRESETS
 from .model import ExactWindow, ParallelWindow, ReuseWindow, Schedule, Totals, Window, held_by_all
 
 ViolationCode = Literal[
@@ -28,6 +29,7 @@ ViolationCode = Literal[
     "rank-out-of-range",   # a placement or split names a rank >= world_size
     "split-same-rank",     # a CFG split pair names one rank twice
     "split-overlap",       # an exact window's split pairs share a rank
+    "unknown-interconnect",  # profile.interconnect names no interconnect preset
     "parallel-too-small",  # a parallel window has fewer than 2 offsets (DESIGN §1: w >= 2)
     "needs-e-ref",         # a parallel/reuse window starts at step 0
     "linear-too-early",    # a linear-predictor window starts before step 2
@@ -163,6 +165,11 @@ def violations(schedule: Schedule) -> list[Violation]:
         out.append(Violation("totals-forwards", f"totals.forwards_per_rank is {list(schedule.totals.forwards_per_rank)} but the windows imply {implied.forwards_per_rank}"))
     if schedule.totals.bytes_exchanged != implied.bytes_exchanged:
         out.append(Violation("totals-bytes", f"totals.bytes_exchanged is {schedule.totals.bytes_exchanged} but the windows imply {implied.bytes_exchanged}"))
+    named = schedule.profile.interconnect if schedule.profile is not None else None
+    if named is not None and named not in PRESETS:
+        out.append(Violation("unknown-interconnect", f"profile.interconnect is '{named}', not an interconnect preset; "
+                                                     f"use one of: {', '.join(PRESETS)} (or drop the field to price "
+                                                     "with the profile's own exchange costs)"))
     return out + _record_violations(schedule)
 
 

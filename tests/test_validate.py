@@ -577,3 +577,44 @@ def test_cli_reports_a_tampered_speedup_in_one_line(planned, tmp_path):
     path.write_text(dump_schedule(_tampered(planned, "latency", speedup=99.0)))
     code, out, err = run_cli(["validate", str(path)])
     assert code == 1 and out == "" and "latency-speedup" in err and len(err.strip().splitlines()) == 1
+
+
+# ---- bad placement entries and unknown interconnects: one line that names the entry ---------
+
+def _parallel_with_entry(entry) -> dict:
+    data = _example("mixed-4gpu.yaml")
+    for window in data["windows"]:
+        if window["kind"] == "parallel":
+            window["placement"] = [entry, *window["placement"][1:]]
+            return data
+    raise AssertionError("mixed-4gpu.yaml has no parallel window")
+
+
+BAD_ENTRIES = [[0, 1, 0], [0], [], [0, -1], [0, "1"], [0, 1.5], -1, 10**9, False, True, "0", 1.5, None, {"rank": 0}]
+
+
+@pytest.mark.parametrize("entry", BAD_ENTRIES, ids=repr)
+def test_a_bad_placement_entry_gets_one_line_naming_it(tmp_path, entry):
+    code, err = _validate_dict(tmp_path, _parallel_with_entry(entry))
+    assert code == 1 and len(err.strip().splitlines()) == 1, err
+    assert ".placement.0'" in err, err                          # the entry, not a pydantic branch
+    assert "constrained-int" not in err and "more problem" not in err, err
+    assert "a rank" in err and "a pair of ranks" in err and "[0, 1]" in err, err
+
+
+@FAST
+@given(design_schedules(), st.text(min_size=1, max_size=12))
+def test_an_interconnect_that_is_no_preset_is_rejected(schedule, name):
+    from parastep.profiles.interconnects import PRESETS
+    data = schedule.model_dump(mode="json")
+    data["profile"] = {"name": "p", "sha256": "0" * 64, "interconnect": name}
+    assert ("unknown-interconnect" in codes(Schedule.model_validate(data))) == (name not in PRESETS)
+    data["profile"]["interconnect"] = next(iter(PRESETS))
+    assert "unknown-interconnect" not in codes(Schedule.model_validate(data))
+
+
+def test_cli_refuses_interconnect_pcie(planned, tmp_path):
+    data = planned.model_dump(mode="json")
+    data["profile"]["interconnect"] = "pcie"
+    code, err = _validate_dict(tmp_path, data)
+    assert code == 1 and "unknown-interconnect" in err and "pcie4" in err, err
