@@ -23,46 +23,15 @@ REGENERATE = "regenerate it with 'parastep plan'"
 
 def _shown(value: Any) -> str:
     if isinstance(value, (dict, list, tuple)):
-        return type(value).__name__
+        text = json.dumps(value, default=repr)           # short containers as written, long ones by type
+        return text if len(text) <= 40 else type(value).__name__
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
 
 
-# pydantic's tags for the two branches of a placement entry (``model.PlacementEntry``): a rank, or a
-# pair of ranks. Its errors name both branches; the user needs one sentence about the entry.
-_ENTRY_BRANCHES = ("constrained-int", "list[constrained-int]")
-ENTRY_ALLOWED = ("a placement entry is a rank (an integer from 0 to world_size - 1) or a pair of ranks "
-                 "[rank_uncond, rank_cond] (a CFG split); write e.g. 0 or [0, 1]")
-
-
-def _entry_value(value: Any) -> str:
-    """An entry as the user wrote it (YAML-ish), cut short."""
-    text = json.dumps(value, default=repr) if isinstance(value, (list, dict, bool)) or value is None else repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
-
-
-def _entry_error(errors: list[dict]) -> str | None:
-    """One line for a bad placement entry, or None if the first error is not about one."""
-    loc = errors[0]["loc"]
-    at = next((i for i, part in enumerate(loc) if part in _ENTRY_BRANCHES), None)
-    if at is None:
-        return None
-    entry_loc = loc[:at]
-    same = [e for e in errors if e["loc"][:at] == entry_loc]
-    value = next((e.get("input") for e in same if e["loc"] == (*entry_loc, _ENTRY_BRANCHES[0])), errors[0].get("input"))
-    others = len(errors) - len(same)
-    more = f" (and {others} more problem(s))" if others else ""
-    where = ".".join(str(p) for p in entry_loc)
-    return f"field {_shown(where)}: {_entry_value(value)} is not a valid entry: {ENTRY_ALLOWED}{more}"
-
-
 def first_error(exc: ValidationError) -> str:
     """One line naming the field, the bad value and what was expected."""
-    errors = exc.errors()
-    entry = _entry_error(errors)
-    if entry is not None:
-        return entry
-    err = errors[0]
+    err = exc.errors()[0]
     loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
     more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
     return f"field {_shown(loc)}: {err['msg']} (got {_shown(err.get('input'))}){more}"

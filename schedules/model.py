@@ -21,7 +21,8 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, Strict, field_validator
+from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, WrapValidator, field_validator
+from pydantic_core import PydanticCustomError
 
 SCHEMA_VERSION = 1
 MAX_STEPS = 100_000          # denoising steps: far above any sampler in use (1000 is the usual top)
@@ -36,7 +37,19 @@ Rank = Annotated[int, Field(ge=0, le=MAX_WORLD_SIZE)]
 # a CFG split: [rank_uncond, rank_cond]. The two ranks each compute one half of the guided batch and
 # swap the raw halves, so the pipeline's own guidance combine runs unchanged (DESIGN §1, "CFG split")
 RankPair = Annotated[list[Rank], Field(min_length=2, max_length=2)]
-PlacementEntry = Union[Rank, RankPair]
+
+
+def _one_entry_error(value, handler):
+    """A bad entry fails both branches of the union; report it once, saying what an entry may be."""
+    try:
+        return handler(value)
+    except ValidationError:
+        raise PydanticCustomError("placement_entry", "not a valid placement entry: an entry is a rank (an integer "
+                                  "from 0 to world_size - 1) or a pair of ranks [rank_uncond, rank_cond] (a CFG "
+                                  "split); write e.g. 0 or [0, 1]") from None
+
+
+PlacementEntry = Annotated[Union[Rank, RankPair], WrapValidator(_one_entry_error)]
 
 
 def entry_ranks(entry: "int | list[int] | tuple[int, ...]") -> tuple[int, ...]:
