@@ -14,7 +14,7 @@ Which subclass says what went wrong, so callers never match message text:
   its kind (not UTF-8, too large, not YAML, a duplicate key, a wrong type).
   Exit 2 for most commands; ``validate`` reports it as an invalid schedule.
 - ``InvalidSchedule``: a schedule that parses but breaks an invariant of
-  DESIGN §1, or any content problem seen by ``validate``. Exit 1.
+  docs/design.md §1, or any content problem seen by ``validate``. Exit 1.
 """
 
 from __future__ import annotations
@@ -62,7 +62,7 @@ class MalformedInput(UserError):
 
 
 class InvalidSchedule(UserError):
-    """A schedule that parses but breaks an invariant of DESIGN §1 (``validate`` exits 1)."""
+    """A schedule that parses but breaks an invariant of docs/design.md §1 (``validate`` exits 1)."""
 
     def __init__(self, message: str) -> None:
         super().__init__(message, exit_code=1)

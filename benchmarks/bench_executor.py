@@ -1,4 +1,4 @@
-"""Executor benchmark (issue 3): 2 ranks x 1 thread vs the plain pipeline on 1 thread, on this CPU.
+"""Executor benchmark: 2 ranks x 1 thread vs the plain pipeline on 1 thread, on this CPU.
 
 Model: a StableDiffusionPipeline around a random-weight UNet2DConditionModel (block channels
 64/128, 32x32 latents, CFG batch 2) whose forward takes >= ~100 ms on one thread; prompts are
@@ -307,7 +307,7 @@ def main(argv=None) -> int:
     import torch
 
     lines = [
-        "# Executor benchmark (issue 3)",
+        "# Executor benchmark",
         "",
         f"`python benchmarks/bench_executor.py --steps {T} --repeats {args.repeats}` on {platform.machine()} "
         f"({os.cpu_count()} cores), torch {torch.__version__}, gloo, 1 thread per rank; {_dt.datetime.now(_dt.timezone.utc):%Y-%m-%d %H:%M} UTC. "

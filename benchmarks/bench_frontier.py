@@ -15,7 +15,7 @@ aggregated as the **mean** and the **10th percentile** (p10) over images. Series
 - ``default-w``: ``parastep plan --warmup W`` for W = 1..15, the default plan against the fixed plan
   with that warm-up (every calibration image predicted no worse than under it, predicted no
   slower): the planner's own answer to "beat the paper's plan with W warm-up steps".
-- ``split-default``, ``split-optimal``, ``split-min-psnr`` (issue 9): the same three with CFG split
+- ``split-default``, ``split-optimal``, ``split-min-psnr``: the same three with CFG split
   allowed (``--cfg-split auto``); the three above plan with ``--cfg-split off`` (the "before").
   Split plans are run as planned: the executor computes both CFG halves of a split offset in the one
   process, so their quality is what the ranks would produce.
@@ -24,7 +24,7 @@ aggregated as the **mean** and the **10th percentile** (p10) over images. Series
 ``--interconnect NAME`` prices every exchange (and the pair swap) with a preset instead of the
 profile's own comm part, as ``parastep plan --interconnect`` does.
 
-Checks (issue 7 items 3 and 7), printed and written to ``frontier.md``:
+Checks, printed and written to ``frontier.md``:
 - dominance: at every fixed point some optimal/default plan is at least as fast and no more than
   0.5 dB below on both mean and p10;
 - the best optimal speedup at >= the fixed point's mean and p10, as a ratio to the fixed speedup;
@@ -52,7 +52,7 @@ HELD_OUT_SEED0 = 5000
 MIN_PSNR_TARGETS = (30.0, 32.5, 35.0, 37.5, 40.0)
 TOLERANCE_DB = 0.5
 SERIES = ("fixed", "default", "default-w", "optimal", "min-psnr", "split-default", "split-optimal", "split-min-psnr", "lossless")
-# issue 9's goal at G = 8 (nvlink): predicted speedup >= 6 with held-out mean >= 35 dB and p10 >= 30 dB
+# the CFG-split goal at G = 8 (nvlink): predicted speedup >= 6 with held-out mean >= 35 dB and p10 >= 30 dB
 GOAL_MEAN_DB, GOAL_P10_DB, GOAL_SPEEDUP = 35.0, 30.0, 6.0
 
 
@@ -80,9 +80,9 @@ def main(argv=None) -> int:
 
     profile, sha = resolve_profile("digits", args.profile)
     if args.interconnect:
-        from parastep.planner.command import _with_interconnect
+        from parastep.profiles.interconnects import with_interconnect
 
-        profile = _with_interconnect(profile, name=args.interconnect, world_size=max(args.gpus))
+        profile = with_interconnect(profile, args.interconnect, world_size=max(args.gpus))
     pipe = load_pipeline("digits")
     pipe.set_progress_bar_config(disable=True)
     T = profile.num_steps

@@ -1,4 +1,4 @@
-"""GPU evidence for issue 9 item 6: forward time of an SDXL-sized UNet at batch 1, 2 and 4, and one scheduler step.
+"""GPU evidence for the SDXL profile's compute: forward time of an SDXL-sized UNet at batch 1, 2 and 4, and one scheduler step.
 
 What it measures (random weights, no download; standalone: needs only torch and diffusers):
 
@@ -18,9 +18,8 @@ It prints the summary and writes a JSON (``--out``, default ``gpu_unet.json``). 
 device): forward_s[k-1] = k x the batch-2 median (the executor runs a rank's offsets one after another),
 half_forward_s = the batch-1 median, step_s = the step median.
 
-Measured on one H200 (2026-11-30, three runs, JSONs in ``profiles/measurements/``): eager batch 2 53-88 ms
-(launch-bound: 42 ms replayed from a CUDA graph), batch 1 49-84 ms (26 ms), batch 4 77 ms; the script took 20-31 s
-in all (model built in 5-7 s, peak GPU memory 9.6 GiB). ``--cuda-graph`` adds each batch size replayed from a
+The shipped runs (one H200, JSONs in ``profiles/measurements/``, logs in ``benchmarks/results/gpu/``)
+took 20-31 s each, peak GPU memory 9.6 GiB. ``--cuda-graph`` adds each batch size replayed from a
 captured CUDA graph (the forward without per-kernel launch cost) to the JSON. ``--time-limit``
 (default 240 s from the script's start) is a guard: past it, no further timed run starts (a measurement already
 started keeps at least one), a batch size not yet started is skipped (absent from the JSON), and the JSON says

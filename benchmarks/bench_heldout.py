@@ -1,4 +1,4 @@
-"""Issue 7's held-out checks on the bundled digits model, on enough images for a 10th percentile.
+"""Held-out quality checks on the bundled digits model, on enough images for a 10th percentile.
 
 Per world size G: the fixed plan against the default plan (mean and 10th-percentile per-image PSNR,
 predicted speedup), and ``--min-psnr DB --coverage 0.9`` for each target DB (share of images at or
@@ -32,8 +32,8 @@ import torch
 
 BLOCK = 20                # images per disjoint block: 2 seeds x 10 classes, the size of the tests' sets
 COVERAGE = 0.9
-COVERAGE_FLOOR = 0.85     # issue 7: at least 85 % of held-out images at or above the target
-OVERSHOOT_DB = 5.0        # issue 7: the 10th-percentile image within 5 dB above the target ...
+COVERAGE_FLOOR = 0.85     # at least 85 % of held-out images at or above the target
+OVERSHOOT_DB = 5.0        # the 10th-percentile image within 5 dB above the target ...
 TIGHT_AT = (4, 8)         # ... where the bound binds (at G = 2 two GPUs buy little: the bound hardly binds)
 BOOTSTRAP_REPS = 2000
 
@@ -169,7 +169,7 @@ def main(argv=None) -> int:
                 f"{p10_lo:+.1f} to {p10_hi:+.1f} | {statistics.fmean(m):.1f} | {'yes' if covered else '**no**'} | {'yes' if tight else '**no**'} |")
             print(target_rows[-1], flush=True)
     lines = [
-        "# Held-out checks of issue 7 (digits, per image)", "",
+        "# Held-out quality checks (digits, per image)", "",
         f"Profile `{profile.name}` (sha256 {sha[:12]}); {n} held-out images: classes 0-9 x seeds {seeds_used[0]}-{seeds_used[-1]} "
         f"(none of the profile's); CFG split {args.cfg_split}; every plan run in one process, scored per image against the "
         f"sequential output of the same seed. In brackets: the range over the {len(blocks)} disjoint blocks of {BLOCK} images "
@@ -180,7 +180,7 @@ def main(argv=None) -> int:
         f"## `--min-psnr DB --coverage {COVERAGE}`: coverage >= {COVERAGE_FLOOR:.0%} and p10 within {OVERSHOOT_DB:g} dB above DB", "",
         f"| G | DB | speedup | share >= DB (20-image blocks) | share: 95 % bootstrap | p10 - DB (20-image blocks) | p10 - DB: 95 % bootstrap | mean dB | share >= 85 % | p10 within 5 dB |",
         "|---|---|---|---|---|---|---|---|---|---|", *target_rows, "",
-        f"Issue 7 asks for the coverage at every G and for the p10 within {OVERSHOOT_DB:g} dB where the bound binds "
+        f"The checks ask for the coverage at every G and for the p10 within {OVERSHOOT_DB:g} dB where the bound binds "
         f"(G = {', '.join(map(str, TIGHT_AT))}). Not met on the {n} images: {', '.join(failures) if failures else 'none'}.", "",
         f"Wall time {time.perf_counter() - t0:.0f} s (one thread).", ""]
     args.out.write_text("\n".join(lines))

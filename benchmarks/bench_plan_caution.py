@@ -49,7 +49,7 @@ def main(argv=None) -> int:
     from parastep.planner.plan import plan_schedule, recompute
     from parastep.profiler.audit import measure_window, window_keys
     from parastep.profiler.correct import cfg_split_settings, statements_for
-    from parastep.profiler.measure import record_reference
+    from parastep.profiler.trajectory import record_reference
     from parastep.profiles.io import resolve_profile
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

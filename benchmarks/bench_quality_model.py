@@ -28,7 +28,9 @@ import torch
 
 def main(argv=None) -> int:
     from parastep.executor.registry import load_pipeline
-    from parastep.profiler.measure import perturbed_output, record_reference, stand_in, window_predictions
+    from parastep.profiler.deviation import stand_in, window_predictions
+    from parastep.profiler.propagation import perturbed_output
+    from parastep.profiler.trajectory import record_reference
     from parastep.profiles.io import resolve_profile
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])

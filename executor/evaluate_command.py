@@ -1,4 +1,4 @@
-"""``parastep evaluate SCHEDULE [--prompt P | --class-label L]... [--seed S]... [--model-path DIR] --out DIR`` (DESIGN §8).
+"""``parastep evaluate SCHEDULE [--prompt P | --class-label L]... [--seed S]... [--model-path DIR] --out DIR`` (docs/design.md §8).
 
 Runs the schedule's semantics on one device (no ranks launched, every offset computed in this
 process: ``executor.evaluate``) against the sequential pipeline for every prompt x seed, and writes
@@ -14,7 +14,7 @@ and the schedule's outputs beside it (``executor.media``): ``image_000.png``...,
 same samples under ``sequential/``. ``file`` is each sample's image or GIF. For a class-conditional
 pipeline (DiT) ``prompt`` is the class label as given. Conditioning and size flags (``--class-label``,
 ``--image``/``--strength``, ``--height``/``--width``, ``--num-frames``) are checked as ``exec``
-checks them (``executor.evaluate.check_inputs``, ``settle_inputs``), before the model loads.
+checks them (``executor.inputs.check_inputs``, ``settle_inputs``), before the model loads.
 
 PSNR is capped at ``psnr_cap_db`` (100): an image identical to the sequential one scores exactly
 the cap, so every number is finite. Default prompts: every class 0-9 on digits, exec's default
@@ -25,52 +25,17 @@ prompt otherwise; default seeds 1000 and 1001. One line on stderr sums it up. Ba
 from __future__ import annotations
 
 import hashlib
-import json
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
+from ..outputs import check_out_dir
 from ..schedules.check import violations
 from ..schedules.io import load_schedule
-from ..outputs import check_out_dir, clear_earlier_outputs
-from .command import note_replaced, call_kwargs, check_model, inference_steps_for, prepare_pipeline, settled_inputs
-
-
-def _write_json_atomically(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.parastep-tmp-{os.getpid()}"
-    try:
-        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _write_outputs(folder: Path, out, ref) -> tuple[list[str], "int | None"]:
-    """The schedule's outputs into ``folder`` and the sequential ones into ``folder/sequential``,
-    through a temporary folder moved in file by file; returns each sample's file and the frames."""
-    import shutil
-
-    from .media import frame_count, write_media
-
-    arr, ref_arr = out.numpy(), ref.numpy()
-    folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / f".parastep-tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    try:
-        names = write_media(tmp, arr)
-        ref_names = ["sequential/" + n for n in write_media(tmp / "sequential", ref_arr)]
-        note_replaced(folder, clear_earlier_outputs(folder))
-        for name in names + ref_names:
-            (folder / name).parent.mkdir(parents=True, exist_ok=True)
-            os.replace(tmp / name, folder / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    frames = frame_count(arr)
-    per_sample = [n for n in names if n.endswith(".gif")] if frames is not None else names
-    return per_sample, frames
+from .inputs import call_kwargs, check_inputs, check_strength_recorded, default_prompts, inference_steps_for, settled_inputs
+from .pipeline import check_model, prepare_pipeline
+from .results import write_evaluate_outputs, write_json_atomically
 
 
 def _once(values, flag: str) -> list:
@@ -97,7 +62,7 @@ def run(args) -> int:
 
     import torch
 
-    from .evaluate import DEFAULT_SEEDS, PSNR_CAP_DB, aggregates, check_inputs, check_strength_recorded, default_prompts, evaluate_outputs
+    from .evaluate import DEFAULT_SEEDS, PSNR_CAP_DB, aggregates, evaluate_outputs
     from .launch import cpu_threads, resolve_device
 
     device = torch.device(resolve_device(args.device))
@@ -116,7 +81,7 @@ def run(args) -> int:
         records, out_media, ref_media = evaluate_outputs(pipe, schedule, prompts=prompts, seeds=seeds, call_kwargs=kw,
                                                          num_steps=schedule.num_steps)
 
-    files, frames = _write_outputs(Path(args.out), out_media, ref_media)
+    files, frames = write_evaluate_outputs(Path(args.out), out_media, ref_media)
     text = Path(args.schedule).read_bytes()
     psnr = [r.psnr_db for r in records]
     ssims = [r.ssim for r in records]
@@ -132,7 +97,7 @@ def run(args) -> int:
         "psnr_db": aggregates(psnr), "ssim": aggregates(ssims),
     }
     out = Path(args.out) / "quality.json"
-    _write_json_atomically(out, quality)
+    write_json_atomically(out, quality)
     a = quality["psnr_db"]
     same = sum(r.identical for r in records)
     note = f", {same} identical" if same else ""

@@ -1,4 +1,4 @@
-"""Exchanges of the executor (DESIGN §1, §4): a parallel window's guided outputs at its end, and a
+"""Exchanges of the executor (docs/design.md §1, §4): a parallel window's guided outputs at its end, and a
 CFG split pair's raw halves at every split forward.
 
 Window end (``exchange``). Every rank ends a parallel window holding all ``w`` guided outputs

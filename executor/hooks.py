@@ -1,4 +1,4 @@
-"""ParaStep hooks: run a schedule (DESIGN §1) inside an *unmodified* diffusers pipeline.
+"""ParaStep hooks: run a schedule (docs/design.md §1) inside an *unmodified* diffusers pipeline.
 
 Usage::
 
@@ -48,7 +48,7 @@ with ``stochastic_sampling``, DDIM with ``eta > 0``, Euler with ``s_churn > 0``)
 the pipeline passes a seeded ``generator`` to ``step`` (diffusers pipelines do): the generator
 state is snapshotted with the scheduler at a parallel window's start and restored before the
 replay, so step i always draws the noise a sequential run draws at step i (the scratch steps draw
-the same noise on their copy: DESIGN §1's ``step`` includes its noise). Every rank seeds the same
+the same noise on their copy: docs/design.md §1's ``step`` includes its noise). Every rank seeds the same
 generator, so exact and reuse steps draw identical noise everywhere.
 
 Refused (``UserError``, at apply time or at the first offending call): schedulers of order != 1
@@ -63,7 +63,7 @@ Profiler API (observer and replay):
   at step i: x_i for exact/reuse, the reuse-chain ``xhat_i`` for a parallel offset),
   ``guided_output`` (``e_i`` / ``ehat_i``; None in a reuse window), ``applied_output`` (what
   ``step`` applied), ``latents_out`` (x_{i+1}). Tensors are the live ones: clone to keep.
-  With an exact-only schedule the records are the reference trajectory of DESIGN §1.
+  With an exact-only schedule the records are the reference trajectory of docs/design.md §1.
 - ``ParaStepConfig.override_outputs: Mapping[int, Tensor]``: for these steps (exact windows
   only) the denoiser is not run (it returns the placeholder; only if this rank has no
   placeholder yet, i.e. at the very first step, it runs once) and the given tensor is applied
@@ -170,7 +170,7 @@ def _step_plan(windows: Sequence[Any], num_steps: int, exchange: Optional[Exchan
     Exact window: every rank computes. With a ``split``, a rank in a pair computes its half; every
     other rank computes the whole batch as the same two half-batch forwards ("halves"), so that all
     ranks apply bit-identical outputs (a whole-batch forward may differ in the last bits: kernels
-    depend on the batch size) and end the step with identical latents, as DESIGN §1 requires. A
+    depend on the batch size) and end the step with identical latents, as docs/design.md §1 requires. A
     process playing every rank (``LocalExchange``) computes both halves. (A rank outside the pairs
     is the step's slowest either way, so this costs no latency.) Parallel window: the rank(s) of
     ``placement[j]`` compute offset j: a pair's two ranks one half each."""

@@ -1,4 +1,4 @@
-"""Process launch for ``parastep exec`` (DESIGN §4): spawn the world ourselves, or join torchrun's.
+"""Process launch for ``parastep exec`` (docs/design.md §4): spawn the world ourselves, or join torchrun's.
 
 ``launch(worker, job, world_size=..., device=..., threads=..., timeout_s=...)`` runs
 ``worker(ctx, job)`` on every rank with torch.distributed initialized (gloo on CPU, nccl on CUDA,

@@ -1,4 +1,4 @@
-"""A pipeline's decoded output as media: images or videos, as arrays, files and metric inputs (issue 8 item 3).
+"""A pipeline's decoded output as media: images or videos, as arrays, files and metric inputs.
 
 One home for what ``exec`` and ``evaluate`` do with what a pipeline returns:
 

@@ -1,4 +1,4 @@
-"""The model registry: names -> diffusers pipelines, loaded offline (DESIGN §5).
+"""The model registry: names -> diffusers pipelines, loaded offline (docs/design.md §5).
 
 ``REGISTRY`` is an immutable mapping from a model name (``sdxl``, ``sd15``, ``sd3``,
 ``pixart-sigma``, ``flux``, ``digits``) to a :class:`ModelSpec`: the pipeline class, where the
@@ -461,6 +461,12 @@ _FAMILY_SCHEDULERS: Mapping[str, tuple[str, ...]] = MappingProxyType(
 )
 
 
+def swappable_schedulers(pipe: Any) -> tuple[str, ...]:
+    """The scheduler classes :func:`set_scheduler` puts into ``pipe`` (its family's: flow-matching or
+    diffusion, from its current scheduler); ``exec`` switches to the one a schedule names."""
+    return _FAMILY_SCHEDULERS["flow" if is_flow_matching(pipe.scheduler) else "diffusion"]
+
+
 def set_scheduler(pipe: Any, scheduler: str) -> Any:
     """Swap ``pipe.scheduler`` for ``scheduler`` (a class name in SCHEDULER_NAMES) built from its config.
 
@@ -477,10 +483,11 @@ def set_scheduler(pipe: Any, scheduler: str) -> Any:
     import diffusers
 
     family = "flow" if is_flow_matching(pipe.scheduler) else "diffusion"
-    if scheduler not in _FAMILY_SCHEDULERS[family]:
+    allowed = swappable_schedulers(pipe)
+    if scheduler not in allowed:
         raise UserError(
             f"scheduler {scheduler} cannot drive {type(pipe).__name__} (a {family} model with {type(pipe.scheduler).__name__}); "
-            f"choose one of {', '.join(_FAMILY_SCHEDULERS[family])}"
+            f"choose one of {', '.join(allowed)}"
         )
     cls = getattr(diffusers, scheduler)
     overrides = dict(_SCHEDULER_OVERRIDES[scheduler])

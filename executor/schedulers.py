@@ -1,13 +1,13 @@
-"""Which schedulers parastep runs exactly, and which it refuses (issue 8 item 4): the audit as data.
+"""Which schedulers parastep runs exactly, and which it refuses: the audit as data.
 
 Every scheduler class diffusers ships (``diffusers.schedulers``, 0.42) has one row in
-:data:`AUDIT`: ``exact`` (DESIGN §1 holds under parallel and reuse windows: every piece of state
+:data:`AUDIT`: ``exact`` (docs/design.md §1 holds under parallel and reuse windows: every piece of state
 its ``step`` reads or writes lives in the scheduler object, which the hooks snapshot at a parallel
 window's start and restore before the replay, and its noise comes from the ``generator`` the
 pipeline passes to ``step``, whose state is snapshotted too) or ``refused`` (with the reason and an
 alternative, printed in one line by :func:`check_scheduler_supported` when parastep is applied).
 ``tests/test_compat.py`` runs every ``exact`` row through parallel and reuse windows against an
-independent implementation of DESIGN §1 and checks that the table covers every class diffusers
+independent implementation of docs/design.md §1 and checks that the table covers every class diffusers
 exports, so a new diffusers release with a new scheduler fails the tests until it is audited.
 
 Reasons a scheduler is refused:

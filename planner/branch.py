@@ -35,11 +35,9 @@ far (UB, integer latency units, so only plans of at most UB - 1 count):
 4. surrogate (``_Surrogate``): each miss set's LP duals fold its samples into one constraint, and a
    table (one backward DP over the state graph and the error levels, built once) gives the exact
    least latency to go under that one constraint, where rule 3 only has its Lagrangian relaxation.
-   It sees that windows spend the budget in lumps; measured on the session-5 digits profile
-   (2026-11-30, 2-core machine, CFG split allowed), default and ``--min-psnr 30/35`` at G = 2, 4, 8
-   visit 2.5-85x fewer prefixes than with rules 1-3 (G = 8 default: 4.1k against 11.1k; G = 2
-   default: 119 against 4.7k), with the same optima; on the shipped profile without CFG split the
-   G = 8 default is proven in 0.9 s with them and not within 10 s without (README, Planner).
+   It sees that windows spend the budget in lumps: on the digits profile (CFG split allowed),
+   default and ``--min-psnr 30/35`` at G = 2, 4, 8 visit 2.5-85x fewer prefixes than with rules
+   1-3, with the same optima (benchmarks/bench_planner.py).
 
 Children are tried in order of their mean Lagrangian cost to go. The limit deepens: first only
 plans within 0.5 % of the root bound are searched, then 1 %, 2 %, ... up to the best plan known
@@ -48,13 +46,12 @@ the optimum, a pass that finds none proves the optimum is at least its limit, an
 nothing by the limit ends the search (no plan exists: INFEASIBLE). Everything above is exact.
 Past the time limit the best plan comes back FEASIBLE with the highest proven bound.
 
-Measured (benchmarks/results/planner.md, idle 2-core machine): digits T = 50 with 20 samples,
-default and ``--min-psnr 35`` at G = 2, 4, 8: OPTIMAL in 0.4-1.2 s (G = 8 default: 7.3k prefixes).
-Long schedules with many near-equal plans remain hard: synthetic 20-sample profiles at T = 200,
-G = 8 end FEASIBLE at 10 s (plan.py then lets CP-SAT continue from the best plan). There the root
-bound is 1.4 % below the best plan known even with rule 4 (244,264 against 247,619 units; 2.2 %
-with rules 1-3), and no deepening pass finished within 120 s: proving it needs stronger bounds.
-Tried there without effect (2026-12-01, seed 200, 2-core machine): label dominance at each state
+Solve times are in benchmarks/results/planner.md (benchmarks/bench_planner.py): the digits
+profiles are proven OPTIMAL in about a second. Long schedules with many near-equal plans remain
+hard: synthetic 20-sample profiles at T = 200, G = 8 end FEASIBLE at the time limit (plan.py then
+lets CP-SAT continue from the best plan). There the root bound stays about 1.4 % below the best
+plan known even with rule 4 (2.2 % with rules 1-3): proving it needs stronger bounds.
+Tried there without effect: label dominance at each state
 (a prefix with no more latency and no more error on every sample than one already searched;
 0 of 80k prefixes in 20 s were dominated: every image's error differs between prefixes); exact
 one-sample tables (rule 4 with one image's weight each: their best root bound is 207,367, far

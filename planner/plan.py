@@ -3,7 +3,7 @@
 Steps: choose the budget (given, or the fixed plan's own error) and its integer scale, build the
 problem, solve it (CP-SAT or the DP oracle), decode the path into windows, fill in every field of
 the schedule, then check it twice before it is returned: ``schedules.check.violations`` (the
-invariants of DESIGN §1) and ``verify_schedule``, an independent recomputation of the schedule's
+invariants of docs/design.md §1) and ``verify_schedule``, an independent recomputation of the schedule's
 latency and error from its own windows and the profile (OR-Tools sample style). A failure of
 either check is a bug in the planner, never the user's fault: ``RuntimeError``.
 """
@@ -322,10 +322,9 @@ def _solve(problem: Problem, name: str, *, requested: SolverName, options, fixed
 
         # with --solver auto the branch and bound gets half the time; if it has not proven its plan
         # by then (long schedules with many near-equal plans), CP-SAT continues from its best plan
-        # and the larger of the two proven bounds is reported. Measured (2026-11-30, synthetic
-        # 20-image profiles, T = 200, G = 8, 10 s): with 70 % the plans were 254,329 / 460,572 /
-        # proven 1,981,235 (3.5 s); with 50 % 250,974 / 457,606 / proven (3.1 s): CP-SAT finds
-        # better plans there, the branch and bound proves digits in under 1 s
+        # and the larger of the two proven bounds is reported. An even share: on synthetic
+        # 20-image profiles at T = 200, G = 8 CP-SAT finds the better plans, on the digits
+        # profiles the branch and bound proves the optimum in about a second
         portfolio = requested == "auto"
         share = 0.5 if portfolio else 1.0
         res = solve_branch(problem, time_limit_s=options.time_limit_s * share, incumbents=[hint] if hint else [])
@@ -501,5 +500,6 @@ def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_win
                     workers=options.resolved_workers() if options is not None and outcome.name == "cp-sat" else None,
                     seed=options.seed if options is not None and outcome.name == "cp-sat" else None)
     return base.model_copy(update=dict(
-        profile=ProfileRef(name=profile.name, sha256=profile_sha256, prior_parts=profile.prior_parts()),
+        profile=ProfileRef(name=profile.name, sha256=profile_sha256,
+                           prior_parts=profile.prior_parts_for(base.world_size, uses_split=base.uses_split)),
         quality=quality, latency=Latency(predicted_s=latency_s, sequential_s=sequential_s, speedup=speedup), solver=solver))

@@ -1,4 +1,4 @@
-"""The planning problem of DESIGN §3 as integer data: a constrained shortest path over step boundaries.
+"""The planning problem of docs/design.md §3 as integer data: a constrained shortest path over step boundaries.
 
 Nodes are the step boundaries 0..T (boundary b = "steps 0..b-1 are done"). An edge s -> s+w is a
 candidate window covering steps s..s+w-1; a path from 0 to T is a schedule. Each edge carries a

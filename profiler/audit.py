@@ -2,11 +2,11 @@
 
 The per-sample output-error tables (``Profile.output_errors``) linearise what follows a window: a
 deviation at the window's end is pushed through the rest of the run at the size of a *typical*
-deviation there (``measure.window_output_errors``). A window whose deviation is far larger than
+deviation there (``propagation.window_output_errors``). A window whose deviation is far larger than
 that (an early ``linear`` window that extrapolates from two very different outputs) can leave the
-linear regime, and the optimizer, which looks for cheap windows, finds exactly those. Measured on
-the shipped digits profile: the G = 8 ``--min-psnr 30`` plan's window at steps 2-4 (parallel,
-linear) was priced at 54.5 dB for calibration image 0 and measured 23.0 dB when run alone.
+linear regime, and the optimizer, which looks for cheap windows, finds exactly those. On the
+bundled digits profile the G = 8 ``--min-psnr 30`` plan's window at steps 2-4 (parallel, linear) is
+priced at 54.5 dB for calibration image 0 and measures 23.0 dB when run alone.
 
 The audit measures that where it matters: plan (the statements users ask for, at several world
 sizes), run every non-exact window of those plans *alone* (every other step exact, the prefix
@@ -15,16 +15,15 @@ calibration samples, put the measured output RMS (latent units, as the tables) i
 entries of those windows, re-plan, and repeat until the plans use no window that is not yet
 measured or the rounds run out. Each measured entry is exact for that window alone.
 
-What it found on the shipped digits profile (2026-11-30, 3 rounds, 178 windows, 794 s on 2 CPU
-cores): per entry, measured / model has median 0.92; 94 of 3,560 entries (2.6 %) are above 2x, the
-worst 25x (the window above). But a profile with the measured entries patched in, re-calibrated
-on 45 plans, planned *worse* plans on held-out images (the default plan at one G fell 4.4 dB below
-the fixed plan's mean; ``--min-psnr`` coverage 70-80 %): with every window priced exactly alone,
-the optimizer combines more of them, and how windows compound along a plan (not any one window)
-dominates the error. So the shipped profile was not patched this way; this module is the
-instrument that shows where the per-window model is wrong (tests/test_profiler.py checks it against
-a hand-written loop). ``correct.py`` uses its ``measure_window`` on the windows of plans that missed,
-and prices what the windows alone leave unexplained (compounding) per plan.
+On the bundled digits profile (3 rounds, 178 windows) measured / model per entry has median 0.92;
+2.6 % of the entries are above 2x, the worst 25x (the window above). Patching the measured entries
+in does not by itself make better plans: with every window priced exactly alone, the optimizer
+combines more of them, and how windows compound along a plan (not any one window) dominates the
+error; re-calibrated on 45 plans, such a patched profile plans worse plans on held-out images (the
+default plan at one G 4.4 dB below the fixed plan's mean, ``--min-psnr`` coverage 70-80 %). So this
+module is the instrument that shows where the per-window model is wrong (tests/test_profiler.py
+checks it against a hand-written loop); ``correct.py`` uses its ``measure_window`` on the windows of
+plans that missed, and prices what the windows alone leave unexplained (compounding) per plan.
 """
 
 from __future__ import annotations
@@ -34,7 +33,8 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..profiles.model import Profile
 from ..schedules.model import ExactWindow, ParallelWindow, ReuseWindow
-from .measure import Trajectory, _call, _torch, record_reference, rms_per_sample, calibration_samples
+from .instrument import call_latents, calibration_samples, load_torch
+from .trajectory import Trajectory, record_reference, rms_per_sample
 
 WindowKey = tuple  # (kind, predictor, start, size)
 
@@ -54,7 +54,7 @@ def measure_window(pipe, traj: Trajectory, key: WindowKey, *, prompts, seeds, nu
     the reference, the window as the executor runs it, every later step exact."""
     from ..executor.hooks import ParaStepConfig, apply_parastep, remove_parastep
 
-    torch = _torch()
+    torch = load_torch()
     kind, predictor, start, size = key
     T = num_steps
     window = (ParallelWindow(start=start, placement=list(range(size)), predictor=predictor) if kind == "parallel"
@@ -71,7 +71,7 @@ def measure_window(pipe, traj: Trajectory, key: WindowKey, *, prompts, seeds, nu
     apply_parastep(pipe, cfg)
     try:
         with torch.no_grad():
-            _call(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=call_kwargs)
+            call_latents(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=call_kwargs)
     finally:
         remove_parastep(pipe)
     return [float(v) for v in rms_per_sample(final[0] - traj.x[T], traj.copies)]

@@ -1,4 +1,4 @@
-"""PSNR calibration of a profile's per-image quality model (DESIGN §2, §3).
+"""PSNR calibration of a profile's per-image quality model (docs/design.md §2, §3).
 
 Verification plans are the plans the optimizer picks (``sample_schedules``): for each world size,
 the default plan (every sample no worse than under the fixed plan), optimal plans at per-image

@@ -1,4 +1,4 @@
-"""``parastep profile``: measure a model (DESIGN §2) and write its profile YAML.
+"""``parastep profile``: measure a model (docs/design.md §2) and write its profile YAML.
 
     parastep profile --model digits --gpus 8 --steps 50 --max-window 16 --out digits.yaml \\
         [--plot curves.png] [--seed S]... [--prompt P]... [--verify N] [--interconnect NAME]
@@ -14,7 +14,7 @@ schedule carries on and ``exec`` / ``evaluate`` check. ``--verify N`` adds a PSN
 calibration fitted from N sampled schedules (``parastep.profiler.calibrate``), which is what
 ``plan --min-psnr`` needs. Progress goes to stderr; the profile goes to ``--out``.
 
-Conditioning comes from the pipeline's own signature (``executor.evaluate``): ``--prompt`` for text
+Conditioning comes from the pipeline's own signature (``executor.inputs``): ``--prompt`` for text
 pipelines, ``--class-label`` for class-conditional ones (DiT), nothing for unconditional ones;
 ``--image PATH --strength S`` for img2img, where ``--steps T`` are the steps actually run (the call
 asks for about T / S); ``--height --width`` and ``--num-frames`` set the size. The profile records
@@ -24,50 +24,15 @@ take are refused before it loads.
 
 from __future__ import annotations
 
-import inspect
 import sys
 from pathlib import Path
 
 from ..errors import UserError
 from ..outputs import check_out_file
-from .measure import calibration_samples, sample_conditions
+from .call import default_call, generation
+from .instrument import calibration_samples, sample_conditions
 
-DIGIT_PROMPTS = tuple(str(d) for d in range(10))
-TEXT_PROMPTS = ("a photo of an astronaut riding a horse on the moon", "a red sports car parked by the sea at sunset",
-                "a bowl of fruit on a wooden table, studio lighting")
 DEFAULT_SEEDS = (0, 1)
-
-
-def default_call(pipe, model: str):
-    """(call kwargs, resolution_px, default prompts, default steps) for ``pipe``."""
-    from ..executor.registry import REGISTRY
-
-    spec = REGISTRY.get(model)
-    params = inspect.signature(type(pipe).__call__).parameters
-    kwargs: dict = {}
-    if "guidance_scale" in params:
-        own = params["guidance_scale"].default
-        if spec is not None and spec.source != "package":
-            kwargs["guidance_scale"] = spec.default_guidance_scale
-        elif isinstance(own, (int, float)):
-            kwargs["guidance_scale"] = float(own)      # our own pipelines: their signature default is authoritative
-    resolution = None
-    if "height" in params and "width" in params:
-        if spec is not None:
-            resolution = tuple(spec.default_resolution_px)
-            kwargs["height"], kwargs["width"] = resolution
-    else:
-        size = getattr(getattr(pipe, "unet", None), "config", {}).get("sample_size") if hasattr(pipe, "unet") else None
-        if isinstance(size, int):
-            resolution = (size, size)
-    digits = type(pipe).__name__ == "DigitsPipeline"
-    prompts = DIGIT_PROMPTS if digits else TEXT_PROMPTS
-    if not digits and "prompt" not in params:      # class labels (DiT) or no conditioning (DDPM): never prompt=
-        from ..executor.evaluate import default_prompts
-
-        prompts = tuple(default_prompts(pipe))
-    steps = spec.default_steps if spec is not None else 50
-    return kwargs, resolution, prompts, steps
 
 
 def model_label(args) -> str:
@@ -80,12 +45,11 @@ def model_label(args) -> str:
 
 
 def checked_inputs(args, model: str):
-    """The conditioning and size flags (``executor.evaluate.Inputs``), checked against the pipeline
+    """The conditioning and size flags (``executor.inputs.Inputs``), checked against the pipeline
     class's ``__call__`` before anything loads; and whether the class was unknown (check after loading)."""
-    from ..executor.command import check_request
     from dataclasses import replace
 
-    from ..executor.evaluate import default_strength, inputs_from_args
+    from ..executor.inputs import check_request, default_strength, inputs_from_args
     from ..executor.registry import locate
 
     inputs = inputs_from_args(args, prompts_attr="prompts")
@@ -94,32 +58,6 @@ def checked_inputs(args, model: str):
     if cls is not None and inputs.strength is None and not getattr(args, "recalibrate", None):
         inputs = replace(inputs, strength=default_strength(cls))     # img2img: the pipeline's own default, recorded
     return inputs, cls is None
-
-
-def generation(pipe, inputs, *, kwargs: dict, resolution, num_steps: int):
-    """Put ``inputs``' image, strength, size and frames into the call ``kwargs`` and the
-    ``num_inference_steps`` that runs exactly ``num_steps`` steps (PNDM runs one more than asked;
-    img2img with strength S about S of them); returns the (resolution, frames) to record: the
-    given ones, else the pipeline signature's integer defaults (Latte: 512 px, 16 frames)."""
-    from ..executor.command import inference_steps_for
-    from ..executor.evaluate import call_params, frames_param, generation_kwargs, image_size_px
-
-    kwargs.update(generation_kwargs(pipe, inputs))
-    kwargs["num_inference_steps"] = inference_steps_for(pipe.scheduler, num_steps, strength=inputs.strength)
-    params = call_params(pipe)
-    if inputs.resolution_px is not None:
-        resolution = inputs.resolution_px
-    elif inputs.image is not None and not ("height" in params and "width" in params):
-        resolution = image_size_px(inputs.image)          # an image-to-image output takes its input's size
-    elif resolution is None and "height" in params and "width" in params:
-        h, w = params["height"].default, params["width"].default
-        if type(h) is int and type(w) is int:
-            resolution = (h, w)
-    fp = frames_param(pipe)
-    frames = inputs.num_frames
-    if frames is None and fp is not None and type(params[fp].default) is int:
-        frames = params[fp].default
-    return (None if resolution is None else tuple(resolution)), frames
 
 
 def identified(profile, pipe, *, model: str, model_path):
@@ -135,7 +73,8 @@ def run(args) -> int:
     from ..executor.registry import load_pipeline
     from ..profiles.io import dump_profile, write_profile
     from ..profiles.model import profile_sha256
-    from .measure import ProfilerSettings, measure_profile
+    from .measure import measure_profile
+    from .settings import ProfilerSettings
 
     if args.verify is not None and args.verify < 6:
         raise UserError(f"--verify {args.verify} is too few runs to fit and check a calibration; pass --verify 6 or more (80+ for a solid fit)")
@@ -168,7 +107,7 @@ def run(args) -> int:
     if unknown:
         from dataclasses import replace
 
-        from ..executor.evaluate import check_inputs, default_strength
+        from ..executor.inputs import check_inputs, default_strength
 
         check_inputs(pipe, inputs)
         if inputs.strength is None and not getattr(args, "recalibrate", None):
@@ -215,7 +154,8 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
     calibration (``--verify N``) of an existing profile on this machine; its quality tables stay."""
     from ..profiles.io import dump_profile, load_profile, write_profile
     from ..profiles.model import profile_sha256
-    from .measure import ProfilerSettings, retime
+    from .measure import retime
+    from .settings import ProfilerSettings
 
     pipe.set_progress_bar_config(disable=True)
     profile, _ = load_profile(args.recalibrate)
@@ -231,7 +171,7 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
         raise UserError("--recalibrate needs --retime, --verify N and/or --correct ROUNDS; pass one")
     if profile.guidance_scale is not None and "guidance_scale" in kwargs:
         kwargs["guidance_scale"] = profile.guidance_scale
-    from ..executor.evaluate import settle_inputs
+    from ..executor.inputs import settle_inputs
 
     inputs = settle_inputs(inputs, profile, what="profile", fix="profile anew with")   # its size and strength
     generation(pipe, inputs, kwargs=kwargs, resolution=profile.resolution_px, num_steps=profile.num_steps)
@@ -274,7 +214,7 @@ def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
     from ..profiles.model import Corrections, profile_sha256
     from .audit import measure_window
     from .correct import DEFAULT_MIN_PSNR_DBS, cfg_split_settings, correct_on_plans
-    from .measure import record_reference
+    from .trajectory import record_reference
 
     if profile.output_errors is None or profile.calibration is None:
         raise UserError(f"profile '{profile.name}' has no calibrated per-sample quality model to correct; "

@@ -1,13 +1,13 @@
 """Plan-level corrections: make the per-image quality model exact on the plans the optimizer picks.
 
 The per-sample tables (``Profile.output_errors``) price each window alone and add the windows of a
-plan up. Measured on the session-4 digits profile (2026-11-30), that sum is *conservative* for
-most images (a G = 8 ``--min-psnr 30`` plan measured 0.41-0.69x its predicted output RMS on 13 of
-20 calibration images) and *optimistic* for exactly the images the optimizer drives to the bound:
-image 0 at 3.2x (one early ``linear`` window, priced 25x too low alone) and image 17 at 2.3x
-(windows each priced within 2.2x alone, but they compound: the plan measured 2.4x the sum of its
-windows run one at a time). An exact planner spends the model's optimism, so that plan missed its
-target on 4 of the 20 images it was planned on.
+plan up. On the bundled digits profile that sum is *conservative* for most images (a G = 8
+``--min-psnr 30`` plan measures 0.41-0.69x its predicted output RMS on 13 of 20 calibration
+images) and *optimistic* for exactly the images the optimizer drives to the bound: one early
+``linear`` window priced 25x too low alone, or windows each priced within 2.2x alone that compound
+(the plan measures 2.4x the sum of its windows run one at a time). An exact planner spends the
+model's optimism, so without corrections such a plan misses its target on some of the images it
+was planned on.
 
 The correction is a cutting-plane loop over the model itself (no statement-specific rule):
 
@@ -17,24 +17,25 @@ The correction is a cutting-plane loop over the model itself (no statement-speci
    measured PSNR with the calibrated prediction ``calibration.psnr_db(E_n)``;
 3. for each plan where an image measured below its prediction: run each of its windows alone once
    (``audit.measure_window``; cached across rounds) and raise every entry below its measurement to
-   it, which finds the single window the linearisation mispriced (image 0's above);
-4. what the windows alone do not explain (they compound along the plan: image 17) is spread over
-   the plan's windows for that image: each entry times ``r = 10 ** (shortfall / slope)``, which makes
-   the plan's prediction equal its measurement (the largest factor wins where plans share a window);
+   it, which finds a single window the linearisation mispriced;
+4. what the windows alone do not explain (they compound along the plan) is spread over the plan's
+   windows for that image: each entry times ``r = 10 ** (shortfall / slope)``, which makes the
+   plan's prediction equal its measurement (the largest factor wins where plans share a window);
 5. repeat until every plan of a round meets its prediction on every image, or the rounds run out.
 
 Entries are only ever raised, so a plan once corrected never misses again, and with finitely
-many plans the loop ends. (Two variants were tried on digits and dropped: spreading every
-shortfall over the plan without step 3 made the G = 4 ``--min-psnr 30`` plan 19 % slower, 3.03x
-instead of 3.73x, with its p10 image 8.6 dB above target, since innocent windows paid for the
-mispriced one; also *lowering* entries where images measured better went from 44 of 420 images
-below prediction to 89 and 92 in its next two rounds.) Cost: one run of the calibration batch
-per distinct plan and round (``T`` forwards), plus ``T - start`` forwards per window run alone.
+many plans the loop ends. Step 3 comes before step 4 because spreading every shortfall over the
+plan alone makes innocent windows pay for the mispriced one (on digits the G = 4 ``--min-psnr 30``
+plan is then 19 % slower, with its p10 image 8.6 dB above target); entries are never *lowered*
+where images measure better, since that makes later rounds miss on more images, not fewer.
+Cost: one run of the calibration batch per distinct plan and round (``T`` forwards), plus
+``T - start`` forwards per window run alone.
 
-The shipped digits tables: 8 rounds planning with CFG split only (session 5, not converged), then
-6 more planning every statement with and without splits (``statements_for``), the last with no
-image below its prediction (benchmarks/results/quality_model.md). What it changes is checked where it matters, on seeds neither the profile nor the corrections saw
-(``tests/test_quality.py``) and at statements the loop did not plan (README, Results).
+Where the profile prices CFG splits, each round plans every statement both with and without
+them (``statements_for``). The runs that produced the shipped digits tables are described in
+benchmarks/results/quality_model.md. What the corrections change is checked where it matters, on
+seeds neither the profile nor the corrections saw (``tests/test_quality.py``), and at statements
+the loop did not plan (README, Results).
 """
 
 from __future__ import annotations
@@ -81,9 +82,9 @@ def cfg_split_settings(profile: Profile) -> list[str]:
 def statements_for(profile: Profile, *, world_sizes: Sequence[int], min_psnr_dbs: Sequence[float]) -> list[dict]:
     """The plan requests each round measures: per world size the fixed plan, the default plan and
     ``--min-psnr DB --coverage 0.9`` for each DB; where the profile prices CFG splits, each of these
-    also without splits (``plan --cfg-split off``), since those plans use other windows: measured
-    (2026-11-30) on the shipped tables corrected on split plans only, the G = 8 ``--min-psnr 35``
-    plan without splits put 2 of its 20 calibration images 3.5-4.3 dB below their prediction."""
+    also without splits (``plan --cfg-split off``), since those plans use other windows: on digits,
+    tables corrected on split plans only leave the G = 8 ``--min-psnr 35`` plan without splits with
+    2 of its 20 calibration images 3.5-4.3 dB below their prediction."""
     out: list[dict] = []
     for setting in cfg_split_settings(profile):
         extra = {} if setting == "auto" else {"allow_split": False}

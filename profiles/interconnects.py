@@ -30,7 +30,7 @@ from types import MappingProxyType
 from typing import Literal, Mapping
 
 from ..errors import UserError
-from .model import Comm, CommEntry
+from .model import Comm, CommEntry, Prior, Profile
 
 InterconnectName = Literal["nvlink", "pcie4", "pcie3", "ethernet-10g", "ethernet-1g"]
 
@@ -119,14 +119,14 @@ def comm_entry_for(name: str, *, ranks: int) -> CommEntry:
         raise ValueError(f"an exchange needs at least 2 ranks, got {ranks}")
     ic = preset(name)
     return CommEntry(ranks=ranks, latency_s=(ranks - 1) * ic.latency_s,
-                     bandwidth_bytes_per_s=ic.bandwidth_bytes_per_s * ranks / (ranks - 1))
+                     bandwidth_bytes_per_s=ic.bandwidth_bytes_per_s * ranks / (ranks - 1), source="preset")
 
 
 def pair_entry_for(name: str) -> CommEntry:
     """A CFG split's swap of raw halves between two ranks: each sends one output's bytes while it
     receives the partner's (full duplex), so one alpha plus bytes / beta."""
     ic = preset(name)
-    return CommEntry(ranks=2, latency_s=ic.latency_s, bandwidth_bytes_per_s=ic.bandwidth_bytes_per_s)
+    return CommEntry(ranks=2, latency_s=ic.latency_s, bandwidth_bytes_per_s=ic.bandwidth_bytes_per_s, source="preset")
 
 
 def comm_for(name: str, *, world_size: int) -> Comm:
@@ -144,3 +144,14 @@ def describe(name: str) -> str:
     return (f"{ic.name}: {ic.description}; alpha {ic.latency_s * 1e6:g} us per ring step, beta "
             f"{ic.nominal_bytes_per_s / _GB:g} GB/s nominal x {ic.achievable_fraction:g} = {ic.bandwidth_bytes_per_s / _GB:g} GB/s; "
             f"ring all-gather among g ranks: (g-1)*alpha + (g-1)/g * bytes / beta; CFG pair swap: alpha + bytes / beta; source: {ic.source}")
+
+
+def with_interconnect(profile: Profile, name: str, *, world_size: int) -> Profile:
+    """``profile`` with its exchange costs priced by preset ``name`` for up to ``world_size`` ranks
+    (``comm_for``), its comm provenance saying so: the one way ``plan --interconnect``, ``simulate``
+    (``--interconnect``, or the preset a plan recorded) and the benchmarks re-price a profile."""
+    comm = comm_for(name, world_size=world_size)
+    prov = profile.provenance.model_copy(update={"comm": Prior(
+        rule=f"interconnect preset '{name}' (--interconnect; alpha-beta model, parastep.profiles.interconnects)",
+        reference=describe(name))})
+    return profile.model_copy(update={"comm": comm, "provenance": prov})

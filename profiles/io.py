@@ -7,8 +7,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from ..errors import MalformedInput, UserError
-from ..schedules.io import first_error
-from ..schedules.yamlio import dump_yaml, read_yaml_file
+from ..yamlio import dump_yaml, first_error, read_yaml_file
 from .model import Profile, profile_sha256
 
 SHIPPED_DIR = Path(__file__).resolve().parent
@@ -22,7 +21,7 @@ def shipped_profiles() -> dict[str, Path]:
 
 def load_profile(path: str | Path) -> tuple[Profile, str]:
     """(profile, sha256 of the file's text). Any problem is a one-line UserError: ``InputPathError``
-    for a path that cannot be read, ``MalformedInput`` for content (``schedules.yamlio`` reads it)."""
+    for a path that cannot be read, ``MalformedInput`` for content (``parastep.yamlio`` reads it)."""
     data, text = read_yaml_file(path, what="profile", fix=REMAKE)
     version = data.get("parastep_profile")
     if type(version) is not int or version != 1:  # noqa: E721 - True == 1 must not pass

@@ -130,8 +130,8 @@ def _ms(s: dict) -> str:
     return f"{s['median'] * 1e3:.2f} ms (min {s['min'] * 1e3:.2f}, max {s['max'] * 1e3:.2f}, {len(s.get('runs', []))} runs)"
 
 
-# The shipped profile's compute: three runs of benchmarks/bench_gpu_unet.py on one NVIDIA H200 (2026-11-30; run 1 on
-# one machine, runs 2 and 3 back to back on another), their logs in benchmarks/results/gpu/.
+# The shipped profile's compute: three runs of benchmarks/bench_gpu_unet.py on one NVIDIA H200 (run 1 on one
+# machine, runs 2 and 3 back to back on another); their JSONs here, their logs in benchmarks/results/gpu/.
 MEASUREMENTS_DIR = Path(__file__).resolve().parent / "measurements"
 SHIPPED_COMPUTE = tuple(sorted(MEASUREMENTS_DIR.glob("sdxl_unet_*.json")))
 
@@ -255,7 +255,7 @@ def main(argv: list[str] | None = None) -> int:
                      help="JSONs of benchmarks/bench_gpu_unet.py runs on one device: the compute part becomes measured there, "
                           "per batch size the median of the runs' medians (default: the shipped H200 runs in profiles/measurements/)")
     src.add_argument("--prior-compute", action="store_true",
-                     help="the published-latency prior instead of a measurement (the compute of sdxl.yaml before 2026-11-30)")
+                     help="the published-latency prior instead of a measurement (no GPU measurement needed)")
     ap.add_argument("--any-config", action="store_true",
                     help="with --compute: accept a measurement of another config, dtype or resolution (--tiny; tests only)")
     args = ap.parse_args(argv)

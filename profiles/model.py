@@ -1,4 +1,4 @@
-"""The profile contract (DESIGN §2): what the planner knows about one model on one machine.
+"""The profile contract (docs/design.md §2): what the planner knows about one model on one machine.
 
 Pure data plus the cost primitives every consumer must share (no torch, no ortools):
 
@@ -27,14 +27,17 @@ from __future__ import annotations
 
 import hashlib
 import math
-from typing import Annotated, Literal, Optional, Union
+from typing import Annotated, Literal, Optional, Union, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 PROFILE_SCHEMA_VERSION = 1
-from ..schedules.model import Predictor
 
-PREDICTORS: tuple[Predictor, ...] = ("last", "linear")
+# the stand-in a parallel or reuse window uses for the denoiser outputs it has not got
+# (docs/design.md §1): the last applied output, or a linear extrapolation of the last two. The
+# profile holds a table per predictor and a schedule's window names one; ``PREDICTORS`` lists them.
+Predictor = Literal["last", "linear"]
+PREDICTORS: tuple[Predictor, ...] = get_args(Predictor)
 
 
 class _Strict(BaseModel):
@@ -85,21 +88,40 @@ class Compute(_Strict):
                                                                             "absent: the model has no two-way guided batch, or it was not measured")
 
 
+CommSource = Literal["measured", "preset"]
+
+
 class CommEntry(_Strict):
     ranks: int = Field(ge=2)
     latency_s: float = Field(ge=0)
     bandwidth_bytes_per_s: float = Field(gt=0)
+    source: Optional[CommSource] = Field(default=None, description=(
+        "where these constants come from: 'measured' (timed on the profiling machine with the executor's own exchange "
+        "code), 'preset' (the interconnect preset Comm.preset); absent: as provenance.comm says for the whole part"))
 
 
 class Comm(_Strict):
     """Alpha-beta model per rank count: exchanging n outputs among g ranks takes
     ``latency_s + n * output_bytes / bandwidth_bytes_per_s``. ``preset`` names an interconnect
-    preset the entries came from (then any g is allowed: the preset's constants are reused)."""
+    preset the entries came from (then any g is allowed: the preset's constants are reused).
+    Each entry's ``source`` says whether it was measured or taken from that preset, so a profile
+    measured on 2 ranks and extended to 8 by a preset prices a 2-rank plan by a measurement
+    (``Profile.prior_parts_for``)."""
 
     preset: Optional[str] = None
     entries: list[CommEntry] = Field(default_factory=list)
     pair: Optional[CommEntry] = Field(default=None, description="CFG split: two ranks swapping one raw half each "
                                                                 "(latency_s + Profile.swap_bytes / bandwidth_bytes_per_s)")
+
+    @model_validator(mode="after")
+    def _preset_named(self) -> "Comm":
+        """An entry from a preset names which one: ``preset`` is set."""
+        if self.preset is None:
+            for what, e in [(f"entry for ranks={e.ranks}", e) for e in self.entries] + [("pair", self.pair)]:
+                if e is not None and e.source == "preset":
+                    raise ValueError(f"comm {what} has source 'preset' but comm names no preset; set comm.preset to the "
+                                     "interconnect preset it came from, or re-profile")
+        return self
 
 
 class CalibrationSample(_Strict):
@@ -285,6 +307,46 @@ class Profile(_Strict):
         for name in Provenances.model_fields:
             p = getattr(self.provenance, name)
             if p is not None and p.source == "prior":
+                parts.append(name)
+        return parts
+
+    def comm_entry_is_prior(self, entry: CommEntry) -> bool:
+        """Was this exchange entry taken from a preset (or, without a ``source``, is the whole comm part a prior)?"""
+        if entry.source is not None:
+            return entry.source == "preset"
+        return self.provenance.comm.source == "prior"
+
+    def prior_parts_for(self, world_size: int, *, uses_split: bool = False) -> list[str]:
+        """The prior (not measured) parts that price a plan on ``world_size`` ranks, in provenance
+        order, each named as a warning states it.
+
+        Every prior part of ``prior_parts`` counts except comm, which counts per entry: the exchange
+        entry for ``world_size`` ranks (no exchange on one rank) and, for a plan that splits CFG halves
+        (``uses_split``), the pair swap. An entry counts where ``comm_entry_is_prior``; a world size
+        beyond the table, priced by reusing the largest entry (``comm_entry``), is an extrapolation and
+        counts too. ValueError where no entry prices ``world_size`` ranks (as ``comm_entry``)."""
+        preset = f"interconnect preset '{self.comm.preset}'" if self.comm.preset else ""
+
+        def named(entry: CommEntry, what: str) -> str:
+            return f"{what} ({preset})" if entry.source == "preset" and preset else what
+
+        comm = []
+        if world_size >= 2:
+            entry = self.comm_entry(world_size)
+            if entry.ranks != world_size:
+                comm.append(f"comm for {world_size} ranks (extrapolated from the {entry.ranks}-rank entry"
+                            + (f", {preset})" if preset else ")"))
+            elif self.comm_entry_is_prior(entry):
+                comm.append(named(entry, f"comm for {world_size} ranks"))
+        pair = self.comm.pair
+        if uses_split and pair is not None and self.comm_entry_is_prior(pair):
+            comm.append(named(pair, "CFG pair swap"))
+        prior = self.prior_parts()
+        parts: list[str] = []
+        for name in Provenances.model_fields:
+            if name == "comm":
+                parts.extend(comm)
+            elif name in prior:
                 parts.append(name)
         return parts
 

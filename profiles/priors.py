@@ -76,7 +76,7 @@ Qualitative facts the unfloored rule reproduces (tests check each):
 - ``linear`` better than ``last`` one step ahead and worse further out. ``linear_kappa`` and
   ``linear_power`` are fitted so that, with uniform drift and gain, windows of 2 give ``linear``
   an error 10**(-5.8/20) times ``last``'s and windows of 8 an error 10**(10.9/20) times — the
-  +5.8 dB / -10.9 dB measured on the digits DDPM (DESIGN §1). Closed form: window of 2 ->
+  +5.8 dB / -10.9 dB measured on the digits DDPM (docs/design.md §1). Closed form: window of 2 ->
   ratio = kappa; window of 8 -> kappa * sum_{j=1..7} sum_{m<=j} m**p / 84 (solved for p).
 
 The absolute scale (``step_latent_rms``, ``sensitivity``) is a guess of the right order for
@@ -118,7 +118,7 @@ DEFAULT_PARAMS: Mapping[str, float] = MappingProxyType({
 
 REFERENCE = ("ParaStep, arXiv 2505.14741 (reuse-then-predict; adjacent-step similarity is low in the first steps, "
              "high in the middle); TeaCache, arXiv 2411.19108 and DeepCache, arXiv 2312.00858 (adjacent-step output "
-             "similarity curves); linear-vs-last constants fitted to the digits DDPM measurements of DESIGN §1 "
+             "similarity curves); linear-vs-last constants fitted to the digits DDPM measurements of docs/design.md §1 "
              "(+5.8 dB at windows of 2, -10.9 dB at windows of 8); rule documented in parastep/profiles/priors.py")
 
 RULE_TEXT = ("parastep-prior-v2 (parastep/profiles/priors.py): h=t_ref/T; d_i=min(cap, h*(mid+(early-mid)exp(-u/tau_early)"

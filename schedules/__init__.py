@@ -1,6 +1,6 @@
 """The schedule contract: pydantic models, YAML I/O, invariant checks, simulation.
 
-No torch, no ortools here (DESIGN §6).
+No torch, no ortools here (docs/design.md §6).
 """
 
 from .check import Violation, implied_totals, violations

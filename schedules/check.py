@@ -1,4 +1,4 @@
-"""The invariants of DESIGN §1, each with a stable code so tests and users can tell them apart.
+"""The invariants of docs/design.md §1, each with a stable code so tests and users can tell them apart.
 
 ``violations(schedule)`` lists every broken invariant; ``implied_totals`` is the
 single place that says what windows imply (forwards per rank, bytes exchanged),
@@ -9,7 +9,7 @@ the freshness rule of ``planner/problem.py``. A parallel or reuse window builds 
 the output applied at step s-1 (and s-2 for ``linear``); the profile measures deviations against
 computed outputs there, so after a reuse step the stand-in is stale and its error compounds unseen.
 The planner never emits such a window; ``validate`` warns about one (it still runs exactly as
-DESIGN §1 says, so it is not a violation).
+docs/design.md §1 says, so it is not a violation).
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ ViolationCode = Literal[
     "split-same-rank",     # a CFG split pair names one rank twice
     "split-overlap",       # an exact window's split pairs share a rank
     "unknown-interconnect",  # profile.interconnect names no interconnect preset
-    "parallel-too-small",  # a parallel window has fewer than 2 offsets (DESIGN §1: w >= 2)
+    "parallel-too-small",  # a parallel window has fewer than 2 offsets (docs/design.md §1: w >= 2)
     "needs-e-ref",         # a parallel/reuse window starts at step 0
     "linear-too-early",    # a linear-predictor window starts before step 2
     "totals-forwards",     # declared forwards per rank differ from what the windows imply
@@ -131,7 +131,7 @@ def _split_violations(w: Window, where: str, world_size: int) -> list[Violation]
 
 
 def violations(schedule: Schedule) -> list[Violation]:
-    """Every broken invariant of DESIGN §1, in window order. Empty means valid."""
+    """Every broken invariant of docs/design.md §1, in window order. Empty means valid."""
     out: list[Violation] = []
     T = schedule.num_steps
     wins = schedule.windows
@@ -151,7 +151,7 @@ def violations(schedule: Schedule) -> list[Violation]:
         if declared is not None and declared > schedule.max_window:
             out.append(Violation("window-too-large", f"{where}: size {declared} exceeds max_window={schedule.max_window}"))
         if isinstance(w, ParallelWindow) and len(w.placement) < 2:
-            out.append(Violation("parallel-too-small", f"{where}: a parallel window has at least 2 offsets (DESIGN §1); "
+            out.append(Violation("parallel-too-small", f"{where}: a parallel window has at least 2 offsets (docs/design.md §1); "
                                                        f"make a 1-step window exact"))
         out.extend(_split_violations(w, where, schedule.world_size))
         if isinstance(w, (ParallelWindow, ReuseWindow)):

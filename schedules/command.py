@@ -40,9 +40,22 @@ def _schema(args) -> int:
 
 
 def _simulate(args) -> int:
-    from .simulate import simulate_command
+    """The report on stdout; with ``--plot`` (checked writable before anything is printed) the
+    per-rank timeline PNG."""
+    from .simulate import format_report, plot_timeline, profile_for, simulate
 
-    return simulate_command(args)
+    schedule = load_schedule(args.schedule)
+    if args.plot:
+        from ..outputs import check_out_file
+
+        check_out_file(args.plot, flag="--plot")     # before the report: a run that fails prints nothing
+    profile = profile_for(schedule, profile_path=args.profile, interconnect=args.interconnect)
+    result = simulate(schedule, profile)
+    sys.stdout.write(format_report(result, schedule, profile, source=str(args.schedule)))
+    if args.plot:
+        plot_timeline(result, schedule, args.plot)
+        print(f"parastep: wrote timeline {args.plot}", file=sys.stderr)
+    return 0
 
 
 def run(args) -> int:

@@ -1,9 +1,10 @@
 """Schedule YAML load/dump and JSON Schema export. Errors are one-line ``UserError`` subclasses.
 
-Reading goes through ``yamlio`` (the one YAML reader for schedules and profiles); validation is
-pydantic in strict mode (``model.py``). A path that cannot be read raises ``InputPathError``; a
-file whose content is not a schedule raises ``MalformedInput`` (``validate`` reports that as an
-invalid schedule, other commands as bad input).
+Reading goes through ``parastep.yamlio`` (the one YAML reader for schedules and profiles);
+validation is pydantic in strict mode (``model.py``), its first error reported in one line by
+``yamlio.first_error``. A path that cannot be read raises ``InputPathError``; a file whose content
+is not a schedule raises ``MalformedInput`` (``validate`` reports that as an invalid schedule,
+other commands as bad input).
 """
 
 from __future__ import annotations
@@ -15,26 +16,10 @@ from typing import Any
 from pydantic import ValidationError
 
 from ..errors import MalformedInput
+from ..yamlio import dump_yaml, first_error, read_yaml_file, shown_value
 from .model import SCHEMA_VERSION, Schedule
-from .yamlio import dump_yaml, read_yaml_file
 
 REGENERATE = "regenerate it with 'parastep plan'"
-
-
-def _shown(value: Any) -> str:
-    if isinstance(value, (dict, list, tuple)):
-        text = json.dumps(value, default=repr)           # short containers as written, long ones by type
-        return text if len(text) <= 40 else type(value).__name__
-    text = repr(value)
-    return text if len(text) <= 80 else text[:77] + "..."
-
-
-def first_error(exc: ValidationError) -> str:
-    """One line naming the field, the bad value and what was expected."""
-    err = exc.errors()[0]
-    loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
-    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
-    return f"field {_shown(loc)}: {err['msg']} (got {_shown(err.get('input'))}){more}"
 
 
 def schedule_from_dict(data: Any, *, source: str = "schedule") -> Schedule:
@@ -46,7 +31,7 @@ def schedule_from_dict(data: Any, *, source: str = "schedule") -> Schedule:
         raise MalformedInput(f"{source}: no 'parastep_schedule' key: not a parastep schedule (a schedule file holds "
                              f"'parastep_schedule: {SCHEMA_VERSION}'); {REGENERATE}")
     if type(version) is not int or version != SCHEMA_VERSION:  # noqa: E721 - True == 1 must not pass
-        raise MalformedInput(f"{source}: 'parastep_schedule: {_shown(version)}' is not a schedule version this "
+        raise MalformedInput(f"{source}: 'parastep_schedule: {shown_value(version)}' is not a schedule version this "
                              f"parastep reads (expected {SCHEMA_VERSION}); {REGENERATE}")
     try:
         return Schedule.model_validate(data)

@@ -1,10 +1,10 @@
-"""The schedule contract: pydantic models of the YAML in DESIGN §3.
+"""The schedule contract: pydantic models of the YAML in docs/design.md §3.
 
 Pure data: no torch, no ortools. Field-level checks live here (types, signs,
-unknown keys); cross-window invariants of DESIGN §1 live in ``check.py`` so
+unknown keys); cross-window invariants of docs/design.md §1 live in ``check.py`` so
 that ``validate`` can name which invariant broke.
 
-Parsing is strict (DESIGN §7: reject, never fix silently): no type coercion (``"3"``, ``1.0``
+Parsing is strict (docs/design.md §7: reject, never fix silently): no type coercion (``"3"``, ``1.0``
 or ``true`` is not an integer; ``1`` is accepted where a float is expected), no unknown keys, finite
 floats only, and every integer bounded (``MAX_WORLD_SIZE``, ``MAX_STEPS``) before anything is
 sized by it. The JSON Schema's ``required`` lists are exactly what validation requires: the
@@ -24,18 +24,19 @@ from typing import Annotated, Literal, Optional, Union
 from pydantic import BaseModel, ConfigDict, Field, Strict, ValidationError, WrapValidator, field_validator
 from pydantic_core import PydanticCustomError
 
+from ..profiles.model import Predictor
+
 SCHEMA_VERSION = 1
 MAX_STEPS = 100_000          # denoising steps: far above any sampler in use (1000 is the usual top)
 MAX_WORLD_SIZE = 65_536      # ranks: bounds what is sized by it ([0] * world_size)
 MAX_WINDOW = MAX_STEPS
 
-Predictor = Literal["last", "linear"]
 # an image side; Strict() survives the tuple's strict=False (YAML has lists, not tuples)
 Pixels = Annotated[int, Strict(), Field(ge=1, le=1 << 20)]
 Policy = Literal["optimal", "fixed"]
 Rank = Annotated[int, Field(ge=0, le=MAX_WORLD_SIZE)]
 # a CFG split: [rank_uncond, rank_cond]. The two ranks each compute one half of the guided batch and
-# swap the raw halves, so the pipeline's own guidance combine runs unchanged (DESIGN §1, "CFG split")
+# swap the raw halves, so the pipeline's own guidance combine runs unchanged (docs/design.md §1, "CFG split")
 RankPair = Annotated[list[Rank], Field(min_length=2, max_length=2)]
 
 
@@ -104,7 +105,7 @@ class ParallelWindow(_Strict):
     or split over the pair ``placement[j] = [rank_uncond, rank_cond]`` (CFG split: each computes one
     half of the guided batch and they swap the raw halves).
 
-    DESIGN §1 requires w >= 2; a one-entry placement parses but ``check.violations`` rejects it
+    docs/design.md §1 requires w >= 2; a one-entry placement parses but ``check.violations`` rejects it
     (``parallel-too-small``), so that ``validate`` names the invariant."""
 
     model_config = ConfigDict(json_schema_extra=_require("kind"))
@@ -144,7 +145,8 @@ Window = Annotated[Union[ExactWindow, ParallelWindow, ReuseWindow], Field(discri
 class ProfileRef(_Strict):
     name: str
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
-    prior_parts: list[str] = Field(default_factory=list, description="profile parts that are priors, not measurements")
+    prior_parts: list[str] = Field(default_factory=list, description="profile parts that are priors, not measurements, and price this plan "
+                                   "(Profile.prior_parts_for its world size and CFG split)")
     interconnect: Optional[str] = Field(default=None, description="the interconnect preset (plan --interconnect) that "
                                                                   "priced exchanges instead of the profile's own costs")
 
@@ -254,6 +256,11 @@ class Schedule(_Strict):
         if isinstance(value, bool):  # Literal[1] alone accepts True (True == 1)
             raise ValueError("must be the integer 1, not a boolean")
         return value
+
+    @property
+    def uses_split(self) -> bool:
+        """Does any window split a step's CFG halves over two ranks (an exact ``split`` or a pair placement)?"""
+        return any(w.has_split if isinstance(w, ParallelWindow) else bool(getattr(w, "split", None)) for w in self.windows)
 
     @property
     def swap_bytes(self) -> int:

@@ -23,7 +23,7 @@ from a topological pass (an op starts when all its predecessors have ended); the
 the longest node-weighted path, found with ``networkx.dag_longest_path`` and cross-checked
 against the topological pass. Nothing here calls the planner or knows its formula.
 
-No torch, no ortools (DESIGN §6); matplotlib is imported only for ``--plot``.
+No torch, no ortools (docs/design.md §6); matplotlib is imported only for ``--plot``.
 """
 
 from __future__ import annotations
@@ -196,7 +196,7 @@ def simulate(schedule: Schedule, profile: Profile) -> SimulationResult:
     """Latency, per-rank busy/comm/idle time and the timeline of ``schedule`` under ``profile``'s costs.
 
     The schedule must be valid (``UserError`` naming the first violation otherwise). The profile's
-    compute and comm parts are used; its step count need not match (``simulate_command`` checks that).
+    compute and comm parts are used; its step count need not match (``profile_for`` checks that).
     """
     _check_runnable(schedule)
     try:
@@ -332,14 +332,20 @@ def plot_timeline(result: SimulationResult, schedule: Schedule, path: str | Path
         raise UserError(f"cannot write the timeline to '{out}': {exc.strerror or exc}; pass a writable --plot path") from None
 
 
-# ---- command --------------------------------------------------------------------------------
+# ---- the profile a schedule is priced with --------------------------------------------------
 
-def _profile_for(schedule: Schedule, args) -> Profile:
+def profile_for(schedule: Schedule, *, profile_path: Optional[str] = None, interconnect: Optional[str] = None) -> Profile:
+    """The profile ``simulate`` prices ``schedule`` with: ``profile_path``, else the shipped one for
+    its model; one that cannot price it (another model, output size or step count of a measured
+    profile) is a one-line ``UserError``, another file than the plan's a warning on stderr. Exchange
+    costs come from preset ``interconnect`` if given, else from the preset the plan recorded
+    (``profile.interconnect``, with a note), else from the profile."""
+    from ..profiles.interconnects import with_interconnect
     from ..profiles.io import load_profile, resolve_profile
 
-    if args.profile is not None:
-        profile, sha = load_profile(args.profile)
-        where = f"profile '{args.profile}'"
+    if profile_path is not None:
+        profile, sha = load_profile(profile_path)
+        where = f"profile '{profile_path}'"
     else:
         profile, sha = resolve_profile(schedule.model)
         where = f"the shipped profile for '{schedule.model}'"
@@ -362,15 +368,13 @@ def _profile_for(schedule: Schedule, args) -> Profile:
         # a prior profile is step-count independent where simulate looks (compute and comm)
         print(f"parastep: note: {where} describes {profile.num_steps} steps; its prior tables are re-derivable, and its "
               f"compute/comm costs do not depend on the step count, so they are used for {schedule.num_steps} steps", file=sys.stderr)
-    name = args.interconnect
+    name = interconnect
     if name is None and schedule.profile is not None and schedule.profile.interconnect is not None:
         name = schedule.profile.interconnect
         print(f"parastep: note: exchanges priced by interconnect preset '{name}', as the plan was (plan --interconnect); "
               "pass --interconnect NAME for another", file=sys.stderr)
     if name is not None:
-        from ..profiles.interconnects import comm_for
-
-        profile = profile.model_copy(update={"comm": comm_for(name, world_size=schedule.world_size)})
+        profile = with_interconnect(profile, name, world_size=schedule.world_size)
     return profile
 
 
@@ -380,7 +384,7 @@ def format_report(result: SimulationResult, schedule: Schedule, profile: Profile
         f"schedule      {source}: {schedule.model}, {schedule.num_steps} steps, world size {G}, {len(schedule.windows)} windows",
         f"profile       {profile.name}" + (f" (comm: {profile.comm.preset})" if profile.comm.preset else ""),
     ]
-    prior = profile.prior_parts()
+    prior = profile.prior_parts_for(G, uses_split=schedule.uses_split)
     if prior:
         lines.append(f"prior parts   {', '.join(prior)} (not measured)")
     lines += [
@@ -395,20 +399,3 @@ def format_report(result: SimulationResult, schedule: Schedule, profile: Profile
     for r in range(G):
         lines.append(f"{r:>4}  {result.busy_s[r]:>12.6g}  {result.comm_s[r]:>12.6g}  {result.idle_s[r]:>12.6g}  {result.forwards[r]:>8}")
     return "\n".join(lines) + "\n"
-
-
-def simulate_command(args) -> int:
-    from .io import load_schedule
-
-    schedule = load_schedule(args.schedule)
-    if args.plot:
-        from ..outputs import check_out_file
-
-        check_out_file(args.plot, flag="--plot")     # before the report: a run that fails prints nothing
-    profile = _profile_for(schedule, args)
-    result = simulate(schedule, profile)
-    sys.stdout.write(format_report(result, schedule, profile, source=str(args.schedule)))
-    if args.plot:
-        plot_timeline(result, schedule, args.plot)
-        print(f"parastep: wrote timeline {args.plot}", file=sys.stderr)
-    return 0

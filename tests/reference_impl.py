@@ -1,4 +1,4 @@
-"""An independent single-process implementation of DESIGN §1, written only for the tests.
+"""An independent single-process implementation of docs/design.md §1, written only for the tests.
 
 It shares no code with ``parastep.executor``: it drives a tiny StableDiffusionPipeline's
 components (UNet, scheduler, the pipeline's ``prepare_latents``) in its own direct loop and
@@ -118,7 +118,7 @@ def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps
                    inference_steps: int | None = None, timestep_kwargs: dict | None = None,
                    scale_noise: bool = True, generator: torch.Generator | None = None,
                    step_kwargs: dict | None = None) -> torch.Tensor:
-    """DESIGN §1 literally. ``guided(sched, x, t)`` is the guided model output at (x, t) computed
+    """docs/design.md §1 literally. ``guided(sched, x, t)`` is the guided model output at (x, t) computed
     with scheduler state ``sched`` (for ``scale_model_input``); at a CFG split step (``is_split``) it
     is called as ``guided(sched, x, t, split=True)``; ``scheduler`` is copied, not used;
     ``set_timesteps(inference_steps or num_steps, **timestep_kwargs)`` must give ``num_steps``
@@ -189,7 +189,7 @@ def _noise(pipe, height: int, width: int, dtype, seed_or_gen) -> torch.Tensor:
 @torch.no_grad()
 def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.0,
                       height: int = 16, width: int = 16, eta: float = 0.0) -> torch.Tensor:
-    """Final latents x_T of DESIGN §1 for the tiny SD pipeline (CFG written out here). Like the
+    """Final latents x_T of docs/design.md §1 for the tiny SD pipeline (CFG written out here). Like the
     pipeline, one seeded generator makes the initial noise and then feeds every step's noise."""
     pos, neg = prompt_embeds()
     cond = torch.cat([neg, pos])
@@ -273,7 +273,7 @@ def make_schedule(windows: list[dict], *, num_steps: int, world_size: int, outpu
 @torch.no_grad()
 def reference_latents_sdxl(pipe, windows, *, num_steps: int, prompt: str, seed: int, height: int, width: int,
                            guidance_scale: float) -> torch.Tensor:
-    """DESIGN §1 for a StableDiffusionXLPipeline: its conditioning (two text encoders, pooled text
+    """docs/design.md §1 for a StableDiffusionXLPipeline: its conditioning (two text encoders, pooled text
     embeds, size/crop time ids) and CFG written out here, then ``reference_loop``."""
     device = torch.device("cpu")
     pe, npe, ppe, nppe = pipe.encode_prompt(prompt=prompt, device=device, num_images_per_prompt=1,
@@ -303,7 +303,7 @@ def _cfg(raw: torch.Tensor, guidance_scale: float) -> torch.Tensor:
 @torch.no_grad()
 def reference_latents_tiny(name: str, pipe, windows, *, num_steps: int, inference_steps: int, prompt: str, seed: int,
                            call_kwargs: dict) -> torch.Tensor:
-    """DESIGN §1 for the registry's tiny pipelines (``tests/tiny_pipelines.py``): each pipeline's
+    """docs/design.md §1 for the registry's tiny pipelines (``tests/tiny_pipelines.py``): each pipeline's
     conditioning, denoiser call and guidance written out here, then ``reference_loop``."""
     from diffusers.utils.torch_utils import randn_tensor
 

@@ -172,7 +172,7 @@ def valid_schedules(draw, *, max_steps: int = 40, max_world: int = 64, max_windo
     while s < T:
         kind = draw(st.sampled_from(["exact", "parallel", "reuse"]))
         if kind == "parallel" and (T - s < 2 or J < 2):
-            kind = "exact"                      # a parallel window has w >= 2 (DESIGN §1)
+            kind = "exact"                      # a parallel window has w >= 2 (docs/design.md §1)
         if kind == "exact":
             windows.append(ExactWindow(start=s))
             s += 1

@@ -1,4 +1,4 @@
-"""CFG split in the executor (issue 9 item 2): a step's guided batch computed as two halves on two
+"""CFG split in the executor: a step's guided batch computed as two halves on two
 ranks that swap the raw halves, so the pipeline's own guidance combine runs unchanged.
 
 - Kernels depend on the batch size in the last bits (a batch-1 forward of the tiny UNets differs

@@ -1,5 +1,5 @@
 """Snapshot of the public contract: ``parastep`` subcommands, each one's flag names, and the
-schedule JSON Schema (DESIGN §8: "keep these names"; torchtitan-style snapshot test).
+schedule JSON Schema (docs/design.md §8: "keep these names"; torchtitan-style snapshot test).
 
 A deliberate change: regenerate with ``PARASTEP_UPDATE_SNAPSHOTS=1 python -m pytest tests/test_cli_contract.py``
 and commit the diff of ``tests/snapshots/`` with the change that caused it.
@@ -20,7 +20,7 @@ from parastep.schedules.io import schedule_json_schema
 SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
 UPDATE = os.environ.get("PARASTEP_UPDATE_SNAPSHOTS") == "1"
 
-# DESIGN §8 names that must never disappear (the snapshot may grow around them)
+# docs/design.md §8 names that must never disappear (the snapshot may grow around them)
 REQUIRED = {
     "plan": {"--model", "--gpus", "--steps", "--budget", "--min-psnr", "--policy", "--warmup", "--max-window", "--profile", "--interconnect"},
     "validate": {"schedule"},
@@ -77,7 +77,7 @@ def test_design_names_are_present():
     assert set(REQUIRED) <= set(surface)
     for cmd, names in REQUIRED.items():
         missing = names - set(surface[cmd]["flags"])
-        assert not missing, f"parastep {cmd} lost {sorted(missing)} (DESIGN §8)"
+        assert not missing, f"parastep {cmd} lost {sorted(missing)} (docs/design.md §8)"
     assert surface["plan"]["choices"]["--policy"] == ["fixed", "optimal"]
 
 

@@ -1,10 +1,14 @@
-"""The compatibility matrix (issue 8 items 4 and 6): pipeline classes x schedulers, exact or refused.
+"""The compatibility matrix: pipeline classes x schedulers, exact or refused.
 
 Every runnable case of :data:`MATRIX` (a tiny random-weight pipeline from ``tiny_pipelines``):
 
-- an exact-only schedule is bit-identical to the plain pipeline;
+- an exact-only schedule is bit-identical to the plain pipeline: its latents, and its decoded
+  output on 1 and on 2 ranks (CogVideoX with every scheduler parastep runs it with);
+- an exact-only schedule whose every step is CFG-split is bit-identical to the plain pipeline with
+  its denoiser run on each half of the guided batch, and within docs/compatibility.md's bound of
+  the plain (whole-batch) pipeline: kernels round a product of B rows differently from one of 2B;
 - a random valid schedule (parallel and reuse windows, both predictors, shared ranks) equals
-  :func:`oracle_run`, an independent implementation of DESIGN §1, on 1 rank (``LocalExchange``)
+  :func:`oracle_run`, an independent implementation of docs/design.md §1, on 1 rank (``LocalExchange``)
   and on 2 ranks (one spawned gloo world runs every case).
 
 Every refused case is refused at apply time in one line naming the problem and the fix.
@@ -14,7 +18,7 @@ runs parallel and reuse windows through a generic denoising loop (:class:`LoopPi
 the oracle, and every ``refused`` one is refused in one line.
 
 The oracle drives the pipeline's *own* loop (so the pipeline's conditioning and guidance are what
-DESIGN §1 calls ``guide(denoiser(...))``) but owns the trajectory: its wrapper of ``scheduler.step``
+docs/design.md §1 calls ``guide(denoiser(...))``) but owns the trajectory: its wrapper of ``scheduler.step``
 returns, at each step, the latents the denoiser must see next under §1 (the reuse chain's ``xhat``
 inside a parallel window, the real ``x`` elsewhere), records the guided outputs the pipeline computes
 there, and replays each parallel window's real steps literally from a deep copy of the scheduler
@@ -27,6 +31,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import math
 import random
 from pathlib import Path
 
@@ -36,7 +41,7 @@ import torch
 import reference_impl as R
 import tiny_pipelines as TP
 from parastep.errors import UserError
-from parastep.executor.hooks import ParaStepConfig, apply_parastep, remove_parastep
+from parastep.executor.hooks import ParaStepConfig, apply_parastep, denoiser_of, remove_parastep
 from parastep.executor.launch import launch
 from parastep.executor.schedulers import AUDIT
 
@@ -46,7 +51,7 @@ PROMPT = "a red cat"
 WORLD = 2
 
 
-# ----------------------------------------------------------------------------- the oracle (DESIGN §1)
+# ----------------------------------------------------------------------------- the oracle (docs/design.md §1)
 
 def _generators(value) -> list:
     if isinstance(value, torch.Generator):
@@ -56,7 +61,7 @@ def _generators(value) -> list:
 
 @torch.no_grad()
 def oracle_run(pipe, windows: list[dict], *, num_steps: int, call: dict):
-    """The pipeline's output under DESIGN §1 for ``windows`` (see the module docstring)."""
+    """The pipeline's output under docs/design.md §1 for ``windows`` (see the module docstring)."""
     sched = pipe.scheduler
     step_fn = type(sched).step
     sig = inspect.signature(sched.step)
@@ -186,8 +191,9 @@ def _windows(case: str, steps: int) -> list[dict]:
     return R.random_windows(rng, num_steps=steps, world_size=WORLD, max_window=3, kinds=("parallel", "parallel", "reuse"))
 
 
-def _exact_windows(steps: int) -> list[dict]:
-    return [{"start": i, "kind": "exact"} for i in range(steps)]
+def _exact_windows(steps: int, *, split: bool = False) -> list[dict]:
+    """Every step exact; with ``split`` every step's two guidance halves on ranks 0 and 1."""
+    return [{"start": i, "kind": "exact", **({"split": [[0, 1]]} if split else {})} for i in range(steps)]
 
 
 def _run(pipe, windows: list[dict], *, steps: int, call: dict, exchange=None):
@@ -230,20 +236,28 @@ def test_matrix_one_rank(case):
 def _two_rank_worker(ctx, job) -> None:
     from parastep.executor.exchange import DistExchange
 
-    out_dir, cases = job
+    out_dir, cases, exact_jobs = job
     for case in cases:
         spec = MATRIX[case]
         steps = spec["steps"]
         out, handle = _run(TP.make_compat_pipeline(case), _windows(case, steps), steps=steps, call=spec["call"](steps),
                            exchange=DistExchange())
         torch.save({"out": out, "forwards": handle.forwards}, Path(out_dir) / f"{case}_{ctx.rank}.pt")
+    for case, scheduler, split in exact_jobs:
+        pipe, steps, call = _exact_setup(case, scheduler)
+        out, _ = _run(pipe, _exact_windows(steps, split=split), steps=steps, call=call, exchange=DistExchange())
+        torch.save(out, Path(out_dir) / f"exact-{case}-{scheduler}-{split}_{ctx.rank}.pt")
 
 
 @pytest.mark.distributed
 def test_matrix_two_ranks(tmp_path):
-    """One spawned 2-rank gloo world runs every case's random schedule; each equals the oracle."""
+    """One spawned 2-rank gloo world runs every case's random schedule; each equals the oracle. The
+    same world runs the exact-only schedules of :data:`EXACT_JOBS` with decoded outputs (as ``exec``
+    does on rank 0): each equals the plain pipeline bit for bit; and CogVideoX's split exact-only
+    schedule, which equals the one-process run (``evaluate``'s) bit for bit."""
     cases = list(MATRIX)
-    launch(_two_rank_worker, (str(tmp_path), cases), world_size=WORLD, device="cpu", threads=1, timeout_s=300)
+    exact_jobs = [(case, scheduler, False) for case, scheduler in EXACT_JOBS] + [("cogvideox", None, True)]
+    launch(_two_rank_worker, (str(tmp_path), cases, exact_jobs), world_size=WORLD, device="cpu", threads=1, timeout_s=300)
     for case in cases:
         spec = MATRIX[case]
         steps = spec["steps"]
@@ -252,6 +266,12 @@ def test_matrix_two_ranks(tmp_path):
         want = _oracle(TP.make_compat_pipeline(case), _windows(case, steps), steps=steps, call=spec["call"](steps))
         assert torch.equal(got[0]["out"], want), (case, float((got[0]["out"] - want).abs().max()))
         assert sum(g["forwards"] for g in got) < 2 * steps, f"{case}: the ranks shared no work"
+    for case, scheduler, split in exact_jobs:
+        got = [torch.load(tmp_path / f"exact-{case}-{scheduler}-{split}_{r}.pt") for r in range(WORLD)]
+        assert torch.equal(got[0], got[1]), f"{case} ({scheduler}, split={split}): ranks differ"
+        pipe, steps, call = _exact_setup(case, scheduler)
+        want = _run(pipe, _exact_windows(steps, split=True), steps=steps, call=call)[0] if split else _plain(pipe, call)
+        assert torch.equal(got[0], want), (case, scheduler, split, float((got[0] - want).abs().max()))
 
 
 @pytest.mark.parametrize("case", list(REFUSED))
@@ -263,6 +283,106 @@ def test_matrix_refused_in_one_line(case):
     text = str(info.value)
     assert "\n" not in text and all(part in text for part in REFUSED[case]), text
     assert "step" not in pipe.scheduler.__dict__      # nothing left installed
+
+
+# ----------------------------------------------------------------------------- exact-only schedules, decoded
+
+# every matrix case with the scheduler it is built with, and CogVideoX with every scheduler parastep
+# runs it with (CogVideoXDDIMScheduler, and those ``exec`` switches a folder to: registry.set_scheduler;
+# CogVideoXDPMScheduler is refused, see REFUSED)
+EXACT_JOBS: list[tuple[str, str | None]] = ([(case, None) for case in MATRIX]
+                                            + [("cogvideox", s) for s in TP.compat_schedulers("cogvideox")[1:]])
+# the matrix's pipelines whose guidance is a two-way [uncond; cond] batch, so an exact step may be split
+SPLIT_CASES = ("sd15", "sdxl", "sd3", "pixart-sigma", "pixart-alpha", "sd15-img2img", "cogvideox", "latte")
+# docs/compatibility.md: a split exact-only schedule vs the plain pipeline, decoded outputs in [0, 1]
+# (measured on these tiny pipelines, one CPU thread, float32: 126-140 dB, max abs difference <= 3e-6)
+SPLIT_MIN_PSNR_DB = 120.0
+SPLIT_MAX_ABS = 1e-5
+
+
+def _timesteps_run(pipe, num_inference_steps: int) -> int:
+    probe = type(pipe.scheduler).from_config(pipe.scheduler.config)
+    probe.set_timesteps(num_inference_steps)
+    return len(probe.timesteps)
+
+
+def _exact_setup(case: str, scheduler: str | None = None):
+    """A fresh ``case`` pipeline (``scheduler`` swapped in, as ``exec`` does), the scheduler steps its
+    call makes, and the call with ``output_type="np"``: decoded images or video frames, post-processed."""
+    spec = MATRIX[case]
+    pipe = TP.make_compat_pipeline(case, scheduler=scheduler)
+    call = {**spec["call"](spec["steps"]), "output_type": "np"}
+    steps = spec["steps"] if scheduler is None else _timesteps_run(pipe, call["num_inference_steps"])
+    return pipe, steps, call
+
+
+@pytest.mark.parametrize("case,scheduler", EXACT_JOBS)
+def test_exact_only_decoded_output_is_bit_identical(case, scheduler):
+    """An exact-only schedule (no ``split``) reproduces the plain pipeline bit for bit after the VAE
+    decode and post-processing (docs/design.md §4), for every matrix case and every scheduler the
+    CogVideoX pipeline runs with (its stateful multistep ones included)."""
+    pipe, steps, call = _exact_setup(case, scheduler)
+    assert scheduler is None or type(pipe.scheduler).__name__ == scheduler
+    plain = _plain(pipe, call)
+    exact, handle = _run(pipe, _exact_windows(steps), steps=steps, call=call)
+    assert torch.equal(exact, plain), (case, scheduler, float((exact - plain).abs().max()))
+    assert handle.forwards == steps
+
+
+def _half_batch_forward(forward):
+    """``forward`` run on each half of the guided batch (rows [0, B) then [B, 2B) of every argument
+    whose dim 0 is the sample's 2B), outputs concatenated: what a CFG-split pair computes, written
+    here without the executor."""
+
+    def cut(value, lo: int, hi: int, batch: int):
+        if isinstance(value, torch.Tensor):
+            return value[lo:hi] if value.dim() and value.shape[0] == batch else value
+        if isinstance(value, dict):
+            return {k: cut(v, lo, hi, batch) for k, v in value.items()}
+        if isinstance(value, (list, tuple)):
+            return type(value)(cut(v, lo, hi, batch) for v in value)
+        return value
+
+    def join(a, b):
+        if isinstance(a, torch.Tensor):
+            return torch.cat([a, b])
+        if hasattr(a, "to_tuple"):          # diffusers BaseOutput
+            return type(a)(**{k: join(a[k], b[k]) for k in a.keys()})
+        return type(a)(join(x, y) for x, y in zip(a, b))
+
+    @functools.wraps(forward)
+    def halves(*args, **kwargs):
+        x = args[0] if args else kwargs.get("sample", kwargs.get("hidden_states"))
+        n, b = x.shape[0], x.shape[0] // 2
+        return join(forward(*cut(args, 0, b, n), **cut(kwargs, 0, b, n)), forward(*cut(args, b, n, n), **cut(kwargs, b, n, n)))
+
+    return halves
+
+
+@pytest.mark.parametrize("case", SPLIT_CASES)
+def test_split_exact_only_is_the_half_batch_pipeline_within_the_documented_bound(case):
+    """Every exact step CFG-split (``split: [[0, 1]]``, a lossless plan's windows). Not bit-identical
+    to the plain pipeline, for the one reason docs/compatibility.md documents: the denoiser runs on
+    half the batch, and the CPU BLAS rounds a product with B rows differently from one with 2B rows in
+    the last bit (CogVideoX: its timestep-embedding ``Linear`` first). So the schedule's output equals,
+    bit for bit, the plain pipeline with its denoiser run on each half (nothing else differs: no
+    scheduler state, noise, dtype or decode), and differs from the whole-batch pipeline by at most the
+    documented bound."""
+    pipe, steps, call = _exact_setup(case)
+    plain = _plain(pipe, call)
+    got, handle = _run(pipe, _exact_windows(steps, split=True), steps=steps, call=call)
+    assert sum(w.half_forwards for w in handle.stats()) == 2 * steps      # every step ran as two halves
+    _, den = denoiser_of(pipe)
+    den.forward = _half_batch_forward(den.forward)
+    try:
+        halves = _plain(pipe, call)
+    finally:
+        del den.forward
+    assert torch.equal(got, halves), (case, float((got - halves).abs().max()))
+    diff = (got.double() - plain.double()).abs()
+    mse = float((diff ** 2).mean())
+    assert float(diff.max()) <= SPLIT_MAX_ABS, (case, float(diff.max()))
+    assert mse == 0 or -10 * math.log10(mse) >= SPLIT_MIN_PSNR_DB, (case, -10 * math.log10(mse))
 
 
 # ----------------------------------------------------------------------------- every diffusers scheduler
@@ -374,7 +494,8 @@ def test_every_refused_scheduler_is_refused_in_one_line(name):
 def test_evaluate_conditions_from_the_pipeline_signature_and_scores_video_frames():
     """Class labels (DiT, by index or name), no conditioning (DDPM), video (CogVideoX: PSNR/SSIM
     over every frame) through ``evaluate``, the profiler's and ``evaluate``'s one pipeline call."""
-    from parastep.executor.evaluate import class_label_ids, default_prompts, evaluate, run_schedule_local
+    from parastep.executor.evaluate import evaluate, run_schedule_local
+    from parastep.executor.inputs import class_label_ids, default_prompts
 
     windows = [{"start": 0, "kind": "exact"}, {"start": 1, "kind": "parallel", "placement": [0, 1], "predictor": "last"},
                {"start": 3, "kind": "exact"}]
@@ -409,7 +530,8 @@ def test_video_media_written_as_frames_and_gif_and_scored_over_all_frames(tmp_pa
     import numpy as np
     from PIL import Image
 
-    from parastep.executor.command import _images_np, _to_tensor, _write_outputs
+    from parastep.executor.execute import _images_np, _to_tensor
+    from parastep.executor.results import write_exec_outputs as _write_outputs
     from parastep.executor.media import output_of
     from parastep.executor.metrics import psnr_db
 

@@ -1,4 +1,4 @@
-"""Issue 8 item 2 on the command line: conditioning from the pipeline's own signature.
+"""Conditioning on the command line, from the pipeline's own signature.
 
 Tiny random-weight pipelines saved to folders go ``profile -> plan -> exec / evaluate`` through the
 CLI: class labels (DiT, by index or label name), no conditioning at all (DDIM), an input image and a
@@ -191,7 +191,7 @@ def test_img2img_image_and_strength(folders, tmp_path):
 def test_steps_for_strength_and_pndm():
     from diffusers import DDIMScheduler, PNDMScheduler
 
-    from parastep.executor.command import _steps_run, inference_steps_for
+    from parastep.executor.inputs import _steps_run, inference_steps_for
 
     ddim = DDIMScheduler(num_train_timesteps=1000)
     for T, S in ((3, 0.5), (10, 0.3), (7, 1.0), (50, 0.8)):
@@ -246,7 +246,7 @@ def test_video_frames_from_exec_and_evaluate(folders, tmp_path):
 def test_settle_inputs_fills_and_refuses():
     from types import SimpleNamespace
 
-    from parastep.executor.evaluate import Inputs, settle_inputs
+    from parastep.executor.inputs import Inputs, settle_inputs
 
     rec = SimpleNamespace(resolution_px=(32, 48), num_frames=5, strength=None)
     got = settle_inputs(Inputs(prompts=("a",)), rec, what="schedule", fix="re-plan with")
@@ -263,7 +263,7 @@ def test_config_fixed_call_arguments_need_no_flag():
     CogVideoX's text length comes from its transformer, PixArt bins only its released sizes."""
     from types import SimpleNamespace
 
-    from parastep.executor.evaluate import Inputs, generation_kwargs
+    from parastep.executor.inputs import Inputs, generation_kwargs
 
     class CogLike:
         def __call__(self, prompt=None, max_sequence_length=226, num_frames=49):

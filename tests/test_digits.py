@@ -91,7 +91,7 @@ def test_exactly_one_denoiser_call_per_step(scheduler_cls, guidance_scale):
 
 
 def _manual_loop(p: DigitsPipeline, labels: list[int], *, steps: int, g: float, seed: int) -> torch.Tensor:
-    """DESIGN §1 written out: x_0 seeded, e_i = uncond + g (cond - uncond), x_{i+1} = step_i(x_i, e_i)."""
+    """docs/design.md §1 written out: x_0 seeded, e_i = uncond + g (cond - uncond), x_{i+1} = step_i(x_i, e_i)."""
     x = torch.randn((len(labels), 1, 8, 8), generator=torch.Generator().manual_seed(seed))
     sched = DDIMScheduler.from_config(p.scheduler.config)
     sched.set_timesteps(steps)

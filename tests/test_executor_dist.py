@@ -6,7 +6,7 @@ saves its final latents; the test checks, bit for bit:
 - every rank ends with the same latents;
 - tiny SD pipeline (DDIM, Euler, DPM-Solver++ 2M, and the stochastic Euler ancestral, DDPM,
   DPM-Solver++ 2M SDE with their noise replayed): equal to ``reference_impl.reference_latents`` (the
-  independent loop of DESIGN §1);
+  independent loop of docs/design.md §1);
 - every registered tiny pipeline (sd15, sdxl, sd3, pixart-sigma, flux) with each scheduler
   it supports: an exact-only schedule equals the plain pipeline; a random schedule equals
   ``reference_impl.reference_latents_tiny`` (each pipeline's conditioning and guidance written
@@ -25,7 +25,7 @@ import torch
 
 import reference_impl as R
 import tiny_pipelines as TP
-from parastep.executor.command import inference_steps_for
+from parastep.executor.inputs import inference_steps_for
 from parastep.executor.hooks import ParaStepConfig, apply_parastep, remove_parastep
 from parastep.executor.launch import launch
 from parastep.schedules.check import implied_totals

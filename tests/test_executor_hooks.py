@@ -1,4 +1,4 @@
-"""Single-process tests of the executor's hooks (DESIGN §1, §4): exactness, refusals, remove, API."""
+"""Single-process tests of the executor's hooks (docs/design.md §1, §4): exactness, refusals, remove, API."""
 
 from __future__ import annotations
 
@@ -57,7 +57,7 @@ def test_exact_only_schedule_is_bit_exact_and_remove_restores(name, scheduler):
 @given(seed=st.integers(0, 10_000), scheduler=st.sampled_from(["ddim", "euler", "dpm++2m", "unipc", *R.STOCHASTIC]),
        num_steps=st.integers(3, 10), eta=st.sampled_from([0.0, 0.0, 0.7]))
 def test_random_schedules_match_reference_implementation(seed, scheduler, num_steps, eta):
-    """Local emulation (one process owns every offset) == the independent loop of DESIGN §1, bit for bit;
+    """Local emulation (one process owns every offset) == the independent loop of docs/design.md §1, bit for bit;
     stochastic schedulers (and DDIM with eta > 0) included: the generator's noise is replayed."""
     pipe = R.tiny_sd_pipeline(scheduler)
     eta = eta if scheduler == "ddim" else 0.0

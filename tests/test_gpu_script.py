@@ -1,4 +1,4 @@
-"""Issue 9 item 6 (run on an H200 on 2026-11-30; these tests run on CPU): ``benchmarks/bench_gpu_unet.py`` (SDXL-sized UNet forward at batch 1, 2, 4 and
+"""On CPU (no GPU needed): ``benchmarks/bench_gpu_unet.py`` (SDXL-sized UNet forward at batch 1, 2, 4 and
 one scheduler step) and ``profiles/make_sdxl.py --compute`` (its JSON as the SDXL profile's measured compute)."""
 
 from __future__ import annotations

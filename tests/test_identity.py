@@ -1,4 +1,4 @@
-"""Issue 8 item 1: a folder is enough, and exec refuses a folder that is not the one profiled.
+"""A folder is enough, and exec refuses a folder that is not the one profiled.
 
 ``executor.registry.folder_identity`` hashes a pipeline folder's model_index.json and component
 config JSONs (not weights); ``profile`` records it with the pipeline class, the schedule carries
@@ -118,7 +118,7 @@ def test_exec_refuses_a_registry_model_whose_folder_changed(tmp_path):
 
 
 def test_check_model_accepts_the_profiled_folder_under_any_path(tmp_path, digits_copy):
-    from parastep.executor.command import check_model
+    from parastep.executor.pipeline import check_model
 
     sched = schedule_from_dict(yaml.safe_load(_digits_schedule(tmp_path, model_identity=folder_identity(_digits_folder())).read_text()))
     assert Path(check_model(sched, None).folder) == _digits_folder()

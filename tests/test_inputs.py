@@ -1,4 +1,4 @@
-"""Issue 8 item 5: every input is checked before anything big happens, and refused in one line.
+"""Every input is checked before anything big happens, and refused in one line.
 
 - the planner sizes the DP's table before allocating it (refuse ``--solver dp``, switch ``auto``);
 - the profile contract rejects negative gains, mis-sized curves and duplicate entries;
@@ -50,7 +50,7 @@ def test_dp_table_bytes_is_what_the_oracle_allocates(monkeypatch, prior_file):
         return table
 
     from parastep.cli import build_parser
-    from parastep.planner.command import make_plan, request_from_args
+    from parastep.planner.request import make_plan, request_from_args
 
     problem = make_plan(request_from_args(build_parser().parse_args(
         ["plan", "--profile", str(prior_file), "--gpus", "4", "--solver", "dp"]))).problem

@@ -1,4 +1,4 @@
-"""Where the commands write, and inputs found by an outside-in audit (2026-12-01): each refusal is
+"""Where the commands write, and inputs found by an outside-in audit: each refusal is
 one line, exit 2, before any work, with nothing left behind; a reused --out folder holds only the
 new run's outputs; ``validate``'s number checks are in tests/test_validate.py."""
 
@@ -168,7 +168,7 @@ def test_flag_ranges(argv, needle):
     _refused(argv, needle=needle)
 
 
-# ---- second audit (2026-12-01) -------------------------------------------------------------------
+# ---- more outside-in inputs ----------------------------------------------------------------------
 
 def test_flags_that_would_be_ignored_are_refused(tmp_path):
     _refused(["profile", "--model", "digits", "--retime", "--out", tmp_path / "p.yaml"], needle="add --recalibrate PROFILE")

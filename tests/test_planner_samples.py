@@ -1,4 +1,4 @@
-"""The per-image quality statement (issue 7): one constraint per calibration sample, "at least K of
+"""The per-image quality statement: one constraint per calibration sample, "at least K of
 N samples", the default plan no worse than the fixed plan on any sample. CP-SAT and the Lagrangian
 branch and bound (the default solver) each against an exhaustive search written here from the
 profile alone, against each other, and against the DP where one budget says it all; the Lagrangian
@@ -345,7 +345,7 @@ def test_cpsat_certifies_no_optimum_above_a_checked_plan():
 
 
 def test_branch_and_bound_never_replaces_its_best_plan_by_a_slower_one():
-    """Regression (CI, session 8): with latencies near 2e7 units the float margin was 2 units, so a
+    """Regression: with latencies near 2e7 units the float margin was 2 units, so a
     plan one or two units slower than the best found passed the "< limit" test and replaced it:
     OPTIMAL 21,235,491 where the DP's optimum is 21,235,489."""
     prof = make_profile(num_steps=37, max_window=8, seed=217, samples=1)

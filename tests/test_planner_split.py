@@ -1,4 +1,4 @@
-"""CFG split in the planner (issue 9): the placement family, its latency against the independent op
+"""CFG split in the planner: the placement family, its latency against the independent op
 graph of ``simulate``, lossless planning at budget 0, and the switches that turn it off.
 
 CP-SAT == DP with split edges is covered by tests/test_planner.py's random instances (a third of
@@ -131,7 +131,7 @@ def test_fewer_gpus_pruning_loses_nothing(seed, G, ratio, budget):
 
 
 def test_fewer_gpus_picks_a_smaller_world_when_exchanges_among_more_ranks_cost_more():
-    from parastep.planner.command import PlanRequest, make_plan
+    from parastep.planner.request import PlanRequest, make_plan
     from parastep.planner.options import SolverOptions
     from parastep.profiles.model import Comm, CommEntry
 

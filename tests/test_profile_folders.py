@@ -1,9 +1,9 @@
-"""Issue 8: a folder from the compatibility table goes ``profile -> plan -> exec --reference`` with no
+"""A folder from the compatibility table goes ``profile -> plan -> exec --reference`` with no
 flag to guess, and ``plan --verify`` measures what the profile measured.
 
 - DiT with guidance > 1 steps a doubled latent batch (``[x; x]``: k = 2 identical copies of the N
-  samples). The profiler folds the rows into N samples (``measure.first_copy``) and perturbs every
-  copy alike (``measure.tiled``); copies that differ are refused in one line (``latent_copies``).
+  samples). The profiler folds the rows into N samples (``trajectory.first_copy``) and perturbs every
+  copy alike (``trajectory.tiled``); copies that differ are refused in one line (``latent_copies``).
 - ``plan --verify`` calls the pipeline at the profile's recorded size and frames (video), and
   refuses image-to-image profiles in one line pointing to ``parastep evaluate SCHED --image PATH``.
 """
@@ -87,22 +87,22 @@ def test_doubled_batch_quality_model_matches_end_to_end_runs():
     """Differential: on DiT's doubled batch, the linearised quality model (directions found on the
     folded samples, pushed through the run tiled over both copies) against every window run end to
     end (``direct``); both fold to one number per sample."""
-    from parastep.profiler import measure as M
+    from parastep.profiler import deviation, propagation, trajectory
 
     pipe = TP.make_compat_pipeline("dit")
     prompts, seeds = ["0", "1"], [3, 3]
     T, J = 6, 2
     kw = {"guidance_scale": 1.5, "num_inference_steps": T}   # > 1: doubled; mild: nearly linear
-    traj = M.record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=kw)
+    traj = trajectory.record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=kw)
     assert traj.copies == 2 and traj.x[0].shape[0] == 4
     preds: dict = {}
-    M.deviation_tables(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, max_window=J, call_kwargs=kw,
-                       predictions=preds)
-    gain, _ = M.propagation_gain(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=kw, delta=1e-3)
-    bdev = M.boundary_deviations(traj, type(pipe.scheduler), preds, num_steps=T, max_window=J)
+    deviation.deviation_tables(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, max_window=J, call_kwargs=kw,
+                               predictions=preds)
+    gain, _ = propagation.propagation_gain(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=kw, delta=1e-3)
+    bdev = deviation.boundary_deviations(traj, type(pipe.scheduler), preds, num_steps=T, max_window=J)
     common = dict(prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=kw, rank=8, gain=gain)
-    lin, _, captured = M.window_output_errors(pipe, traj, bdev, **common)
-    direct, _, _ = M.window_output_errors(pipe, traj, bdev, direct=True, **common)
+    lin, _, captured = propagation.window_output_errors(pipe, traj, bdev, **common)
+    direct, _, _ = propagation.window_output_errors(pipe, traj, bdev, direct=True, **common)
     assert set(lin) == set(direct) and captured > 0.999
     assert all(len(v) == 2 for v in lin.values())
     pairs = [(a, b) for k in lin for a, b in zip(lin[k], direct[k])]
@@ -118,7 +118,7 @@ def test_doubled_batch_quality_model_matches_end_to_end_runs():
 
 
 def test_latent_copies_fold_and_refuse():
-    from parastep.profiler.measure import first_copy, latent_copies, rms_per_sample, tiled
+    from parastep.profiler.trajectory import first_copy, latent_copies, rms_per_sample, tiled
 
     x = torch.randn(3, 4, 2, 2)
     two = torch.cat([x, x])

@@ -15,9 +15,11 @@ from parastep.models.digits.pipeline import NULL_CLASS, DigitsPipeline
 from parastep.executor.evaluate import samples_of
 from parastep.profiles.io import dump_profile, load_profile, write_profile
 from parastep.profiles.model import Profile
-from parastep.profiler.measure import (
-    ProfilerSettings, deviation_tables, fit_alpha_beta, measure_profile, record_reference,
-)
+from parastep.profiler.comm import fit_alpha_beta
+from parastep.profiler.deviation import deviation_tables
+from parastep.profiler.measure import measure_profile
+from parastep.profiler.settings import ProfilerSettings
+from parastep.profiler.trajectory import record_reference
 
 T = 7
 J = 4
@@ -258,7 +260,7 @@ def test_cli_rejects_bad_input(tmp_path, capsys):
 def test_comm_ranks_beyond_the_machine(monkeypatch, interconnect):
     """CPU with fewer cores than --gpus: a preset covers the ranks beyond the cores (prior
     provenance); without one every g is measured by oversubscribing (measured provenance)."""
-    import parastep.profiler.measure as prof
+    import parastep.profiler.comm as prof
     from parastep.profiles.model import CommEntry
 
     measured_g: list[int] = []
@@ -337,14 +339,14 @@ def test_window_output_errors_match_a_direct_run_of_each_window(measured):
 
 
 def test_exchange_fit_with_a_flat_or_falling_slope_is_refused():
-    """A clamped fit would be a number nobody measured (issue 7 item 6)."""
+    """A clamped fit would be a number nobody measured."""
     with pytest.raises(ValueError, match="exchange fit refused"):
         fit_alpha_beta([(2, 1e-3), (8, 1e-3), (32, 0.9e-3)], output_bytes=4096)
     with pytest.raises(ValueError, match="exchange fit refused"):
         fit_alpha_beta([(2, 5e-3), (8, 4e-3), (32, 3e-3)], output_bytes=4096)
 
 
-# ---- CFG split costs (issue 9 item 3) ---------------------------------------------------------
+# ---- CFG split costs ---------------------------------------------------------
 
 def _denoiser_calls(pipe, call):
     """Every denoiser call's (args, kwargs) during ``call()`` (a forward pre-hook)."""
@@ -366,7 +368,7 @@ def _denoiser_calls(pipe, call):
 def test_half_batch_is_the_unconditional_half_of_the_real_call(name):
     """Cut to rows [0, B) (latents, timestep, class labels / encoder states, added conditions in
     a nested dict), the denoiser's real call gives exactly the first half of the whole call's output."""
-    from parastep.profiler.measure import half_batch
+    from parastep.profiler.compute import half_batch
 
     if name == "digits":
         pipe = tiny_digits()
@@ -398,7 +400,7 @@ def test_half_batch_is_the_unconditional_half_of_the_real_call(name):
 
 
 def test_compute_times_a_half_forward_only_with_a_two_way_guided_batch():
-    from parastep.profiler.measure import half_forward_note, measure_compute
+    from parastep.profiler.compute import half_forward_note, measure_compute
 
     pipe = tiny_digits()
     torch.set_num_threads(1)
@@ -417,7 +419,7 @@ def test_compute_times_a_half_forward_only_with_a_two_way_guided_batch():
 def test_compute_measures_the_raw_half_a_split_pair_swaps(name):
     """The bytes of one CFG half of the denoiser's raw output, measured on the real call: the
     guided output's size for digits (no field), twice it for PixArt's learned variance."""
-    from parastep.profiler.measure import measure_compute, raw_half_bytes_of
+    from parastep.profiler.compute import measure_compute, raw_half_bytes_of
 
     torch.set_num_threads(1)
     if name == "digits":
@@ -488,7 +490,7 @@ def test_pair_fit_with_a_flat_or_falling_slope_is_refused(monkeypatch, tmp_path)
     import json as _json
 
     import parastep.executor.launch as launch_mod
-    import parastep.profiler.measure as prof
+    import parastep.profiler.comm as prof
 
     with pytest.raises(ValueError, match="pair swap fit refused"):
         fit_alpha_beta([(1, 1e-3), (4, 1e-3), (16, 0.9e-3)], output_bytes=1024, what="pair swap")
@@ -505,7 +507,7 @@ def test_pair_fit_with_a_flat_or_falling_slope_is_refused(monkeypatch, tmp_path)
 def test_comm_part_pair_measured_or_refused(monkeypatch, interconnect):
     """With a two-way guided batch the pair is measured on 2 local ranks (measured provenance); a
     refused pair fit falls back to a named preset (labelled prior) and is an error without one."""
-    import parastep.profiler.measure as prof
+    import parastep.profiler.comm as prof
     from parastep.profiles.interconnects import pair_entry_for
     from parastep.profiles.model import CommEntry
 
@@ -535,7 +537,7 @@ def test_comm_part_pair_measured_or_refused(monkeypatch, interconnect):
 
 
 def test_pair_from_the_preset_without_two_local_devices(monkeypatch):
-    import parastep.profiler.measure as prof
+    import parastep.profiler.comm as prof
     from parastep.profiles.interconnects import pair_entry_for
 
     monkeypatch.setattr(prof, "measure_comm", lambda *, world_sizes, **kw: ([], {}))
@@ -554,7 +556,7 @@ def test_pair_swap_measured_over_gloo():
     """The real swap in 2 spawned gloo processes, up to 64 MiB (so the bytes, not a loaded machine's
     jitter of a few ms, dominate the largest sizes and the fit is not refused): a positive latency
     and bandwidth."""
-    from parastep.profiler.measure import measure_pair
+    from parastep.profiler.comm import measure_pair
 
     entry, raw = measure_pair(output_shape=[1, 1, 16, 16], dtype="float32", output_bytes=1024, repeats=3, device="cpu",
                               max_bytes=2 ** 26)

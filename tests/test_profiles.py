@@ -290,7 +290,7 @@ def test_pair_swap_is_one_alpha_plus_one_output_over_beta(name):
     assert t == pytest.approx(g2.latency_s + 2 * 131072 / g2.bandwidth_bytes_per_s)
 
 
-# ---- CFG split costs (issue 9 item 3) -------------------------------------------------------
+# ---- CFG split costs -------------------------------------------------------
 
 def test_sdxl_prices_a_cfg_split_by_its_measurement(sdxl):
     runs = _h200_runs()

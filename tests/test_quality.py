@@ -65,7 +65,7 @@ def test_the_held_out_seeds_are_held_out(setup):
 
 @pytest.mark.parametrize("G", [2, 4, 8])
 def test_default_plan_measures_at_least_the_fixed_plan_and_is_faster(setup, G):
-    """Issue 7 item 3: no budget -> every calibration image no worse than under the fixed plan;
+    """No budget -> every calibration image no worse than under the fixed plan;
     on held-out images the mean and the 10th percentile are at least the fixed plan's. (At G = 8 this
     holds with CFG split, the default since the digits profile prices it; without it the default plan
     measured 36.82 vs the fixed plan's 37.19 dB mean on seeds 7001-7002.) Measured on these 100 images

@@ -349,6 +349,10 @@ def test_set_scheduler_and_denoiser_errors():
     assert "shift" not in config  # keys the new class does not take are dropped, not warned about
     set_scheduler(flow, "FlowMatchEulerDiscreteScheduler")  # back again: still a flow model, same shift
     assert flow.scheduler.config.shift == 3.0
+    # the classes set_scheduler accepts, per family (what exec may switch a folder to)
+    assert registry.swappable_schedulers(flow) == ("FlowMatchEulerDiscreteScheduler", "DPMSolverMultistepScheduler")
+    assert registry.swappable_schedulers(pipe) == ("DDIMScheduler", "EulerDiscreteScheduler", "DPMSolverMultistepScheduler",
+                                                   "PNDMScheduler")
 
     class NoDenoiser:
         pass

@@ -1,4 +1,4 @@
-"""The CFG-split contract (issue 9 item 1): generated split schedules are valid and survive YAML;
+"""The CFG-split contract: generated split schedules are valid and survive YAML;
 each broken split invariant is named; the implied bytes count each pair's swap."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from hypothesis import given, settings
 
 from parastep.schedules.check import implied_totals, violations
 from parastep.schedules.io import REGENERATE, dump_schedule, schedule_from_dict
-from parastep.schedules.yamlio import parse_yaml
+from parastep.yamlio import parse_yaml
 
 
 def load_schedule_text(text: str):

@@ -27,7 +27,7 @@ FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthChe
 
 
 def design_schedules(**kwargs):
-    """Random schedules valid under DESIGN §1 (``strategies.valid_schedules`` draws no size-1 parallel window)."""
+    """Random schedules valid under docs/design.md §1 (``strategies.valid_schedules`` draws no size-1 parallel window)."""
     return valid_schedules(**kwargs)
 
 
@@ -271,7 +271,7 @@ def test_cli_real_process_no_traceback(tmp_path):
     assert "totals-bytes" in subprocess.run(cmd + ["validate", str(bad)], capture_output=True, text=True, env=env, cwd=tmp_path).stderr
 
 
-# ---- DESIGN §1 window sizes and the freshness rule ----------------------------------------
+# ---- docs/design.md §1 window sizes and the freshness rule ----------------------------------------
 
 def _example(name: str) -> dict:
     return yaml.safe_load((EXAMPLES[0].parent / name).read_text())
@@ -484,7 +484,7 @@ def test_binary_and_non_utf8_files_are_refused(tmp_path, blob):
 
 
 def test_too_large_file_is_refused_before_parsing(tmp_path, monkeypatch):
-    from parastep.schedules import yamlio
+    from parastep import yamlio
 
     path = tmp_path / "big.yaml"
     path.write_text(GOOD + "#" * 2000 + "\n")
@@ -500,7 +500,7 @@ def test_directory_is_a_directory_not_missing(tmp_path):
 
 def test_unquoted_date_is_text_and_profiles_read_the_same(tmp_path):
     from parastep.profiles.io import load_profile, shipped_profiles
-    from parastep.schedules.yamlio import parse_yaml
+    from parastep.yamlio import parse_yaml
 
     assert parse_yaml("d: 2026-01-01", source="t", fix="f") == {"d": "2026-01-01"}
     for path in shipped_profiles().values():
@@ -527,7 +527,7 @@ def test_validate_exit_code_does_not_depend_on_message_text(tmp_path, monkeypatc
     assert code == 1 and "does not exist" in err
 
 
-# ---- recorded numbers (audit 2026-12-01: tampered latency and quality passed as valid) ----------
+# ---- recorded numbers (tampered latency and quality must not pass as valid) ----------
 
 @pytest.fixture(scope="module")
 def planned() -> Schedule:

@@ -1,11 +1,11 @@
-"""Fuzzing ``parastep validate`` against an independent checker of DESIGN §1.
+"""Fuzzing ``parastep validate`` against an independent checker of docs/design.md §1.
 
 Thousands of valid schedules (``strategies.valid_schedules``) are mutated: wrong types, out-of-range
 and huge integers, deleted and unknown keys, moved starts, bad ranks and sizes, other kinds and
 predictors, wrong totals; and at the text level duplicate keys, deep nesting, disallowed tags,
 binary garbage, truncation. Each result goes through ``validate``'s entry point in-process (``cli.main`` is
 covered by test_validate.py and test_cli_contract.py); the checker
-below, written from DESIGN §1 and the schedule contract (not from ``schedules/``), says what the
+below, written from docs/design.md §1 and the schedule contract (not from ``schedules/``), says what the
 answer must be. The properties: no invalid schedule accepted (exit 0), no valid one rejected,
 never anything but one ``parastep: error:`` line and exit 1 for a rejection (no traceback, no
 "unexpected" error).
@@ -32,7 +32,7 @@ from parastep.errors import UserError
 
 from strategies import valid_schedules
 
-# Limits the schedule contract states (schedules/model.py, schedules/yamlio.py), restated here.
+# Limits the schedule contract states (schedules/model.py, yamlio.py), restated here.
 MAX_INT = 2**53
 MAX_STEPS = 100_000
 MAX_WORLD_SIZE = 65_536
@@ -70,7 +70,7 @@ def _all_ints_in_range(v) -> bool:
 
 
 def design_valid(d) -> bool:
-    """DESIGN §1 invariants plus the contract's types (strict: no coercion) and bounds."""
+    """docs/design.md §1 invariants plus the contract's types (strict: no coercion) and bounds."""
     if not isinstance(d, dict) or not _all_ints_in_range(d):
         return False
     if not TOP_REQUIRED <= set(d) or not set(d) <= TOP_REQUIRED | TOP_OPTIONAL:
@@ -198,7 +198,7 @@ def _wrong_values(v) -> list:
         out += [int(v), 1, 0]
     elif isinstance(v, int):
         # an earlier retype may have put 10**4000 here: float(v) and v + 0.5 overflow past ~1.8e308
-        # (found by CI, session 8: OverflowError while generating, not a checker disagreement)
+        # (OverflowError while generating, not a checker disagreement)
         out += ([float(v), v + 0.5] if abs(v) < 10**300 else []) + [
             -1, 0, -v - 1, MAX_INT, MAX_INT + 1, 2**62, 10**20, 10**4000, -(10**30), MAX_STEPS + 1, MAX_WORLD_SIZE + 1,
             float("inf")]

@@ -1,4 +1,4 @@
-"""``plan --verify``'s rounds (``profiler.plan_command.aim``) against a fake world whose measured
+"""``plan --verify``'s rounds (``profiler.verify.aim``) against a fake world whose measured
 PSNR per plan is known: a plan that misses is re-planned stricter, a ``--min-psnr`` plan met with
 room to spare is traded for a faster one only if that one meets the target on the same images, and
 every exit returns the measurement of the plan it returns."""
@@ -9,8 +9,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from parastep.profiler import plan_command
-from parastep.profiler.plan_command import MAX_ROUNDS, SLACK_DB, Target, aim
+from parastep.profiler import verify
+from parastep.profiler.verify import MAX_ROUNDS, SLACK_DB, Target, aim
 
 
 class World:
@@ -91,7 +91,7 @@ def test_the_default_plan_tightens_its_bounds_and_is_never_relaxed():
     first = SimpleNamespace(schedule=SimpleNamespace(latency=SimpleNamespace(predicted_s=1.0), n=0))
     target = Target("fixed plan's mean", lambda p: p[0] >= 1)
     result, psnr, rounds = aim(first, measure=lambda s: [s.n], replan=replan, target=target)
-    assert factors == [pytest.approx(plan_command.TIGHTEN)] and result.schedule.n == 1 and rounds == 2
+    assert factors == [pytest.approx(verify.TIGHTEN)] and result.schedule.n == 1 and rounds == 2
 
 
 def test_without_a_target_the_plan_is_measured_once():

@@ -328,7 +328,7 @@ def _flux(seed: int):
 
 
 # ----------------------------------------------------------------------------- the compatibility matrix's extra classes
-# (issue 8 item 6: pipelines parastep never names; built tiny the same way, for tests/test_compat.py)
+# (pipelines parastep never names; built tiny the same way, for tests/test_compat.py)
 
 VIDEO_FRAMES = 5          # CogVideoX: 5 frames -> 2 latent frames (temporal compression 4)
 LATTE_FRAMES = 2
@@ -466,15 +466,31 @@ COMPAT_BUILDERS = {"sd15-img2img": _sd15_img2img, "ddpm": _ddpm, "ddim": _ddim, 
                    "kandinsky22-combined": _kandinsky22_combined}
 
 
-def make_compat_pipeline(name: str, *, seed: int = 0):
+def make_compat_pipeline(name: str, *, seed: int = 0, scheduler: str | None = None):
     """A fresh tiny pipeline of the compatibility matrix: a registry name (``TINY_NAMES``) or a
-    ``COMPAT_BUILDERS`` name; the global torch RNG is left untouched."""
+    ``COMPAT_BUILDERS`` name; the global torch RNG is left untouched. ``scheduler``: a class from
+    ``compat_schedulers(name)`` to swap in with ``registry.set_scheduler`` (as ``exec`` does when a
+    schedule names another scheduler than the folder's)."""
     if name in _BUILDERS:
-        return make_tiny_pipeline(name, seed=seed)
-    with torch.random.fork_rng(devices=[]):
-        pipe = COMPAT_BUILDERS[name](seed)
-    pipe.set_progress_bar_config(disable=True)
+        pipe = make_tiny_pipeline(name, seed=seed)
+    else:
+        with torch.random.fork_rng(devices=[]):
+            pipe = COMPAT_BUILDERS[name](seed)
+        pipe.set_progress_bar_config(disable=True)
+    if scheduler is not None and scheduler != type(pipe.scheduler).__name__:
+        set_scheduler(pipe, scheduler)
     return pipe
+
+
+def compat_schedulers(name: str) -> tuple[str, ...]:
+    """Every scheduler class the tiny ``name`` pipeline of the compatibility matrix can run under
+    parastep: the one it is built with, then those ``registry.set_scheduler`` can swap in (its
+    family's: ``registry.swappable_schedulers``)."""
+    from parastep.executor.registry import swappable_schedulers
+
+    pipe = make_compat_pipeline(name)
+    own = type(pipe.scheduler).__name__
+    return (own, *(s for s in swappable_schedulers(pipe) if s != own))
 
 
 def make_tiny_pipeline(name: str, *, scheduler: str | None = None, seed: int = 0):

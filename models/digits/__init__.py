@@ -1,1 +1,1 @@
-"""The bundled digits model (DESIGN §5)."""
+"""The bundled digits model (docs/design.md §5)."""

@@ -1,4 +1,4 @@
-"""``DigitsPipeline``: the bundled class-conditional pixel-space diffusion pipeline (DESIGN §5).
+"""``DigitsPipeline``: the bundled class-conditional pixel-space diffusion pipeline (docs/design.md §5).
 
 A plain diffusers ``DiffusionPipeline`` with two components, ``unet`` (``UNet2DModel``, one
 channel, 16x16 px, ``num_class_embeds=11``: classes 0-9 are the digits, class 10 is the null

@@ -1,4 +1,15 @@
-"""``parastep plan``: profile -> optimal (or fixed) schedule. Stdout is only the YAML, written after success."""
+"""What ``parastep plan`` asks for, checked, and the plan it gets (docs/design.md §3, §8).
+
+- :func:`request_from_args`: the command line's arguments checked (one-line ``UserError``) and
+  the profile loaded, adapted to the requested steps and window (``_adapt``: a prior's tables
+  re-derived) and, with ``--interconnect``, priced by that preset
+  (``profiles.interconnects.with_interconnect``): a :class:`PlanRequest`;
+- :func:`make_plan`: the plan for a request (``plan.plan_schedule``), over smaller world sizes too
+  with ``--try-fewer-gpus``; the preset is recorded in the schedule (``profile.interconnect``) so
+  ``simulate`` prices it as the plan did.
+
+No executor, no torch: ``plan --verify`` (``profiler.verify``) adds the measurement on top.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +19,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from ..errors import UserError
+from ..profiles.interconnects import with_interconnect
 from ..profiles.io import resolve_profile
 from ..profiles.model import Prior, Profile
 
@@ -32,27 +44,6 @@ def _adapt(profile: Profile, *, num_steps: int, max_window: int) -> Profile:
         return derive_for_steps(profile, num_steps=num_steps, max_window=max(max_window, profile.max_window))
     except ValueError as exc:
         raise UserError(str(exc)) from None
-
-
-def _with_interconnect(profile: Profile, *, name: str, world_size: int) -> Profile:
-    from ..profiles.interconnects import comm_for, describe
-
-    comm = comm_for(name, world_size=world_size)
-    prov = profile.provenance.model_copy(update={"comm": Prior(rule=f"interconnect preset '{name}' (--interconnect; alpha-beta model, parastep.profiles.interconnects)",
-                                                               reference=describe(name))})
-    return profile.model_copy(update={"comm": comm, "provenance": prov})
-
-
-def _per_image(s) -> str:
-    q = s.quality
-    text = ""
-    if q.per_sample is not None:
-        text = f", {q.per_sample.within}/{q.per_sample.samples} calibration images within their bound ({q.per_sample.required} required)"
-    if q.predicted_psnr_db is not None:
-        text += f", predicted PSNR {q.predicted_psnr_db:.1f} dB for the worst image required within its bound"
-    elif q.predicted == 0:
-        text += ", lossless (zero predicted deviation)"
-    return text
 
 
 @dataclass(frozen=True)
@@ -98,7 +89,7 @@ def request_from_args(args) -> PlanRequest:
               "was built for: its longer windows are extrapolated, not evidence", file=sys.stderr)
     profile = _adapt(profile, num_steps=T, max_window=J)
     if args.interconnect is not None:
-        profile = _with_interconnect(profile, name=args.interconnect, world_size=G)
+        profile = with_interconnect(profile, args.interconnect, world_size=G)
     if G >= 2:
         try:
             profile.comm_entry(G)
@@ -159,32 +150,3 @@ def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_f
                 f"(more ranks cost more in exchanges than they save); run it with {best.schedule.world_size} ranks")
         best = replace(best, warnings=best.warnings + (note,))
     return best
-
-
-def emit(result, profile: Profile) -> None:
-    """Warnings and the summary line on stderr, then the YAML on stdout (only after success)."""
-    from ..schedules.io import dump_schedule
-
-    s = result.schedule
-    prior = profile.prior_parts()
-    if prior:
-        bar = "!" * 78
-        print(f"{bar}\n!! WARNING: profile '{profile.name}' has PRIOR (not measured) parts: {', '.join(prior)}.\n"
-              f"!! This plan is NOT from measurements of this model; its latency and quality\n"
-              f"!! predictions are only as good as the prior rules. Profile the model for a real plan.\n{bar}", file=sys.stderr)
-    for w in result.warnings:
-        print(f"parastep: warning: {w}", file=sys.stderr)
-    text = dump_schedule(s)
-    # a plan the solver did not prove optimal is not called optimal (the warning above says why)
-    kind = "best found (not proven optimal)" if s.policy == "optimal" and s.solver.status != "OPTIMAL" else s.policy
-    print(f"parastep plan: {kind} plan, {len(s.windows)} windows on {s.world_size} GPU(s), predicted {s.latency.predicted_s:.4g} s "
-          f"vs sequential {s.latency.sequential_s:.4g} s: speedup {s.latency.speedup:.3f}x, deviation {s.quality.predicted:.4g} "
-          f"(budget {s.quality.budget:.4g}{_per_image(s)}); solver {s.solver.name} {s.solver.status} in {s.solver.wall_s:.3f} s", file=sys.stderr)
-    sys.stdout.write(text)
-    sys.stdout.flush()
-
-
-def run(args) -> int:
-    req = request_from_args(args)
-    emit(make_plan(req), req.profile)
-    return 0

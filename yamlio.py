@@ -22,22 +22,30 @@ for text), which refuses, each in one line (``errors.MalformedInput`` / ``errors
   unnoticed. Infinities pass to the models, which decide per field (a schedule refuses them; a
   profile may state an infinite bandwidth for "exchange costs nothing").
 
-No torch, no ortools (DESIGN §6). The writer (``dump_yaml``) never emits aliases, so what parastep
-writes this reader reads back.
+A file that parses but whose content fails its pydantic model (``Schedule``, ``Profile``) is
+reported by ``first_error`` in one line: the field, the bad value, what was expected.
+
+A leaf module (docs/design.md §6): it imports only ``errors``, so the schedule and the profile
+contracts share it without importing each other; no torch, no ortools. The writer (``dump_yaml``)
+never emits aliases, so what parastep writes this reader reads back.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import yaml
 from yaml.constructor import ConstructorError
 from yaml.events import AliasEvent
 from yaml.nodes import MappingNode, ScalarNode
 
-from ..errors import InputPathError, MalformedInput, one_line
+from .errors import InputPathError, MalformedInput, one_line
+
+if TYPE_CHECKING:
+    from pydantic import ValidationError
 
 MAX_FILE_BYTES = 16 * 1024 * 1024   # a T = 1000 profile is a few MB; PyYAML parses ~1 MB/s
 MAX_DEPTH = 32                      # a profile nests 6 deep, a schedule 4
@@ -316,5 +324,24 @@ def dump_yaml(data: Any, **kwargs) -> str:
     return yaml.dump(data, Dumper=_NoAliasDumper, **kwargs)
 
 
+def shown_value(value: Any) -> str:
+    """A value as an error message quotes it: short lists and mappings as written, long ones by
+    their type, anything else by its ``repr`` (cut to 80 characters)."""
+    if isinstance(value, (dict, list, tuple)):
+        text = json.dumps(value, default=repr)
+        return text if len(text) <= 40 else type(value).__name__
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def first_error(exc: "ValidationError") -> str:
+    """One line for a pydantic ``ValidationError`` of a parsed file: the field, the bad value and
+    what was expected (and how many more problems there are)."""
+    err = exc.errors()[0]
+    loc = ".".join(str(p) for p in err["loc"]) or "<top level>"
+    more = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    return f"field {shown_value(loc)}: {err['msg']} (got {shown_value(err.get('input'))}){more}"
+
+
 __all__ = ["MAX_FILE_BYTES", "MAX_DEPTH", "MAX_INT", "ALLOWED_TAGS", "StrictLoader", "FastStrictLoader", "parse_yaml",
-           "read_text_file", "read_yaml_file", "dump_yaml", "one_line"]
+           "read_text_file", "read_yaml_file", "dump_yaml", "first_error", "shown_value", "one_line"]
