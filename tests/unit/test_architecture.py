@@ -171,3 +171,12 @@ def test_leaf_modules_import_only_leaves():
     root = {m for m in graph if m.count(".") == 1 and not (ROOT / m.split(".")[1]).is_dir()}
     assert root - {"parastep.cli"} == set(LEAVES), "a module at the root is a leaf (LEAVES) or the CLI"
     assert {m: set(graph.successors(m)) for m in LEAVES} == LEAVES
+
+
+def test_every_test_file_is_in_a_tier():
+    """tests/unit (fast, pure logic), tests/integration (ranks, the command line, pipelines),
+    tests/acceptance (held-out quality): a test file outside them would run in no tier of its own."""
+    tests = Path(__file__).resolve().parents[1]
+    loose = sorted(p.name for p in tests.glob("test_*.py"))
+    tiers = {p.parent.name for p in tests.rglob("test_*.py")}
+    assert loose == [] and tiers == {"unit", "integration", "acceptance"}, (loose, tiers)

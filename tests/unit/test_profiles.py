@@ -3,6 +3,7 @@ YAML round trip and malformed input."""
 
 from __future__ import annotations
 
+import functools
 import math
 
 import pytest
@@ -207,10 +208,16 @@ def test_derive_back_to_the_shipped_shape_is_bit_exact(sdxl):
     assert back == sdxl
 
 
+@functools.cache
+def _built_sdxl() -> Profile:
+    """The generated sdxl profile, built once (derive_for_steps returns a new profile, never edits it)."""
+    return build_profile()
+
+
 @settings(max_examples=25, deadline=None)
 @given(st.integers(1, 120), st.integers(1, 70))
 def test_derive_for_steps_property(T, J):
-    prof = priors.derive_for_steps(build_profile(), num_steps=T, max_window=J)
+    prof = priors.derive_for_steps(_built_sdxl(), num_steps=T, max_window=J)
     for pred in PREDICTORS:
         for s, row in enumerate(prof.deviation[pred].mean):
             assert len(row) == (0 if s < (1 if pred == "last" else 2) else min(J, T - s))

@@ -22,7 +22,7 @@ from parastep.schedules.model import ExactWindow, ParallelWindow, Schedule
 from clitools import run_cli
 from strategies import valid_schedules
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "schedules" / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "schedules" / "examples").glob("*.yaml"))
 FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
@@ -445,7 +445,7 @@ def test_schema_required_fields_are_exactly_what_validation_requires():
 
 # ---- the one YAML reader ---------------------------------------------------------------------
 
-GOOD = (Path(__file__).resolve().parents[1] / "schedules" / "examples" / "exact-only.yaml").read_text()
+GOOD = (Path(__file__).resolve().parents[2] / "schedules" / "examples" / "exact-only.yaml").read_text()
 
 
 @pytest.mark.parametrize("text,needle", [

@@ -16,7 +16,7 @@ from parastep.profiles import make_sdxl
 from parastep.profiles.io import dump_profile, load_profile
 from parastep.profiles.model import Measured
 
-SCRIPT = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_gpu_unet.py"
+SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "bench_gpu_unet.py"
 BATCHES = ("1", "2", "4")
 
 

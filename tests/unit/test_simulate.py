@@ -23,7 +23,7 @@ from parastep.schedules.simulate import plot_timeline, simulate
 from clitools import run_cli
 from strategies import valid_schedules
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[1] / "schedules" / "examples").glob("*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "schedules" / "examples").glob("*.yaml"))
 ZERO_COMM = Comm(entries=[CommEntry(ranks=g, latency_s=0.0, bandwidth_bytes_per_s=math.inf) for g in range(2, 65)])
 
 

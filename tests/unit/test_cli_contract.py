@@ -17,7 +17,7 @@ import pytest
 from parastep.cli import build_parser
 from parastep.schedules.io import schedule_json_schema
 
-SNAPSHOTS = Path(__file__).resolve().parent / "snapshots"
+SNAPSHOTS = Path(__file__).resolve().parents[1] / "snapshots"
 UPDATE = os.environ.get("PARASTEP_UPDATE_SNAPSHOTS") == "1"
 
 # docs/design.md §8 names that must never disappear (the snapshot may grow around them)
