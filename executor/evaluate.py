@@ -9,7 +9,8 @@ its quality can be measured on one GPU, or a CPU, before it is deployed on eight
 - :func:`psnr_db_per_sample` (from ``metrics``) compares each decoded sample with the sequential
   one of the same prompt and seed, capped at 100 dB (identical images get exactly the cap);
 - :func:`evaluate` does both for every prompt x seed and returns one :class:`ImageQuality`
-  per sample; :func:`aggregates` gives mean, 10th percentile and minimum.
+  per sample; :func:`aggregates` gives mean, 10th percentile and minimum;
+- :func:`quality_report` is ``parastep evaluate``'s ``quality.json`` from those records.
 
 ``run_schedule_local`` and ``psnr_db_per_sample`` are drop-in for the profiler's calibration
 (same signatures and semantics as ``profiler/calibrate.py``'s ``run_schedule`` and
@@ -23,8 +24,10 @@ pipeline is called with (conditioning, size, seeded noise) comes from ``executor
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import UserError
@@ -32,7 +35,7 @@ from .inputs import conditioning_kwargs, seeded_generator
 from .metrics import psnr_db_per_sample, ssim_per_sample
 
 __all__ = ["DEFAULT_SEEDS", "PSNR_CAP_DB", "ImageQuality", "aggregates", "call_pipeline", "evaluate", "evaluate_outputs",
-           "psnr_db_per_sample", "quantile", "run_schedule_local", "samples_of"]
+           "psnr_db_per_sample", "quality_report", "quantile", "run_schedule_local", "samples_of"]
 
 DEFAULT_SEEDS: tuple[int, ...] = (1000, 1001)
 PSNR_CAP_DB = 100.0
@@ -153,3 +156,22 @@ def evaluate_outputs(pipe, schedule, *, prompts: Sequence[Any], seeds: Sequence[
     records = [ImageQuality(prompt=None if p is None else str(p), seed=s, psnr_db=q, ssim=m, identical=i)
                for p, s, q, m, i in zip(ps, ss, psnr, ssims, same)]
     return records, out, ref
+
+
+def quality_report(schedule, *, schedule_path, model_path, scheduler: str, device: str, inputs,
+                   records: Sequence[ImageQuality], files: Sequence[str], frames) -> dict[str, Any]:
+    """``quality.json`` of ``parastep evaluate`` (docs/design.md §8): the schedule (path, name, sha256
+    of its file), what ran (model, scheduler, device, inputs), every sample's record with its output
+    ``file``, and the PSNR and SSIM :func:`aggregates`."""
+    text = Path(schedule_path).read_bytes()
+    return {
+        "schedule": {"path": str(schedule_path), "name": Path(schedule_path).stem,
+                     "sha256": hashlib.sha256(text).hexdigest()},
+        "model": schedule.model, "model_path": model_path, "scheduler": scheduler,
+        "num_steps": schedule.num_steps, "world_size": schedule.world_size, "policy": schedule.policy,
+        "device": device, "psnr_cap_db": PSNR_CAP_DB, "frames": frames, "image": inputs.image,
+        "strength": inputs.strength, "resolution_px": list(inputs.resolution_px or ()) or None,
+        "num_frames": inputs.num_frames,
+        "images": [{**r.as_dict(), "file": f} for r, f in zip(records, files)],
+        "psnr_db": aggregates([r.psnr_db for r in records]), "ssim": aggregates([r.ssim for r in records]),
+    }

@@ -24,10 +24,8 @@ prompt otherwise; default seeds 1000 and 1001. One line on stderr sums it up. Ba
 
 from __future__ import annotations
 
-import hashlib
 import sys
 from pathlib import Path
-from typing import Any
 
 from ..errors import UserError
 from ..outputs import check_out_dir
@@ -62,7 +60,7 @@ def run(args) -> int:
 
     import torch
 
-    from .evaluate import DEFAULT_SEEDS, PSNR_CAP_DB, aggregates, evaluate_outputs
+    from .evaluate import DEFAULT_SEEDS, evaluate_outputs, quality_report
     from .launch import cpu_threads, resolve_device
 
     device = torch.device(resolve_device(args.device))
@@ -82,20 +80,9 @@ def run(args) -> int:
                                                          num_steps=schedule.num_steps)
 
     files, frames = write_evaluate_outputs(Path(args.out), out_media, ref_media)
-    text = Path(args.schedule).read_bytes()
-    psnr = [r.psnr_db for r in records]
-    ssims = [r.ssim for r in records]
-    quality: dict[str, Any] = {
-        "schedule": {"path": str(args.schedule), "name": Path(args.schedule).stem,
-                     "sha256": hashlib.sha256(text).hexdigest()},
-        "model": schedule.model, "model_path": args.model_path, "scheduler": type(pipe.scheduler).__name__,
-        "num_steps": schedule.num_steps, "world_size": schedule.world_size, "policy": schedule.policy,
-        "device": str(device), "psnr_cap_db": PSNR_CAP_DB, "frames": frames, "image": inputs.image,
-        "strength": inputs.strength, "resolution_px": list(inputs.resolution_px or ()) or None,
-        "num_frames": inputs.num_frames,
-        "images": [{**r.as_dict(), "file": f} for r, f in zip(records, files)],
-        "psnr_db": aggregates(psnr), "ssim": aggregates(ssims),
-    }
+    quality = quality_report(schedule, schedule_path=args.schedule, model_path=args.model_path,
+                             scheduler=type(pipe.scheduler).__name__, device=str(device), inputs=inputs,
+                             records=records, files=files, frames=frames)
     out = Path(args.out) / "quality.json"
     write_json_atomically(out, quality)
     a = quality["psnr_db"]

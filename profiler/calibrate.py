@@ -25,8 +25,10 @@ import statistics
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from ..errors import UserError
 from ..executor.evaluate import psnr_db_per_sample, run_schedule_local
 from ..profiles.model import Calibration, Profile
+from .instrument import calibration_samples
 
 
 @dataclass(frozen=True)
@@ -204,3 +206,46 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, quantile:
              f"{met:.0%} at or above the prediction, 10th-percentile residual {_quantile(errors, 0.1):.2f} dB"),
     )
     return cal, info
+
+
+def verification_world_sizes(gpus: int) -> tuple[int, ...]:
+    """World sizes whose plans calibrate and correct a profile: 2, 4 and 8, up to ``--gpus``."""
+    return tuple(g for g in (2, 4, 8) if g <= max(gpus, 2)) or (2,)
+
+
+def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
+    """``profile`` with a per-image PSNR calibration fitted from ``count`` verification plans, run
+    on the profile's own calibration samples (each image's prediction is per sample)."""
+    from ..executor.launch import cpu_threads
+    from ..profiles.io import dump_profile
+    from ..profiles.model import Measured, profile_sha256
+
+    if profile.output_errors is None:
+        raise UserError(f"profile '{profile.name}' has no per-sample quality model (output_errors) to calibrate; re-profile it")
+    sha = profile_sha256(dump_profile(profile))
+    sizes = verification_world_sizes(settings.gpus)
+    for g in sizes:
+        try:
+            profile.comm_entry(g)
+        except ValueError:
+            raise UserError(f"profile '{profile.name}' has no exchange costs for {g} ranks, and its calibration plans on "
+                            f"{', '.join(map(str, sizes))} ranks; add --retime --gpus {max(sizes)} (with --interconnect NAME for "
+                            "ranks beyond this machine), or profile anew with --gpus 2 or more") from None
+    schedules = sample_schedules(profile, sha, count=count, world_sizes=sizes, seed=0)
+    say(f"verify: {len(schedules)} distinct plans for world sizes {list(sizes)}")
+    prompts, seeds = calibration_samples(pipe, profile)
+    with cpu_threads(pipe, settings.threads):
+        runs = verify(pipe, profile, schedules, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say)
+    try:
+        cal, info = fit_calibration(runs)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    say(f"calibration: psnr = {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} log10(E); {info}")
+    old = profile.provenance
+    dev = old.deviation
+    prov = old.model_copy(update={"calibration": Measured(
+        device=dev.device if isinstance(dev, Measured) else "unknown", date=dev.date if isinstance(dev, Measured) else "",
+        prompts=sorted({str(p) for p in prompts}), seeds=sorted(set(seeds)),
+        packages=dev.packages if isinstance(dev, Measured) else {},
+        notes=f"{len(runs)} verification plans run in one process on the calibration samples (quality does not depend on hardware)")})
+    return profile.model_copy(update={"calibration": cal, "provenance": prov})

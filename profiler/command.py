@@ -30,7 +30,7 @@ from pathlib import Path
 from ..errors import UserError
 from ..outputs import check_out_file
 from .call import default_call, generation
-from .instrument import calibration_samples, sample_conditions
+from .instrument import sample_conditions
 
 DEFAULT_SEEDS = (0, 1)
 
@@ -138,12 +138,18 @@ def run(args) -> int:
     profile = identified(run_.profile, pipe, model=model, model_path=args.model_path)
     profile = profile.model_copy(update={"num_frames": num_frames, "strength": inputs.strength})
     if args.verify is not None:
+        from .calibrate import calibrate_profile     # imports torch: only where a calibration is fitted
+
         profile = calibrate_profile(pipe, profile, settings=settings, count=args.verify, say=say)
     if args.correct is not None:
+        from .correct import correct_profile
+
         profile = correct_profile(pipe, profile, settings=settings, rounds=args.correct, say=say)
     write_profile(profile, out)
     say(f"wrote {out} (sha256 {profile_sha256(dump_profile(profile))[:12]}...)")
     if args.plot:
+        from .plot import plot_profile
+
         plot_profile(profile, args.plot)
         say(f"wrote {args.plot}")
     return 0
@@ -190,176 +196,13 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
         except ValueError as exc:
             raise UserError(str(exc).splitlines()[0]) from None
     if args.verify is not None:
+        from .calibrate import calibrate_profile     # imports torch: only where a calibration is fitted
+
         profile = calibrate_profile(pipe, profile, settings=settings, count=args.verify, say=say)
     if args.correct is not None:
+        from .correct import correct_profile
+
         profile = correct_profile(pipe, profile, settings=settings, rounds=args.correct, say=say)
     write_profile(profile, out)
     say(f"wrote {out} (sha256 {profile_sha256(dump_profile(profile))[:12]}...)")
     return 0
-
-
-def verification_world_sizes(gpus: int) -> tuple[int, ...]:
-    """World sizes whose plans calibrate and correct a profile: 2, 4 and 8, up to ``--gpus``."""
-    return tuple(g for g in (2, 4, 8) if g <= max(gpus, 2)) or (2,)
-
-
-def correct_profile(pipe, profile, *, settings, rounds: int, say) -> "object":
-    """``profile`` with its quality tables corrected on the plans the optimizer picks
-    (``profiler/correct.py``), run on the profile's own calibration samples: the windows of a plan
-    that missed are run alone and raised to what they measured, what they leave unexplained
-    (compounding) is spread over the plan's windows. The calibration line stays as fitted."""
-    from ..executor.evaluate import psnr_db_per_sample, run_schedule_local
-    from ..executor.launch import cpu_threads
-    from ..profiles.io import dump_profile
-    from ..profiles.model import Corrections, profile_sha256
-    from .audit import measure_window
-    from .correct import DEFAULT_MIN_PSNR_DBS, cfg_split_settings, correct_on_plans
-    from .trajectory import record_reference
-
-    if profile.output_errors is None or profile.calibration is None:
-        raise UserError(f"profile '{profile.name}' has no calibrated per-sample quality model to correct; "
-                        "add --verify N (a calibration) or re-profile it")
-    if profile.strength is not None:
-        raise UserError(f"--correct runs the pipeline without an input image: profile '{profile.name}' is image-to-image; "
-                        "profile it without --correct")
-    prompts, seeds = calibration_samples(pipe, profile)
-    T = profile.num_steps
-    sizes = verification_world_sizes(settings.gpus)
-    sha = profile_sha256(dump_profile(profile))
-    with cpu_threads(pipe, settings.threads):
-        ref = run_schedule_local(pipe, None, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs)
-        traj = record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=settings.call_kwargs)
-
-        def measure(schedule) -> list[float]:
-            out = run_schedule_local(pipe, schedule, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs)
-            return psnr_db_per_sample(out, ref)
-
-        def measure_alone(key) -> list[float]:
-            return measure_window(pipe, traj, key, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=settings.call_kwargs)
-
-        corrected, rep = correct_on_plans(profile, sha, measure=measure, measure_alone=measure_alone, world_sizes=sizes,
-                                          rounds=rounds, say=say)
-    say(f"corrections: {rep.rounds} round(s), {rep.plans} plan runs, {rep.windows_run_alone} windows run alone, "
-        f"{rep.corrected_entries} entries raised, "
-        f"images below prediction per round {rep.violations_per_round}, {'converged' if rep.converged else 'NOT converged'}, "
-        f"{rep.seconds:.0f} s")
-    # a profile corrected before (``--recalibrate P --correct R`` continues from P's tables, which is
-    # valid: entries only go up) keeps the whole history: counts add up, rounds append
-    prev = profile.output_errors.corrections
-    record = Corrections(rounds=rep.rounds, plans_measured=rep.plans, windows_run_alone=rep.windows_run_alone,
-                         entries_raised=rep.corrected_entries,
-                         below_prediction_per_round=rep.violations_per_round, converged=rep.converged,
-                         world_sizes=list(sizes), min_psnr_dbs=list(DEFAULT_MIN_PSNR_DBS),
-                         cfg_split=cfg_split_settings(profile))
-    if prev is not None:
-        record = prev.followed_by(record)
-    oe = corrected.output_errors.model_copy(update={"corrections": record})
-    return corrected.model_copy(update={"output_errors": oe})
-
-
-def calibrate_profile(pipe, profile, *, settings, count: int, say) -> "object":
-    """``profile`` with a per-image PSNR calibration fitted from ``count`` verification plans, run
-    on the profile's own calibration samples (each image's prediction is per sample)."""
-    from ..profiles.io import dump_profile
-    from ..profiles.model import Measured, profile_sha256
-    from .calibrate import fit_calibration, sample_schedules, verify
-    from ..executor.launch import cpu_threads
-
-    if profile.output_errors is None:
-        raise UserError(f"profile '{profile.name}' has no per-sample quality model (output_errors) to calibrate; re-profile it")
-    sha = profile_sha256(dump_profile(profile))
-    sizes = verification_world_sizes(settings.gpus)
-    for g in sizes:
-        try:
-            profile.comm_entry(g)
-        except ValueError:
-            raise UserError(f"profile '{profile.name}' has no exchange costs for {g} ranks, and its calibration plans on "
-                            f"{', '.join(map(str, sizes))} ranks; add --retime --gpus {max(sizes)} (with --interconnect NAME for "
-                            "ranks beyond this machine), or profile anew with --gpus 2 or more") from None
-    schedules = sample_schedules(profile, sha, count=count, world_sizes=sizes, seed=0)
-    say(f"verify: {len(schedules)} distinct plans for world sizes {list(sizes)}")
-    prompts, seeds = calibration_samples(pipe, profile)
-    with cpu_threads(pipe, settings.threads):
-        runs = verify(pipe, profile, schedules, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say)
-    try:
-        cal, info = fit_calibration(runs)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    say(f"calibration: psnr = {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} log10(E); {info}")
-    old = profile.provenance
-    dev = old.deviation
-    prov = old.model_copy(update={"calibration": Measured(
-        device=dev.device if isinstance(dev, Measured) else "unknown", date=dev.date if isinstance(dev, Measured) else "",
-        prompts=sorted({str(p) for p in prompts}), seeds=sorted(set(seeds)),
-        packages=dev.packages if isinstance(dev, Measured) else {},
-        notes=f"{len(runs)} verification plans run in one process on the calibration samples (quality does not depend on hardware)")})
-    return profile.model_copy(update={"calibration": cal, "provenance": prov})
-
-
-def plot_profile(profile, path: str) -> None:
-    """Similarity, deviation and propagation curves of a profile (PNG)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    T = profile.num_steps
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
-    ax = axes[0][0]
-    steps = list(range(1, T))
-    ax.plot(steps, profile.similarity.cosine, label="cosine(e_i-1, e_i)")
-    ax.set_xlabel("step i")
-    ax.set_ylabel("cosine")
-    ax2 = ax.twinx()
-    ax2.plot(steps, profile.similarity.rel_l1, color="tab:red", label="rel L1")
-    ax2.set_ylabel("relative L1", color="tab:red")
-    ax.set_title("adjacent-step similarity of guided outputs")
-    ax.legend(loc="lower center")
-
-    ax = axes[0][1]
-    for pred, style in (("last", "-"), ("linear", "--")):
-        rows = profile.deviation[pred].mean
-        for j in sorted({1, 3, 7, profile.max_window - 1}):
-            if j >= profile.max_window:
-                continue
-            xs = [s for s in range(T) if len(rows[s]) > j]
-            if xs:
-                ax.semilogy(xs, [max(rows[s][j], 1e-12) for s in xs], style, label=f"{pred}, offset {j}")
-    ax.set_xlabel("window start s")
-    ax.set_ylabel("local deviation (latent RMS)")
-    ax.set_title("deviation[s][j] of a parallel window")
-    ax.legend(fontsize=7)
-
-    ax = axes[1][0]
-    ax.semilogy(range(T), profile.propagation.gain)
-    ax.set_xlabel("step i")
-    ax.set_ylabel("output deviation per unit injected")
-    ax.set_title("propagation gain")
-
-    ax = axes[1][1]
-    per_image = profile.output_errors is not None
-    for kind, pred, style in (("parallel", "last", "-"), ("parallel", "linear", "--"), ("reuse", "last", ":")):
-        for w in sorted({2, 4, profile.max_window}):
-            if w > profile.max_window:
-                continue
-            xs, med, p90 = [], [], []
-            for s in range(T):
-                v = profile.window_errors(kind, start=s, size=w, predictor=pred)
-                if v is not None:
-                    v = sorted(v)
-                    xs.append(s)
-                    med.append(max(v[len(v) // 2], 1e-12))
-                    p90.append(max(v[min(len(v) - 1, int(0.9 * len(v)))], 1e-12))
-            if xs:
-                line, = ax.semilogy(xs, med, style, label=f"{kind} {pred}, w={w}")
-                if per_image:
-                    ax.fill_between(xs, med, p90, color=line.get_color(), alpha=0.15)
-    ax.set_xlabel("window start s")
-    ax.set_ylabel("output error (latent RMS)")
-    ax.set_title("window output error per image (median; band to p90)" if per_image
-                 else "window error = sum_j gain * deviation")
-    ax.legend(fontsize=7)
-    fig.suptitle(f"profile {profile.name}")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

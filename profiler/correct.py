@@ -45,9 +45,11 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
 
+from ..errors import UserError
 from ..profiles.model import Profile
 from .audit import WindowKey, table_copies, window_keys
-from .calibrate import plan_key
+from .calibrate import plan_key, verification_world_sizes
+from .instrument import calibration_samples
 
 
 def scaled(profile: Profile, factors: Mapping[WindowKey, Sequence[float]]) -> Profile:
@@ -192,3 +194,56 @@ def correct_on_plans(profile: Profile, profile_sha256: str, *, measure: Callable
         current = scaled(current, factors)
     report.seconds = time.perf_counter() - t0
     return current, report
+
+
+def correct_profile(pipe, profile, *, settings, rounds: int, say) -> Profile:
+    """``profile`` with its quality tables corrected on the plans the optimizer picks
+    (``correct_on_plans``), run on the profile's own calibration samples: the windows of a plan
+    that missed are run alone and raised to what they measured, what they leave unexplained
+    (compounding) is spread over the plan's windows. The calibration line stays as fitted."""
+    from ..executor.evaluate import psnr_db_per_sample, run_schedule_local
+    from ..executor.launch import cpu_threads
+    from ..profiles.io import dump_profile
+    from ..profiles.model import Corrections, profile_sha256
+    from .audit import measure_window
+    from .trajectory import record_reference
+
+    if profile.output_errors is None or profile.calibration is None:
+        raise UserError(f"profile '{profile.name}' has no calibrated per-sample quality model to correct; "
+                        "add --verify N (a calibration) or re-profile it")
+    if profile.strength is not None:
+        raise UserError(f"--correct runs the pipeline without an input image: profile '{profile.name}' is image-to-image; "
+                        "profile it without --correct")
+    prompts, seeds = calibration_samples(pipe, profile)
+    T = profile.num_steps
+    sizes = verification_world_sizes(settings.gpus)
+    sha = profile_sha256(dump_profile(profile))
+    with cpu_threads(pipe, settings.threads):
+        ref = run_schedule_local(pipe, None, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs)
+        traj = record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=settings.call_kwargs)
+
+        def measure(schedule) -> list[float]:
+            out = run_schedule_local(pipe, schedule, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs)
+            return psnr_db_per_sample(out, ref)
+
+        def measure_alone(key) -> list[float]:
+            return measure_window(pipe, traj, key, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=settings.call_kwargs)
+
+        corrected, rep = correct_on_plans(profile, sha, measure=measure, measure_alone=measure_alone, world_sizes=sizes,
+                                          rounds=rounds, say=say)
+    say(f"corrections: {rep.rounds} round(s), {rep.plans} plan runs, {rep.windows_run_alone} windows run alone, "
+        f"{rep.corrected_entries} entries raised, "
+        f"images below prediction per round {rep.violations_per_round}, {'converged' if rep.converged else 'NOT converged'}, "
+        f"{rep.seconds:.0f} s")
+    # a profile corrected before (``--recalibrate P --correct R`` continues from P's tables, which is
+    # valid: entries only go up) keeps the whole history: counts add up, rounds append
+    prev = profile.output_errors.corrections
+    record = Corrections(rounds=rep.rounds, plans_measured=rep.plans, windows_run_alone=rep.windows_run_alone,
+                         entries_raised=rep.corrected_entries,
+                         below_prediction_per_round=rep.violations_per_round, converged=rep.converged,
+                         world_sizes=list(sizes), min_psnr_dbs=list(DEFAULT_MIN_PSNR_DBS),
+                         cfg_split=cfg_split_settings(profile))
+    if prev is not None:
+        record = prev.followed_by(record)
+    oe = corrected.output_errors.model_copy(update={"corrections": record})
+    return corrected.model_copy(update={"output_errors": oe})

@@ -651,14 +651,13 @@ def test_window_audit_stores_measurements_for_every_window_its_plans_use(measure
 
 
 def test_corrected_tables_never_promise_more_than_the_executor_delivers(measured):
-    """``--correct`` (``command.correct_profile``) on a tiny pipeline, checked from outside: every plan
+    """``--correct`` (``correct.correct_profile``) on a tiny pipeline, checked from outside: every plan
     the corrected profile gives (fixed, default, three --min-psnr statements, G = 2/4/8) is run end to
     end by the executor, and no calibration image measures below the PSNR the corrected model predicts."""
     from parastep.executor.evaluate import psnr_db_per_sample, run_schedule_local
     from parastep.planner.plan import plan_schedule
     from parastep.profiler.calibrate import predicted_per_sample
-    from parastep.profiler.command import correct_profile
-    from parastep.profiler.correct import statements_for
+    from parastep.profiler.correct import correct_profile, statements_for
 
     from strategies import with_calibration
 
