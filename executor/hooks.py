@@ -82,6 +82,7 @@ import torch
 
 from ..errors import UserError
 from ..schedules.model import ExactWindow, ParallelWindow, ReuseWindow, entry_ranks
+from . import batchstep
 from .exchange import Exchange, LocalExchange
 from .schedulers import (STOCHASTIC_SCHEDULERS, UNSUPPORTED_SCHEDULERS, check_pipeline_supported,  # noqa: F401
                          check_scheduler_supported, is_stochastic, scheduler_state)  # the scheduler policy's one home
@@ -123,6 +124,8 @@ class WindowStats:
     forwards: int = 0         # steps this rank computed: the whole batch, one CFG half, or both halves
     half_forwards: int = 0    # half-batch denoiser passes among them (CFG split: 1 for a half, 2 for both)
     swap_s: float = 0.0       # CFG split: swapping raw halves with the partner (included in exchange_s)
+    calls: int = 0            # denoiser calls this rank made (a batched window: one per rank, unless it fell back)
+    batch_fallbacks: int = 0  # batched window: offsets computed alone because the call was not the predicted one
 
 
 @dataclass(frozen=True)
@@ -138,6 +141,7 @@ class _StepPlan:
     role: Role = "none"                        # what THIS process's denoiser call does
     half: Optional[Half] = None                # role "half": the half this rank computes
     partner: Optional[int] = None              # role "half": the rank computing the other half
+    group: tuple[int, ...] = ()                # batched window, role "whole": the offsets on this offset's rank
 
 
 @dataclass
@@ -203,7 +207,10 @@ def _step_plan(windows: Sequence[Any], num_steps: int, exchange: Optional[Exchan
                 role = _role(groups[0], exchange)
             else:
                 groups, role = (), ("none", None, None)
-            plan.append(_StepPlan(k, kind, w.start, size, j, placement, pred, groups, *role))
+            batch = ()
+            if kind == "parallel" and w.batch and role[0] == "whole":
+                batch = tuple(i for i, e in enumerate(placement) if e == placement[j])
+            plan.append(_StepPlan(k, kind, w.start, size, j, placement, pred, groups, *role, group=batch))
     if len(plan) != num_steps:
         raise UserError(f"windows cover {len(plan)} steps but num_steps={num_steps}; run 'parastep validate' on the schedule")
     return plan
@@ -363,6 +370,11 @@ class ParaStepHandle:
         self._reuse_applied: list[torch.Tensor] = []
         self._cfg_checked = False
         self._t_last = time.perf_counter()
+        self._batches: dict[tuple[int, ...], Any] = {}   # batched window: per rank's offsets, a RankBatch or why not
+        self._last_step: Optional[inspect.BoundArguments] = None   # the previous scheduler.step call
+        self._latents_out: Optional[torch.Tensor] = None          # what that call returned (the pipeline's latents)
+        self._begin = 0                                           # index of step 0 in scheduler.timesteps
+        self.batch_fallback_reasons: list[str] = []
 
     def install(self) -> None:
         sched, den = self.scheduler, self.denoiser
@@ -403,6 +415,7 @@ class ParaStepHandle:
             t = torch.as_tensor(timestep).flatten()
             hits = (torch.as_tensor(self.scheduler.timesteps).cpu() == t[0].cpu()).nonzero() if t.numel() else []
             begin = int(hits[0, 0]) if len(hits) else 0
+        self._begin = int(begin or 0)
         if n is not None and n - begin != self.config.num_steps:
             raise UserError(f"scheduler {type(self.scheduler).__name__} produced {n - begin} timesteps for a schedule of "
                             f"{self.config.num_steps} steps (higher-order scheduler, or num_inference_steps or strength "
@@ -424,10 +437,13 @@ class ParaStepHandle:
         stats = self._window_stats(p)
         if role in ("half", "halves"):
             out = self._split_forward(p, stats, args, kwargs)
+        elif role == "whole" and len(p.group) > 1:
+            out = self._batched_forward(p, stats, args, kwargs)
         else:   # the whole batch (or the very first call, to have a placeholder)
             out = self._orig_forward(*args, **kwargs)
             self.forwards += 1
             stats.forwards += 1
+            stats.calls += 1
         self.last_raw = out
         return out
 
@@ -466,6 +482,7 @@ class ParaStepHandle:
 
         self.forwards += 1
         stats.forwards += 1
+        stats.calls += 2 if p.role == "halves" else 1
         if p.role == "halves":
             return _cat_halves(half_forward(0), half_forward(b))
         mine = half_forward(0 if p.half == "uncond" else b)
@@ -477,6 +494,77 @@ class ParaStepHandle:
         stats.bytes_received += nbytes
         theirs = _rebuild(mine, iter(received))
         return _cat_halves(mine, theirs) if p.half == "uncond" else _cat_halves(theirs, mine)
+
+    # ---- BatchStep (batchstep.py) -----------------------------------------------------------------
+
+    def _timestep(self, step: int) -> torch.Tensor:
+        return self.scheduler.timesteps[self._begin + step]
+
+    def _batched_forward(self, p: _StepPlan, stats: WindowStats, args: tuple, kwargs: dict) -> Any:
+        """This rank's offsets ``p.group`` of a batched window: one call at the first, the precomputed
+        slice at the others when their call is the predicted one, else a call of their own (counted)."""
+        self.forwards += 1
+        stats.forwards += 1
+        if p.offset == p.group[0]:
+            prepared = self._prepare_batch(p, args, kwargs)
+            self._batches[p.group] = prepared
+            if not isinstance(prepared, str):
+                b_args, b_kwargs = batchstep.batched_call(args, kwargs, prepared)
+                out = self._orig_forward(*b_args, **b_kwargs)
+                stats.calls += 1
+                prepared.outputs = batchstep.split_output(out, offsets=len(p.group), batch=prepared.form.batch)
+                return prepared.outputs[0]
+        else:
+            prepared = self._batches.get(p.group)
+            index = p.group.index(p.offset)
+            if isinstance(prepared, batchstep.RankBatch) and batchstep.matches(prepared, index, args, kwargs):
+                return prepared.outputs[index]
+            if isinstance(prepared, batchstep.RankBatch):
+                self.batch_fallback_reasons.append(f"step {self.step_index}: the pipeline's denoiser arguments differ from "
+                                                   "the predicted ones (it edits latents or conditions per step)")
+        stats.batch_fallbacks += 1
+        stats.calls += 1
+        return self._orig_forward(*args, **kwargs)
+
+    def _prepare_batch(self, p: _StepPlan, args: tuple, kwargs: dict) -> "batchstep.RankBatch | str":
+        """Run the reuse chain ahead from this offset to the rank's last one on the live scheduler
+        (state and generators restored after) and predict each offset's call; or say why not."""
+        i = self.step_index
+        if self._last_step is None:
+            return self._no_batch(i, "no scheduler step ran before the window")
+        sched = self.scheduler
+        snap = scheduler_state(sched)
+        gens = [(g, g.get_state()) for g in _generators(self._last_step.arguments.get("generator"))]
+        try:
+            form = batchstep.find_form(args, kwargs, latents=self._latents_out, t=self._timestep(i), scheduler=sched)
+            if isinstance(form, str):
+                return self._no_batch(i, form)
+            tau = batchstep.get_arg(args, kwargs, form.timestep_key)
+            samples = [batchstep.get_arg(args, kwargs, form.sample_key)]
+            timesteps = [tau]
+            x = self._latents_out
+            for j in range(p.offset, p.group[-1]):
+                t = self._timestep(p.start + j)
+                bound = inspect.BoundArguments(self._last_step.signature, dict(self._last_step.arguments))
+                bound.arguments["timestep"] = t
+                x = _first(self._call_step(bound, model_output=self._stand_in(p.predictor, j, p.start), sample=x))
+                if j + 1 in p.group:
+                    t_next = self._timestep(p.start + j + 1)
+                    samples.append(batchstep.sample_arg(form, sched, x, t_next))
+                    timesteps.append(batchstep.timestep_arg(form, t_next, tau.device))
+        finally:
+            d = sched.__dict__
+            for k in [k for k in d if k not in snap and k not in ("step", "set_timesteps")]:
+                del d[k]
+            d.update(snap)
+            for g, state in gens:
+                g.set_state(state)
+        return batchstep.RankBatch(offsets=p.group, form=form, samples=samples, timesteps=timesteps,
+                                   rest=batchstep.rest_of(args, kwargs, form))
+
+    def _no_batch(self, step: int, why: str) -> str:
+        self.batch_fallback_reasons.append(f"step {step}: {why}")
+        return why
 
     def _window_stats(self, p: _StepPlan) -> WindowStats:
         if not self.windows or self.windows[-1].start != p.start:
@@ -549,6 +637,8 @@ class ParaStepHandle:
                 self._reuse_applied = []
         else:
             out = self._parallel_step(p, i, bound, e, x, t, stats)
+        self._last_step = bound
+        self._latents_out = _first(out)
         self.step_index = i + 1
         if self.config.sync_timing and e.is_cuda:
             torch.cuda.synchronize(e.device)
@@ -596,6 +686,7 @@ class ParaStepHandle:
             xk = x_next
         stats.replay_s += time.perf_counter() - t2
         self._win = None
+        self._batches = {}
         return out
 
 

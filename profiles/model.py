@@ -14,7 +14,8 @@ Table axes (all 0-based):
   (same row lengths; entry 0 is not 0).
 - ``propagation.gain[i]``: output deviation per unit of local deviation injected at step i.
   A window's predicted error is ``sum_j gain[s + j] * table[s][j]``.
-- ``compute.forward_s[k-1]``: wall time of one rank computing k offsets (k = 1..len).
+- ``compute.forward_s[k-1]``: wall time of one rank computing k offsets (k = 1..len), one call each.
+- ``compute.batched_forward_s[k-1]`` (optional, BatchStep): one call on k offsets' inputs batched.
 - ``output_errors`` (measured profiles): the quality model the planner uses when present. For
   each calibration sample n, ``output_errors.parallel[predictor][s][w-1][n]`` is the output RMS
   (latent units, vs the sequential output) of a parallel window (s, w) run alone, every other step
@@ -86,6 +87,10 @@ class Compute(_Strict):
     step_overhead_s: float = Field(default=0.0, ge=0, description="fixed per-step cost outside forward and step (pipeline bookkeeping)")
     half_forward_s: Optional[float] = Field(default=None, ge=0, description="one forward of one CFG half (batch B instead of 2B); "
                                                                             "absent: the model has no two-way guided batch, or it was not measured")
+    batched_forward_s: Optional[list[Annotated[float, Field(ge=0)]]] = Field(
+        default=None, min_length=1, description="BatchStep: index k-1: one denoiser call on k offsets' inputs concatenated "
+                                                "along the batch (k times the pipeline's batch); absent: not measured, and the "
+                                                "planner never batches")
 
 
 CommSource = Literal["measured", "preset"]
@@ -358,6 +363,27 @@ class Profile(_Strict):
         if offsets <= len(table):
             return table[offsets - 1]
         return table[-1] * offsets / len(table)
+
+    @property
+    def can_batch(self) -> bool:
+        """Does the profile price BatchStep (a measured or preset batch curve)?"""
+        return self.compute.batched_forward_s is not None
+
+    def batched_forward_time_s(self, offsets: int) -> float:
+        """One rank computing ``offsets`` offsets in one batched call; beyond the curve, linear in its
+        last entry (per-offset cost of the largest measured batch). Without a curve: ``forward_time_s``."""
+        table = self.compute.batched_forward_s
+        if table is None:
+            return self.forward_time_s(offsets)
+        if offsets <= 0:
+            return 0.0
+        if offsets <= len(table):
+            return table[offsets - 1]
+        return table[-1] * offsets / len(table)
+
+    def rank_compute_time_s(self, offsets: int, *, batch: bool) -> float:
+        """A rank's compute for ``offsets`` offsets of one window: one batched call, or one call each."""
+        return self.batched_forward_time_s(offsets) if batch else self.forward_time_s(offsets)
 
     def exchange_time_s(self, ranks: int, outputs: int) -> float:
         """Exchange of ``outputs`` guided outputs among ``ranks`` ranks (0 for one rank or none)."""

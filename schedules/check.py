@@ -29,6 +29,7 @@ ViolationCode = Literal[
     "rank-out-of-range",   # a placement or split names a rank >= world_size
     "split-same-rank",     # a CFG split pair names one rank twice
     "split-overlap",       # an exact window's split pairs share a rank
+    "batch-split",         # a batched parallel window has a CFG-split entry
     "unknown-interconnect",  # profile.interconnect names no interconnect preset
     "parallel-too-small",  # a parallel window has fewer than 2 offsets (docs/design.md §1: w >= 2)
     "needs-e-ref",         # a parallel/reuse window starts at step 0
@@ -154,6 +155,9 @@ def violations(schedule: Schedule) -> list[Violation]:
             out.append(Violation("parallel-too-small", f"{where}: a parallel window has at least 2 offsets (docs/design.md §1); "
                                                        f"make a 1-step window exact"))
         out.extend(_split_violations(w, where, schedule.world_size))
+        if isinstance(w, ParallelWindow) and w.batch and w.has_split:
+            out.append(Violation("batch-split", f"{where}: a batched window (batch: true) cannot split CFG halves over a "
+                                                f"pair of ranks; place each offset on one rank, or drop batch"))
         if isinstance(w, (ParallelWindow, ReuseWindow)):
             if start == 0:
                 out.append(Violation("needs-e-ref", f"{where}: needs the output of step start-1, so it cannot start at step 0"))

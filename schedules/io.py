@@ -51,6 +51,8 @@ def dump_schedule(schedule: Schedule) -> str:
     head = dump_yaml(data, sort_keys=False, default_flow_style=None, width=120)
     lines = ["windows:"]
     for w in windows:
+        if w.get("batch") is False:   # the default: unbatched windows read as they always did
+            del w["batch"]
         lines.append("  - " + dump_yaml(w, default_flow_style=True, sort_keys=False, width=100000).strip())
     return head + "\n".join(lines) + "\n"
 

@@ -93,6 +93,10 @@ class ExactWindow(_Strict):
     split: Optional[list[RankPair]] = Field(default=None, min_length=1, max_length=MAX_WORLD_SIZE,
                                             description="disjoint [rank_uncond, rank_cond] pairs that split this step's CFG batch")
 
+    @property
+    def has_split(self) -> bool:
+        return bool(self.split)
+
     def rank_groups(self, world_size: int) -> list[tuple[int, ...]]:
         """Who computes this step: each pair, then every rank in no pair alone."""
         pairs = [tuple(p) for p in self.split or ()]
@@ -105,6 +109,14 @@ class ParallelWindow(_Strict):
     or split over the pair ``placement[j] = [rank_uncond, rank_cond]`` (CFG split: each computes one
     half of the guided batch and they swap the raw halves).
 
+    ``batch: true`` (BatchStep): each rank computes the offsets placed on it in *one* denoiser call,
+    their inputs concatenated along the batch with per-row timesteps (the reuse chain does not depend
+    on the outputs, so every input is known at the rank's first offset). Same outputs as the
+    unbatched window up to the kernels' batch-size effects in the last bits. A placement may name a
+    rank for several offsets with or without ``batch``, and a window may hold more offsets than there
+    are ranks (``world_size: 1`` included). A batched window has no CFG-split entries
+    (``check.violations``: ``batch-split``).
+
     docs/design.md §1 requires w >= 2; a one-entry placement parses but ``check.violations`` rejects it
     (``parallel-too-small``), so that ``validate`` names the invariant."""
 
@@ -114,6 +126,7 @@ class ParallelWindow(_Strict):
     kind: Literal["parallel"] = "parallel"
     placement: list[PlacementEntry] = Field(min_length=1, max_length=MAX_WINDOW)
     predictor: Predictor = "last"
+    batch: bool = Field(default=False, description="each rank computes its offsets in one batched denoiser call (BatchStep)")
 
     @property
     def size(self) -> int:
@@ -137,6 +150,10 @@ class ReuseWindow(_Strict):
     kind: Literal["reuse"] = "reuse"
     size: int = Field(ge=1, le=MAX_WINDOW)
     predictor: Predictor = "last"
+
+    @property
+    def has_split(self) -> bool:
+        return False
 
 
 Window = Annotated[Union[ExactWindow, ParallelWindow, ReuseWindow], Field(discriminator="kind")]
@@ -260,7 +277,12 @@ class Schedule(_Strict):
     @property
     def uses_split(self) -> bool:
         """Does any window split a step's CFG halves over two ranks (an exact ``split`` or a pair placement)?"""
-        return any(w.has_split if isinstance(w, ParallelWindow) else bool(getattr(w, "split", None)) for w in self.windows)
+        return any(w.has_split for w in self.windows)
+
+    @property
+    def uses_batch(self) -> bool:
+        """Does any parallel window compute a rank's offsets in one batched call?"""
+        return any(isinstance(w, ParallelWindow) and w.batch for w in self.windows)
 
     @property
     def swap_bytes(self) -> int:

@@ -117,14 +117,17 @@ def run_plain(pipe, *, num_steps: int, seed: int = 0, guidance_scale: float = 5.
 def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps: int,
                    inference_steps: int | None = None, timestep_kwargs: dict | None = None,
                    scale_noise: bool = True, generator: torch.Generator | None = None,
-                   step_kwargs: dict | None = None) -> torch.Tensor:
+                   step_kwargs: dict | None = None, guided_batch=None) -> torch.Tensor:
     """docs/design.md §1 literally. ``guided(sched, x, t)`` is the guided model output at (x, t) computed
     with scheduler state ``sched`` (for ``scale_model_input``); at a CFG split step (``is_split``) it
     is called as ``guided(sched, x, t, split=True)``; ``scheduler`` is copied, not used;
     ``set_timesteps(inference_steps or num_steps, **timestep_kwargs)`` must give ``num_steps``
     timesteps; x_0 = noise * init_noise_sigma (after set_timesteps, as UNet pipelines do) or noise.
     ``generator`` (stochastic schedulers): the real steps draw from it in order; the scratch steps
-    of a parallel window draw from a copy of its state at the window's start (scratch state)."""
+    of a parallel window draw from a copy of its state at the window's start (scratch state).
+    ``guided_batch([(sched_j, x_j, t_j), ...])`` (BatchStep): the guided outputs of several offsets from
+    ONE denoiser call; a window with ``batch: true`` computes each rank's offsets with it (after the
+    whole scratch chain: its inputs do not depend on the outputs)."""
     wins = [w if isinstance(w, dict) else w.model_dump() for w in windows]
     sched = copy.deepcopy(scheduler)
     sched.set_timesteps(inference_steps or num_steps, **(timestep_kwargs or {}))
@@ -167,10 +170,20 @@ def reference_loop(scheduler, guided, noise: torch.Tensor, windows, *, num_steps
                 scratch_gen.set_state(generator.get_state())
             xh = x
             ehat = []
+            inputs = []   # BatchStep: (scheduler state, input, timestep) per offset
             for j in range(size):
-                ehat.append(model(w, j, scratch, xh, ts[s + j]))
+                if w.get("batch"):
+                    inputs.append((copy.deepcopy(scratch), xh, ts[s + j]))
+                else:
+                    ehat.append(model(w, j, scratch, xh, ts[s + j]))
                 if j < size - 1:
                     xh = step(scratch, stand_in(w["predictor"], j), ts[s + j], xh, scratch_gen)
+            if w.get("batch"):
+                ehat = [None] * size
+                for rank in sorted(set(w["placement"])):
+                    group = [j for j in range(size) if w["placement"][j] == rank]
+                    for j, e in zip(group, guided_batch([inputs[j] for j in group])):
+                        ehat[j] = e
             for j in range(size):
                 x = step(sched, ehat[j], ts[s + j], x, generator)
                 applied.append(ehat[j])
@@ -202,16 +215,27 @@ def reference_latents(pipe, windows, *, num_steps: int, seed: int = 0, guidance_
         u, c = raw.chunk(2)
         return u + guidance_scale * (c - u)
 
+    def guided_batch(items):
+        """BatchStep: every item's [uncond; cond] input stacked, one timestep per row, the text states repeated."""
+        inp = torch.cat([s.scale_model_input(torch.cat([xin] * 2), t) for s, xin, t in items])
+        rows = torch.cat([torch.as_tensor(t).reshape(1).expand(2) for _, _, t in items])
+        raw = pipe.unet(inp, rows, encoder_hidden_states=torch.cat([cond] * len(items)), return_dict=False)[0]
+        out = []
+        for k in range(len(items)):
+            u, c = raw[2 * k:2 * k + 2].chunk(2)
+            out.append(u + guidance_scale * (c - u))
+        return out
+
     params = inspect.signature(pipe.scheduler.step).parameters
     return reference_loop(pipe.scheduler, guided, x0, windows, num_steps=num_steps,
                           generator=gen if "generator" in params else None,
-                          step_kwargs={"eta": eta} if "eta" in params else None)
+                          step_kwargs={"eta": eta} if "eta" in params else None, guided_batch=guided_batch)
 
 
 def random_windows(rng: random.Random, *, num_steps: int, world_size: int, max_window: int,
-                   kinds: tuple[str, ...] = ("exact", "parallel", "reuse")) -> list[dict]:
+                   kinds: tuple[str, ...] = ("exact", "parallel", "reuse"), batch: bool = False) -> list[dict]:
     """A random valid window list: exact first, then random kinds, sizes, placements (shared ranks
-    allowed), predictors."""
+    allowed), predictors; with ``batch``, half the parallel windows are batched (BatchStep)."""
     wins: list[dict] = [{"start": 0, "kind": "exact"}]
     i = 1
     while i < num_steps:
@@ -225,6 +249,8 @@ def random_windows(rng: random.Random, *, num_steps: int, world_size: int, max_w
             w = rng.randint(2, min(max_window, left))
             wins.append({"start": i, "kind": "parallel", "predictor": pred,
                          "placement": [rng.randrange(world_size) for _ in range(w)]})
+            if batch:
+                wins[-1]["batch"] = rng.random() < 0.5
             i += w
         else:
             w = rng.randint(1, min(max_window, left, 2))

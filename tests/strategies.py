@@ -181,7 +181,7 @@ def valid_schedules(draw, *, max_steps: int = 40, max_world: int = 64, max_windo
         pred = draw(st.sampled_from(["last", "linear"] if s >= 2 else ["last"]))
         if kind == "parallel":
             placement = draw(st.lists(st.integers(0, G - 1), min_size=size, max_size=size))
-            windows.append(ParallelWindow(start=s, placement=placement, predictor=pred))
+            windows.append(ParallelWindow(start=s, placement=placement, predictor=pred, batch=draw(st.booleans())))
         else:
             windows.append(ReuseWindow(start=s, size=size, predictor=pred))
         s += size
@@ -220,7 +220,8 @@ def split_schedules(draw, *, min_steps: int = 2, max_steps: int = 10, world_size
         pred = draw(st.sampled_from(["last", "linear"] if s >= 2 else ["last"]))
         if kind == "parallel":
             placement = draw(st.lists(st.one_of(rank, pair), min_size=size, max_size=size))
-            windows.append(ParallelWindow(start=s, placement=placement, predictor=pred))
+            batch = all(isinstance(e, int) for e in placement) and draw(st.booleans())   # no batch with a split entry
+            windows.append(ParallelWindow(start=s, placement=placement, predictor=pred, batch=batch))
         else:
             windows.append(ReuseWindow(start=s, size=size, predictor=pred))
         s += size

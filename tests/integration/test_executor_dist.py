@@ -12,7 +12,8 @@ saves its final latents; the test checks, bit for bit:
   ``reference_impl.reference_latents_tiny`` (each pipeline's conditioning and guidance written
   out in the test reference, not the executor);
 - bytes received, summed over ranks, equal ``implied_totals``; forwards per rank too;
-- CFG split schedules (tiny SD) likewise (the spawns are shared to keep process start-up paid once).
+- CFG split schedules (tiny SD) likewise (the spawns are shared to keep process start-up paid once);
+- batched windows (BatchStep, tiny SD, five schedulers) likewise, against the reference's own batching.
 """
 
 from __future__ import annotations
@@ -96,6 +97,12 @@ def _cases(world_size: int, seed: int) -> list[dict]:
         cases.append({"pipe": "sd-tiny", "scheduler": "ddim", "num_steps": n, "world_size": world_size,
                       "windows": R.random_split_windows(split_rng, num_steps=n, world_size=world_size,
                                                         max_window=world_size + 1, kinds=("parallel", "parallel", "exact"))})
+    batch_rng = random.Random(seed + 2000)
+    for sch in ("ddim", "euler", "euler-a", "dpm++2m", "ddpm"):   # BatchStep: tests/integration/test_batchstep.py has the rest
+        n = batch_rng.randint(6, 10)
+        wins = R.random_windows(batch_rng, num_steps=n, world_size=world_size, max_window=2 * world_size + 1,
+                                kinds=("parallel", "parallel", "exact"), batch=True)
+        cases.append({"pipe": "sd-tiny", "scheduler": sch, "num_steps": n, "world_size": world_size, "windows": wins})
     return cases
 
 

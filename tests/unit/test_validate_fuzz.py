@@ -41,7 +41,7 @@ TOP_REQUIRED = {"parastep_schedule", "model", "scheduler", "num_steps", "world_s
                 "totals", "windows"}
 TOP_OPTIONAL = {"resolution_px", "guidance_scale", "policy", "profile", "quality", "latency", "solver"}
 WINDOW_KEYS = {"exact": ({"start", "kind"}, set()),
-               "parallel": ({"start", "kind", "placement"}, {"predictor"}),
+               "parallel": ({"start", "kind", "placement"}, {"predictor", "batch"}),
                "reuse": ({"start", "kind", "size"}, {"predictor"})}
 
 FUZZ = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large,
@@ -122,6 +122,8 @@ def design_valid(d) -> bool:
             if not (isinstance(p, list) and 1 <= len(p) <= MAX_STEPS and all(_int(r, 0, MAX_INT) for r in p)):
                 return False
             if len(p) < 2 or any(r >= G for r in p):          # w >= 2; every rank < world size
+                return False
+            if "batch" in w and not isinstance(w["batch"], bool):
                 return False
             sizes.append(len(p))
         else:
