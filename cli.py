@@ -143,12 +143,14 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the same seed; needs a calibrated profile (default: none)")
     plan.add_argument("--coverage", type=_float, help="share of images that must meet --min-psnr/--budget (default: 0.9 with "
                       "--min-psnr, 1 with --budget)")
-    plan.add_argument("--policy", choices=["optimal", "fixed"], default="optimal",
+    plan.add_argument("--policy", choices=["optimal", "fixed", "fixed-batch"], default="optimal",
                       help="optimal: the solver's fastest plan within the quality statement; fixed: the hand plan "
-                           "(--warmup exact steps, then windows of min(gpus, max window) steps) (default: %(default)s)")
+                           "(--warmup exact steps, then windows of min(gpus, max window) steps); fixed-batch: the hand plan "
+                           "with two offsets per GPU per window in one batched call (default: %(default)s)")
     plan.add_argument("--warmup", type=_positive_int, help="exact steps before the first parallel window of the fixed plan, "
                       "which also sets the default statement's bounds (default: 10%% of steps, at least 1)")
-    plan.add_argument("--max-window", type=_positive_int, dest="max_window", help="largest window (default: min(gpus, profile max))")
+    plan.add_argument("--max-window", type=_positive_int, dest="max_window", help="largest window (default: min(gpus, profile "
+                      "max); with a batch curve in the profile, the profile max)")
     plan.add_argument("--profile", help="profile YAML (default: the shipped one for --model)")
     plan.add_argument("--interconnect", help="interconnect preset for exchange costs: nvlink, pcie4, pcie3, ethernet-10g or "
                       "ethernet-1g (default: none: the profile's own exchange costs)")
@@ -163,6 +165,9 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--cfg-split", choices=["auto", "off"], default="auto", dest="cfg_split",
                       help="auto: windows may split the CFG halves over rank pairs where the profile prices it (lossless); "
                            "off: never (default: %(default)s)")
+    plan.add_argument("--batch", choices=["auto", "off"], default="auto",
+                      help="auto: a parallel window may run each GPU's offsets in one batched call where the profile's batch "
+                           "curve makes it faster (BatchStep); off: never (default: %(default)s)")
     plan.add_argument("--solver", choices=["auto", "branch-and-bound", "cp-sat", "dp"], default="auto",
                       help="auto: for per-image statements over a profile's calibration samples the exact "
                            "Lagrangian branch and bound (proves optimality where CP-SAT stalls), the exact DP where one "
@@ -245,6 +250,9 @@ def build_parser() -> argparse.ArgumentParser:
                     "quality tables on the optimizer's plans (--correct ROUNDS), write --out (default: none: profile anew)")
     pr.add_argument("--retime", action="store_true",
                     help="with --recalibrate: re-measure compute and exchange costs (flag; default: off)")
+    pr.add_argument("--batch-curve", action="store_true", dest="batch_curve",
+                    help="with --recalibrate: measure only BatchStep's batch curve (one call on k offsets, k = 1..max_window) "
+                    "and keep every other number (flag; default: off; --retime measures it too)")
     pr.add_argument("--correct", type=_positive_int, default=None, metavar="ROUNDS",
                     help="plan-level corrections: plan, run the plans on the calibration samples, raise the quality "
                     "tables where an image measured below its prediction; at most ROUNDS rounds (needs a calibration) "

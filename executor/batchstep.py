@@ -211,6 +211,20 @@ def batched_call(args: tuple, kwargs: dict, batch: RankBatch) -> tuple[tuple, di
     return with_arg(a, kw, form.timestep_key, torch.cat(rows))
 
 
+def repeated_call(args: tuple, kwargs: dict, copies: int) -> tuple[tuple, dict]:
+    """The call ``copies`` offsets at this same input make, shaped as ``batched_call`` shapes it (every
+    batched tensor repeated, one timestep per row): what the profiler times for the batch curve."""
+    skey, tkey = _sample_key(args, kwargs), _timestep_key(args, kwargs)
+    if skey is None:
+        raise ValueError("the denoiser call has no recognisable sample argument")
+    rows = int(get_arg(args, kwargs, skey).shape[0])
+    if tkey is not None:
+        tau = get_arg(args, kwargs, tkey)
+        if isinstance(tau, torch.Tensor) and tau.numel() == 1:
+            args, kwargs = with_arg(args, kwargs, tkey, tau.reshape(-1).expand(rows))
+    return _tile(args, copies, rows), _tile(kwargs, copies, rows)
+
+
 def _is_output_dict(value: Any) -> bool:
     return isinstance(value, dict) or hasattr(value, "to_tuple")   # diffusers BaseOutput (an OrderedDict dataclass)
 

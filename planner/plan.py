@@ -25,7 +25,8 @@ from .fixed import (
     fixed_windows,
 )
 from .problem import (
-    DEFAULT_LATENCY_UNITS_PER_S, PlannedWindow, Problem, budget_units_for, build_problem, error_scale_for, error_units,
+    DEFAULT_LATENCY_UNITS_PER_S, PlannedWindow, Problem, budget_units_for, build_problem, default_max_window, error_scale_for,
+    error_units,
 )
 
 SolverName = Literal["auto", "branch-and-bound", "cp-sat", "dp"]
@@ -65,7 +66,7 @@ def _to_window(c: PlannedWindow) -> Window:
         return ExactWindow(start=c.start, split=[list(p) for p in c.split] or None)
     if c.kind == "parallel":
         return ParallelWindow(start=c.start, placement=[e if isinstance(e, int) else list(e) for e in c.placement],
-                              predictor=c.predictor)
+                              predictor=c.predictor, batch=c.batch)
     return ReuseWindow(start=c.start, size=c.size, predictor=c.predictor)
 
 
@@ -81,6 +82,10 @@ def recompute(schedule: Schedule, profile: Profile) -> tuple[float, list[float],
     G = schedule.world_size
     fwd = profile.forward_time_s
     step = profile.compute.step_s + profile.compute.step_overhead_s
+
+    def batched(n: int) -> float:   # the batch curve, extended linearly in its last entry
+        curve = profile.compute.batched_forward_s
+        return 0.0 if n == 0 else curve[n - 1] if n <= len(curve) else curve[-1] * n / len(curve)
 
     def half() -> float:   # one CFG half plus the swap of raw halves
         raw_half = profile.raw_half_bytes if profile.raw_half_bytes is not None else profile.output_bytes
@@ -106,7 +111,12 @@ def recompute(schedule: Schedule, profile: Profile) -> tuple[float, list[float],
             halves = [sum(1 for g in groups if len(g) == 2 and rank in g) for rank in range(G)]
             held_by_all = all(len(set(g)) == G for g in groups)
             exchange = 0.0 if G == 1 or held_by_all else profile.exchange_time_s(G, size)
-            compute = max(fwd(n) + (h * half() if h else 0.0) for n, h in zip(whole, halves))
+            if w.batch:    # one call per rank, after running the reuse chain from its first offset to its last
+                spans = [max((j for j in range(size) if groups[j] == (r,)), default=0)
+                         - min((j for j in range(size) if groups[j] == (r,)), default=0) for r in range(G)]
+                compute = max((batched(n) if n > 1 else fwd(n)) + span * step for n, span in zip(whole, spans))
+            else:
+                compute = max(fwd(n) + (h * half() if h else 0.0) for n, h in zip(whole, halves))
             lats.append((size - 1) * step + compute + exchange + size * step)
             errs.append(profile.window_errors("parallel", start=start, size=size, predictor=w.predictor))
     if any(e is None for e in errs):
@@ -161,7 +171,7 @@ def verify_schedule(schedule: Schedule, profile: Profile) -> None:
 def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max_window: Optional[int] = None,
                   budget: Optional[float] = None, coverage: Optional[float] = None, min_psnr_db: Optional[float] = None,
                   policy: Policy = "optimal", warmup: Optional[int] = None, solver: SolverName = "auto", options=None,
-                  fixed_bound_factor: Optional[float] = None, allow_split: bool = True,
+                  fixed_bound_factor: Optional[float] = None, allow_split: bool = True, allow_batch: bool = True,
                   fixed_world_size: Optional[int] = None,
                   latency_units_per_s: float = DEFAULT_LATENCY_UNITS_PER_S) -> PlanResult:
     """Plan ``profile.num_steps`` steps on ``world_size`` ranks.
@@ -178,6 +188,9 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     ``min_psnr_db`` is recorded in the schedule (the caller converts it to ``budget``).
     solver "auto": the DP oracle where one budget says it all (N = 1), the Lagrangian branch and bound
     (branch.py, exact; CP-SAT does not prove optimality on these instances) otherwise.
+    ``allow_batch``: a parallel window may run each rank's offsets in one batched call where the
+    profile has a batch curve (``Profile.can_batch``; problem.py); False plans without.
+    policy "fixed-batch": the hand plan with two offsets per rank per window, batched.
     ``allow_split``: windows may split CFG halves over rank pairs where the profile prices it
     (``Profile.can_split``; lossless, see problem.py); False plans without splits.
     ``fixed_world_size``: the fixed plan that sets the default bounds runs on this many ranks
@@ -190,7 +203,8 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     T = profile.num_steps
     G = world_size
     N = profile.quality_samples
-    J = max_window if max_window is not None else min(G, profile.max_window)
+    J = max_window if max_window is not None else default_max_window(profile, world_size=G, allow_batch=allow_batch,
+                                                                     policy=policy)
     if J > profile.max_window:
         raise UserError(f"--max-window {J} exceeds the profile's max_window={profile.max_window}; re-profile with --max-window {J} or pass a smaller --max-window")
     W = warmup if warmup is not None else default_warmup(T)
@@ -203,11 +217,12 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
                         "--budget/--min-psnr it changes nothing: drop --warmup")
     if policy == "fixed" and fixed_world_size not in (None, G):
         raise ValueError("the fixed policy plans its own world size: fixed_world_size applies to the optimal policy")
-    fixed = fixed_windows(profile, world_size=fixed_world_size or G, max_window=J, warmup=W)
+    fixed = fixed_windows(profile, world_size=fixed_world_size or G, max_window=J, warmup=W,
+                          batch=policy == "fixed-batch")
     warnings: list[str] = []
     fixed_per_sample = fixed_sample_errors(fixed)
 
-    if policy == "fixed":
+    if policy in ("fixed", "fixed-batch"):
         if budget is not None:
             raise UserError("--budget/--min-psnr apply to --policy optimal; the fixed plan's error is set by --warmup: drop the budget or use --policy optimal")
         scale = error_scale_for(min(fixed_per_sample))
@@ -215,7 +230,7 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         chosen = list(fixed)
         outcome = SolveOutcome(name="fixed", status="NOT_SOLVED", objective=fixed_latency_units(fixed, scale=latency_units_per_s),
                                bound=None, wall_s=0.0)
-        schedule = _assemble(profile, profile_sha256=profile_sha256, world_size=G, max_window=J, policy="fixed", chosen=chosen,
+        schedule = _assemble(profile, profile_sha256=profile_sha256, world_size=G, max_window=J, policy=policy, chosen=chosen,
                              budget=fixed_error(fixed), sample_budget_units=units, required=N, coverage=None, scale=scale,
                              min_psnr_db=None, outcome=outcome, latency_units_per_s=latency_units_per_s, options=None)
         verify_schedule(schedule, profile)
@@ -247,7 +262,8 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         limits = [e * fixed_bound_factor for e in fixed_per_sample]
         first = own if fixed_bound_factor == 1.0 else tuple(math.floor(u * fixed_bound_factor) for u in own)
         problem = build_problem(profile, world_size=G, max_window=J, budget=fixed_error(fixed), sample_budget_units=first,
-                                error_units_per_unit=scale, latency_units_per_s=latency_units_per_s, allow_split=allow_split)
+                                error_units_per_unit=scale, latency_units_per_s=latency_units_per_s, allow_split=allow_split,
+                                allow_batch=allow_batch)
         path, outcome, notes = solve(problem)
         # the plan's float error per sample (the same sum as the fixed plan's)
         if any(e > lim for e, lim in zip(fixed_sample_errors([problem.edges[i].planned() for i in path]), limits)):
@@ -261,7 +277,7 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
         required = N if coverage is None else required_samples(coverage, N)
         problem = build_problem(profile, world_size=G, max_window=J, budget=budget, min_within=required,
                                 error_units_per_unit=error_scale_for(budget) * fine, latency_units_per_s=latency_units_per_s,
-                                allow_split=allow_split)
+                                allow_split=allow_split, allow_batch=allow_batch)
         path, outcome, notes = solve(problem)
         reported_budget = budget
     warnings.extend(notes)
@@ -389,7 +405,8 @@ def _time_limit_warning(who: str, options, objective: int, bound: int, dp_fits: 
             + (", or use --solver dp (the exact DP, fast at this size)" if dp_fits else ""))
 
 
-def world_size_candidates(profile: Profile, *, world_size: int, max_window: int, allow_split: bool = True) -> list[int]:
+def world_size_candidates(profile: Profile, *, world_size: int, max_window: int, allow_split: bool = True,
+                          allow_batch: bool = True) -> list[int]:
     """World sizes g <= ``world_size`` worth planning when ranks may stay idle (``plan --try-fewer-gpus``).
 
     A plan on g ranks is a path over the same windows as on any other world size, with the same
@@ -402,7 +419,8 @@ def world_size_candidates(profile: Profile, *, world_size: int, max_window: int,
 
     def vector(g: int) -> tuple[float, ...]:
         exact = best_exact(profile, world_size=g, allow_split=allow_split)[1]
-        return (exact,) + tuple(best_placement(profile, size=w, world_size=g, allow_split=allow_split)[1]
+        return (exact,) + tuple(best_placement(profile, size=w, world_size=g, allow_split=allow_split,
+                                               allow_batch=allow_batch)[1]
                                 for w in range(2, max_window + 1))
 
     vectors = {g: vector(g) for g in range(1, world_size + 1)}

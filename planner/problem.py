@@ -39,6 +39,17 @@ robin is optimal among unsplit placements. (If a measured forward table is not m
 latency below is still exact for the emitted placement; only this optimality claim weakens, and
 ``build_problem`` reports it in ``Problem.notes``.)
 
+BatchStep (profiles with ``Profile.can_batch``): a rank may compute its offsets in one batched call,
+costing ``bfwd(n) = profile.batched_forward_time_s(n)`` plus the reuse-chain steps it runs ahead to
+build their inputs (its last offset minus its first, times a step). Where some rank holds two offsets
+or more (w > G) the planner also prices the batched *block* placement (offsets j on rank
+j // ceil(w / G)) and keeps it where it is faster. Among batched placements it is optimal: some rank
+holds n >= ceil(w / G) offsets, its chain spans at least n - 1 steps, and the block placement meets
+both bounds at once with bfwd nondecreasing. Batching adds no error the profile prices (the same
+inputs, kernels' last bits aside), so like a split it is a per-window choice independent of the
+path. ``allow_batch=False`` (``plan --batch off``) plans without it; a window does not batch and
+split at once.
+
 CFG split (profiles with ``Profile.can_split``): an offset may be split over a pair of ranks, each
 computing one half (``half_forward_s``) and swapping raw halves (``pair_exchange_time_s``); it adds
 no error, so for every window the planner takes the fastest placement of this family: ``p`` pairs
@@ -115,6 +126,7 @@ class Edge:
     latency_units: int
     sample_error_units: tuple[int, ...]   # ceil(errors[n] * scale)
     split: tuple[tuple[int, int], ...] = ()   # exact windows: CFG-split rank pairs
+    batch: bool = False                       # parallel: each rank's offsets in one batched call (BatchStep)
 
     @property
     def stop(self) -> int:
@@ -131,7 +143,7 @@ class Edge:
 
     def planned(self) -> "PlannedWindow":
         return PlannedWindow(self.start, self.size, self.kind, self.predictor, self.placement, self.latency_s, self.errors,
-                             split=self.split)
+                             split=self.split, batch=self.batch)
 
 
 @dataclass(frozen=True)
@@ -226,10 +238,18 @@ class PlannedWindow:
     latency_s: float
     errors: tuple[float, ...]             # per calibration sample (see Profile.window_errors)
     split: tuple[tuple[int, int], ...] = ()   # exact windows: CFG-split rank pairs
+    batch: bool = False                       # parallel: BatchStep
 
     @property
     def error(self) -> float:
         return math.fsum(self.errors) / len(self.errors)
+
+
+def block_placement(*, size: int, world_size: int) -> tuple[int, ...]:
+    """BatchStep: consecutive offsets on one rank, ceil(w / G) per rank (the last ranks may hold
+    fewer or none): the least batch and the shortest chain run ahead (see the module docstring)."""
+    per = -(-size // world_size)
+    return tuple(j // per for j in range(size))
 
 
 def round_robin_placement(*, size: int, world_size: int) -> tuple[int, ...]:
@@ -237,11 +257,20 @@ def round_robin_placement(*, size: int, world_size: int) -> tuple[int, ...]:
     return tuple(j % world_size for j in range(size))
 
 
+def batched_span(placement: "Placement", rank: int) -> int:
+    """Steps of the reuse chain a batched rank runs ahead: its last offset minus its first (0 for
+    one offset: nothing to batch)."""
+    mine = [j for j, e in enumerate(placement) if e == rank]
+    return mine[-1] - mine[0] if len(mine) > 1 else 0
+
+
 def window_latency_s(profile: Profile, *, kind: EdgeKind, size: int, world_size: int,
-                     placement: "Placement" = (), split: Sequence[tuple[int, int]] = ()) -> float:
+                     placement: "Placement" = (), split: Sequence[tuple[int, int]] = (), batch: bool = False) -> float:
     """Latency of one window under docs/cost-model.md. A placement entry is a rank or a CFG-split
     pair; a rank's compute is fwd(its whole offsets) + its halves * (half + swap). (For placements
-    outside ``best_placement``'s family this ignores waits between pairs; ``simulate`` has them.)"""
+    outside ``best_placement``'s family this ignores waits between pairs; ``simulate`` has them.)
+    ``batch`` (BatchStep, no split entries): a rank's compute is bfwd(its offsets) plus the reuse-chain
+    steps it runs ahead to build their inputs (``batched_span``)."""
     step = profile.step_time_s()
     if kind == "exact":
         if not split:
@@ -263,7 +292,12 @@ def window_latency_s(profile: Profile, *, kind: EdgeKind, size: int, world_size:
             else:
                 halves[rank] += 1
     swap_s = profile.half_forward_time_s(1) + profile.pair_exchange_time_s() if any(halves) else 0.0
-    compute = max(profile.forward_time_s(n) + h * swap_s for n, h in zip(whole, halves))
+    if batch:
+        if any(halves):
+            raise ValueError("a batched window has no CFG-split entries")
+        compute = max(profile.rank_compute_time_s(n, batch=n > 1) + batched_span(placement, r) * step for r, n in enumerate(whole))
+    else:
+        compute = max(profile.forward_time_s(n) + h * swap_s for n, h in zip(whole, halves))
     exchange = 0.0 if held_by_all(placement, world_size) else profile.exchange_time_s(world_size, size)
     return (size - 1) * step + compute + exchange + size * step
 
@@ -282,13 +316,21 @@ def split_placement(*, size: int, world_size: int, pairs: int, split_offsets: in
     return tuple(out)
 
 
-def best_placement(profile: Profile, *, size: int, world_size: int, allow_split: bool) -> "tuple[Placement, float]":
-    """The fastest placement of a parallel window of ``size`` offsets, and its latency (module
-    docstring: round robin, or the best of the CFG-split family)."""
+def best_placement(profile: Profile, *, size: int, world_size: int, allow_split: bool,
+                   allow_batch: bool = True) -> "tuple[Placement, float, bool]":
+    """The fastest placement of a parallel window of ``size`` offsets, its latency, and whether it
+    batches (module docstring: round robin, batched where the batch curve makes it faster, or the
+    best of the CFG-split family)."""
     best = round_robin_placement(size=size, world_size=world_size)
     best_s = window_latency_s(profile, kind="parallel", size=size, world_size=world_size, placement=best)
+    batched = False
+    if allow_batch and profile.can_batch and size > world_size:     # some rank holds two offsets or more
+        blocks = block_placement(size=size, world_size=world_size)
+        lat = window_latency_s(profile, kind="parallel", size=size, world_size=world_size, placement=blocks, batch=True)
+        if lat < best_s:
+            best, best_s, batched = blocks, lat, True
     if not (allow_split and profile.can_split and world_size >= 2):
-        return best, best_s
+        return best, best_s, batched
     step = profile.step_time_s()
     half_s = profile.half_forward_time_s(1) + profile.pair_exchange_time_s()
     exchange_s = profile.exchange_time_s(world_size, size)
@@ -300,9 +342,9 @@ def best_placement(profile: Profile, *, size: int, world_size: int, allow_split:
             lat = (2 * size - 1) * step + compute + exch
             if lat < best_s:
                 best = split_placement(size=size, world_size=world_size, pairs=pairs, split_offsets=x)
-                best_s = lat
+                best_s, batched = lat, False
     # the emitted placement priced by the one latency function (equal to the family's formula)
-    return best, window_latency_s(profile, kind="parallel", size=size, world_size=world_size, placement=best)
+    return best, window_latency_s(profile, kind="parallel", size=size, world_size=world_size, placement=best, batch=batched), batched
 
 
 def best_exact(profile: Profile, *, world_size: int, allow_split: bool) -> "tuple[tuple[tuple[int, int], ...], float]":
@@ -313,6 +355,17 @@ def best_exact(profile: Profile, *, world_size: int, allow_split: bool) -> "tupl
     pairs = tuple((2 * k, 2 * k + 1) for k in range(world_size // 2))
     lat = window_latency_s(profile, kind="exact", size=1, world_size=world_size, split=pairs)
     return (pairs, lat) if lat < plain else ((), plain)
+
+
+def default_max_window(profile: Profile, *, world_size: int, allow_batch: bool = True, policy: str = "optimal") -> int:
+    """The largest window when ``--max-window`` is not given: one offset per rank (G) without a batch
+    curve; with one, every window the profile holds (the batch curve and the quality model then
+    decide the size); the BatchStep hand plan: two offsets per rank."""
+    if policy == "fixed-batch":
+        return min(2 * world_size, profile.max_window)
+    if allow_batch and profile.can_batch and policy == "optimal":
+        return profile.max_window
+    return min(world_size, profile.max_window)
 
 
 def error_scale_for(budget: float) -> float:
@@ -374,21 +427,23 @@ def fresh_after(*, kind: EdgeKind, size: int, fresh_before: int) -> int:
 
 
 def candidate_windows(profile: Profile, *, world_size: int, max_window: int, allow_split: bool = True,
-                      ) -> list[tuple[int, int, EdgeKind, Optional[Predictor], "Placement", float, tuple[float, ...]]]:
+                      allow_batch: bool = True,
+                      ) -> list[tuple[int, int, EdgeKind, Optional[Predictor], "Placement", float, tuple[float, ...], bool]]:
     """Every candidate window after predictor dominance (rule 1), before budget pruning:
-    (start, size, kind, predictor, placement, latency_s, per-sample errors). An exact window's
-    placement slot holds its CFG-split pairs."""
+    (start, size, kind, predictor, placement, latency_s, per-sample errors, batch). An exact
+    window's placement slot holds its CFG-split pairs."""
     T = profile.num_steps
     J = max_window
     exact_split, exact_s = best_exact(profile, world_size=world_size, allow_split=allow_split)
-    placements, latency = {}, {}
+    placements, latency, batched = {}, {}, {}
     for w in range(2, J + 1):
-        placements[w], latency[("parallel", w)] = best_placement(profile, size=w, world_size=world_size, allow_split=allow_split)
+        placements[w], latency[("parallel", w)], batched[w] = best_placement(profile, size=w, world_size=world_size,
+                                                                             allow_split=allow_split, allow_batch=allow_batch)
     latency.update({("reuse", w): window_latency_s(profile, kind="reuse", size=w, world_size=world_size) for w in range(1, J + 1)})
     zero = (0.0,) * profile.quality_samples
     out = []
     for s in range(T):
-        out.append((s, 1, "exact", None, exact_split, exact_s, zero))
+        out.append((s, 1, "exact", None, exact_split, exact_s, zero, False))
         if s == 0:
             continue
         for kind in ("parallel", "reuse"):
@@ -399,10 +454,11 @@ def candidate_windows(profile: Profile, *, world_size: int, max_window: int, all
             for w in range(first, min(J, T - s) + 1):
                 lat = latency[(kind, w)]
                 placement = placement_of.get(w, ())
+                batch = kind == "parallel" and batched[w]
                 if w <= len(last):
-                    out.append((s, w, kind, "last", placement, lat, last[w - 1]))
+                    out.append((s, w, kind, "last", placement, lat, last[w - 1], batch))
                 if w <= len(linear) and (w > len(last) or _better_somewhere(linear[w - 1], last[w - 1])):
-                    out.append((s, w, kind, "linear", placement, lat, linear[w - 1]))
+                    out.append((s, w, kind, "linear", placement, lat, linear[w - 1], batch))
     return out
 
 
@@ -415,7 +471,7 @@ def _better_somewhere(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
 def build_problem(profile: Profile, *, world_size: int, max_window: int, budget: float,
                   budget_units: Optional[int] = None, error_units_per_unit: Optional[float] = None,
                   sample_budgets: Optional[Sequence[float]] = None, sample_budget_units: Optional[Sequence[int]] = None,
-                  min_within: Optional[int] = None, allow_split: bool = True,
+                  min_within: Optional[int] = None, allow_split: bool = True, allow_batch: bool = True,
                   latency_units_per_s: float = DEFAULT_LATENCY_UNITS_PER_S) -> Problem:
     """The integer instance for ``profile`` on ``world_size`` ranks with windows up to ``max_window``.
 
@@ -445,13 +501,13 @@ def build_problem(profile: Profile, *, world_size: int, max_window: int, budget:
     else:
         b_units = tuple(budget_units_for(b, scale=scale) for b in budgets)
     notes = []
-    fwd = profile.compute.forward_s
-    if any(b < a for a, b in zip(fwd, fwd[1:])):
-        notes.append("profile forward times are not nondecreasing in k: round-robin placement may not be optimal")
+    for name, fwd in (("forward", profile.compute.forward_s), ("batched forward", profile.compute.batched_forward_s or [])):
+        if any(b < a for a, b in zip(fwd, fwd[1:])):
+            notes.append(f"profile {name} times are not nondecreasing in k: the placement may not be optimal")
     exact_units = latency_units(best_exact(profile, world_size=world_size, allow_split=allow_split)[1], scale=latency_units_per_s)
     edges: list[Edge] = []
-    for (s, w, kind, pred, placement, lat_s, errs) in candidate_windows(profile, world_size=world_size, max_window=max_window,
-                                                                         allow_split=allow_split):
+    for (s, w, kind, pred, placement, lat_s, errs, batch) in candidate_windows(profile, world_size=world_size, max_window=max_window,
+                                                                                allow_split=allow_split, allow_batch=allow_batch):
         e_units = tuple(error_units(x, scale=scale) for x in errs)
         l_units = latency_units(lat_s, scale=latency_units_per_s)
         if kind != "exact":
@@ -461,7 +517,8 @@ def build_problem(profile: Profile, *, world_size: int, max_window: int, budget:
                 continue
         split = placement if kind == "exact" else ()
         edges.append(Edge(start=s, size=w, kind=kind, predictor=pred, placement=() if kind == "exact" else placement,
-                          latency_s=lat_s, errors=errs, latency_units=l_units, sample_error_units=e_units, split=split))
+                          latency_s=lat_s, errors=errs, latency_units=l_units, sample_error_units=e_units, split=split,
+                          batch=batch))
     out_edges: list[list[int]] = [[] for _ in range(T + 1)]
     in_edges: list[list[int]] = [[] for _ in range(T + 1)]
     for i, e in enumerate(edges):

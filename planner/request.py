@@ -22,6 +22,7 @@ from ..errors import UserError
 from ..profiles.interconnects import with_interconnect
 from ..profiles.io import resolve_profile
 from ..profiles.model import Prior, Profile
+from .problem import default_max_window
 
 
 def _derivable(profile: Profile) -> bool:
@@ -62,6 +63,7 @@ class PlanRequest:
     solver: str
     options: object
     allow_split: bool = True
+    allow_batch: bool = True
     try_fewer_gpus: bool = False
     interconnect: Optional[str] = None    # --interconnect: recorded in the schedule (simulate prices as the plan did)
 
@@ -75,14 +77,17 @@ def request_from_args(args) -> PlanRequest:
     profile, sha = resolve_profile(args.model, args.profile)
     G = args.gpus
     T = args.steps if args.steps is not None else profile.num_steps
-    # default max window: one offset per GPU, capped at what the profile holds. For a prior that cap
-    # is the evidence behind it (a prior must not plan windows longer than anything measured: at 128
-    # GPUs an uncapped prior planned "1 forward + a 36-step reuse chain"); --max-window beyond it
-    # re-derives the prior's tables, with a warning.
-    J = args.max_window if args.max_window is not None else min(G, profile.max_window)
+    # default max window (plan.default_max_window): one offset per GPU, or with a batch curve every
+    # window the profile holds, capped at what the profile holds. For a prior that cap is the evidence
+    # behind it (a prior must not plan windows longer than anything measured: at 128 GPUs an uncapped
+    # prior planned "1 forward + a 36-step reuse chain"); --max-window beyond it re-derives the
+    # prior's tables, with a warning.
+    allow_batch = getattr(args, "batch", "auto") != "off"
+    J = args.max_window if args.max_window is not None else default_max_window(profile, world_size=G, allow_batch=allow_batch,
+                                                                               policy=args.policy)
     if args.warmup is not None and args.warmup >= T:
         raise UserError(f"--warmup {args.warmup} must be less than the number of steps ({T}); pass a smaller --warmup")
-    if args.policy == "fixed" and (args.budget is not None or args.min_psnr is not None):
+    if args.policy != "optimal" and (args.budget is not None or args.min_psnr is not None):
         raise UserError("--budget/--min-psnr apply to --policy optimal; the fixed plan's error is set by --warmup: drop the budget or use --policy optimal")
     if J > profile.max_window and _derivable(profile):
         print(f"parastep: warning: --max-window {J} is beyond the {profile.max_window} steps the prior '{profile.name}' "
@@ -112,7 +117,7 @@ def request_from_args(args) -> PlanRequest:
                             deterministic=bool(getattr(args, "deterministic", False)))
     return PlanRequest(profile=profile, sha256=sha, world_size=G, max_window=J, budget=budget, coverage=coverage,
                        min_psnr_db=args.min_psnr, policy=args.policy, warmup=args.warmup, solver=args.solver, options=options,
-                       allow_split=getattr(args, "cfg_split", "auto") != "off",
+                       allow_split=getattr(args, "cfg_split", "auto") != "off", allow_batch=allow_batch,
                        try_fewer_gpus=bool(getattr(args, "try_fewer_gpus", False)), interconnect=args.interconnect)
 
 
@@ -130,7 +135,7 @@ def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_f
         res = plan_schedule(req.profile, profile_sha256=req.sha256, world_size=world_size, max_window=req.max_window,
                             budget=req.budget if budget is None else budget, coverage=req.coverage, min_psnr_db=req.min_psnr_db,
                             policy=req.policy, warmup=req.warmup, solver=req.solver, options=req.options,
-                            fixed_bound_factor=fixed_bound_factor, allow_split=req.allow_split,
+                            fixed_bound_factor=fixed_bound_factor, allow_split=req.allow_split, allow_batch=req.allow_batch,
                             fixed_world_size=req.world_size if req.policy == "optimal" else None)
         if req.interconnect is None:
             return res
@@ -139,7 +144,8 @@ def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_f
 
     if not req.try_fewer_gpus or req.policy != "optimal":
         return one(req.world_size)
-    sizes = world_size_candidates(req.profile, world_size=req.world_size, max_window=req.max_window, allow_split=req.allow_split)
+    sizes = world_size_candidates(req.profile, world_size=req.world_size, max_window=req.max_window, allow_split=req.allow_split,
+                                  allow_batch=req.allow_batch)
     print(f"parastep plan: --try-fewer-gpus: planning world sizes {sizes} (the others are dominated window by window)", file=sys.stderr)
     results = [one(g) for g in sizes]
     best = min(results, key=lambda r: (r.schedule.latency.predicted_s, r.schedule.world_size))

@@ -80,6 +80,9 @@ def run(args) -> int:
         raise UserError(f"--verify {args.verify} is too few runs to fit and check a calibration; pass --verify 6 or more (80+ for a solid fit)")
     if args.correct is not None and args.verify is None and not getattr(args, "recalibrate", None):
         raise UserError("--correct ROUNDS needs a calibration to correct against; add --verify N (e.g. --verify 45)")
+    if getattr(args, "batch_curve", False) and not getattr(args, "recalibrate", None):
+        raise UserError("--batch-curve adds the batch curve to an existing profile: add --recalibrate PROFILE (or drop "
+                        "--batch-curve for a new profile, which measures it anyway)")
     if getattr(args, "retime", False) and not getattr(args, "recalibrate", None):
         raise UserError("--retime re-measures an existing profile's costs: add --recalibrate PROFILE (or drop --retime "
                         "for a new profile, which measures them anyway)")
@@ -160,7 +163,7 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
     calibration (``--verify N``) of an existing profile on this machine; its quality tables stay."""
     from ..profiles.io import dump_profile, load_profile, write_profile
     from ..profiles.model import profile_sha256
-    from .measure import retime
+    from .measure import add_batch_costs, retime
     from .settings import ProfilerSettings
 
     pipe.set_progress_bar_config(disable=True)
@@ -173,8 +176,9 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
     elif profile.model != model:
         raise UserError(f"--recalibrate {args.recalibrate} is a profile of '{profile.model}', not --model {model}")
     profile = here
-    if not args.retime and args.verify is None and args.correct is None:
-        raise UserError("--recalibrate needs --retime, --verify N and/or --correct ROUNDS; pass one")
+    batch_curve = getattr(args, "batch_curve", False)
+    if not args.retime and args.verify is None and args.correct is None and not batch_curve:
+        raise UserError("--recalibrate needs --retime, --batch-curve, --verify N and/or --correct ROUNDS; pass one")
     if profile.guidance_scale is not None and "guidance_scale" in kwargs:
         kwargs["guidance_scale"] = profile.guidance_scale
     from ..executor.inputs import settle_inputs
@@ -193,6 +197,11 @@ def recalibrate(pipe, args, *, kwargs, out: Path, model: str, inputs) -> int:
     if args.retime:
         try:
             profile = retime(pipe, profile, settings, say=say)
+        except ValueError as exc:
+            raise UserError(str(exc).splitlines()[0]) from None
+    elif batch_curve:   # --retime measures the curve too
+        try:
+            profile = add_batch_costs(pipe, profile, settings, say=say)
         except ValueError as exc:
             raise UserError(str(exc).splitlines()[0]) from None
     if args.verify is not None:

@@ -1,4 +1,4 @@
-"""A profile's compute costs (docs/design.md §2): the plain pipeline timed at batch 1.
+"""A profile's compute costs (docs/design.md §2): the plain pipeline timed at batch 1, and the batch curve.
 
 Batch-1 runs of the plain pipeline (the shape ``parastep exec`` runs), the denoiser's ``forward``
 and ``scheduler.step`` timed on the instance. ``forward_s[k-1]`` is the median wall time of k
@@ -87,6 +87,38 @@ def _time_half_forward(forward, captured: dict, *, count: int, sync) -> dict:
             "step": captured["step"], "batch": captured["batch"], "raw_half_bytes": raw_half_bytes}
 
 
+def _time_batched_forward(forward, captured: dict, *, max_offsets: int, count: int, sync) -> dict:
+    """BatchStep's batch curve: median wall time of one call on k offsets' inputs (the captured call
+    repeated k times along the batch, one timestep per row: ``batchstep.repeated_call``), k = 1..K,
+    the k's interleaved in every round so their ratios are measured under one load."""
+    from ..executor.batchstep import repeated_call
+
+    calls = [repeated_call(captured["args"], captured["kwargs"], k) for k in range(1, max_offsets + 1)]
+    times: list[list[float]] = [[] for _ in calls]
+    for r in range(count + 2):                        # two warm-up rounds: a new batch shape may build kernels
+        for (args, kwargs), box in zip(calls, times):
+            sync()
+            t0 = time.perf_counter()
+            forward(*args, **kwargs)
+            sync()
+            if r >= 2:
+                box.append(time.perf_counter() - t0)
+    medians = [statistics.median(box) for box in times]
+    return {"batched_s": medians, "ratio": [m / medians[0] if medians[0] > 0 else float("nan") for m in medians],
+            "count": count, "step": captured["step"], "batch": captured["batch"]}
+
+
+def batched_forward_note(details: Mapping[str, Any]) -> str:
+    """The compute provenance's words on ``batched_forward_s`` (from ``measure_compute``'s details)."""
+    b = details.get("batched_forward")
+    if not isinstance(b, dict):
+        return f"batched_forward_s absent: {b}"
+    ratios = ", ".join(f"{r:.3f}" for r in b["ratio"])
+    return (f"batched_forward_s[k-1] = forward_s[0] x the ratio of one call on k offsets' inputs (the denoiser's call at "
+            f"step {b['step']} repeated k times along its batch {b['batch']}, one timestep per row) to the k = 1 call, "
+            f"medians of {b['count']} rounds with every k interleaved: {ratios} for k = 1..{len(b['ratio'])}")
+
+
 def raw_half_bytes_of(details: Mapping[str, Any], out_bytes: int) -> Optional[int]:
     """``Profile.raw_half_bytes`` from ``measure_compute``'s details: None where no CFG half was
     timed or a raw half has the guided output's size (the field's default)."""
@@ -95,8 +127,11 @@ def raw_half_bytes_of(details: Mapping[str, Any], out_bytes: int) -> Optional[in
     return None if raw is None or raw == out_bytes else int(raw)
 
 
+BATCH_CURVE_ROUNDS = 30   # rounds of the batch curve (each times every k once): enough for a stable median
+
+
 def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max_window: int, repeats: int,
-                    threads: int) -> tuple[Compute, int, dict]:
+                    threads: int, batch_offsets: Optional[int] = None) -> tuple[Compute, int, dict]:
     """Batch-1 timing of the plain pipeline: (Compute, output_bytes, details).
 
     ``half_forward_s``: when the pipeline runs a two-way guided batch (``do_classifier_free_guidance``
@@ -105,7 +140,14 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
     half (``half_batch``) and timed: median of as many forwards as ``forward_s[0]`` is the median of,
     interleaved with forwards on the whole captured batch (``details['half_forward']['ratio']``);
     otherwise None, and ``details['half_forward']`` says why.
+
+    ``batched_forward_s`` (BatchStep, k = 1..``batch_offsets``, default ``max_window``): the same
+    captured call repeated k times along the batch, every k timed in each round
+    (``_time_batched_forward``); stored as ``forward_s[0]`` x (k's median / k = 1's median), so the
+    curve and the unbatched table agree at k = 1 and only the measured ratio decides whether a
+    window batches. ``details['batched_forward']`` holds the medians and ratios.
     """
+    batch_offsets = max_window if batch_offsets is None else batch_offsets
     torch = load_torch()
     den = denoiser(pipe)
     sched = pipe.scheduler
@@ -159,9 +201,15 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
                 if not is_cpu and torch.cuda.is_available():
                     torch.cuda.synchronize()
             half = _half_forward_why_not(captured, guided_batch)
+            sync = torch.cuda.synchronize if not is_cpu and torch.cuda.is_available() else (lambda: None)
             if half is None:
-                sync = torch.cuda.synchronize if not is_cpu and torch.cuda.is_available() else (lambda: None)
                 half = _time_half_forward(den.forward, captured, count=sum(len(run) for run in fwd_times[1:]), sync=sync)
+            batched = "no denoiser call was captured"
+            if captured and batch_offsets > 1:
+                rounds = max(5, min(BATCH_CURVE_ROUNDS, sum(len(run) for run in fwd_times[1:])))
+                batched = _time_batched_forward(den.forward, captured, max_offsets=batch_offsets, count=rounds, sync=sync)
+            elif batch_offsets <= 1:
+                batched = "not measured (windows of one offset)"
     fwd_times, step_times, step_ends = fwd_times[1:], step_times[1:], step_ends[1:]   # first run: warm-up
     forward_s = []
     for k in range(1, max_window + 1):
@@ -174,10 +222,11 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
             overheads.append(ends[i] - ends[i - 1] - f[i] - s[i])
     overhead = max(0.0, statistics.median(overheads)) if overheads else 0.0
     details = {"forward_median_s": statistics.median([t for run in fwd_times for t in run]), "repeats": repeats,
-               "threads": threads if is_cpu else None, "half_forward": half}
+               "threads": threads if is_cpu else None, "half_forward": half, "batched_forward": batched}
     half_s = half.get("half_s") if isinstance(half, dict) else None
-    return (Compute(forward_s=forward_s, step_s=step_s, step_overhead_s=overhead, half_forward_s=half_s),
-            out_bytes[0], details)
+    curve = [forward_s[0] * r for r in batched["ratio"]] if isinstance(batched, dict) else None
+    return (Compute(forward_s=forward_s, step_s=step_s, step_overhead_s=overhead, half_forward_s=half_s,
+                    batched_forward_s=curve), out_bytes[0], details)
 
 
 def _half_forward_why_not(captured: dict, guided_batch: list[int]) -> Optional[str]:

@@ -33,7 +33,7 @@ from typing import Callable, Optional
 from ..executor.launch import cpu_threads
 from ..profiles.model import PREDICTORS, DeviationStats, Measured, Profile, Propagation, Provenances
 from .comm import PAIR_HOW, _comm_part, measure_pair
-from .compute import half_forward_note, measure_compute, raw_half_bytes_of
+from .compute import batched_forward_note, half_forward_note, measure_compute, raw_half_bytes_of
 from .deviation import boundary_deviations, deviation_tables
 from .machine import device_description, load_average, package_versions
 from .propagation import carries_history, output_error_tables, propagation_gain, window_output_errors
@@ -128,7 +128,7 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
         similarity=measured,
         compute=measured.model_copy(update={"notes": f"batch 1, median of {settings.timing_repeats} runs; forward_s[k-1] = "
                                                      f"k consecutive forwards as the executor runs a rank's offsets; "
-                                                     f"{half_forward_note(cdet)}"}),
+                                                     f"{half_forward_note(cdet)}; {batched_forward_note(cdet)}"}),
         comm=comm_prov,
         output_errors=measured.model_copy(update={"notes": (
             (f"each candidate window run alone from the exact trajectory and on to the output, end to end (the scheduler "
@@ -183,7 +183,8 @@ def retime(pipe, profile: Profile, settings: ProfilerSettings, *, say) -> Profil
                                  pair=compute.half_forward_s is not None)
     prov = profile.provenance.model_copy(update={"compute": measured.model_copy(update={"notes": (
         f"batch 1, median of {settings.timing_repeats} runs; forward_s[k-1] = k consecutive forwards as the executor runs "
-        f"a rank's offsets; {half_forward_note(cdet)} (re-timed with --recalibrate --retime)")}), "comm": comm_prov})
+        f"a rank's offsets; {half_forward_note(cdet)}; {batched_forward_note(cdet)} (re-timed with --recalibrate --retime)")}),
+        "comm": comm_prov})
     return profile.model_copy(update={"compute": compute, "comm": comm, "output_bytes": out_bytes,
                                       "raw_half_bytes": raw_half_bytes_of(cdet, out_bytes), "provenance": prov})
 
@@ -255,6 +256,36 @@ def add_split_costs(pipe, profile: Profile, settings: ProfilerSettings, *, say, 
         "compute": profile.compute.model_copy(update={"half_forward_s": half_s}),
         "comm": profile.comm.model_copy(update={"pair": pair}),
         "provenance": prov.model_copy(update={"compute": comp_prov, "comm": comm_prov})})
+
+
+def add_batch_costs(pipe, profile: Profile, settings: ProfilerSettings, *, say) -> Profile:
+    """``profile`` with BatchStep's batch curve added and every other number kept:
+    ``batched_forward_s[k-1]`` = the stored ``forward_s[0]`` x the ratio of one call on k offsets'
+    inputs to one on a single offset's, measured now with every k interleaved (ratios hold on a loaded
+    machine, absolute times do not), k = 1..``profile.max_window``."""
+    T = profile.num_steps
+    load = load_average()
+    with cpu_threads(pipe, settings.threads):
+        compute, out_bytes, cdet = measure_compute(pipe, prompt=settings.prompts[0], seed=0, num_steps=T,
+                                                   call_kwargs=settings.call_kwargs, max_window=1,
+                                                   repeats=settings.timing_repeats, threads=settings.threads,
+                                                   batch_offsets=profile.max_window)
+    batched = cdet["batched_forward"]
+    if not isinstance(batched, dict):
+        raise ValueError(f"profile '{profile.name}': {batched}; no batch curve measured")
+    if out_bytes != profile.output_bytes:
+        raise ValueError(f"profile '{profile.name}' has output_bytes {profile.output_bytes}, the pipeline now {out_bytes}")
+    curve = [profile.compute.forward_s[0] * r for r in batched["ratio"]]
+    date = _dt.date.today().isoformat()
+    say(f"batch curve: one call on k offsets / one offset = {', '.join(f'{r:.3f}' for r in batched['ratio'])} "
+        f"(k = 1..{len(curve)}; {load})")
+    words = (f"{batched_forward_note(cdet)}; measured on {date} ({load}; the single call took "
+             f"{batched['batched_s'][0] * 1e3:.3f} ms then) by add_batch_costs (profile --recalibrate --batch-curve)")
+    prov = profile.provenance
+    field = "notes" if prov.compute.source == "measured" else "rule"
+    comp_prov = prov.compute.model_copy(update={field: _join(getattr(prov.compute, field), words)})
+    return profile.model_copy(update={"compute": profile.compute.model_copy(update={"batched_forward_s": curve}),
+                                      "provenance": prov.model_copy(update={"compute": comp_prov})})
 
 
 def _join(text: str, more: str) -> str:

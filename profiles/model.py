@@ -382,8 +382,9 @@ class Profile(_Strict):
         return table[-1] * offsets / len(table)
 
     def rank_compute_time_s(self, offsets: int, *, batch: bool) -> float:
-        """A rank's compute for ``offsets`` offsets of one window: one batched call, or one call each."""
-        return self.batched_forward_time_s(offsets) if batch else self.forward_time_s(offsets)
+        """A rank's compute for ``offsets`` offsets of one window: one batched call, or one call each
+        (one offset is one plain call either way)."""
+        return self.batched_forward_time_s(offsets) if batch and offsets > 1 else self.forward_time_s(offsets)
 
     def exchange_time_s(self, ranks: int, outputs: int) -> float:
         """Exchange of ``outputs`` guided outputs among ``ranks`` ranks (0 for one rank or none)."""

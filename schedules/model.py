@@ -33,7 +33,7 @@ MAX_WINDOW = MAX_STEPS
 
 # an image side; Strict() survives the tuple's strict=False (YAML has lists, not tuples)
 Pixels = Annotated[int, Strict(), Field(ge=1, le=1 << 20)]
-Policy = Literal["optimal", "fixed"]
+Policy = Literal["optimal", "fixed", "fixed-batch"]
 Rank = Annotated[int, Field(ge=0, le=MAX_WORLD_SIZE)]
 # a CFG split: [rank_uncond, rank_cond]. The two ranks each compute one half of the guided batch and
 # swap the raw halves, so the pipeline's own guidance combine runs unchanged (docs/design.md §1, "CFG split")

@@ -9,7 +9,9 @@ as the executor runs them:
   reuse) -> ``forward(n_r)`` (the rank's n_r offsets, computed one after another as the executor does, priced
   by the profile's ``forward_s[n_r - 1]``; absent when n_r = 0) -> the
   window's **shared** ``exchange`` node (one node for all ranks: a barrier) -> w ``step``
-  (replay) ops.
+  (replay) ops. A batched window (``batch: true``): a rank with n_r >= 2 offsets runs the reuse chain
+  from its first offset to its last again, ahead (``scratch`` ops), then one ``forward`` priced by
+  the batch curve ``batched_forward_s[n_r - 1]``.
 - CFG split (a pair ``[u, c]`` computing one offset, or one exact step): ``forward`` of one half
   (``half_forward_s``) on each of u and c, then a ``swap`` node shared by the two (a barrier of the
   pair: the raw halves cross); in an exact window with a split, a rank in no pair runs both halves
@@ -135,14 +137,21 @@ def build_graph(schedule: Schedule, profile: Profile) -> nx.DiGraph:
                 prev = last[r]
                 for j in range(size - 1):
                     prev = add(_Node(r, "scratch", i, j, step_s, step=start + j), after=[prev])
-                if counts[r]:
-                    prev = add(_Node(r, "forward", i, size, profile.forward_time_s(counts[r]), offsets=counts[r]), after=[prev])
+                mine = [j for j, e in enumerate(w.placement) if e == r]
+                if w.batch and len(mine) > 1:
+                    # BatchStep: the reuse chain from the rank's first offset to its last, run ahead, then one call
+                    for j in range(mine[0], mine[-1]):
+                        prev = add(_Node(r, "scratch", i, size + j, step_s, step=start + j), after=[prev])
+                    prev = add(_Node(r, "forward", i, 2 * size, profile.batched_forward_time_s(counts[r]),
+                                     offsets=counts[r]), after=[prev])
+                elif counts[r]:
+                    prev = add(_Node(r, "forward", i, 2 * size, profile.forward_time_s(counts[r]), offsets=counts[r]), after=[prev])
                 ends.append(prev)
             exchange = add(_Node(-1, "exchange", i, 0, profile.exchange_time_s(G, size)), after=ends)
             for r in range(G):
                 prev: Optional[int] = exchange
                 for j in range(size):
-                    prev = add(_Node(r, "step", i, size + 1 + j, step_s, step=start + j), after=[prev])
+                    prev = add(_Node(r, "step", i, 2 * size + 1 + j, step_s, step=start + j), after=[prev])
                 last[r] = prev
         else:  # pragma: no cover - the pydantic union has three kinds
             raise TypeError(f"unknown window kind {type(w).__name__}")

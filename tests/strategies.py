@@ -52,12 +52,14 @@ def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "ra
                  step_overhead_s: Optional[float] = None, comm: Optional[Comm] = None,
                  deviation_scale: Optional[float] = None, calibration: bool = False,
                  provenance: Literal["prior", "measured"] = "prior", output_bytes: Optional[int] = None,
-                 samples: Optional[int] = None, half_forward_ratio: Optional[float] = None) -> Profile:
+                 samples: Optional[int] = None, half_forward_ratio: Optional[float] = None,
+                 batched_forward_s: Optional[list[float]] = None) -> Profile:
     """A random valid profile. Any cost part given explicitly replaces the random one. ``samples``:
     per-sample output errors (``Profile.output_errors``) for that many calibration samples: the
     mean-table window error times a per-sample, per-window lognormal factor (samples disagree on
     which windows are dear, as real images do). ``half_forward_ratio``: CFG-split costs (a half
-    forward of that share of one forward, and a pair swap priced like the 2-rank exchange)."""
+    forward of that share of one forward, and a pair swap priced like the 2-rank exchange). ``batched_forward_s``:
+    a batch curve (BatchStep)."""
     rng = np.random.default_rng(seed)
     T, J = num_steps, max_window
     scale = deviation_scale if deviation_scale is not None else 10.0 ** rng.uniform(-5, 1)
@@ -95,7 +97,8 @@ def make_profile(*, num_steps: int, max_window: int, seed: int, model: str = "ra
         similarity=Similarity(cosine=[float(v) for v in rng.uniform(0.9, 1.0, size=T - 1)],
                               rel_l1=[float(v) for v in rng.uniform(0.0, 0.2, size=T - 1)]),
         compute=Compute(forward_s=[float(v) for v in forward_s], step_s=step_s, step_overhead_s=step_overhead_s,
-                        half_forward_s=None if half_forward_ratio is None else float(half_forward_ratio * forward_s[0])),
+                        half_forward_s=None if half_forward_ratio is None else float(half_forward_ratio * forward_s[0]),
+                        batched_forward_s=None if batched_forward_s is None else [float(v) for v in batched_forward_s]),
         comm=comm if half_forward_ratio is None or comm.pair is not None else comm.model_copy(
             update={"pair": CommEntry(ranks=2, latency_s=comm.entries[0].latency_s, bandwidth_bytes_per_s=comm.entries[0].bandwidth_bytes_per_s)}),
         calibration=cal,
@@ -157,7 +160,13 @@ def random_profiles(draw, *, min_steps: int = 1, max_steps: int = 60, min_window
     J = draw(st.integers(min_window, max_window))
     seed = draw(st.integers(0, 2**31 - 1))
     cal = draw(st.booleans()) if calibration is None else calibration
-    return make_profile(num_steps=T, max_window=J, seed=seed, calibration=cal)
+    profile = make_profile(num_steps=T, max_window=J, seed=seed, calibration=cal)
+    slope = draw(st.one_of(st.none(), st.floats(0.2, 1.2)))   # a batch curve half the time, sometimes dearer than k calls
+    if slope is None:
+        return profile
+    f1 = profile.compute.forward_s[0]
+    curve = [f1 * (1.0 + slope * k) for k in range(draw(st.integers(1, max(1, J))))]
+    return profile.model_copy(update={"compute": profile.compute.model_copy(update={"batched_forward_s": curve})})
 
 
 @st.composite

@@ -685,3 +685,34 @@ def test_profile_correct_without_a_calibration_is_refused_before_measuring(tmp_p
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "--correct ROUNDS needs a calibration" in err[0] and "--verify N" in err[0]
     assert not (tmp_path / "x.yaml").exists()
+
+
+def test_compute_measures_the_batch_curve_on_the_real_call():
+    """BatchStep's curve: one call on k offsets' inputs, k = 1..max_window, stored relative to
+    forward_s[0]; a profile without windows of two gets none."""
+    from parastep.profiler.compute import batched_forward_note, measure_compute
+
+    pipe = tiny_digits()
+    torch.set_num_threads(1)
+    kw = dict(prompt="3", seed=0, num_steps=4, repeats=1, threads=1, call_kwargs={"guidance_scale": GUIDANCE})
+    c, _, det = measure_compute(pipe, max_window=3, **kw)
+    b = det["batched_forward"]
+    assert len(c.batched_forward_s) == 3 and c.batched_forward_s[0] == c.forward_s[0]
+    assert b["ratio"][0] == 1.0 and all(r > 0 for r in b["ratio"]) and b["batch"] == 2 and b["count"] >= 5
+    assert c.batched_forward_s == [c.forward_s[0] * r for r in b["ratio"]]
+    assert "k = 1..3" in batched_forward_note(det)
+    c, _, det = measure_compute(pipe, max_window=1, **kw)
+    assert c.batched_forward_s is None and batched_forward_note(det).startswith("batched_forward_s absent")
+
+
+def test_add_batch_costs_keeps_every_other_number():
+    """``profile --recalibrate P --batch-curve``: the stored forward times the ratios measured now, all else unchanged."""
+    import parastep.profiler.measure as prof
+
+    pipe, st, base = _small_profile_without_split_costs()
+    new = prof.add_batch_costs(pipe, base, st, say=lambda m: None)
+    assert len(new.compute.batched_forward_s) == base.max_window and new.can_batch
+    assert new.compute.batched_forward_s[0] == base.compute.forward_s[0]
+    assert "add_batch_costs" in (new.provenance.compute.notes or new.provenance.compute.rule)
+    strip = {"compute": base.compute, "provenance": base.provenance}
+    assert new.model_copy(update=strip) == base

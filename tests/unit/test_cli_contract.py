@@ -78,7 +78,7 @@ def test_design_names_are_present():
     for cmd, names in REQUIRED.items():
         missing = names - set(surface[cmd]["flags"])
         assert not missing, f"parastep {cmd} lost {sorted(missing)} (docs/design.md §8)"
-    assert surface["plan"]["choices"]["--policy"] == ["fixed", "optimal"]
+    assert surface["plan"]["choices"]["--policy"] == ["fixed", "fixed-batch", "optimal"]
 
 
 def test_top_level_help_lists_every_command(capsys):

@@ -36,7 +36,11 @@ def _instance(seed: int, *, max_steps: int = 24, max_window: int = 6, max_gpus: 
     T, J, G = r.randint(1, max_steps), r.randint(1, max_window), r.randint(1, max_gpus)
     # a third of the instances can split CFG halves (a separate stream keeps the other draws stable)
     half = random.Random(seed + 10 ** 6).choice([None, 0.52, 0.75])
-    prof = make_profile(num_steps=T, max_window=J, seed=seed, half_forward_ratio=half)
+    # a third have a batch curve (BatchStep), one call on k offsets costing 1 + slope (k - 1) forwards
+    slope = random.Random(seed + 2 * 10 ** 6).choice([None, 0.3, 0.9])
+    curve = None if slope is None else [1e-3 * (1 + slope * k) for k in range(J)]
+    prof = make_profile(num_steps=T, max_window=J, seed=seed, half_forward_ratio=half,
+                        forward_s=None if curve is None else [1e-3 * (k + 1) for k in range(J)], batched_forward_s=curve)
     Jp = min(J, r.randint(1, J + 2))
     fixed = fixed_windows(prof, world_size=G, max_window=Jp, warmup=default_warmup(T))
     kind = r.choice(["fixed", "scaled", "zero", "random"])

@@ -52,7 +52,7 @@ def test_best_placement_is_the_fastest_of_its_family_priced_by_the_op_graph(seed
     assert exact_s.latency_s > 0
     for G in range(2, 7):
         for size in range(2, 6):
-            chosen, lat = best_placement(prof, size=size, world_size=G, allow_split=True)
+            chosen, lat, _ = best_placement(prof, size=size, world_size=G, allow_split=True)
             base = prof.forward_time_s(1) + prof.step_time_s()        # the exact step 0
             sim = simulate(_one_window_schedule(prof, chosen, G), prof).latency_s - base
             assert math.isclose(sim, lat, rel_tol=1e-9), (G, size, chosen)

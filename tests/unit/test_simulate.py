@@ -28,7 +28,7 @@ ZERO_COMM = Comm(entries=[CommEntry(ranks=g, latency_s=0.0, bandwidth_bytes_per_
 
 
 def make_profile(*, num_steps: int, forward_s: list[float], step_s: float, comm: Comm, model: str = "toy",
-                 output_bytes: int = 1000, step_overhead_s: float = 0.0) -> Profile:
+                 output_bytes: int = 1000, step_overhead_s: float = 0.0, batched_forward_s=None) -> Profile:
     dev, reuse = deviation_tables(num_steps=num_steps, max_window=4)
     prior = provenance()
     return Profile(
@@ -37,7 +37,8 @@ def make_profile(*, num_steps: int, forward_s: list[float], step_s: float, comm:
         provenance=Provenances(deviation=prior, propagation=prior, similarity=prior, compute=prior, comm=prior),
         deviation=dev, reuse_deviation=reuse, propagation=propagation(num_steps=num_steps),
         similarity=similarity(num_steps=num_steps),
-        compute=Compute(forward_s=forward_s, step_s=step_s, step_overhead_s=step_overhead_s), comm=comm,
+        compute=Compute(forward_s=forward_s, step_s=step_s, step_overhead_s=step_overhead_s,
+                        batched_forward_s=batched_forward_s), comm=comm,
     )
 
 
@@ -148,7 +149,13 @@ def cost_model_latency(schedule: Schedule, profile: Profile) -> float:
             total += size * step
         else:
             n = [w.placement.count(r) for r in range(G)]
-            total += (size - 1) * step + max(profile.forward_time_s(k) for k in n) + profile.exchange_time_s(G, size) + size * step
+            if w.batch:   # one call per rank at the batch curve, after the chain first..last offset run ahead
+                spans = [(size - 1 - w.placement[::-1].index(r)) - w.placement.index(r) if k else 0 for r, k in enumerate(n)]
+                compute = max((profile.batched_forward_time_s(k) if k > 1 else profile.forward_time_s(k)) + span * step
+                              for k, span in zip(n, spans))
+            else:
+                compute = max(profile.forward_time_s(k) for k in n)
+            total += (size - 1) * step + compute + profile.exchange_time_s(G, size) + size * step
     return total
 
 
@@ -158,8 +165,9 @@ def schedules_and_profiles(draw):
     T, G = schedule.num_steps, schedule.world_size
     fwd = sorted(draw(st.lists(st.floats(1e-3, 2.0), min_size=1, max_size=4)))
     comm = comm_for(draw(st.sampled_from(["nvlink", "pcie4", "pcie3", "ethernet-10g", "ethernet-1g"])), world_size=max(G, 2))
+    curve = draw(st.one_of(st.none(), st.lists(st.floats(1e-3, 2.0), min_size=1, max_size=4).map(sorted)))
     profile = make_profile(num_steps=T, forward_s=fwd, step_s=draw(st.floats(0.0, 0.5)), comm=comm,
-                           step_overhead_s=draw(st.floats(0.0, 0.1)))
+                           step_overhead_s=draw(st.floats(0.0, 0.1)), batched_forward_s=curve)
     return schedule, profile
 
 
