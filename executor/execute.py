@@ -10,8 +10,10 @@ starts):
     world_size, num_steps, latency_s, bytes_exchanged (measured, sum over ranks of bytes
     received), bytes_exchanged_schedule (schedule.totals), forwards_per_rank,
     bytes_received_per_rank, windows: [{start, kind, size, seconds, bytes, exchange_s,
-    snapshot_s, replay_s, swap_s, half_forwards}] (rank 0's CFG-split swaps are inside exchange_s too), images, repeats, warmup_runs, latency_spread_s: {median, min, max,
-    runs}, and with --reference:
+    snapshot_s, replay_s, swap_s, half_forwards, calls, batch_fallbacks}] (rank 0's; CFG-split swaps
+    are inside exchange_s too; calls: rank 0's denoiser calls; batch_fallbacks: batched offsets that ran
+    as calls of their own, summed over ranks), batch_fallbacks (their total), images, repeats,
+    warmup_runs, latency_spread_s: {median, min, max, runs}, and with --reference:
     reference: {latency_s, speedup, psnr_db, ssim, identical, latency_spread_s}.
 
 ``latency_s`` is rank 0's wall time of the whole pipeline call (prompt encoding and VAE decode
@@ -167,7 +169,8 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
         if handle.steps_done != schedule.num_steps:
             raise UserError(f"the pipeline ran {handle.steps_done} scheduler steps, the schedule has {schedule.num_steps}; "
                             "re-plan with the pipeline's step count")
-        mine = {"forwards": handle.forwards, "windows": [vars(w) for w in handle.stats()]}
+        mine = {"forwards": handle.forwards, "windows": [vars(w) for w in handle.stats()],
+                "batch_fallbacks": list(handle.batch_fallback_reasons)}
         if job.reference:
             seq = sequential_round()
             if seq is not None:
@@ -187,7 +190,8 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
         windows.append({"start": w["start"], "kind": w["kind"], "size": w["size"], "seconds": w["seconds"],
                         "bytes": sum(g["windows"][k]["bytes_received"] for g in gathered),
                         "exchange_s": w["exchange_s"], "snapshot_s": w["snapshot_s"], "replay_s": w["replay_s"],
-                        "swap_s": w.get("swap_s", 0.0), "half_forwards": w.get("half_forwards", 0)})
+                        "swap_s": w.get("swap_s", 0.0), "half_forwards": w.get("half_forwards", 0),
+                        "calls": w.get("calls", 0), "batch_fallbacks": sum(g["windows"][k].get("batch_fallbacks", 0) for g in gathered)})
     report: dict[str, Any] = {
         "schedule": job.schedule_path, "model": schedule.model, "scheduler": type(pipe.scheduler).__name__,
         "world_size": ctx.world_size, "num_steps": schedule.num_steps, "device": str(ctx.device),
@@ -200,6 +204,11 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
         "windows": windows, "repeats": job.repeats, "warmup_runs": int(job.warmup),
         "latency_spread_s": _spread(times),
     }
+    fallbacks = [why for g in gathered for why in g.get("batch_fallbacks", [])]
+    report["batch_fallbacks"] = sum(w["batch_fallbacks"] for w in windows)
+    if fallbacks:
+        print(f"parastep: note: {report['batch_fallbacks']} batched offset(s) ran as calls of their own (correct, but "
+              f"slower than planned); first: {fallbacks[0]}", file=sys.stderr)
     if report["bytes_exchanged"] != schedule.totals.bytes_exchanged:
         print(f"parastep: note: {report['bytes_exchanged']} bytes were exchanged but the schedule implies "
               f"{schedule.totals.bytes_exchanged} (its output_bytes={schedule.output_bytes}"
