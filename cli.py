@@ -150,7 +150,7 @@ def build_parser() -> argparse.ArgumentParser:
     plan.add_argument("--warmup", type=_positive_int, help="exact steps before the first parallel window of the fixed plan, "
                       "which also sets the default statement's bounds (default: 10%% of steps, at least 1)")
     plan.add_argument("--max-window", type=_positive_int, dest="max_window", help="largest window (default: min(gpus, profile "
-                      "max); with a batch curve in the profile, the profile max)")
+                      "max); on 1 GPU with a batch curve in the profile, the profile max)")
     plan.add_argument("--profile", help="profile YAML (default: the shipped one for --model)")
     plan.add_argument("--interconnect", help="interconnect preset for exchange costs: nvlink, pcie4, pcie3, ethernet-10g or "
                       "ethernet-1g (default: none: the profile's own exchange costs)")

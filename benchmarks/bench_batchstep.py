@@ -38,9 +38,10 @@ CONFIGS: dict[str, tuple[int, list[str]]] = {
     "g2-lossless-split": (2, ["--budget", "0"]),
     "g2-lossless-nosplit": (2, ["--budget", "0", "--cfg-split", "off"]),
     "g2-default": (2, []),
-    "g2-default-nobatch": (2, ["--batch", "off"]),
+    "g2-default-j8": (2, ["--max-window", "8"]),
     "g2-psnr35": (2, ["--min-psnr", "35"]),
-    "g2-psnr35-nobatch": (2, ["--min-psnr", "35", "--batch", "off"]),
+    "g2-psnr35-j8": (2, ["--min-psnr", "35", "--max-window", "8"]),
+    "g2-psnr35-j8-nobatch": (2, ["--min-psnr", "35", "--max-window", "8", "--batch", "off"]),
 }
 
 

@@ -9,8 +9,11 @@ No SDXL weights exist here, so only the compute part is measured by us, on a GPU
 - compute (the shipped file): *measured* on one NVIDIA H200 by ``benchmarks/bench_gpu_unet.py`` (an SDXL-sized
   UNet with random weights, fp16, 1024x1024, eager as ``parastep exec`` runs it; three runs in
   ``profiles/measurements/``, per batch size the median of the runs' medians): forward_s[k-1] = k x the
-  batch-2 forward (one CFG step; a rank runs its offsets one after another), half_forward_s = the batch-1
-  forward, step_s = one EulerDiscreteScheduler.step; step_overhead_s = 0 (not measured). Measured there: an
+  batch-2 forward (one CFG step; a rank runs its offsets one after another), batched_forward_s[k-1] = the
+  batch-2k forward (BatchStep: one call on k offsets' guided inputs; measured at every k the runs have, a k
+  between two measured ones interpolated linearly and said so in the notes; the shipped runs have batches 1, 2,
+  4, so k = 1, 2), half_forward_s = the batch-1 forward, step_s = one EulerDiscreteScheduler.step;
+  step_overhead_s = 0 (not measured). Measured there: an
   eager forward is launch-bound at batch 1 and 2 (batch 1 / batch 2 = 0.94; 0.64 replayed from a CUDA graph),
   so a CFG split saves little in eager mode. ``--compute FILE...`` splices other runs of one device (the
   profile's name names it), ``--prior-compute`` restores the earlier prior: a *published* end-to-end H100
@@ -141,14 +144,42 @@ def _median_of(runs: list[dict], key: str, batch: str) -> Optional[float]:
     return statistics.median(vals) if vals else None
 
 
+class _DryRun(Exception):
+    """A bench_gpu_unet.py JSON written with --dry."""
+
+
+def batch_curve(runs: list[dict]) -> tuple[list[float], list[int], list[int]]:
+    """(batched_forward_s for k = 1..K, the k measured, the k interpolated) from the runs' eager forwards: one BatchStep
+    call on k offsets' guided inputs is the batch-2k forward, per batch size the median of the runs' medians (runs
+    that measured it); K = the largest k measured; a k between two measured ones is interpolated linearly between
+    them (the profile's curve must be contiguous). Odd batch sizes (a CFG half, batch 1) are not offsets' calls."""
+    sizes = sorted({int(b) for r in runs for b in r["forward_s"] if str(b).isdigit() and int(b) >= 2 and int(b) % 2 == 0})
+    measured = {b // 2: _median_of(runs, "forward_s", str(b)) for b in sizes}
+    measured = {k: v for k, v in measured.items() if v is not None}
+    curve, interpolated = [], []
+    for k in range(1, max(measured) + 1):
+        if k in measured:
+            curve.append(measured[k])
+            continue
+        lo, hi = max(j for j in measured if j < k), min(j for j in measured if j > k)
+        curve.append(measured[lo] + (measured[hi] - measured[lo]) * (k - lo) / (hi - lo))
+        interpolated.append(k)
+    return curve, sorted(measured), interpolated
+
+
 def _load_run(path: Path, *, any_config: bool) -> dict:
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
+        if isinstance(data, dict) and data.get("dry"):   # before anything else, whatever --any-config says
+            raise _DryRun()
         fwd, step = data["forward_s"], data["step_s"]
         vals = (float(fwd["2"]["median"]), float(fwd["1"]["median"]), float(step["median"]))
         missing = [k for k in ("device_name", "date") if not isinstance(data.get(k), str)]
         if missing:
             raise KeyError(", ".join(missing))
+    except _DryRun:
+        raise ValueError(f"{path}: a --dry run of benchmarks/bench_gpu_unet.py (CPU, tiny UNet: it tests the script and measures "
+                         "nothing); run the script on a GPU without --dry") from None
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ValueError(f"{path}: not a benchmarks/bench_gpu_unet.py result with batch 1 and 2 forwards and a step time ({exc!r})") from None
     got = (data.get("config"), data.get("dtype"), list(data.get("resolution_px") or []))
@@ -163,11 +194,27 @@ def _load_run(path: Path, *, any_config: bool) -> dict:
     return data
 
 
+def _batch_keys(run: dict) -> list[str]:
+    """The run's measured batch sizes: 2 (one CFG step) first, then ascending."""
+    return sorted((b for b in run["forward_s"] if str(b).isdigit()), key=lambda b: (b != "2", int(b)))
+
+
+def _curve_note(curve: list[float], ks: list[int], guessed: list[int]) -> str:
+    measured = ", ".join(f"k = {k} (batch {2 * k}) {curve[k - 1] * 1e3:.2f} ms" for k in ks)
+    words = (f"batched_forward_s[k-1] = one BatchStep call on k offsets' guided inputs = the batch-2k forward, measured "
+             f"on this device (eager, median of the runs' medians): {measured}")
+    if guessed:
+        words += (f"; k = {', '.join(map(str, guessed))} not measured: interpolated linearly between the measured k on either "
+                  f"side ({', '.join(f'{curve[k - 1] * 1e3:.2f} ms' for k in guessed)})")
+    return words + f"; beyond k = {len(curve)} the planner extends the curve linearly in its last entry"
+
+
 def measured_compute(paths, *, any_config: bool = False) -> tuple[Compute, Measured]:
     """The compute part from one or more ``benchmarks/bench_gpu_unet.py`` JSONs of one device: per batch size the
     median over runs of each run's median (one run on this kind of machine varies by 1.6x in eager mode: launch-bound
-    at batch 1 and 2), forward_s[k-1] = k x the batch-2 value, half_forward_s = the batch-1 value, step_s = the
-    scheduler step's. Eager forwards (what ``parastep exec`` runs); CUDA-graph replays, where measured, go to the notes."""
+    at batch 1 and 2), forward_s[k-1] = k x the batch-2 value, batched_forward_s = ``batch_curve`` (the batch-2k
+    values), half_forward_s = the batch-1 value, step_s = the scheduler step's. Eager forwards (what ``parastep
+    exec`` runs); CUDA-graph replays, where measured, go to the notes. A ``--dry`` JSON is refused."""
     paths = [Path(p) for p in ([paths] if isinstance(paths, (str, Path)) else paths)]
     if not paths:
         raise ValueError("--compute needs at least one benchmarks/bench_gpu_unet.py JSON")
@@ -180,8 +227,8 @@ def measured_compute(paths, *, any_config: bool = False) -> tuple[Compute, Measu
     b4 = _median_of(runs, "forward_s", "4")
     g1, g2 = _median_of(runs, "forward_cuda_graph_s", "1"), _median_of(runs, "forward_cuda_graph_s", "2")
     first = runs[0]
-    per_run = "; ".join(f"{p.name}: batch 2 {_ms(r['forward_s']['2'])}, batch 1 {_ms(r['forward_s']['1'])}"
-                        + (f", batch 4 {_ms(r['forward_s']['4'])}" if "4" in r["forward_s"] else "")
+    curve, ks, guessed = batch_curve(runs)
+    per_run = "; ".join(f"{p.name}: " + ", ".join(f"batch {b} {_ms(r['forward_s'][b])}" for b in _batch_keys(r))
                         for p, r in zip(paths, runs))
     graph = (f"; CUDA-graph replay (not what exec runs; no per-kernel launch cost): batch 2 {g2 * 1e3:.2f} ms, batch 1 "
              f"{g1 * 1e3:.2f} ms, batch 1 / batch 2 = {g1 / g2:.4f}" if g1 and g2 else "")
@@ -190,13 +237,14 @@ def measured_compute(paths, *, any_config: bool = False) -> tuple[Compute, Measu
              f"{first.get('latents')}, {first.get('attention_processor')}; {first.get('warmup')} warm-ups then medians, eager "
              f"forwards): {per_run}. Across runs (median of the runs' medians): batch 2 {whole * 1e3:.2f} ms, batch 1 "
              f"{half * 1e3:.2f} ms" + (f", batch 4 {b4 * 1e3:.2f} ms" if b4 else "") + "; forward_s[k-1] = k x batch 2 (one "
-             f"CFG step per offset, a rank's offsets run one after another); half_forward_s = batch 1: batch 1 / batch 2 = "
+             f"CFG step per offset, a rank's offsets run one after another); {_curve_note(curve, ks, guessed)}; "
+             f"half_forward_s = batch 1: batch 1 / batch 2 = "
              f"{half / whole:.4f} prices a CFG split on this device{graph}; step_s = EulerDiscreteScheduler.step median "
              f"{step_s * 1e3:.3f} ms on 1 x {'x'.join(map(str, (first.get('latents') or [])))} latents; step_overhead_s = 0, "
              "not measured (pipeline bookkeeping; text encoding and VAE decode are outside the steps)")
     packages = {k: str(first[k]) for k in ("torch", "diffusers", "cuda", "python") if first.get(k)}
     compute = Compute(forward_s=[k * whole for k in range(1, FORWARD_OFFSETS + 1)], step_s=step_s, step_overhead_s=0.0,
-                      half_forward_s=half)
+                      half_forward_s=half, batched_forward_s=curve)
     return compute, Measured(device=devices[0], date=max(str(r["date"]) for r in runs), packages=packages, notes=notes)
 
 

@@ -51,6 +51,7 @@ def test_a_curve_dearer_than_single_calls_never_batches():
 def test_one_gpu_plans_batched_windows_only_with_a_curve():
     with_curve, without = _profile(slope=0.3), _profile(slope=None)
     assert default_max_window(with_curve, world_size=1) == 8 and default_max_window(without, world_size=1) == 1
+    assert default_max_window(with_curve, world_size=2) == 2     # longer windows at G >= 2: --max-window (see its docstring)
     on = build_problem(with_curve, world_size=1, max_window=8, budget=1e9)
     off = build_problem(without, world_size=1, max_window=8, budget=1e9)
     par = [e for e in on.edges if e.kind == "parallel"]
