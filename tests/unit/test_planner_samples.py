@@ -353,3 +353,18 @@ def test_branch_and_bound_never_replaces_its_best_plan_by_a_slower_one():
     problem = build_problem(prof, world_size=5, max_window=5, budget=fixed_err * 0.1)
     bb, dp = solve_branch(problem, time_limit_s=60.0), solve_dp(problem)
     assert bb.status == "OPTIMAL" and bb.objective == dp.latency_units == 21235489
+
+
+@settings(max_examples=25, deadline=None)
+@given(T=st.integers(2, 30), J=st.integers(2, 8), G=st.integers(1, 4), seed=st.integers(0, 10**6),
+       slope=st.floats(0.2, 1.2), factor=st.sampled_from([0.1, 0.5, 1.0, 2.0]))
+def test_branch_and_bound_equals_dp_with_a_batch_curve(T, J, G, seed, slope, factor):
+    """BatchStep edges (windows longer than G, batched where the curve pays) through both exact solvers."""
+    base = make_profile(num_steps=T, max_window=J, seed=seed, samples=1)
+    f1 = base.compute.forward_s[0]
+    prof = base.model_copy(update={"compute": base.compute.model_copy(
+        update={"batched_forward_s": [f1 * (1 + slope * k) for k in range(J)]})})
+    fixed_err = plan_schedule(prof, profile_sha256=SHA, world_size=G, max_window=min(J, G), policy="fixed").schedule.quality.predicted
+    problem = build_problem(prof, world_size=G, max_window=J, budget=fixed_err * factor + 1e-12)
+    bb, dp = solve_branch(problem, time_limit_s=60.0), solve_dp(problem)
+    assert bb.status == "OPTIMAL" and bb.objective == dp.latency_units
