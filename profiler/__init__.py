@@ -2,7 +2,7 @@
 a profile's quality model by calling the planner. Imports torch; loaded only by the commands that
 measure.
 
-- ``measure``: the steps of one profile, in order (``measure_profile``, ``retime``, ``add_split_costs``)
+- ``measure``: the steps of one profile, in order (``measure_profile``, ``retime``, ``add_split_costs``, ``add_batch_costs``)
 - ``trajectory``: the reference run; ``deviation``: reuse-then-predict and reuse deviation tables;
   ``propagation``: how a window's deviation reaches the output, per calibration image
 - ``compute``: forward, step and CFG half-forward times; ``comm``: exchange and pair-swap fits
