@@ -225,14 +225,14 @@ def repeated_call(args: tuple, kwargs: dict, copies: int) -> tuple[tuple, dict]:
     return _tile(args, copies, rows), _tile(kwargs, copies, rows)
 
 
-def _is_output_dict(value: Any) -> bool:
+def is_output_dict(value: Any) -> bool:
     return isinstance(value, dict) or hasattr(value, "to_tuple")   # diffusers BaseOutput (an OrderedDict dataclass)
 
 
 def _cut(value: Any, lo: int, hi: int, rows: int) -> Any:
     if isinstance(value, torch.Tensor):
         return value[lo:hi] if value.dim() >= 1 and value.shape[0] == rows else value
-    if _is_output_dict(value):
+    if is_output_dict(value):
         return type(value)(**{k: _cut(v, lo, hi, rows) for k, v in value.items()})
     if isinstance(value, (list, tuple)) and not hasattr(value, "_fields"):
         return type(value)(_cut(v, lo, hi, rows) for v in value)

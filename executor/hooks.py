@@ -271,15 +271,11 @@ def _rows(value: Any, lo: int, hi: int, batch: int) -> Any:
     return value
 
 
-def _is_output_dict(value: Any) -> bool:
-    return isinstance(value, dict) or hasattr(value, "to_tuple")   # diffusers BaseOutput (an OrderedDict dataclass)
-
-
 def _leaves(out: Any) -> list[torch.Tensor]:
     """The tensors of a denoiser output (tensor, tuple/list, BaseOutput/dict), in order."""
     if isinstance(out, torch.Tensor):
         return [out]
-    if _is_output_dict(out):
+    if batchstep.is_output_dict(out):
         return [t for v in out.values() for t in _leaves(v)]
     if isinstance(out, (list, tuple)):
         return [t for v in out for t in _leaves(v)]
@@ -290,7 +286,7 @@ def _rebuild(like: Any, leaves: Any) -> Any:
     """``like``'s structure with its tensors taken in order from the iterator ``leaves``."""
     if isinstance(like, torch.Tensor):
         return next(leaves)
-    if _is_output_dict(like):
+    if batchstep.is_output_dict(like):
         return type(like)(**{k: _rebuild(v, leaves) for k, v in like.items()})
     if isinstance(like, (list, tuple)):
         return type(like)(_rebuild(v, leaves) for v in like)
@@ -301,7 +297,7 @@ def _cat_halves(uncond: Any, cond: Any) -> Any:
     """The whole-batch output [uncond; cond] in the denoiser's own output type."""
     if isinstance(uncond, torch.Tensor):
         return torch.cat([uncond, cond])
-    if _is_output_dict(uncond):
+    if batchstep.is_output_dict(uncond):
         return type(uncond)(**{k: _cat_halves(v, cond[k]) for k, v in uncond.items()})
     if isinstance(uncond, (list, tuple)):
         return type(uncond)(_cat_halves(a, b) for a, b in zip(uncond, cond))
@@ -553,14 +549,18 @@ class ParaStepHandle:
                     samples.append(batchstep.sample_arg(form, sched, x, t_next))
                     timesteps.append(batchstep.timestep_arg(form, t_next, tau.device))
         finally:
-            d = sched.__dict__
-            for k in [k for k in d if k not in snap and k not in ("step", "set_timesteps")]:
-                del d[k]
-            d.update(snap)
-            for g, state in gens:
-                g.set_state(state)
+            self._restore(snap, gens)
         return batchstep.RankBatch(offsets=p.group, form=form, samples=samples, timesteps=timesteps,
                                    rest=batchstep.rest_of(args, kwargs, form))
+
+    def _restore(self, snap: dict, gens: list) -> None:
+        """Put the scheduler (``scheduler_state``) and the generators back where a snapshot took them."""
+        d = self.scheduler.__dict__
+        for k in [k for k in d if k not in snap and k not in ("step", "set_timesteps")]:
+            del d[k]
+        d.update(snap)
+        for g, state in gens:
+            g.set_state(state)
 
     def _no_batch(self, step: int, why: str) -> str:
         self.batch_fallback_reasons.append(f"step {step}: {why}")
@@ -667,12 +667,7 @@ class ParaStepHandle:
         t1 = time.perf_counter()
         stats.exchange_s += t1 - t0
         stats.bytes_received += received
-        d = self.scheduler.__dict__
-        for k in [k for k in d if k not in win["snap"] and k not in ("step", "set_timesteps")]:
-            del d[k]
-        d.update(win["snap"])
-        for g, state in win["gens"]:
-            g.set_state(state)
+        self._restore(win["snap"], win["gens"])
         t2 = time.perf_counter()
         stats.snapshot_s += t2 - t1
         xk = win["x"]

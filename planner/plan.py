@@ -83,10 +83,6 @@ def recompute(schedule: Schedule, profile: Profile) -> tuple[float, list[float],
     fwd = profile.forward_time_s
     step = profile.compute.step_s + profile.compute.step_overhead_s
 
-    def batched(n: int) -> float:   # the batch curve, extended linearly in its last entry
-        curve = profile.compute.batched_forward_s
-        return 0.0 if n == 0 else curve[n - 1] if n <= len(curve) else curve[-1] * n / len(curve)
-
     def half() -> float:   # one CFG half plus the swap of raw halves
         raw_half = profile.raw_half_bytes if profile.raw_half_bytes is not None else profile.output_bytes
         return profile.compute.half_forward_s + profile.comm.pair.latency_s + raw_half / profile.comm.pair.bandwidth_bytes_per_s
@@ -112,9 +108,9 @@ def recompute(schedule: Schedule, profile: Profile) -> tuple[float, list[float],
             held_by_all = all(len(set(g)) == G for g in groups)
             exchange = 0.0 if G == 1 or held_by_all else profile.exchange_time_s(G, size)
             if w.batch:    # one call per rank, after running the reuse chain from its first offset to its last
-                spans = [max((j for j in range(size) if groups[j] == (r,)), default=0)
-                         - min((j for j in range(size) if groups[j] == (r,)), default=0) for r in range(G)]
-                compute = max((batched(n) if n > 1 else fwd(n)) + span * step for n, span in zip(whole, spans))
+                mine = [[j for j in range(size) if groups[j] == (r,)] for r in range(G)]
+                compute = max((profile.batched_forward_time_s(len(m)) + (m[-1] - m[0]) * step) if len(m) > 1 else fwd(len(m))
+                              for m in mine)
             else:
                 compute = max(fwd(n) + (h * half() if h else 0.0) for n, h in zip(whole, halves))
             lats.append((size - 1) * step + compute + exchange + size * step)

@@ -62,48 +62,53 @@ def _batch_of(args: tuple, kwargs: Mapping[str, Any]) -> Optional[int]:
     return None
 
 
-def _time_half_forward(forward, captured: dict, *, count: int, sync) -> dict:
-    """Median wall time of ``count`` forwards on one CFG half of the captured call, interleaved
-    with as many on the whole captured call (their ratio is then measured under one load), and the
-    bytes of the half's raw output (``raw_half_bytes``: what a split pair swaps; twice the guided
-    output's for a model that also predicts a learned variance)."""
-    args, kwargs = captured["args"], captured["kwargs"]
-    hargs, hkwargs = half_batch(args, kwargs, full=captured["batch"])
-    half, whole = [], []
-    raw_half_bytes = None
-    for r in range(count + 2):                        # two warm-up rounds: a new batch shape may build kernels
-        for fn_args, fn_kwargs, box in ((hargs, hkwargs, half), (args, kwargs, whole)):
+WARMUP_ROUNDS = 2   # untimed rounds first: a new batch shape may build kernels
+
+
+def _interleaved_medians(forward, calls: list[tuple[tuple, dict]], *, count: int, sync, first_output_of=None) -> list[float]:
+    """Median wall time of each call over ``count`` rounds, every call once per round (so their
+    ratios are measured under one load), after ``WARMUP_ROUNDS`` untimed rounds.
+    ``first_output_of(out)`` is called with call 0's first output."""
+    times: list[list[float]] = [[] for _ in calls]
+    for r in range(count + WARMUP_ROUNDS):
+        for k, ((args, kwargs), box) in enumerate(zip(calls, times)):
             sync()
             t0 = time.perf_counter()
-            out = forward(*fn_args, **fn_kwargs)
+            out = forward(*args, **kwargs)
             sync()
-            if r >= 2:
+            if r >= WARMUP_ROUNDS:
                 box.append(time.perf_counter() - t0)
-            if box is half and raw_half_bytes is None:
-                raw = out if isinstance(out, load_torch().Tensor) else first_output(out)    # a tensor, a tuple or a BaseOutput
-                raw_half_bytes = int(raw.numel() * raw.element_size())
-    h, w = statistics.median(half), statistics.median(whole)
+            if k == 0 and r == 0 and first_output_of is not None:
+                first_output_of(out)
+    return [statistics.median(box) for box in times]
+
+
+def _time_half_forward(forward, captured: dict, *, count: int, sync) -> dict:
+    """Median wall time of ``count`` forwards on one CFG half of the captured call, interleaved
+    with as many on the whole captured call, and the bytes of the half's raw output
+    (``raw_half_bytes``: what a split pair swaps; twice the guided output's for a model that also
+    predicts a learned variance)."""
+    args, kwargs = captured["args"], captured["kwargs"]
+    raw_half: list[int] = []
+
+    def bytes_of(out) -> None:
+        raw = out if isinstance(out, load_torch().Tensor) else first_output(out)    # a tensor, a tuple or a BaseOutput
+        raw_half.append(int(raw.numel() * raw.element_size()))
+
+    h, w = _interleaved_medians(forward, [half_batch(args, kwargs, full=captured["batch"]), (args, kwargs)],
+                                count=count, sync=sync, first_output_of=bytes_of)
     return {"half_s": h, "whole_s": w, "ratio": h / w if w > 0 else float("nan"), "count": count,
-            "step": captured["step"], "batch": captured["batch"], "raw_half_bytes": raw_half_bytes}
+            "step": captured["step"], "batch": captured["batch"], "raw_half_bytes": raw_half[0]}
 
 
 def _time_batched_forward(forward, captured: dict, *, max_offsets: int, count: int, sync) -> dict:
     """BatchStep's batch curve: median wall time of one call on k offsets' inputs (the captured call
     repeated k times along the batch, one timestep per row: ``batchstep.repeated_call``), k = 1..K,
-    the k's interleaved in every round so their ratios are measured under one load."""
+    the k's interleaved in every round."""
     from ..executor.batchstep import repeated_call
 
     calls = [repeated_call(captured["args"], captured["kwargs"], k) for k in range(1, max_offsets + 1)]
-    times: list[list[float]] = [[] for _ in calls]
-    for r in range(count + 2):                        # two warm-up rounds: a new batch shape may build kernels
-        for (args, kwargs), box in zip(calls, times):
-            sync()
-            t0 = time.perf_counter()
-            forward(*args, **kwargs)
-            sync()
-            if r >= 2:
-                box.append(time.perf_counter() - t0)
-    medians = [statistics.median(box) for box in times]
+    medians = _interleaved_medians(forward, calls, count=count, sync=sync)
     return {"batched_s": medians, "ratio": [m / medians[0] if medians[0] > 0 else float("nan") for m in medians],
             "count": count, "step": captured["step"], "batch": captured["batch"]}
 
