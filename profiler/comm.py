@@ -20,7 +20,7 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..profiles.model import Comm, CommEntry, Measured, Prior
 from .instrument import load_torch
@@ -116,6 +116,124 @@ def measure_pair(*, output_shape: Sequence[int], dtype: str, output_bytes: int, 
     return CommEntry(ranks=2, latency_s=a, bandwidth_bytes_per_s=bw), {"sizes": sizes, "times": res}
 
 
+LOCKSTEP_ROUNDS = 60   # lock-step rounds per run: a mean over about one run of a 50-step schedule
+LOCKSTEP_RUNS = 3      # runs; the median run's mean is kept
+_UNTIMED = 3           # first rounds untimed: kernels for the shape, the group's sockets
+
+
+def _lockstep_worker(ctx, job: dict) -> None:
+    """One rank of a lock-step benchmark (module level: spawned processes import it): the real
+    denoiser on the captured call ``job['call']``, then the executor's own exchange of its result,
+    ``job['rounds']`` times in a row with no barrier between (as ``exec`` runs consecutive steps).
+    ``mode`` "split": a CFG split step, rank 0 on the unconditional rows, rank 1 on the conditional
+    ones, then ``DistExchange.swap`` of the raw halves; "exchange": a parallel window of one offset
+    per rank, the whole call, then ``DistExchange.exchange`` of one guided output per rank
+    (``job['shape']``). Rank 0 writes every rank's per-round (compute, communication) times."""
+    import torch
+    import torch.distributed as dist
+
+    from ..executor.exchange import DistExchange
+    from .compute import _map_tensors, half_batch
+    from .instrument import first_output
+
+    module, captured = job["call"]
+    module = module.to(ctx.device)
+    args, kwargs = _map_tensors((captured["args"], captured["kwargs"]), lambda t: t.to(ctx.device))
+    split = job["mode"] == "split"
+    if split:
+        args, kwargs = half_batch(args, kwargs, full=captured["batch"], cond=ctx.rank == 1)
+    like = torch.zeros(job["shape"], dtype=getattr(torch, job["dtype"]), device=ctx.device)
+    placement = list(range(ctx.world_size))
+    sync = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
+    ex = DistExchange()
+    compute, comm = [], []
+    with torch.no_grad():
+        for r in range(job["rounds"] + _UNTIMED):
+            if r == _UNTIMED:
+                dist.barrier()
+            t0 = time.perf_counter()
+            out = module(*args, **kwargs)
+            raw = out if isinstance(out, torch.Tensor) else first_output(out)
+            sync()
+            t1 = time.perf_counter()
+            if split:
+                ex.swap([raw], 1 - ctx.rank)
+            else:
+                ex.exchange({ctx.rank: like + float(raw.flatten()[0])}, placement, like=like)
+            sync()
+            t2 = time.perf_counter()
+            if r >= _UNTIMED:
+                compute.append(t1 - t0)
+                comm.append(t2 - t1)
+    gathered = [None] * ctx.world_size
+    dist.all_gather_object(gathered, {"compute_s": compute, "comm_s": comm})
+    if ctx.rank == 0:
+        Path(job["out"]).write_text(json.dumps(gathered))
+
+
+def lockstep_stats(ranks: Sequence[Mapping[str, Sequence[float]]]) -> dict:
+    """What one lock-step run says (every rank's per-round times): ``step_s`` the mean over rounds of
+    the slowest rank's compute + communication (consecutive steps add up, so the mean is what a
+    schedule pays), ``compute_s`` the median compute over all ranks, ``comm_wait_s`` = ``step_s -
+    compute_s`` (the communication itself plus the wait for the slowest rank's compute), and the
+    mean communication alone."""
+    rounds = min(len(r["compute_s"]) for r in ranks)
+    if rounds < 1:
+        raise ValueError("a lock-step run with no rounds")
+    step = [max(r["compute_s"][i] + r["comm_s"][i] for r in ranks) for i in range(rounds)]
+    compute = statistics.median([t for r in ranks for t in r["compute_s"][:rounds]])
+    return {"rounds": rounds, "ranks": len(ranks), "step_s": statistics.fmean(step), "compute_s": compute,
+            "comm_wait_s": statistics.fmean(step) - compute,
+            "comm_mean_s": statistics.fmean(t for r in ranks for t in r["comm_s"][:rounds])}
+
+
+def measure_lockstep(call, *, mode: str, world_size: int, shape: Sequence[int], dtype: str,
+                     rounds: int = LOCKSTEP_ROUNDS, runs: int = LOCKSTEP_RUNS, device: str = "auto",
+                     threads: int = 1) -> tuple[float, list[dict]]:
+    """A step's communication as ``exec`` pays it (``_lockstep_worker``; ``call`` = (denoiser,
+    captured call)): ``world_size`` spawned ranks compute and then exchange (``mode`` "exchange") or
+    swap CFG halves (``mode`` "split", 2 ranks), ``rounds`` steps in lock step, ``runs`` times.
+    Returns (the median run's ``comm_wait_s``, every run's ``lockstep_stats``). Unlike
+    ``measure_comm`` and ``measure_pair`` (a barrier before each timed operation) this includes the
+    wait for the slowest rank: processes' forwards do not end together."""
+    from ..executor.launch import launch
+
+    if mode not in ("split", "exchange") or (mode == "split" and world_size != 2):
+        raise ValueError(f"lock-step mode {mode!r} on {world_size} ranks: 'split' runs on 2, 'exchange' on 2 or more")
+    stats = []
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "lockstep.json"
+        for _ in range(max(1, runs)):
+            launch(_lockstep_worker, {"call": call, "mode": mode, "rounds": rounds, "shape": list(shape), "dtype": dtype,
+                                      "out": str(out)}, world_size=world_size, device=device, threads=threads, timeout_s=300.0)
+            stats.append(lockstep_stats(json.loads(out.read_text())))
+    return statistics.median(s["comm_wait_s"] for s in stats), stats
+
+
+def lockstep_entry(fit: CommEntry, comm_wait_s: float, *, nbytes: int, what: str) -> CommEntry:
+    """The entry that prices one operation of ``nbytes`` at the lock-step ``comm_wait_s``, with the
+    fit's bandwidth for other sizes: latency = comm_wait_s - nbytes / bandwidth. ValueError when
+    that is negative (the fitted bytes term alone exceeds what the lock-step operation took: the fit
+    and the measurement disagree)."""
+    latency = comm_wait_s - nbytes / fit.bandwidth_bytes_per_s
+    if latency < 0:
+        raise ValueError(f"{what}: the lock-step operation took {comm_wait_s * 1e6:.0f} us but the fitted bandwidth alone "
+                         f"prices {nbytes} bytes at {nbytes / fit.bandwidth_bytes_per_s * 1e6:.0f} us; re-run on a quieter machine")
+    return CommEntry(ranks=fit.ranks, latency_s=latency, bandwidth_bytes_per_s=fit.bandwidth_bytes_per_s)
+
+
+def lockstep_words(comm_wait_s: float, stats: Sequence[Mapping[str, float]], *, backend: str, mode: str) -> str:
+    """Provenance words for ``measure_lockstep``'s figure."""
+    every = ", ".join(f"{s['comm_wait_s'] * 1e6:.0f}" for s in stats)
+    means = ", ".join(f"{s['comm_mean_s'] * 1e6:.0f}" for s in stats)
+    what, part = (("one swap", "half forward + swap") if mode == "split" else
+                  (f"one exchange of {stats[0]['ranks']} outputs", "forward + exchange"))
+    return (f"latency set so that {what} costs {comm_wait_s * 1e6:.0f} us, the operation plus the wait for the slowest rank "
+            f"measured in lock step over {backend} ({len(stats)} runs of {stats[0]['rounds']} steps of the real denoiser on "
+            f"{stats[0]['ranks']} spawned processes, mean per step of the slowest rank's {part} minus the median compute; "
+            f"median run kept; every run: {every} us; mean operation alone: {means} us); bandwidth from the fit")
+
+
 def fit_alpha_beta(points: Sequence[tuple[int, float]], *, output_bytes: int, what: str = "exchange") -> tuple[float, float]:
     """Robust line ``t = a + n * b`` over (n, t) (Theil-Sen: median of pairwise slopes, then the
     median intercept; one slow spell on a shared machine does not skew it). Returns
@@ -160,10 +278,14 @@ def local_device_slots(device: str) -> tuple[str, int]:
 
 
 def _comm_part(pipe, settings: ProfilerSettings, *, out_bytes: int, traj: Trajectory, measured: Measured, say,
-               notes: list[str], pair: bool = False):
+               notes: list[str], pair: bool = False, denoiser_call=None, swap_bytes: Optional[int] = None):
     """(Comm, its provenance): the window exchange for g = 2..G and, with ``pair`` (the model runs a
     two-way guided batch), the CFG pair swap ``Comm.pair``: measured on 2 local ranks where this
-    machine hosts them, else from the interconnect preset (then the part is labelled prior)."""
+    machine hosts them, else from the interconnect preset (then the part is labelled prior).
+    Exchanges among no more ranks than this machine has devices (cores on CPU), and the pair swap,
+    are then priced in lock step with the real denoiser (``measure_lockstep`` on ``denoiser_call`` =
+    (denoiser, captured call); ``swap_bytes``: the raw half's bytes): the wait for the slowest
+    rank's forward is part of what ``exec`` pays."""
     from ..profiles.interconnects import comm_for, describe
 
     G = settings.gpus
@@ -198,48 +320,72 @@ def _comm_part(pipe, settings: ProfilerSettings, *, out_bytes: int, traj: Trajec
     for e in entries:
         say(f"comm g={e.ranks}: latency {e.latency_s * 1e6:.1f} us, bandwidth {e.bandwidth_bytes_per_s / 1e9:.3g} GB/s "
             f"(raw {raw[e.ranks]})")
+    lock_text = ""
+    if denoiser_call is not None:
+        for i, e in enumerate(entries):
+            if e.ranks > slots:      # more processes than cores: lock step would time contention
+                lock_text += f"; g = {e.ranks}: no lock-step figure ({e.ranks} processes on {slots} {kind} slots)"
+                continue
+            wait_s, stats = measure_lockstep(denoiser_call, mode="exchange", world_size=e.ranks, shape=shape, dtype=dtype,
+                                             device=kind, threads=settings.threads)
+            entries[i] = lockstep_entry(e, wait_s, nbytes=e.ranks * out_bytes, what=f"exchange among {e.ranks}")
+            every = ", ".join(f"{st['comm_wait_s'] * 1e6:.0f}" for st in stats)
+            say(f"comm g={e.ranks} in lock step: one exchange of {e.ranks} outputs {wait_s * 1e6:.0f} us after a forward "
+                f"(runs {every} us)")
+            lock_text += f"; g = {e.ranks}: {lockstep_words(wait_s, stats, backend='nccl' if kind == 'cuda' else 'gloo', mode='exchange')}"
     backend = "nccl" if kind == "cuda" else "gloo"
     pair_entry, pair_text, pair_prior = None, no_pair, False
     if pair:
         pair_entry, pair_text, pair_prior = _pair_part(settings, kind=kind, can=can, shape=shape, dtype=dtype,
-                                                       out_bytes=out_bytes, backend=backend, say=say)
+                                                       out_bytes=out_bytes, backend=backend, say=say, split_call=denoiser_call,
+                                                       swap_bytes=out_bytes if swap_bytes is None else swap_bytes)
     if can == G and not pair_prior:
         return Comm(entries=entries, pair=pair_entry), measured.model_copy(update={
             "notes": f"executor DistExchange over {backend}, g = 2..{G} spawned processes, Theil-Sen alpha-beta fit over n = g, 4g, "
-                     f"16g, ... outputs (up to 64 MiB)" + pair_text + "".join(f"; {n}" for n in notes)})
+                     f"16g, ... outputs (up to 64 MiB)" + lock_text + pair_text + "".join(f"; {n}" for n in notes)})
     if can == G:
         return Comm(preset=settings.interconnect, entries=entries, pair=pair_entry), Prior(
-            rule=f"g = 2..{G} measured with the executor's DistExchange over {backend}" + pair_text,
+            rule=f"g = 2..{G} measured with the executor's DistExchange over {backend}" + lock_text + pair_text,
             reference=describe(settings.interconnect))
     preset = comm_for(settings.interconnect, world_size=G)
     extra = [e for e in preset.entries if e.ranks > can]
     measured_g = f"g = 2..{can} measured with the executor's DistExchange over {backend}; " if can >= 2 else ""
     return Comm(preset=settings.interconnect, entries=entries + extra, pair=pair_entry), Prior(
         rule=f"{measured_g}g = {max(2, can + 1)}..{G} from interconnect preset '{settings.interconnect}' (alpha-beta, "
-             f"parastep.profiles.interconnects)" + pair_text,
+             f"parastep.profiles.interconnects)" + lock_text + pair_text,
         reference=describe(settings.interconnect))
 
 
 def _pair_part(settings: ProfilerSettings, *, kind: str, can: int, shape, dtype: str, out_bytes: int, backend: str,
-               say) -> tuple[CommEntry, str, bool]:
+               say, split_call, swap_bytes: int) -> tuple[CommEntry, str, bool]:
     """(pair entry, provenance words, whether it is a prior): measured on 2 local ranks where this
-    machine hosts them (CPU processes, or 2 CUDA devices), else the interconnect preset's; a refused
-    fit falls back to the preset when one is named, else it is an error."""
+    machine hosts them (CPU processes, or 2 CUDA devices): the bandwidth from ``measure_pair``'s fit,
+    one swap of ``swap_bytes`` at what ``measure_lockstep`` paid in lock step; else the
+    interconnect preset's. A refused fit falls back to the preset when one is named, else it is an
+    error."""
     from ..profiles.interconnects import pair_entry_for
 
     name = settings.interconnect
     if kind == "cuda" and can < 2:
         return pair_entry_for(name), f"; CFG pair swap from interconnect preset '{name}' (prior: fewer than 2 local devices)", True
+    if split_call is None:
+        raise ValueError("pair swap: no captured denoiser call to run the split step with (the pipeline ran no two-way guided batch)")
     try:
-        entry, raw = measure_pair(output_shape=shape, dtype=dtype, output_bytes=out_bytes, repeats=settings.comm_repeats,
-                                  device=kind)
+        fit, raw = measure_pair(output_shape=shape, dtype=dtype, output_bytes=out_bytes, repeats=settings.comm_repeats,
+                                device=kind)
+        say(f"pair swap fit: latency {fit.latency_s * 1e6:.1f} us, bandwidth {fit.bandwidth_bytes_per_s / 1e9:.3g} GB/s "
+            f"(raw {raw['times']}); timing the split step in lock step")
+        wait_s, stats = measure_lockstep(split_call, mode="split", world_size=2, shape=shape, dtype=dtype, device=kind,
+                                         threads=settings.threads)
+        entry = lockstep_entry(fit, wait_s, nbytes=swap_bytes, what="pair swap")
     except ValueError as exc:
         if name is None:
             raise
         say(f"pair swap: {str(exc).splitlines()[0]}; using preset '{name}'")
         return (pair_entry_for(name), f"; CFG pair swap from interconnect preset '{name}' (prior: its measurement here was "
-                                      f"refused, the swap time did not grow with the bytes sent)", True)
-    say(f"pair swap: latency {entry.latency_s * 1e6:.1f} us, bandwidth {entry.bandwidth_bytes_per_s / 1e9:.3g} GB/s "
-        f"(raw {raw['times']})")
+                                      f"refused: {str(exc).splitlines()[0]})", True)
+    runs = ", ".join(f"{st['comm_wait_s'] * 1e6:.0f}" for st in stats)
+    say(f"pair swap: one swap {wait_s * 1e6:.0f} us in lock step (runs {runs} us; "
+        f"the barrier-separated fit alone priced it at {(fit.latency_s + swap_bytes / fit.bandwidth_bytes_per_s) * 1e6:.0f} us)")
     how = PAIR_HOW.format(repeats=settings.comm_repeats, sizes=", ".join(str(n) for n in raw["sizes"]))
-    return entry, f"; CFG pair swap measured over {backend}: {how}", False
+    return entry, f"; CFG pair swap measured over {backend}: {how}; {lockstep_words(wait_s, stats, backend=backend, mode='split')}", False

@@ -37,17 +37,18 @@ def _map_tensors(value, fn):
     return value
 
 
-def half_batch(args: tuple, kwargs: Mapping[str, Any], *, full: int) -> tuple[tuple, dict]:
+def half_batch(args: tuple, kwargs: Mapping[str, Any], *, full: int, cond: bool = False) -> tuple[tuple, dict]:
     """The denoiser's call arguments for one CFG half: every tensor whose first dimension is the
     guided batch ``full`` (= 2B: latents, timestep per sample, encoder states, added conditions,
-    class labels...) sliced to rows [0, B) (the unconditional half); the rest (a scalar timestep,
-    flags) as is."""
+    class labels...) sliced to rows [0, B) (the unconditional half; [B, 2B) with ``cond``); the
+    rest (a scalar timestep, flags) as is."""
     if full < 2 or full % 2:
         raise ValueError(f"a two-way guided batch has an even size >= 2, got {full}")
     b = full // 2
+    lo = b if cond else 0
 
     def cut(t):
-        return t[:b] if t.dim() >= 1 and t.shape[0] == full else t
+        return t[lo:lo + b] if t.dim() >= 1 and t.shape[0] == full else t
 
     return tuple(_map_tensors(a, cut) for a in args), {k: _map_tensors(v, cut) for k, v in kwargs.items()}
 
@@ -151,6 +152,8 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
     (``_time_batched_forward``); stored as ``forward_s[0]`` x (k's median / k = 1's median), so the
     curve and the unbatched table agree at k = 1 and only the measured ratio decides whether a
     window batches. ``details['batched_forward']`` holds the medians and ratios.
+    ``details['denoiser_call']``: (denoiser, captured call) where a call was captured, for the
+    lock-step exchange and pair swap (``comm.measure_lockstep``); else None.
     """
     batch_offsets = max_window if batch_offsets is None else batch_offsets
     torch = load_torch()
@@ -227,7 +230,8 @@ def measure_compute(pipe, *, prompt, seed: int, num_steps: int, call_kwargs, max
             overheads.append(ends[i] - ends[i - 1] - f[i] - s[i])
     overhead = max(0.0, statistics.median(overheads)) if overheads else 0.0
     details = {"forward_median_s": statistics.median([t for run in fwd_times for t in run]), "repeats": repeats,
-               "threads": threads if is_cpu else None, "half_forward": half, "batched_forward": batched}
+               "threads": threads if is_cpu else None, "half_forward": half, "batched_forward": batched,
+               "denoiser_call": (den, captured) if captured else None}
     half_s = half.get("half_s") if isinstance(half, dict) else None
     curve = [forward_s[0] * r for r in batched["ratio"]] if isinstance(batched, dict) else None
     return (Compute(forward_s=forward_s, step_s=step_s, step_overhead_s=overhead, half_forward_s=half_s,

@@ -32,7 +32,7 @@ from typing import Callable, Optional
 
 from ..executor.launch import cpu_threads
 from ..profiles.model import PREDICTORS, DeviationStats, Measured, Profile, Propagation, Provenances
-from .comm import PAIR_HOW, _comm_part, measure_pair
+from .comm import PAIR_HOW, _comm_part, lockstep_entry, lockstep_words, measure_lockstep, measure_pair
 from .compute import batched_forward_note, half_forward_note, measure_compute, raw_half_bytes_of
 from .deviation import boundary_deviations, deviation_tables
 from .machine import device_description, load_average, package_versions
@@ -117,7 +117,8 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
     measured = Measured(device=device_str, date=date, prompts=[str(p) for p in settings.prompts],
                         seeds=[int(s) for s in settings.seeds], packages=package_versions())
     comm, comm_prov = _comm_part(pipe, settings, out_bytes=out_bytes, traj=traj, measured=measured, say=say, notes=notes,
-                                 pair=compute.half_forward_s is not None)
+                                 pair=compute.half_forward_s is not None, denoiser_call=cdet["denoiser_call"],
+                                 swap_bytes=raw_half_bytes_of(cdet, out_bytes))
 
     sched_name = type(pipe.scheduler).__name__
     prov = Provenances(
@@ -180,7 +181,8 @@ def retime(pipe, profile: Profile, settings: ProfilerSettings, *, say) -> Profil
                         prompts=[str(p) for p in settings.prompts[:1]], seeds=[0], packages=package_versions())
     notes: list[str] = []
     comm, comm_prov = _comm_part(pipe, settings, out_bytes=out_bytes, traj=traj, measured=measured, say=say, notes=notes,
-                                 pair=compute.half_forward_s is not None)
+                                 pair=compute.half_forward_s is not None, denoiser_call=cdet["denoiser_call"],
+                                 swap_bytes=raw_half_bytes_of(cdet, out_bytes))
     prov = profile.provenance.model_copy(update={"compute": measured.model_copy(update={"notes": (
         f"batch 1, median of {settings.timing_repeats} runs; forward_s[k-1] = k consecutive forwards as the executor runs "
         f"a rank's offsets; {half_forward_note(cdet)}; {batched_forward_note(cdet)} (re-timed with --recalibrate --retime)")}),
@@ -193,11 +195,11 @@ def add_split_costs(pipe, profile: Profile, settings: ProfilerSettings, *, say, 
                     pair_max_bytes: int = 64 * 2 ** 20) -> Profile:
     """``profile`` with the CFG split costs added and every other number kept: ``half_forward_s`` =
     the stored ``forward_s[0]`` x the half/whole ratio measured now (two forwards timed interleaved
-    keep their ratio on a loaded machine, where absolute times do not), and ``Comm.pair`` measured on
-    2 local ranks (``measure_pair``), ``pair_runs`` times: the run whose fit prices one swap lowest
-    is kept (other jobs only ever slow a swap down; every run and the load average at each is stated
-    in the provenance). For a profile whose compute was timed on an idle machine that this one no
-    longer is. ValueError when the pipeline runs no two-way guided batch."""
+    keep their ratio on a loaded machine, where absolute times do not), and ``Comm.pair``: the
+    bandwidth of ``measure_pair``'s fit on 2 local ranks (``pair_runs`` runs, the median one kept;
+    refused fits counted), one swap priced at what ``measure_lockstep`` paid in lock step with the
+    real half forward (the swap plus the wait for the slower half). Every run and the load average
+    at each are stated in the provenance. ValueError when the pipeline runs no two-way guided batch."""
     T = profile.num_steps
     load_compute = load_average()
     with cpu_threads(pipe, settings.threads):
@@ -218,6 +220,7 @@ def add_split_costs(pipe, profile: Profile, settings: ProfilerSettings, *, say, 
     swap_bytes = raw_half if raw_half is not None else out_bytes
     e0 = traj.e[0]
     cuda = str(getattr(pipe, "device", "cpu")).startswith("cuda")
+    backend = "nccl" if cuda else "gloo"
     runs, refused = [], 0
     for r in range(max(1, pair_runs)):
         load = load_average()
@@ -231,21 +234,27 @@ def add_split_costs(pipe, profile: Profile, settings: ProfilerSettings, *, say, 
             continue
         one = entry.latency_s + swap_bytes / entry.bandwidth_bytes_per_s
         runs.append((one, entry, raw, load))
-        say(f"pair swap run {r + 1}: latency {entry.latency_s * 1e6:.1f} us, bandwidth {entry.bandwidth_bytes_per_s / 1e9:.3g} GB/s, "
+        say(f"pair swap fit {r + 1}: latency {entry.latency_s * 1e6:.1f} us, bandwidth {entry.bandwidth_bytes_per_s / 1e9:.3g} GB/s, "
             f"one swap {one * 1e6:.1f} us ({load}; raw {raw['times']})")
     if not runs:
         raise ValueError(f"pair swap: all {refused} fits refused (the swap did not grow with the bytes sent); re-run on a quieter machine")
-    one, pair, raw, load = min(runs, key=lambda run: run[0])
+    one, fit, raw, load = sorted(runs, key=lambda run: run[0])[(len(runs) - 1) // 2]
+    load_lock = load_average()
+    wait_s, stats = measure_lockstep(cdet["denoiser_call"], mode="split", world_size=2, shape=[1, *e0.shape[1:]],
+                                     dtype=str(e0.dtype).replace("torch.", ""), device="cuda" if cuda else "cpu",
+                                     threads=settings.threads)
+    pair = lockstep_entry(fit, wait_s, nbytes=swap_bytes, what="pair swap")
+    say(f"pair swap in lock step: {wait_s * 1e6:.0f} us per split step beyond the half forward ({load_lock})")
     how = PAIR_HOW.format(repeats=settings.comm_repeats, sizes=", ".join(str(n) for n in raw["sizes"]))
     half_words = (f"half_forward_s = forward_s[0] x {half['ratio']:.4f}, the half/whole ratio measured on {date} ({load_compute}; "
                   f"the whole forward took {compute.forward_s[0] * 1e3:.3f} ms then) by add_split_costs: "
                   f"{half_forward_note(cdet).replace('half_forward_s = median', 'the half is the median', 1)} "
                   f"(absolute: half {half['half_s'] * 1e3:.3f} ms, whole {half['whole_s'] * 1e3:.3f} ms)")
     every = ", ".join(f"{o * 1e6:.0f} us ({ld.split(' (1 min)')[0].replace('load average ', 'load ')})" for o, _, _, ld in runs)
-    pair_words = (f"CFG pair swap measured on {date} over {'nccl' if cuda else 'gloo'} ({load}): {how}; the lowest of {len(runs)} "
-                  f"fitted run(s) kept, one swap {one * 1e6:.0f} us (all: {every}"
+    pair_words = (f"CFG pair swap measured on {date} over {backend} ({load}): {how}; the median of {len(runs)} "
+                  f"fitted run(s) kept for the bandwidth (one barrier-separated swap: {every}"
                   + (f"; {refused} more run(s) refused by the fit" if refused else "")
-                  + "); other jobs shared this machine, so it is an upper bound of an idle machine's swap")
+                  + f"); {lockstep_words(wait_s, stats, backend=backend, mode='split')} ({load_lock})")
     prov = profile.provenance
     comp_prov = prov.compute.model_copy(update={"notes" if prov.compute.source == "measured" else "rule":
                                                 _join(prov.compute.notes if prov.compute.source == "measured" else prov.compute.rule, half_words)})

@@ -520,8 +520,25 @@ def test_comm_part_pair_measured_or_refused(monkeypatch, interconnect):
     measured = prof.Measured(device="cpu", date="2026-01-01")
     good = CommEntry(ranks=2, latency_s=3e-4, bandwidth_bytes_per_s=8e8)
     monkeypatch.setattr(prof, "measure_pair", lambda **kw: (good, {"sizes": [1, 4], "times": {1: 3e-4, 4: 3.1e-4}}))
-    comm, prov = prof._comm_part(pipe, st, out_bytes=256, traj=traj, measured=measured, say=lambda m: None, notes=[], pair=True)
-    assert comm.pair == good and prov.source == "measured" and "CFG pair swap measured over gloo" in prov.notes
+    modes = []
+
+    def fake_lock(call, *, mode, world_size, **kw):
+        modes.append((mode, world_size))
+        wait = 3e-3 if mode == "split" else 2e-3
+        return wait, [{"rounds": 5, "ranks": world_size, "step_s": 9e-3, "compute_s": 9e-3 - wait, "comm_wait_s": wait,
+                       "comm_mean_s": 1e-3}]
+
+    monkeypatch.setattr(prof, "measure_lockstep", fake_lock)
+    comm, prov = prof._comm_part(pipe, st, out_bytes=256, traj=traj, measured=measured, say=lambda m: None, notes=[], pair=True,
+                                 denoiser_call=("den", {}), swap_bytes=512)
+    assert sorted(modes) == [("exchange", 2), ("split", 2)]
+    # the fits' bandwidths; one swap of the raw half, one exchange of 2 outputs at the lock-step figures
+    assert comm.pair.bandwidth_bytes_per_s == good.bandwidth_bytes_per_s
+    assert comm.pair.latency_s + 512 / good.bandwidth_bytes_per_s == pytest.approx(3e-3)
+    assert comm.entries[0].bandwidth_bytes_per_s == 1e9 and comm.entries[0].latency_s + 2 * 256 / 1e9 == pytest.approx(2e-3)
+    assert prov.source == "measured"      # 2 ranks on 2 local slots: a preset, if named, prices nothing here
+    assert "CFG pair swap measured over gloo" in prov.notes and "one exchange of 2 outputs" in prov.notes
+    modes.clear()
 
     def refused(**kw):
         raise ValueError("pair swap fit refused: ...")
@@ -529,11 +546,13 @@ def test_comm_part_pair_measured_or_refused(monkeypatch, interconnect):
     monkeypatch.setattr(prof, "measure_pair", refused)
     if interconnect is None:
         with pytest.raises(ValueError, match="pair swap fit refused"):
-            prof._comm_part(pipe, st, out_bytes=256, traj=traj, measured=measured, say=lambda m: None, notes=[], pair=True)
+            prof._comm_part(pipe, st, out_bytes=256, traj=traj, measured=measured, say=lambda m: None, notes=[], pair=True,
+                            denoiser_call=("den", {}))
     else:
-        comm, prov = prof._comm_part(pipe, st, out_bytes=256, traj=traj, measured=measured, say=lambda m: None, notes=[], pair=True)
+        comm, prov = prof._comm_part(pipe, st, out_bytes=256, traj=traj, measured=measured, say=lambda m: None, notes=[], pair=True,
+                                     denoiser_call=("den", {}))
         assert comm.pair == pair_entry_for("pcie4") and prov.source == "prior" and "refused" in prov.rule
-        assert comm.entries[0].latency_s == 1e-4        # the window exchange stays measured
+        assert comm.entries[0].latency_s == pytest.approx(2e-3 - 2 * 256 / 1e9)    # the window exchange stays measured
 
 
 def test_pair_from_the_preset_without_two_local_devices(monkeypatch):
@@ -564,15 +583,57 @@ def test_pair_swap_measured_over_gloo():
     assert raw["sizes"] == [4 ** k for k in range(9)]
 
 
+def test_split_swap_stats_price_the_slower_rank_and_the_fit_keeps_its_bandwidth():
+    """The lock-step figure is the mean of the slower rank's half + swap minus the median half; a
+    fit whose bytes term alone exceeds it is refused, not clamped."""
+    from parastep.profiler.comm import lockstep_entry, lockstep_stats
+    from parastep.profiles.model import CommEntry
+
+    ranks = [{"compute_s": [5e-3, 5e-3, 7e-3], "comm_s": [3e-3, 3e-3, 1e-3]},
+             {"compute_s": [7e-3, 5e-3, 5e-3], "comm_s": [1e-3, 3e-3, 3e-3]}]
+    st = lockstep_stats(ranks)
+    assert st["step_s"] == pytest.approx(8e-3) and st["compute_s"] == pytest.approx(5e-3) and st["ranks"] == 2
+    assert st["comm_wait_s"] == pytest.approx(3e-3) and st["comm_mean_s"] == pytest.approx(14e-3 / 6)
+    fit = CommEntry(ranks=2, latency_s=1e-4, bandwidth_bytes_per_s=1e6)
+    entry = lockstep_entry(fit, 3e-3, nbytes=1000, what="pair swap")
+    assert entry.latency_s == pytest.approx(2e-3) and entry.bandwidth_bytes_per_s == 1e6 and entry.ranks == 2
+    with pytest.raises(ValueError, match="pair swap: the lock-step operation took 500 us"):
+        lockstep_entry(fit, 0.5e-3, nbytes=1000, what="pair swap")
+
+
+@pytest.mark.distributed
+@pytest.mark.parametrize("mode", ["split", "exchange"])
+def test_lock_step_on_two_gloo_ranks(mode):
+    """The real lock-step split step and window exchange on the tiny digits model in 2 spawned
+    processes: both ranks report every round, and the figure is the median run's slowest-rank step
+    beyond the median compute."""
+    from parastep.profiler.comm import measure_lockstep
+    from parastep.profiler.compute import measure_compute
+
+    pipe = tiny_digits()
+    _, _, det = measure_compute(pipe, prompt="1", seed=0, num_steps=4, call_kwargs={"guidance_scale": GUIDANCE},
+                                max_window=1, repeats=1, threads=1)
+    den, captured = det["denoiser_call"]
+    assert den is pipe.unet and captured["batch"] == 2
+    wait, stats = measure_lockstep(det["denoiser_call"], mode=mode, world_size=2, shape=[1, 1, 8, 8], dtype="float32",
+                                   rounds=4, runs=3, device="cpu")
+    assert len(stats) == 3 and all(s["rounds"] == 4 and s["ranks"] == 2 and s["compute_s"] > 0 and s["comm_mean_s"] > 0
+                                   for s in stats)
+    assert wait == sorted(s["comm_wait_s"] for s in stats)[1]
+    assert all(s["step_s"] >= s["compute_s"] for s in stats)
+
+
 def test_add_split_costs_keeps_every_other_number(monkeypatch):
     """The splice used for the shipped digits profile: the stored forward times the ratio measured
-    now, the lowest fitted pair run kept (refused runs counted), all else unchanged."""
+    now, the median fitted pair run's bandwidth (refused runs counted), one swap at the lock-step
+    figure measured on the real captured call, all else unchanged."""
     import parastep.profiler.measure as prof
     from parastep.profiles.model import CommEntry
 
     pipe, st, base = _small_profile_without_split_costs()
     fits = iter([CommEntry(ranks=2, latency_s=2e-3, bandwidth_bytes_per_s=1e9), None,
-                 CommEntry(ranks=2, latency_s=4e-4, bandwidth_bytes_per_s=1e9)])
+                 CommEntry(ranks=2, latency_s=4e-4, bandwidth_bytes_per_s=2e9),
+                 CommEntry(ranks=2, latency_s=1e-4, bandwidth_bytes_per_s=4e9)])
 
     def fake_pair(**kw):
         e = next(fits)
@@ -580,12 +641,24 @@ def test_add_split_costs_keeps_every_other_number(monkeypatch):
             raise ValueError("pair swap fit refused: flat")
         return e, {"sizes": [1, 4], "times": {1: e.latency_s, 4: e.latency_s}}
 
+    calls = []
+
+    def fake_lock(call, *, mode, world_size, **kw):
+        calls.append(call)
+        assert mode == "split" and world_size == 2
+        return 2.5e-3, [{"rounds": 5, "ranks": 2, "step_s": 8e-3, "compute_s": 5.5e-3, "comm_wait_s": 2.5e-3, "comm_mean_s": 2e-3}]
+
     monkeypatch.setattr(prof, "measure_pair", fake_pair)
-    new = prof.add_split_costs(pipe, base, st, say=lambda m: None, pair_runs=3)
-    assert new.comm.pair.latency_s == 4e-4 and new.can_split
+    monkeypatch.setattr(prof, "measure_lockstep", fake_lock)
+    new = prof.add_split_costs(pipe, base, st, say=lambda m: None, pair_runs=4)
+    den, captured = calls[0]
+    assert den is pipe.unet and captured["batch"] == 2            # the real denoiser and its guided call
+    assert new.comm.pair.bandwidth_bytes_per_s == 2e9 and new.can_split    # the median of 3 fitted runs
+    assert new.pair_exchange_time_s() == pytest.approx(2.5e-3)
     ratio = new.compute.half_forward_s / base.compute.forward_s[0]
     assert 0 < ratio < 1.5 and f"x {ratio:.4f}" in new.provenance.compute.notes
-    assert "lowest of 2 fitted run(s)" in new.provenance.comm.rule and "1 more run(s) refused" in new.provenance.comm.rule
+    assert "median of 3 fitted run(s)" in new.provenance.comm.rule and "1 more run(s) refused" in new.provenance.comm.rule
+    assert "lock step" in new.provenance.comm.rule
     strip = {"compute": base.compute, "comm": base.comm, "provenance": base.provenance}
     assert new.model_copy(update=strip) == base
     no_cfg = settings(num_steps=4, max_window=2, prompts=("1",), seeds=(0,), call_kwargs={"guidance_scale": 1.0})
