@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any, Mapping, Optional, Sequence
 
 from ..errors import UserError
+from ..profiles.model import PSNR_CAP_DB   # one cap: the profile's predicted distribution uses it too
 from .inputs import conditioning_kwargs, seeded_generator
 from .metrics import psnr_db_per_sample, ssim_per_sample
 
@@ -38,7 +39,6 @@ __all__ = ["DEFAULT_SEEDS", "PSNR_CAP_DB", "ImageQuality", "aggregates", "call_p
            "psnr_db_per_sample", "quality_report", "quantile", "run_schedule_local", "samples_of"]
 
 DEFAULT_SEEDS: tuple[int, ...] = (1000, 1001)
-PSNR_CAP_DB = 100.0
 
 
 def samples_of(prompts: Sequence[Any], seeds: Sequence[int]) -> tuple[list[Any], list[int]]:
@@ -128,8 +128,8 @@ def quantile(values: Sequence[float], q: float) -> float:
 
 
 def aggregates(values: Sequence[float]) -> dict[str, float]:
-    """``{mean, p10, min}`` of per-image values."""
-    return {"mean": sum(values) / len(values), "p10": quantile(values, 0.1), "min": min(values)}
+    """``{mean, median, p10, min}`` of per-image values."""
+    return {"mean": sum(values) / len(values), "median": quantile(values, 0.5), "p10": quantile(values, 0.1), "min": min(values)}
 
 
 def evaluate(pipe, schedule, *, prompts: Sequence[Any], seeds: Sequence[int], call_kwargs: Mapping[str, Any],
@@ -162,7 +162,8 @@ def quality_report(schedule, *, schedule_path, model_path, scheduler: str, devic
                    records: Sequence[ImageQuality], files: Sequence[str], frames) -> dict[str, Any]:
     """``quality.json`` of ``parastep evaluate`` (docs/design.md §8): the schedule (path, name, sha256
     of its file), what ran (model, scheduler, device, inputs), every sample's record with its output
-    ``file``, and the PSNR and SSIM :func:`aggregates`."""
+    ``file``, the PSNR and SSIM :func:`aggregates`, and the schedule's predicted per-image PSNR
+    distribution beside them (``predicted_psnr_db``; null where the schedule states none)."""
     text = Path(schedule_path).read_bytes()
     return {
         "schedule": {"path": str(schedule_path), "name": Path(schedule_path).stem,
@@ -174,4 +175,6 @@ def quality_report(schedule, *, schedule_path, model_path, scheduler: str, devic
         "num_frames": inputs.num_frames,
         "images": [{**r.as_dict(), "file": f} for r, f in zip(records, files)],
         "psnr_db": aggregates([r.psnr_db for r in records]), "ssim": aggregates([r.ssim for r in records]),
+        "predicted_psnr_db": (schedule.quality.predicted_psnr.model_dump(mode="json")
+                              if schedule.quality is not None and schedule.quality.predicted_psnr is not None else None),
     }

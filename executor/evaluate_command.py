@@ -92,8 +92,11 @@ def run(args) -> int:
         return f"{k} {what}{'' if k == 1 else 's'}"
 
     unit = n(len(records), "image") if frames is None else f"{n(len(records), 'video')} of {frames} frames"
+    pred = schedule.quality.predicted_psnr if schedule.quality is not None else None
+    beside = (f" (predicted: median {pred.median_db:.1f} / p10 {pred.p10_db:.1f} dB; measured median {a['median']:.1f} dB)"
+              if pred is not None else "")
     print(f"parastep: {unit} ({n(len(prompts), label)} x {n(len(seeds), 'seed')}{note}): "
-          f"PSNR mean {a['mean']:.1f} / p10 {a['p10']:.1f} / min {a['min']:.1f} dB, "
+          f"PSNR mean {a['mean']:.1f} / p10 {a['p10']:.1f} / min {a['min']:.1f} dB{beside}, "
           f"SSIM mean {quality['ssim']['mean']:.4f} vs sequential{' (over every frame)' if frames else ''}; "
           f"wrote {out} and the outputs beside it", file=sys.stderr)
     return 0

@@ -14,7 +14,9 @@ starts):
     are inside exchange_s too; calls: rank 0's denoiser calls; batch_fallbacks: batched offsets that ran
     as calls of their own, summed over ranks), batch_fallbacks (their total), images, repeats,
     warmup_runs, latency_spread_s: {median, min, max, runs}, and with --reference:
-    reference: {latency_s, speedup, psnr_db, ssim, identical, latency_spread_s}.
+    reference: {latency_s, speedup, psnr_db, ssim, identical, latency_spread_s}; predicted: {speedup,
+    psnr_db} (the schedule's own predictions, null where it states none; the summary line prints
+    them beside the measurement).
 
 ``latency_s`` is rank 0's wall time of the whole pipeline call (prompt encoding and VAE decode
 included), started after a barrier. The reference is the plain pipeline (hooks removed), same
@@ -203,6 +205,10 @@ def rank_worker(ctx: RankContext, job: ExecJob) -> None:
         "bytes_received_per_rank": bytes_per_rank, "forwards_per_rank": [g["forwards"] for g in gathered],
         "windows": windows, "repeats": job.repeats, "warmup_runs": int(job.warmup),
         "latency_spread_s": _spread(times),
+        # the plan's own predictions, so the summary line can put the measurement beside them
+        "predicted": {"speedup": schedule.latency.speedup if schedule.latency is not None else None,
+                      "psnr_db": (schedule.quality.predicted_psnr.model_dump(mode="json")
+                                  if schedule.quality is not None and schedule.quality.predicted_psnr is not None else None)},
     }
     fallbacks = [why for g in gathered for why in g.get("batch_fallbacks", [])]
     report["batch_fallbacks"] = sum(w["batch_fallbacks"] for w in windows)
@@ -245,6 +251,10 @@ def summary_line(report: dict, *, out_dir: str) -> str:
     quality = ("identical to sequential (PSNR inf, SSIM 1.000)" if ref["identical"]
                else f"PSNR {ref['psnr_db']:.1f} dB, SSIM {ref['ssim']:.4f} vs sequential")
     ranks = report["world_size"]
+    pred = report.get("predicted") or {}
+    planned = f", predicted {pred['speedup']:.2f}x" if pred.get("speedup") else ""
+    if pred.get("psnr_db"):
+        quality += f" (predicted per image: median {pred['psnr_db']['median_db']:.1f} dB, p10 {pred['psnr_db']['p10_db']:.1f} dB)"
     return (f"parastep: {ranks} rank{'s' if ranks != 1 else ''} on {report['device']}: {report['latency_s']:.3f} s "
-            f"vs {ref['latency_s']:.3f} s sequential, speedup {ref['speedup']:.2f}x ({runs}); {quality}; "
+            f"vs {ref['latency_s']:.3f} s sequential, speedup {ref['speedup']:.2f}x ({runs}{planned}); {quality}; "
             f"report in {Path(out_dir) / 'report.json'}")

@@ -18,7 +18,7 @@ from ..errors import UserError
 from ..profiles.model import Profile
 from ..schedules.check import cautions, implied_totals, violations
 from ..schedules.model import (
-    ExactWindow, Latency, ParallelWindow, ProfileRef, Quality, ReuseWindow, SampleQuality, Schedule, Solver, Window,
+    ExactWindow, Latency, ParallelWindow, ProfileRef, PsnrPrediction, Quality, ReuseWindow, SampleQuality, Schedule, Solver, Window,
 )
 from .fixed import (
     default_warmup, fixed_error, fixed_latency_units, fixed_sample_error_units, fixed_sample_errors,
@@ -478,6 +478,11 @@ def _raise_infeasible(problem: Problem):
                     f"{problem.samples} samples required); pass a budget >= 0 (--budget 0 allows only lossless windows)")
 
 
+def _psnr_prediction(cal, per_sample: Sequence[float]) -> Optional[PsnrPrediction]:
+    pred = cal.predicted_psnr(per_sample) if cal is not None else None
+    return PsnrPrediction(**pred) if pred is not None else None
+
+
 def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_window: int, policy: Policy,
               chosen: Sequence[PlannedWindow], budget: float, sample_budget_units: Sequence[int], required: int,
               coverage: Optional[float], scale: float, min_psnr_db: Optional[float], outcome: SolveOutcome,
@@ -506,7 +511,8 @@ def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_win
                       budget_units=sum(sample_budget_units), predicted_units=sum(units), coverage=coverage,
                       per_sample=sq, min_psnr_db=min_psnr_db,
                       # none for a lossless plan (zero deviation: the output is the sequential one)
-                      predicted_psnr_db=cal.psnr_db(at_coverage) if cal is not None and at_coverage > 0 else None)
+                      predicted_psnr_db=cal.psnr_db(at_coverage) if cal is not None and at_coverage > 0 else None,
+                      predicted_psnr=_psnr_prediction(cal, per_sample))
     solver = Solver(name=outcome.name, status=outcome.status, objective=outcome.objective, bound=outcome.bound,
                     wall_s=outcome.wall_s, latency_units_per_s=latency_units_per_s,
                     time_limit_s=options.time_limit_s if options is not None else None,

@@ -8,12 +8,16 @@ hooks with ``LocalExchange``: a schedule's output does not depend on where its o
 profile's own calibration samples, so each image n has the planner's prediction E_n (the sum over
 the plan's windows of sample n's output error, ``predicted_per_sample``) and a measured PSNR.
 
-``fit_calibration`` fits ``psnr_n = intercept - slope * log10(E_n)`` by least squares over the
-(plan, image) points of a random half of the plans and checks it on the other half (Spearman,
-median |error|, share of images at or above their prediction). The coverage
-statement (``--coverage``) over calibration images and a downward shift of the line by the fit
-half's 10 % residual quantile (per-image prediction noise) together make a target hold for most
-held-out images; the held-out half reports how well the shifted line does. A non-positive slope is refused (the model does not predict quality).
+``fit_calibration`` is split conformal: the plans are split at random into two halves; the
+central line ``psnr_n = intercept - slope * log10(E_n)`` is fitted by least squares on the (plan,
+image) points of one half, and the residuals (measured minus central) of the other half's points
+give the per-image lower bound at level 0.9: the k-th smallest residual, k = floor((m + 1) x 0.1),
+added to the central intercept. For a new (plan, image) pair exchangeable with the held-out ones
+(a plan the optimizer picks, one of the profile's calibration images), P(measured >= bound) >= 0.9.
+The residuals are kept in the profile, so ``plan`` states a plan's predicted per-image PSNR
+distribution (central prediction + residual, over images and residuals). Too few informative
+images (every sampled plan nearly lossless) makes ``calibrate_profile`` sample more plans, not
+ask the user to. A non-positive slope is refused (the model does not predict quality).
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..errors import UserError
 from ..executor.evaluate import psnr_db_per_sample, run_schedule_local
-from ..profiles.model import Calibration, Profile
+from ..profiles.model import Calibration, Profile, conformal_lower_offset
 from .instrument import calibration_samples
 
 
@@ -150,60 +154,59 @@ def fit_line(xs: Sequence[float], ys: Sequence[float]) -> tuple[float, float]:
     return my - b * mx, b
 
 
-def _quantile(values: Sequence[float], q: float) -> float:
-    v = sorted(values)
-    if not v:
-        return 0.0
-    pos = q * (len(v) - 1)
-    lo, hi = math.floor(pos), math.ceil(pos)
-    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
-
-
 def _points(runs: Sequence[VerificationRun], idx: Sequence[int], *, cap_db: float = 100.0) -> list[tuple[float, float]]:
     """(log10 E_n, psnr_n) of every image with a nonzero prediction and a PSNR below the cap."""
     return [(math.log10(e), p) for i in idx for e, p in zip(runs[i].predicted, runs[i].psnr_db) if e > 0 and p < cap_db]
 
 
-def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, quantile: float = 0.1) -> tuple[Calibration, dict]:
-    """Fit on the images of a random half of the plans, evaluate on the other half (module docstring)."""
+CALIBRATION_LEVEL = 0.9   # conformal level of the per-image bound ``Calibration.psnr_db``
+
+
+class TooFewPoints(ValueError):
+    """The verification runs hold too few images with a nonzero predicted error (``calibrate_profile``
+    samples more plans instead of asking the user to)."""
+
+
+def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: float = CALIBRATION_LEVEL) -> tuple[Calibration, dict]:
+    """Split conformal calibration (module docstring): the central line by least squares on the
+    images of a random half of the plans, residuals (measured minus central) on the images of the
+    other half, and the per-image lower bound at ``level`` = central + the finite-sample conformal
+    quantile of those residuals (``conformal_lower_offset``)."""
     idx = list(range(len(runs)))
     random.Random(seed).shuffle(idx)
     half = len(idx) // 2
     fit_i, held_i = idx[:half], idx[half:]
     if len(fit_i) < 3 or len(held_i) < 3:
-        raise ValueError(f"calibration needs at least 6 verification runs, got {len(runs)}")
+        raise TooFewPoints(f"calibration needs at least 6 verification runs, got {len(runs)}")
     fit_pts, held_pts = _points(runs, fit_i), _points(runs, held_i)
-    if len(fit_pts) < 3 or len(held_pts) < 3:
-        raise ValueError("calibration: too few images with a nonzero predicted error; sample more plans (--verify N)")
+    need = math.ceil(1 / (1 - level))     # (m + 1)(1 - level) >= 1
+    if len(fit_pts) < 3 or len(held_pts) < need:
+        raise TooFewPoints(f"calibration: {len(fit_pts)} + {len(held_pts)} images with a nonzero predicted error, "
+                           f"{need} held-out ones needed for a bound at level {level:g}")
     a_central, b = fit_line([x for x, _ in fit_pts], [y for _, y in fit_pts])
     if not b < 0:
         raise ValueError("measured PSNR does not fall with the predicted error on the verification runs; "
                          "the profile's quality model does not predict quality")
     slope = -b
-    # per-image prediction noise: shift the line down by the fit half's 10 % residual quantile, so
-    # an image predicted at DB reaches DB about 9 times in 10 (without it the central line put 43 %
-    # of held-out images below their prediction and --min-psnr covered only 65-75 % of images)
-    shift = _quantile([y - (a_central - slope * x) for x, y in fit_pts], quantile)
-    a = a_central + min(0.0, shift)
-
-    def pred(x: float) -> float:
-        return a - slope * x
-
+    residuals = sorted(y - (a_central - slope * x) for x, y in held_pts)
+    q = conformal_lower_offset(residuals, level)
+    a = a_central + q
     rho = spearman([x for x, _ in held_pts], [y for _, y in held_pts])
-    errors = [y - pred(x) for x, y in held_pts]
-    mae = statistics.median(abs(e) for e in errors)
-    met = sum(1 for e in errors if e >= 0) / len(errors)
-    info = {"central_intercept_db": a_central, "shift_db": min(0.0, shift), "fit_runs": len(fit_i), "held_out_runs": len(held_i), "fit_images": len(fit_pts), "held_out_images": len(held_pts),
-            "spearman_held_out": rho, "median_abs_error_db": mae, "held_out_images_at_or_above_prediction": met,
-            "held_out_residual_p10_db": _quantile(errors, 0.1)}
+    mae = statistics.median(abs(r) for r in residuals)
+    met = sum(1 for r in residuals if r >= q) / len(residuals)
+    info = {"central_intercept_db": a_central, "conformal_offset_db": q, "level": level, "fit_runs": len(fit_i),
+            "held_out_runs": len(held_i), "fit_images": len(fit_pts), "held_out_images": len(held_pts),
+            "spearman_held_out": rho, "median_abs_error_db": mae, "held_out_images_at_or_above_bound": met}
     cal = Calibration(
         intercept_db=a, slope_db_per_decade=slope, fitted_on=len(fit_i), spearman=rho, median_abs_error_db=mae,
-        how=(f"per image: least squares of PSNR (output vs sequential, same prompt and seed) on log10 of the planner's "
-             f"predicted error for that image, over {len(fit_pts)} images of {len(fit_i)} of {len(runs)} verification plans, "
-             f"intercept {a_central:.2f} dB lowered by the {quantile:.0%} residual quantile ({min(0.0, shift):.2f} dB) "
-             f"(random half; the plans the optimizer picks at G = 2/4/8, default, per-image bounds, fixed); held-out "
-             f"{len(held_pts)} images of {len(held_i)} plans: Spearman {rho:.3f}, median |error| {mae:.2f} dB, "
-             f"{met:.0%} at or above the prediction, 10th-percentile residual {_quantile(errors, 0.1):.2f} dB"),
+        central_intercept_db=a_central, level=level, residuals_db=residuals,
+        how=(f"split conformal, per image: least squares of PSNR (output vs sequential, same prompt and seed) on log10 of "
+             f"the planner's predicted error for that image over {len(fit_pts)} images of {len(fit_i)} of {len(runs)} "
+             f"verification plans (a random half; the plans the optimizer picks at G = 2/4/8: default, per-image bounds, "
+             f"fixed): central intercept {a_central:.2f} dB; residuals of the {len(held_pts)} images of the other "
+             f"{len(held_i)} plans: the k-th smallest, k = floor((m + 1)(1 - {level:g})), is {q:+.2f} dB, so the bound "
+             f"holds for a new (plan, image) pair like these with probability >= {level:g}; held-out Spearman {rho:.3f}, "
+             f"median |residual| {mae:.2f} dB"),
     )
     return cal, info
 
@@ -211,6 +214,9 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, quantile:
 def verification_world_sizes(gpus: int) -> tuple[int, ...]:
     """World sizes whose plans calibrate and correct a profile: 2, 4 and 8, up to ``--gpus``."""
     return tuple(g for g in (2, 4, 8) if g <= max(gpus, 2)) or (2,)
+
+
+MORE_PLAN_ROUNDS = 2      # calibrate_profile's extra sampling rounds (2x, then 4x the plans)
 
 
 def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
@@ -231,16 +237,29 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
             raise UserError(f"profile '{profile.name}' has no exchange costs for {g} ranks, and its calibration plans on "
                             f"{', '.join(map(str, sizes))} ranks; add --retime --gpus {max(sizes)} (with --interconnect NAME for "
                             "ranks beyond this machine), or profile anew with --gpus 2 or more") from None
-    schedules = sample_schedules(profile, sha, count=count, world_sizes=sizes, seed=0)
-    say(f"verify: {len(schedules)} distinct plans for world sizes {list(sizes)}")
     prompts, seeds = calibration_samples(pipe, profile)
-    with cpu_threads(pipe, settings.threads):
-        runs = verify(pipe, profile, schedules, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say)
-    try:
-        cal, info = fit_calibration(runs)
-    except ValueError as exc:
-        raise UserError(str(exc)) from None
-    say(f"calibration: psnr = {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} log10(E); {info}")
+    runs: list[VerificationRun] = []
+    done: set = set()
+    for attempt in range(MORE_PLAN_ROUNDS + 1):     # too few informative images: sample more plans, never ask the user
+        schedules = [s for s in sample_schedules(profile, sha, count=count * 2 ** attempt, world_sizes=sizes, seed=attempt)
+                     if plan_key(s) not in done]
+        done.update(plan_key(s) for s in schedules)
+        say(f"verify: {len(schedules)} {'more ' if attempt else ''}distinct plans for world sizes {list(sizes)}")
+        with cpu_threads(pipe, settings.threads):
+            runs += verify(pipe, profile, schedules, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say)
+        try:
+            cal, info = fit_calibration(runs)
+            break
+        except TooFewPoints as exc:
+            if attempt == MORE_PLAN_ROUNDS:
+                raise UserError(f"{exc} after {len(runs)} plans: the optimizer's plans on this profile are (nearly) "
+                                "lossless, so there is no quality to calibrate; plan with --budget") from None
+            say(f"{exc}; sampling more plans")
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    say(f"calibration: psnr >= {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} log10(E) per image at level "
+        f"{cal.level:g} (central {cal.central_intercept_db:.2f} dB, {len(cal.residuals_db)} held-out residuals, median "
+        f"|residual| {cal.median_abs_error_db:.2f} dB, held-out Spearman {cal.spearman:.3f})")
     old = profile.provenance
     dev = old.deviation
     prov = old.model_copy(update={"calibration": Measured(

@@ -36,7 +36,12 @@ def _per_image(s) -> str:
     text = ""
     if q.per_sample is not None:
         text = f", {q.per_sample.within}/{q.per_sample.samples} calibration images within their bound ({q.per_sample.required} required)"
-    if q.predicted_psnr_db is not None:
+    if q.predicted_psnr is not None:
+        p = q.predicted_psnr
+        text += f", predicted per-image PSNR median {p.median_db:.1f} dB, 10th percentile {p.p10_db:.1f} dB"
+        if q.predicted_psnr_db is not None and p.level is not None:
+            text += f" (the worst image required: >= {q.predicted_psnr_db:.1f} dB with probability {p.level:g})"
+    elif q.predicted_psnr_db is not None:
         text += f", predicted PSNR {q.predicted_psnr_db:.1f} dB for the worst image required within its bound"
     elif q.predicted == 0:
         text += ", lossless (zero predicted deviation)"

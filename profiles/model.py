@@ -178,9 +178,39 @@ class OutputErrors(_Strict):
     corrections: Optional[Corrections] = Field(default=None, description="plan-level corrections applied to these tables, if any")
 
 
+PSNR_CAP_DB = 100.0     # PSNR reported for an image identical to the sequential one (executor.metrics uses the same cap)
+
+
+def conformal_lower_offset(residuals: "Sequence[float]", level: float) -> Optional[float]:
+    """Split conformal: the offset q such that a new residual r (exchangeable with ``residuals``)
+    has P(r >= q) >= ``level``: the k-th smallest residual, k = floor((m + 1)(1 - level)) (the
+    finite-sample correction). None when k < 1: m residuals cannot support ``level`` (it needs
+    m >= 1 / (1 - level) - 1)."""
+    if not 0 < level < 1:
+        raise ValueError(f"a conformal level is in (0, 1), got {level}")
+    m = len(residuals)
+    k = math.floor((m + 1) * (1 - level) + 1e-12)
+    if k < 1:
+        return None
+    return sorted(residuals)[k - 1]
+
+
+def _quantile(values: "Sequence[float]", q: float) -> float:
+    v = sorted(values)
+    pos = q * (len(v) - 1)
+    lo, hi = math.floor(pos), math.ceil(pos)
+    return v[lo] + (v[hi] - v[lo]) * (pos - lo)
+
+
 class Calibration(_Strict):
-    """Predicted output deviation E of one image -> PSNR of that image vs the sequential run:
-    ``psnr_db = intercept_db - slope_db_per_decade * log10(E)``."""
+    """Predicted output deviation E of one image -> PSNR of that image vs the sequential run.
+
+    ``central_intercept_db - slope_db_per_decade * log10(E)`` is the central (least squares) line;
+    ``residuals_db`` are measured minus central PSNR of the images of verification plans the line
+    was *not* fitted on (split conformal). ``intercept_db`` is the central intercept plus the
+    conformal offset at ``level``: ``psnr_db(E)`` is a per-image lower bound that a new (plan,
+    image) pair like the verification ones meets with probability >= ``level``. A calibration
+    without residuals (older profiles) has only the shifted line."""
 
     metric: Literal["psnr_db"] = "psnr_db"
     intercept_db: float
@@ -188,6 +218,9 @@ class Calibration(_Strict):
     fitted_on: int = Field(ge=0, description="number of verification runs")
     spearman: Optional[float] = None
     median_abs_error_db: Optional[float] = None
+    central_intercept_db: Optional[float] = Field(default=None, description="the least-squares line's intercept")
+    level: Optional[float] = Field(default=None, gt=0, lt=1, description="conformal level of intercept_db's per-image bound")
+    residuals_db: list[float] = Field(default_factory=list, description="held-out residuals vs the central line, sorted")
     how: str = ""
 
     def psnr_db(self, deviation: float) -> float:
@@ -195,6 +228,30 @@ class Calibration(_Strict):
 
     def deviation_for_psnr(self, psnr_db: float) -> float:
         return 10.0 ** ((self.intercept_db - psnr_db) / self.slope_db_per_decade)
+
+    @property
+    def has_residuals(self) -> bool:
+        return self.central_intercept_db is not None and len(self.residuals_db) > 0
+
+    def central_psnr_db(self, deviation: float) -> float:
+        """The central line's PSNR for ``deviation`` (the shifted line's where there are no residuals)."""
+        a = self.central_intercept_db if self.central_intercept_db is not None else self.intercept_db
+        return a - self.slope_db_per_decade * math.log10(max(deviation, 1e-30))
+
+    def predicted_psnr(self, deviations: "Sequence[float]") -> Optional[dict]:
+        """A plan's predicted per-image PSNR distribution from its per-image deviations: the mixture
+        of central prediction + held-out residual over images and residuals (what a random image of
+        this plan measures), its median and 10th percentile, and the per-image conformal lower
+        bound of the worst image at ``level``. None without residuals, or for a lossless plan."""
+        if not self.has_residuals or not any(d > 0 for d in deviations):
+            return None
+        # a lossless image is the sequential output: evaluate reports it at its cap, and so does the mixture
+        centres = [self.central_psnr_db(d) if d > 0 else PSNR_CAP_DB for d in deviations]
+        mix = [min(c + r, PSNR_CAP_DB) if c < PSNR_CAP_DB else PSNR_CAP_DB for c in centres for r in self.residuals_db]
+        q = conformal_lower_offset(self.residuals_db, self.level) if self.level is not None else None
+        return {"median_db": _quantile(mix, 0.5), "p10_db": _quantile(mix, 0.1),
+                "worst_lower_db": None if q is None else min(PSNR_CAP_DB, min(centres) + q),
+                "level": self.level, "residuals": len(self.residuals_db)}
 
 
 class Provenances(_Strict):

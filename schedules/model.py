@@ -192,6 +192,19 @@ class MeasuredQuality(_Strict):
     target_met: Optional[bool] = None
 
 
+class PsnrPrediction(_Strict):
+    """The plan's predicted per-image PSNR distribution (the profile's calibration: each calibration
+    image's central prediction plus each held-out residual), and the split-conformal per-image
+    lower bound of its worst calibration image."""
+
+    median_db: float
+    p10_db: float
+    worst_lower_db: Optional[float] = Field(default=None, description="the worst calibration image's lower bound at `level` "
+                                                                      "(null: too few residuals for that level)")
+    level: Optional[float] = Field(default=None, gt=0, lt=1)
+    residuals: int = Field(ge=1, description="held-out residuals the distribution is made of")
+
+
 class Quality(_Strict):
     metric: Literal["deviation"] = "deviation"
     budget: float = Field(ge=0, description="per-sample bound on the predicted output deviation (latent RMS units); "
@@ -205,6 +218,8 @@ class Quality(_Strict):
     min_psnr_db: Optional[float] = Field(default=None, description="the user's --min-psnr target, if any")
     predicted_psnr_db: Optional[float] = Field(default=None, description="from the profile's calibration: the image at the "
                                                                          "coverage quantile (the worst image required to be within)")
+    predicted_psnr: Optional[PsnrPrediction] = Field(default=None, description="predicted per-image PSNR distribution "
+                                                                              "(null: lossless, or a calibration without residuals)")
     measured: Optional[MeasuredQuality] = None
 
 

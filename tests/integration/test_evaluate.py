@@ -56,7 +56,7 @@ def test_exact_only_schedule_scores_the_cap_on_every_image(tmp_path):
     assert [(im["prompt"], im["seed"]) for im in q["images"]] == [("3", 5), ("8", 5), ("3", 6), ("8", 6)]
     assert all(im["psnr_db"] == q["psnr_cap_db"] == 100.0 and im["identical"] for im in q["images"])
     assert all(im["ssim"] == pytest.approx(1.0, abs=1e-12) for im in q["images"])
-    assert q["psnr_db"] == {"mean": 100.0, "p10": 100.0, "min": 100.0}
+    assert q["psnr_db"] == {"mean": 100.0, "median": 100.0, "p10": 100.0, "min": 100.0}
     lines = [ln for ln in err.strip().splitlines() if ln.strip()]
     assert len(lines) == 1 and "4 images" in lines[0] and "PSNR mean 100.0 / p10 100.0 / min 100.0 dB" in lines[0]
 
@@ -87,7 +87,7 @@ def test_parallel_schedule_equals_a_direct_local_run_per_image(tmp_path, digits_
     # aggregates are those of the per-image values
     assert q["psnr_db"]["mean"] == pytest.approx(sum(psnr) / len(psnr))
     assert q["psnr_db"]["min"] == min(psnr) <= q["psnr_db"]["p10"] <= q["psnr_db"]["mean"]
-    for key in ("mean", "p10", "min"):
+    for key in ("mean", "median", "p10", "min"):
         assert 0 < q["ssim"][key] <= 1
 
 
@@ -102,7 +102,7 @@ def test_quality_json_fields(tmp_path):
     assert q["model"] == "digits" and q["num_steps"] == T and q["world_size"] == 2 and q["device"] == "cpu"
     assert [(im["prompt"], im["seed"]) for im in q["images"]] == [("1", 1000), ("1", 1001)]   # default seeds
     assert set(q["images"][0]) >= {"prompt", "seed", "psnr_db", "ssim"}
-    assert set(q["psnr_db"]) == set(q["ssim"]) == {"mean", "p10", "min"}
+    assert set(q["psnr_db"]) == set(q["ssim"]) == {"mean", "median", "p10", "min"}
     assert not [p.name for p in (tmp_path / "q").iterdir() if p.name.startswith(".")]   # no temp files left
     assert [im["file"] for im in q["images"]] == ["image_000.png", "image_001.png"] and q["frames"] is None
     assert (tmp_path / "q" / "image_001.png").is_file() and (tmp_path / "q" / "sequential" / "image_001.png").is_file()

@@ -1,0 +1,117 @@
+"""The calibration's statistics (profiler/calibrate.py, profiles/model.py): the split-conformal
+lower bound holds at its stated level on residuals of known distribution, is not much more
+conservative than the finite-sample correction requires, and a plan's predicted per-image PSNR
+distribution is the mixture it claims to be."""
+
+from __future__ import annotations
+
+import math
+import random
+import statistics
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parastep.profiler.calibrate import CALIBRATION_LEVEL, TooFewPoints, VerificationRun, fit_calibration
+from parastep.profiles.model import PSNR_CAP_DB, Calibration, conformal_lower_offset
+
+
+@pytest.mark.parametrize("m,level", [(19, 0.9), (49, 0.9), (30, 0.8), (99, 0.95)])
+@pytest.mark.parametrize("draw", ["normal", "laplace", "skewed"])
+def test_conformal_offset_covers_at_its_level_on_known_distributions(m, level, draw):
+    """Over 3000 repetitions, the share of new residuals at or above the offset computed from m
+    calibration residuals averages at least ``level`` (minus Monte Carlo error) and at most
+    ``1 - k / (m + 1)`` plus it, the exact expected coverage of the k-th order statistic."""
+    rng = random.Random(7)
+
+    def r() -> float:
+        if draw == "normal":
+            return rng.gauss(0.0, 3.0)
+        if draw == "laplace":
+            return rng.expovariate(1.0) * (1 if rng.random() < 0.5 else -1)
+        return -rng.lognormvariate(0.0, 1.0)          # a long lower tail: the case that matters
+
+    trials, fresh = 3000, 20
+    covered = []
+    for _ in range(trials):
+        q = conformal_lower_offset([r() for _ in range(m)], level)
+        covered.append(sum(r() >= q for _ in range(fresh)) / fresh)
+    mean = statistics.fmean(covered)
+    k = math.floor((m + 1) * (1 - level) + 1e-12)
+    exact = 1 - k / (m + 1)
+    se = statistics.pstdev(covered) / math.sqrt(trials)
+    assert mean >= level - 4 * se
+    assert abs(mean - exact) <= 4 * se
+
+
+def test_too_few_residuals_for_a_level_state_no_bound():
+    assert conformal_lower_offset([0.0] * 8, 0.9) is None            # (8 + 1) x 0.1 < 1
+    assert conformal_lower_offset([3.0, 1.0, 2.0] + [5.0] * 6, 0.9) == 1.0   # m = 9: the smallest
+    with pytest.raises(ValueError):
+        conformal_lower_offset([0.0], 1.0)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(-50, 50), min_size=1, max_size=60), st.floats(0.5, 0.99))
+def test_conformal_offset_is_the_largest_value_with_few_enough_below(values, level):
+    """A second reading of the definition, with ties: the offset is the largest residual v with at
+    most k - 1 residuals strictly below it, k = floor((m + 1)(1 - level)) (none when k < 1); a
+    higher level never gives a higher offset."""
+    q = conformal_lower_offset(values, level)
+    k = math.floor((len(values) + 1) * (1 - level) + 1e-12)
+    ok = [v for v in values if sum(1 for r in values if r < v) <= k - 1]
+    assert q == (max(ok) if k >= 1 else None)
+    higher = conformal_lower_offset(values, min(0.995, level + 0.01))
+    assert higher is None or (q is not None and higher <= q)
+
+
+def _runs(rng: random.Random, *, plans: int, images: int, a: float, slope: float, sd: float) -> list[VerificationRun]:
+    out = []
+    for _ in range(plans):
+        e = [10 ** rng.uniform(-3, -1) for _ in range(images)]
+        out.append(VerificationRun(world_size=2, policy="optimal", budget=0.1, predicted=e, speedup=2.0, windows=10,
+                                   psnr_db=[a - slope * math.log10(x) + rng.gauss(0.0, sd) for x in e]))
+    return out
+
+
+def test_fit_calibration_recovers_the_line_and_its_bound_covers_new_pairs():
+    """Synthetic runs on a known line with Gaussian noise: the central line is close to the true one,
+    the offset is near the noise's 10th-percentile, and on fresh (plan, image) pairs the bound holds
+    for at least 90 % of them (2000 pairs, minus 3 standard errors)."""
+    rng = random.Random(3)
+    cal, info = fit_calibration(_runs(rng, plans=40, images=20, a=10.0, slope=20.0, sd=2.0))
+    assert cal.slope_db_per_decade == pytest.approx(20.0, rel=0.05)
+    assert cal.central_intercept_db == pytest.approx(10.0, abs=0.6)
+    assert cal.level == CALIBRATION_LEVEL and len(cal.residuals_db) == 400 and cal.residuals_db == sorted(cal.residuals_db)
+    assert cal.intercept_db - cal.central_intercept_db == pytest.approx(-1.2816 * 2.0, abs=0.5)
+    fresh = _runs(rng, plans=100, images=20, a=10.0, slope=20.0, sd=2.0)
+    pairs = [(e, p) for r in fresh for e, p in zip(r.predicted, r.psnr_db)]
+    share = sum(p >= cal.psnr_db(e) for e, p in pairs) / len(pairs)
+    assert share >= 0.9 - 3 * math.sqrt(0.09 / len(pairs))
+    assert info["held_out_images"] == 400 and 0.88 <= info["held_out_images_at_or_above_bound"] <= 0.93
+
+
+def test_fit_calibration_says_too_few_when_every_plan_is_lossless():
+    rng = random.Random(0)
+    runs = _runs(rng, plans=8, images=20, a=10.0, slope=20.0, sd=1.0)
+    lossless = [VerificationRun(**{**r.__dict__, "predicted": [0.0] * 20, "psnr_db": [100.0] * 20}) for r in runs]
+    with pytest.raises(TooFewPoints):
+        fit_calibration(lossless)
+    with pytest.raises(TooFewPoints):
+        fit_calibration(runs[:5])
+
+
+def test_predicted_distribution_is_the_mixture_of_centres_and_residuals():
+    cal = Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10, central_intercept_db=10.0, level=0.9,
+                      residuals_db=sorted([-3.0, -1.0, 0.0, 1.0] * 5))
+    dev = [1e-2, 1e-1, 0.0]                              # centres 50, 30 dB and a lossless image
+    pred = cal.predicted_psnr(dev)
+    mix = sorted([min(PSNR_CAP_DB, c + r) for c in (50.0, 30.0) for r in cal.residuals_db] + [PSNR_CAP_DB] * 20)
+    assert pred["median_db"] == pytest.approx(statistics.median(mix))
+    assert pred["p10_db"] == pytest.approx(statistics.quantiles(mix, n=10, method="inclusive")[0])
+    assert pred["worst_lower_db"] == pytest.approx(30.0 + conformal_lower_offset(cal.residuals_db, 0.9)) == 27.0
+    assert pred["residuals"] == 20 and pred["level"] == 0.9
+    assert cal.predicted_psnr([0.0, 0.0]) is None                        # lossless: the sequential output
+    old = Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10)     # no residuals: no distribution
+    assert old.predicted_psnr(dev) is None and old.central_psnr_db(1e-2) == old.psnr_db(1e-2)
