@@ -243,8 +243,11 @@ def build_parser() -> argparse.ArgumentParser:
     pr.add_argument("--prompt", action="append", dest="prompts", help="prompt or class; repeatable (default: 0-9 on digits, "
                     "three stock prompts on text pipelines)")
     _add_conditioning(pr, recorded_in=None, labels_default="classes 0 and 1")
-    pr.add_argument("--verify", type=int, default=None, help="verification runs for the PSNR calibration, at least 6 "
-                    "(default: none: no calibration, so plan --min-psnr is unavailable)")
+    pr.add_argument("--calibration-samples", "--verify", type=int, default=None, dest="verify", metavar="N",
+                    help="plans the optimizer picks, run on the calibration images to fit the PSNR calibration that "
+                    "plan --min-psnr needs, at least 6 (default: 24, and more are sampled while too few images are lossy)")
+    pr.add_argument("--no-calibration", action="store_true", dest="no_calibration",
+                    help="skip the PSNR calibration: plan --budget only (flag; default: off)")
     pr.add_argument("--recalibrate", metavar="PROFILE", help="measure nothing new: re-fit the calibration of this profile "
                     "(--verify N plans), re-time its compute and exchange (--retime) on this machine and/or correct its "
                     "quality tables on the optimizer's plans (--correct ROUNDS), write --out (default: none: profile anew)")

@@ -179,7 +179,7 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: fl
     if len(fit_i) < 3 or len(held_i) < 3:
         raise TooFewPoints(f"calibration needs at least 6 verification runs, got {len(runs)}")
     fit_pts, held_pts = _points(runs, fit_i), _points(runs, held_i)
-    need = math.ceil(1 / (1 - level))     # (m + 1)(1 - level) >= 1
+    need = next(m for m in range(1, 10 ** 6) if conformal_lower_offset([0.0] * m, level) is not None)
     if len(fit_pts) < 3 or len(held_pts) < need:
         raise TooFewPoints(f"calibration: {len(fit_pts)} + {len(held_pts)} images with a nonzero predicted error, "
                            f"{need} held-out ones needed for a bound at level {level:g}")
@@ -212,8 +212,11 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: fl
 
 
 def verification_world_sizes(gpus: int) -> tuple[int, ...]:
-    """World sizes whose plans calibrate and correct a profile: 2, 4 and 8, up to ``--gpus``."""
-    return tuple(g for g in (2, 4, 8) if g <= max(gpus, 2)) or (2,)
+    """World sizes whose plans calibrate and correct a profile: 2, 4 and 8, up to ``--gpus``; 1 for a
+    one-GPU profile (its plans reuse and batch)."""
+    if gpus <= 1:
+        return (1,)
+    return tuple(g for g in (2, 4, 8) if g <= gpus)
 
 
 MORE_PLAN_ROUNDS = 2      # calibrate_profile's extra sampling rounds (2x, then 4x the plans)
@@ -251,7 +254,7 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
             cal, info = fit_calibration(runs)
             break
         except TooFewPoints as exc:
-            if attempt == MORE_PLAN_ROUNDS:
+            if attempt == MORE_PLAN_ROUNDS or (attempt and not schedules):     # no new plan to be had: stop
                 raise UserError(f"{exc} after {len(runs)} plans: the optimizer's plans on this profile are (nearly) "
                                 "lossless, so there is no quality to calibrate; plan with --budget") from None
             say(f"{exc}; sampling more plans")

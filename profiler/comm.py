@@ -124,17 +124,17 @@ _UNTIMED = 3           # first rounds untimed: kernels for the shape, the group'
 def _lockstep_worker(ctx, job: dict) -> None:
     """One rank of a lock-step benchmark (module level: spawned processes import it): the real
     denoiser on the captured call ``job['call']``, then the executor's own exchange of its result,
-    ``job['rounds']`` times in a row with no barrier between (as ``exec`` runs consecutive steps).
+    ``job['rounds']`` times in a row with no barrier between (as ``exec`` runs consecutive steps),
+    ``job['runs']`` such runs (a barrier before each).
     ``mode`` "split": a CFG split step, rank 0 on the unconditional rows, rank 1 on the conditional
     ones, then ``DistExchange.swap`` of the raw halves; "exchange": a parallel window of one offset
     per rank, the whole call, then ``DistExchange.exchange`` of one guided output per rank
-    (``job['shape']``). Rank 0 writes every rank's per-round (compute, communication) times."""
+    (``job['shape']``). Rank 0 writes, per run, every rank's per-round (compute, communication) times."""
     import torch
     import torch.distributed as dist
 
     from ..executor.exchange import DistExchange
     from .compute import _map_tensors, half_batch
-    from .instrument import first_output
 
     module, captured = job["call"]
     module = module.to(ctx.device)
@@ -146,29 +146,43 @@ def _lockstep_worker(ctx, job: dict) -> None:
     placement = list(range(ctx.world_size))
     sync = torch.cuda.synchronize if ctx.device.type == "cuda" else (lambda: None)
     ex = DistExchange()
-    compute, comm = [], []
+    blocks = []
     with torch.no_grad():
-        for r in range(job["rounds"] + _UNTIMED):
-            if r == _UNTIMED:
-                dist.barrier()
-            t0 = time.perf_counter()
-            out = module(*args, **kwargs)
-            raw = out if isinstance(out, torch.Tensor) else first_output(out)
-            sync()
-            t1 = time.perf_counter()
-            if split:
-                ex.swap([raw], 1 - ctx.rank)
-            else:
-                ex.exchange({ctx.rank: like + float(raw.flatten()[0])}, placement, like=like)
-            sync()
-            t2 = time.perf_counter()
-            if r >= _UNTIMED:
-                compute.append(t1 - t0)
-                comm.append(t2 - t1)
+        for _ in range(job["runs"]):
+            blocks.append(_lockstep_block(job, module, args, kwargs, ex, like, placement, split=split, sync=sync,
+                                          rank=ctx.rank))
     gathered = [None] * ctx.world_size
-    dist.all_gather_object(gathered, {"compute_s": compute, "comm_s": comm})
+    dist.all_gather_object(gathered, blocks)
     if ctx.rank == 0:
-        Path(job["out"]).write_text(json.dumps(gathered))
+        Path(job["out"]).write_text(json.dumps([[g[b] for g in gathered] for b in range(job["runs"])]))
+
+
+def _lockstep_block(job, module, args, kwargs, ex, like, placement, *, split: bool, sync, rank: int) -> dict:
+    """One run of ``_lockstep_worker``: untimed rounds, a barrier, ``job['rounds']`` timed ones."""
+    import torch
+    import torch.distributed as dist
+
+    from .instrument import first_output
+
+    compute, comm = [], []
+    for r in range(job["rounds"] + _UNTIMED):
+        if r == _UNTIMED:
+            dist.barrier()
+        t0 = time.perf_counter()
+        out = module(*args, **kwargs)
+        raw = out if isinstance(out, torch.Tensor) else first_output(out)
+        sync()
+        t1 = time.perf_counter()
+        if split:
+            ex.swap([raw], 1 - rank)
+        else:
+            ex.exchange({rank: like + float(raw.flatten()[0])}, placement, like=like)
+        sync()
+        t2 = time.perf_counter()
+        if r >= _UNTIMED:
+            compute.append(t1 - t0)
+            comm.append(t2 - t1)
+    return {"compute_s": compute, "comm_s": comm}
 
 
 def lockstep_stats(ranks: Sequence[Mapping[str, Sequence[float]]]) -> dict:
@@ -200,13 +214,12 @@ def measure_lockstep(call, *, mode: str, world_size: int, shape: Sequence[int], 
 
     if mode not in ("split", "exchange") or (mode == "split" and world_size != 2):
         raise ValueError(f"lock-step mode {mode!r} on {world_size} ranks: 'split' runs on 2, 'exchange' on 2 or more")
-    stats = []
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp:     # one launch, the runs one after another inside it
         out = Path(tmp) / "lockstep.json"
-        for _ in range(max(1, runs)):
-            launch(_lockstep_worker, {"call": call, "mode": mode, "rounds": rounds, "shape": list(shape), "dtype": dtype,
-                                      "out": str(out)}, world_size=world_size, device=device, threads=threads, timeout_s=300.0)
-            stats.append(lockstep_stats(json.loads(out.read_text())))
+        launch(_lockstep_worker, {"call": call, "mode": mode, "rounds": rounds, "runs": max(1, runs), "shape": list(shape),
+                                  "dtype": dtype, "out": str(out)}, world_size=world_size, device=device, threads=threads,
+                   timeout_s=300.0)
+        stats = [lockstep_stats(ranks) for ranks in json.loads(out.read_text())]
     return statistics.median(s["comm_wait_s"] for s in stats), stats
 
 

@@ -10,9 +10,11 @@ with the registry's default guidance scale and resolution. A folder alone is eno
 ``--model`` the profile's model is the folder's absolute path (``plan`` and ``exec`` find it
 there). Either way the profile records the pipeline class and the folder's identity
 (``executor.registry.folder_identity``: its model_index.json and component configs), which the
-schedule carries on and ``exec`` / ``evaluate`` check. ``--verify N`` adds a PSNR
-calibration fitted from N sampled schedules (``parastep.profiler.calibrate``), which is what
-``plan --min-psnr`` needs. Progress goes to stderr; the profile goes to ``--out``.
+schedule carries on and ``exec`` / ``evaluate`` check. Every new profile ends with a PSNR
+calibration (``parastep.profiler.calibrate``: split conformal on ``--calibration-samples N`` plans
+the optimizer picks, default 24), which is what ``plan --min-psnr`` needs; ``--no-calibration``
+skips it. Where the default calibration cannot be fitted (every plan lossless) the profile is
+written without one and one warning line says why. Progress goes to stderr; the profile goes to ``--out``.
 
 Conditioning comes from the pipeline's own signature (``executor.inputs``): ``--prompt`` for text
 pipelines, ``--class-label`` for class-conditional ones (DiT), nothing for unconditional ones;
@@ -33,6 +35,7 @@ from .call import default_call, generation
 from .instrument import sample_conditions
 
 DEFAULT_SEEDS = (0, 1)
+DEFAULT_CALIBRATION_PLANS = 24     # verification plans of a new profile's calibration (more while too few images are lossy)
 
 
 def model_label(args) -> str:
@@ -76,10 +79,17 @@ def run(args) -> int:
     from .measure import measure_profile
     from .settings import ProfilerSettings
 
+    no_cal = bool(getattr(args, "no_calibration", False))
     if args.verify is not None and args.verify < 6:
-        raise UserError(f"--verify {args.verify} is too few runs to fit and check a calibration; pass --verify 6 or more (80+ for a solid fit)")
-    if args.correct is not None and args.verify is None and not getattr(args, "recalibrate", None):
-        raise UserError("--correct ROUNDS needs a calibration to correct against; add --verify N (e.g. --verify 45)")
+        raise UserError(f"--calibration-samples {args.verify} is too few plans to fit and check a calibration; pass 6 or more "
+                        f"(default {DEFAULT_CALIBRATION_PLANS})")
+    if args.verify is not None and no_cal:
+        raise UserError("--calibration-samples and --no-calibration contradict each other; pass one")
+    if args.correct is not None and no_cal:
+        raise UserError("--correct ROUNDS needs a calibration to correct against; drop --no-calibration")
+    if no_cal and getattr(args, "recalibrate", None):
+        raise UserError("--no-calibration applies to a new profile; --recalibrate keeps the profile's calibration unless "
+                        "--calibration-samples N refits it")
     if getattr(args, "batch_curve", False) and not getattr(args, "recalibrate", None):
         raise UserError("--batch-curve adds the batch curve to an existing profile: add --recalibrate PROFILE (or drop "
                         "--batch-curve for a new profile, which measures it anyway)")
@@ -140,10 +150,16 @@ def run(args) -> int:
         raise UserError(str(exc).splitlines()[0]) from None
     profile = identified(run_.profile, pipe, model=model, model_path=args.model_path)
     profile = profile.model_copy(update={"num_frames": num_frames, "strength": inputs.strength})
-    if args.verify is not None:
+    if not no_cal:
         from .calibrate import calibrate_profile     # imports torch: only where a calibration is fitted
 
-        profile = calibrate_profile(pipe, profile, settings=settings, count=args.verify, say=say)
+        try:
+            profile = calibrate_profile(pipe, profile, settings=settings, count=args.verify or DEFAULT_CALIBRATION_PLANS,
+                                        say=say)
+        except UserError as exc:
+            if args.verify is not None or args.correct is not None:     # asked for: its failure is the command's
+                raise
+            say(f"warning: no PSNR calibration, so plan --min-psnr is unavailable with this profile: {exc}")
     if args.correct is not None:
         from .correct import correct_profile
 

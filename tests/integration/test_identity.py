@@ -142,7 +142,7 @@ def test_folder_alone_profile_plan_exec(tmp_path, digits_copy):
     from parastep.profiles.io import load_profile
 
     prof = tmp_path / "prof.yaml"
-    code, out, err = run_cli(["profile", "--model-path", str(digits_copy), "--gpus", "1", "--steps", "4",
+    code, out, err = run_cli(["profile", "--no-calibration", "--model-path", str(digits_copy), "--gpus", "1", "--steps", "4",
                               "--max-window", "2", "--prompt", "3", "--seed", "1", "--out", str(prof)])
     assert code == 0, err
     p, _ = load_profile(prof)

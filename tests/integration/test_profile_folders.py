@@ -60,7 +60,7 @@ def root(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def dit_profile(root) -> Path:
     prof = root / "dit.yaml"
-    _ok(["profile", "--model-path", _folder(root, "dit"), "--gpus", 1, "--max-window", 2, "--steps", 3, "--seed", 1,
+    _ok(["profile", "--no-calibration", "--model-path", _folder(root, "dit"), "--gpus", 1, "--max-window", 2, "--steps", 3, "--seed", 1,
          "--class-label", "golden retriever", "--class-label", "2", "--out", prof])
     return prof
 
@@ -137,7 +137,7 @@ def test_latent_copies_fold_and_refuse():
 def test_plan_verify_video_at_the_profiled_size_and_frames(root, tmp_path):
     """Latte: the profile's 32x32 px and its frames (``video_length``), not the pipeline's 512 px x 16."""
     prof = tmp_path / "latte.yaml"
-    _ok(["profile", "--model-path", _folder(root, "latte"), "--gpus", 1, "--max-window", 2, "--steps", 3, "--seed", 1,
+    _ok(["profile", "--no-calibration", "--model-path", _folder(root, "latte"), "--gpus", 1, "--max-window", 2, "--steps", 3, "--seed", 1,
          "--prompt", "a cat", "--height", 32, "--width", 32, "--num-frames", TP.LATTE_FRAMES, "--out", prof])
     text, err = _ok(["plan", "--profile", prof, "--gpus", 2, "--interconnect", "nvlink", "--budget", 1e9, "--verify", 2])
     s = (tmp_path / "s.yaml")
@@ -153,7 +153,7 @@ def test_plan_verify_video_at_the_profiled_size_and_frames(root, tmp_path):
 def test_plan_verify_unconditional(root, tmp_path):
     """DDIM: the samples' prompt is the text 'None'; the pipeline is called with no condition."""
     prof = tmp_path / "ddim.yaml"
-    _ok(["profile", "--model-path", _folder(root, "ddim"), "--gpus", 1, "--max-window", 2, "--steps", 3, "--out", prof])
+    _ok(["profile", "--no-calibration", "--model-path", _folder(root, "ddim"), "--gpus", 1, "--max-window", 2, "--steps", 3, "--out", prof])
     text, _ = _ok(["plan", "--profile", prof, "--gpus", 1, "--verify", 2])
     (tmp_path / "s.yaml").write_text(text)
     assert load_schedule(tmp_path / "s.yaml").quality.measured.psnr_db_min == 100.0
@@ -187,7 +187,7 @@ def test_pixart_folder_profile_prices_the_split_it_can_run(root, tmp_path):
     the guided batch), and prices the pair swap at a raw half of twice the guided output's bytes;
     a plan's schedule carries that size into its totals."""
     prof = tmp_path / "pixart.yaml"
-    _ok(["profile", "--model-path", _folder(root, "pixart-sigma"), "--gpus", 2, "--max-window", 2, "--steps", 3,
+    _ok(["profile", "--no-calibration", "--model-path", _folder(root, "pixart-sigma"), "--gpus", 2, "--max-window", 2, "--steps", 3,
          "--seed", 1, "--prompt", "a red cat", "--interconnect", "nvlink", "--out", prof])
     p, _ = load_profile(prof)
     assert p.pipeline_class == "PixArtSigmaPipeline" and p.compute.half_forward_s is not None and p.can_split

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from diffusers import DDIMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 
 from parastep.models.digits.pipeline import NULL_CLASS, DigitsPipeline
@@ -235,15 +236,27 @@ def test_cli_profile_then_plan(tmp_path, capsys):
     tiny_digits().save_pretrained(folder)
     out = tmp_path / "prof.yaml"
     png = tmp_path / "curves.png"
-    code = main(["profile", "--model", "tiny", "--model-path", str(folder), "--gpus", "2", "--steps", "6",
-                 "--max-window", "3", "--out", str(out), "--plot", str(png), "--prompt", "3", "--seed", "1"])
+    code = main(["profile", "--model", "tiny", "--model-path", str(folder), "--gpus", "2", "--steps", "8",
+                 "--max-window", "3", "--out", str(out), "--plot", str(png), "--prompt", "3", "--prompt", "5",
+                 "--seed", "1", "--seed", "2", "--seed", "3"])
     assert code == 0
     prof, _ = load_profile(out)
     assert prof.provenance.comm.source == "measured" and prof.comm.entries[0].ranks == 2
     assert png.stat().st_size > 10_000
+    # calibrated by the plain command: --min-psnr works on the fresh profile, and the plan states its distribution
+    cal = prof.calibration
+    assert cal is not None and cal.level == 0.9 and len(cal.residuals_db) >= 9
     capsys.readouterr()
     assert main(["plan", "--model", "tiny", "--gpus", "2", "--profile", str(out)]) == 0
     assert "parastep_schedule: 1" in capsys.readouterr().out
+    assert main(["plan", "--model", "tiny", "--gpus", "2", "--profile", str(out), "--min-psnr", "30"]) == 0
+    res = capsys.readouterr()
+    sched = yaml.safe_load(res.out)
+    assert sched["quality"]["min_psnr_db"] == 30.0
+    if sched["quality"]["predicted"] > 0:
+        p = sched["quality"]["predicted_psnr"]
+        assert p["p10_db"] <= p["median_db"] and p["residuals"] == len(cal.residuals_db)
+        assert "predicted per-image PSNR median" in res.err
 
 
 def test_cli_rejects_bad_input(tmp_path, capsys):
@@ -754,9 +767,9 @@ def test_corrected_tables_never_promise_more_than_the_executor_delivers(measured
 def test_profile_correct_without_a_calibration_is_refused_before_measuring(tmp_path, capsys):
     from parastep.cli import main
 
-    assert main(["profile", "--model", "digits", "--correct", "2", "--out", str(tmp_path / "x.yaml")]) == 2
+    assert main(["profile", "--model", "digits", "--no-calibration", "--correct", "2", "--out", str(tmp_path / "x.yaml")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "--correct ROUNDS needs a calibration" in err[0] and "--verify N" in err[0]
+    assert len(err) == 1 and "--correct ROUNDS needs a calibration" in err[0] and "drop --no-calibration" in err[0]
     assert not (tmp_path / "x.yaml").exists()
 
 
