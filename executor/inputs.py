@@ -30,15 +30,16 @@ from typing import Any, Mapping, Optional, Sequence
 from ..errors import UserError
 from ..schedules.model import Schedule
 from .pipeline import pipeline_class_of
+from .registry import DIGIT_PIPELINES
 
 DEFAULT_PROMPT = "a photograph of an astronaut riding a horse"
 # pipelines whose prompt is not free text (class-conditional); a pipeline may also define ``default_prompt``
-_DEFAULT_PROMPT_BY_CLASS = {"DigitsPipeline": "7"}
+_DEFAULT_PROMPT_BY_CLASS = {name: "7" for name in DIGIT_PIPELINES}
 
 
 def default_prompt(pipe) -> str:
     """The condition of a run given none: the pipeline's own ``default_prompt``, else its class's
-    (digits: ``"7"``), else :data:`DEFAULT_PROMPT`."""
+    (the bundled digit models: ``"7"``), else :data:`DEFAULT_PROMPT`."""
     own = getattr(pipe, "default_prompt", None)
     if isinstance(own, str):
         return own
@@ -78,10 +79,10 @@ def takes_image(pipe) -> bool:
 
 
 def default_prompts(pipe) -> list[Optional[str]]:
-    """The digits model: every class ``"0"``..``"9"``; a class-conditional pipeline (DiT): its first
+    """The bundled digit models: every class ``"0"``..``"9"``; a class-conditional pipeline (DiT): its first
     two class indices; a pipeline without conditioning: ``[None]`` (one unconditional sample per
     seed); any other: exec's default prompt."""
-    if type(pipe).__name__ == "DigitsPipeline":
+    if type(pipe).__name__ in DIGIT_PIPELINES:
         return [str(d) for d in range(10)]
     if takes_class_labels(pipe):
         return ["0", "1"]
@@ -449,8 +450,8 @@ def inference_steps_for(scheduler, num_steps: int, *, strength: Optional[float] 
 
 def check_request(model: str, model_path: Optional[str], inputs: Inputs, *, folder: Optional[str]) -> Optional[type]:
     """Refuse, before anything loads, flags the pipeline cannot take (:func:`check_inputs`, from
-    its class's ``__call__`` signature) and a non-digit prompt for the class-conditional digits
-    pipeline. Returns the pipeline class, or None when it is not known without loading (the
+    its class's ``__call__`` signature) and a non-digit prompt for the class-conditional bundled
+    digit pipelines. Returns the pipeline class, or None when it is not known without loading (the
     checks then run once the pipeline is loaded)."""
     if folder is not None:
         from .schedulers import check_folder_scheduler
@@ -460,14 +461,14 @@ def check_request(model: str, model_path: Optional[str], inputs: Inputs, *, fold
     if cls is None:
         return None
     check_inputs(cls, inputs, folder=folder)
-    if cls.__name__ == "DigitsPipeline" and inputs.prompts:
+    if cls.__name__ in DIGIT_PIPELINES and inputs.prompts:
         from ..models.digits.pipeline import parse_digit_prompt
 
         for p in inputs.prompts:
             try:
                 parse_digit_prompt(p)
             except ValueError:
-                raise UserError(f"--prompt {p!r}: the digits model is class-conditional; give a class label "
+                raise UserError(f"--prompt {p!r}: the {cls.__name__} digit model is class-conditional; give a class label "
                                 "'0'..'9' per --prompt") from None
     return cls
 

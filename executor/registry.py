@@ -1,9 +1,12 @@
 """The model registry: names -> diffusers pipelines, loaded offline (docs/design.md §5).
 
 ``REGISTRY`` is an immutable mapping from a model name (``sdxl``, ``sd15``, ``sd3``,
-``pixart-sigma``, ``flux``, ``digits``) to a :class:`ModelSpec`: the pipeline class, where the
-weights come from (a Hugging Face repo id, or the bundled package folder for ``digits``) and the
-defaults a user gets (scheduler class, resolution, guidance scale, step count).
+``pixart-sigma``, ``flux``, ``digits``, ``flowdigits``) to a :class:`ModelSpec`: the pipeline class,
+where the weights come from (a Hugging Face repo id, or the bundled package folder for ``digits``
+and ``flowdigits``) and the defaults a user gets (scheduler class, resolution, guidance scale,
+step count). The bundled models are both class-conditional digit models (prompt = a class label
+'0'..'9'): ``digits`` a DDPM UNet, ``flowdigits`` a flow-matching DiT (the SD3/Flux family);
+:data:`DIGIT_PIPELINES` names their pipeline classes for the inputs that treat them alike.
 
 Nothing here ever downloads. :func:`load_pipeline` loads
 
@@ -11,7 +14,7 @@ Nothing here ever downloads. :func:`load_pipeline` loads
 - otherwise the registry entry's repo id from the local Hugging Face cache only
   (``local_files_only=True``; the cache directory is huggingface_hub's ``HF_HUB_CACHE``, i.e.
   ``$HF_HUB_CACHE`` or ``$HF_HOME/hub`` or ``~/.cache/huggingface/hub``);
-- ``digits``: the folder of the package ``parastep.models.digits``.
+- ``digits`` / ``flowdigits``: the folder of the package ``parastep.models.digits`` / ``parastep.models.flowdigits``.
 
 Anything missing is a :class:`parastep.errors.UserError` with one line naming where it looked and
 how to provide the model. :func:`set_scheduler` swaps a pipeline's scheduler by class name (refusing
@@ -173,8 +176,28 @@ REGISTRY: Mapping[str, ModelSpec] = MappingProxyType(
             package="parastep.models.digits",
             note="bundled class-conditional pixel-space model; weights ship in the package; the saved pipeline config is authoritative for resolution, scheduler and guidance",
         ),
+        "flowdigits": ModelSpec(
+            name="flowdigits",
+            pipeline_class="parastep.models.flowdigits.pipeline:FlowDigitsPipeline",
+            repo_id=None,
+            source="package",
+            default_scheduler="FlowMatchEulerDiscreteScheduler",
+            default_resolution_px=(16, 16),
+            default_guidance_scale=1.5,
+            default_steps=28,
+            guidance="cfg",
+            schedulers=("FlowMatchEulerDiscreteScheduler", "DPMSolverMultistepScheduler"),
+            package="parastep.models.flowdigits",
+            note="bundled class-conditional pixel-space flow-matching transformer (DiT, rectified flow: the SD3/Flux family); "
+                 "weights ship in the package; the saved pipeline config is authoritative for resolution, scheduler and guidance",
+        ),
     }
 )
+
+# The bundled models' pipeline classes: class-conditional digit models whose prompt is a class label
+# '0'..'9' (executor.inputs: default prompt '7', evaluate's classes 0-9, the prompt check before
+# loading; the profiler's default prompts and resolution).
+DIGIT_PIPELINES: frozenset[str] = frozenset(s.pipeline_class_name for s in REGISTRY.values() if s.source == "package")
 
 
 def get_spec(model: str) -> ModelSpec:
@@ -353,7 +376,7 @@ def load_pipeline(
     ``model_path``: a diffusers pipeline folder (its class from ``model_index.json``); ``model`` is
     then only a label and need not be in the registry. Otherwise ``model`` must be a registry name:
     ``hf`` models come from the local HF cache (``cache_dir``, default :func:`hf_cache_dir`),
-    ``digits`` from its package folder. ``dtype`` is passed as ``torch_dtype`` (None: as saved).
+    ``digits`` / ``flowdigits`` from their package folders. ``dtype`` is passed as ``torch_dtype`` (None: as saved).
     """
     loc = locate(model, model_path=model_path, cache_dir=cache_dir)
     if loc.class_name is not None:

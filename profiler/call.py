@@ -20,9 +20,10 @@ TEXT_PROMPTS = ("a photo of an astronaut riding a horse on the moon", "a red spo
 
 def default_call(pipe, model: str):
     """(call kwargs, resolution_px, default prompts, default steps) for ``pipe``."""
-    from ..executor.registry import REGISTRY
+    from ..executor.registry import DIGIT_PIPELINES, REGISTRY
 
     spec = REGISTRY.get(model)
+    digits = type(pipe).__name__ in DIGIT_PIPELINES
     params = inspect.signature(type(pipe).__call__).parameters
     kwargs: dict = {}
     if "guidance_scale" in params:
@@ -37,10 +38,11 @@ def default_call(pipe, model: str):
             resolution = tuple(spec.default_resolution_px)
             kwargs["height"], kwargs["width"] = resolution
     else:
-        size = getattr(getattr(pipe, "unet", None), "config", {}).get("sample_size") if hasattr(pipe, "unet") else None
+        # a pixel-space denoiser's sample size is the image size: a UNet pipeline's, or a bundled digit model's transformer
+        denoiser = getattr(pipe, "unet", None) if hasattr(pipe, "unet") else (getattr(pipe, "transformer", None) if digits else None)
+        size = getattr(denoiser, "config", {}).get("sample_size") if denoiser is not None else None
         if isinstance(size, int):
             resolution = (size, size)
-    digits = type(pipe).__name__ == "DigitsPipeline"
     prompts = DIGIT_PROMPTS if digits else TEXT_PROMPTS
     if not digits and "prompt" not in params:      # class labels (DiT) or no conditioning (DDPM): never prompt=
         from ..executor.inputs import default_prompts
