@@ -113,7 +113,7 @@ def measure_pair(*, output_shape: Sequence[int], dtype: str, output_bytes: int, 
                               "out": str(out)}, world_size=2, device=device, threads=1, timeout_s=120.0)
         res = {int(k): v for k, v in json.loads(out.read_text()).items()}
     a, bw = fit_alpha_beta(sorted(res.items()), output_bytes=output_bytes, what="pair swap")
-    return CommEntry(ranks=2, latency_s=a, bandwidth_bytes_per_s=bw), {"sizes": sizes, "times": res}
+    return CommEntry(ranks=2, latency_s=a, bandwidth_bytes_per_s=bw, source="measured"), {"sizes": sizes, "times": res}
 
 
 LOCKSTEP_ROUNDS = 60   # lock-step rounds per run: a mean over about one run of a 50-step schedule
@@ -232,7 +232,7 @@ def lockstep_entry(fit: CommEntry, comm_wait_s: float, *, nbytes: int, what: str
     if latency < 0:
         raise ValueError(f"{what}: the lock-step operation took {comm_wait_s * 1e6:.0f} us but the fitted bandwidth alone "
                          f"prices {nbytes} bytes at {nbytes / fit.bandwidth_bytes_per_s * 1e6:.0f} us; re-run on a quieter machine")
-    return CommEntry(ranks=fit.ranks, latency_s=latency, bandwidth_bytes_per_s=fit.bandwidth_bytes_per_s)
+    return fit.model_copy(update={"latency_s": latency})      # ranks, bandwidth and source as the fit's
 
 
 def lockstep_words(comm_wait_s: float, stats: Sequence[Mapping[str, float]], *, backend: str, mode: str) -> str:
@@ -277,7 +277,7 @@ def measure_comm(*, world_sizes: Sequence[int], output_shape: Sequence[int], dty
                                   "out": str(out)}, world_size=g, device=device, threads=1, timeout_s=120.0)
             res = {int(k): v for k, v in json.loads(out.read_text()).items()}
         a, bw = fit_alpha_beta(sorted(res.items()), output_bytes=output_bytes)
-        entries.append(CommEntry(ranks=g, latency_s=a, bandwidth_bytes_per_s=bw))
+        entries.append(CommEntry(ranks=g, latency_s=a, bandwidth_bytes_per_s=bw, source="measured"))
         raw[g] = res
     return entries, raw
 
