@@ -179,7 +179,7 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: fl
     if len(fit_i) < 3 or len(held_i) < 3:
         raise TooFewPoints(f"calibration needs at least 6 verification runs, got {len(runs)}")
     fit_pts, held_pts = _points(runs, fit_i), _points(runs, held_i)
-    need = next(m for m in range(1, 10 ** 6) if conformal_lower_offset([0.0] * m, level) is not None)
+    need = math.ceil((1 - 1e-12) / (1 - level)) - 1     # the least m with floor((m + 1)(1 - level)) >= 1
     if len(fit_pts) < 3 or len(held_pts) < need:
         raise TooFewPoints(f"calibration: {len(fit_pts)} + {len(held_pts)} images with a nonzero predicted error, "
                            f"{need} held-out ones needed for a bound at level {level:g}")

@@ -57,43 +57,10 @@ def parse_digit_prompt(prompt: PromptLike) -> list[int]:
     return labels
 
 
-def class_labels_for(prompt: PromptLike, class_labels, num_images_per_prompt: int) -> torch.Tensor:
-    """The batch's class labels from ``prompt`` or ``class_labels`` (exactly one), each repeated
-    ``num_images_per_prompt`` times (shared by both bundled digit pipelines)."""
-    if prompt is not None and class_labels is not None:
-        raise ValueError("give either prompt or class_labels, not both")
-    if prompt is None and class_labels is None:
-        raise ValueError("give prompt (a digit '0'..'9' or a list of them) or class_labels")
-    if class_labels is not None:
-        labels = class_labels.tolist() if isinstance(class_labels, torch.Tensor) else class_labels
-        labels = parse_digit_prompt(labels)
-    else:
-        labels = parse_digit_prompt(prompt)
-    if num_images_per_prompt < 1:
-        raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
-    return torch.tensor(labels, dtype=torch.long).repeat_interleave(num_images_per_prompt)
-
-
-def extra_step_kwargs(scheduler, generator, eta: float) -> dict:
-    """``eta`` and ``generator`` for ``scheduler.step`` where its signature takes them."""
-    params = set(inspect.signature(scheduler.step).parameters)
-    extra = {}
-    if "eta" in params:
-        extra["eta"] = eta
-    if "generator" in params:
-        extra["generator"] = generator
-    return extra
-
-
-class DigitsPipeline(DiffusionPipeline):
-    """Class-conditional 16x16 digit generator with classifier-free guidance."""
-
-    model_cpu_offload_seq = "unet"
-    _callback_tensor_inputs = ["latents"]
-
-    def __init__(self, unet: UNet2DModel, scheduler) -> None:
-        super().__init__()
-        self.register_modules(unet=unet, scheduler=scheduler)
+class DigitPipelineMixin:
+    """What both bundled digit pipelines share: the guidance state diffusers' callbacks read, the
+    batch's class labels from ``prompt`` or ``class_labels``, and ``scheduler.step``'s extra
+    arguments."""
 
     @property
     def guidance_scale(self) -> float:
@@ -112,10 +79,40 @@ class DigitsPipeline(DiffusionPipeline):
         return self._interrupt
 
     def _class_labels(self, prompt: PromptLike, class_labels, num_images_per_prompt: int) -> torch.Tensor:
-        return class_labels_for(prompt, class_labels, num_images_per_prompt)
+        """Exactly one of ``prompt`` / ``class_labels``, each label repeated ``num_images_per_prompt`` times."""
+        if prompt is not None and class_labels is not None:
+            raise ValueError("give either prompt or class_labels, not both")
+        if prompt is None and class_labels is None:
+            raise ValueError("give prompt (a digit '0'..'9' or a list of them) or class_labels")
+        if class_labels is not None:
+            labels = class_labels.tolist() if isinstance(class_labels, torch.Tensor) else class_labels
+            labels = parse_digit_prompt(labels)
+        else:
+            labels = parse_digit_prompt(prompt)
+        if num_images_per_prompt < 1:
+            raise ValueError(f"num_images_per_prompt={num_images_per_prompt} must be >= 1")
+        return torch.tensor(labels, dtype=torch.long).repeat_interleave(num_images_per_prompt)
 
     def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
-        return extra_step_kwargs(self.scheduler, generator, eta)
+        """``eta`` and ``generator`` for ``scheduler.step`` where its signature takes them."""
+        params = set(inspect.signature(self.scheduler.step).parameters)
+        extra = {}
+        if "eta" in params:
+            extra["eta"] = eta
+        if "generator" in params:
+            extra["generator"] = generator
+        return extra
+
+
+class DigitsPipeline(DigitPipelineMixin, DiffusionPipeline):
+    """Class-conditional 16x16 digit generator with classifier-free guidance."""
+
+    model_cpu_offload_seq = "unet"
+    _callback_tensor_inputs = ["latents"]
+
+    def __init__(self, unet: UNet2DModel, scheduler) -> None:
+        super().__init__()
+        self.register_modules(unet=unet, scheduler=scheduler)
 
     @torch.no_grad()
     def __call__(

@@ -31,7 +31,7 @@ import torch
 from diffusers import DiffusionPipeline, DiTTransformer2DModel, ImagePipelineOutput
 from diffusers.utils.torch_utils import randn_tensor
 
-from ..digits.pipeline import NUM_DIGITS, PromptLike, class_labels_for, extra_step_kwargs, parse_digit_prompt
+from ..digits.pipeline import NUM_DIGITS, DigitPipelineMixin, PromptLike, parse_digit_prompt
 
 NULL_CLASS = 10
 DEFAULT_STEPS = 28
@@ -45,7 +45,7 @@ DEFAULT_GUIDANCE_SCALE = 1.5
 __all__ = ["FlowDigitsPipeline", "NULL_CLASS", "NUM_DIGITS", "DEFAULT_STEPS", "DEFAULT_GUIDANCE_SCALE", "parse_digit_prompt"]
 
 
-class FlowDigitsPipeline(DiffusionPipeline):
+class FlowDigitsPipeline(DigitPipelineMixin, DiffusionPipeline):
     """Class-conditional 16x16 digit generator: rectified flow, a DiT denoiser, classifier-free guidance."""
 
     model_cpu_offload_seq = "transformer"
@@ -56,32 +56,10 @@ class FlowDigitsPipeline(DiffusionPipeline):
         self.register_modules(transformer=transformer, scheduler=scheduler)
 
     @property
-    def guidance_scale(self) -> float:
-        return self._guidance_scale
-
-    @property
-    def do_classifier_free_guidance(self) -> bool:
-        return self._guidance_scale > 1.0
-
-    @property
-    def num_timesteps(self) -> int:
-        return self._num_timesteps
-
-    @property
-    def interrupt(self) -> bool:
-        return self._interrupt
-
-    @property
     def null_class(self) -> int:
         """The label of the null (unconditional) class: the label embedding's extra row."""
         n = self.transformer.config.num_embeds_ada_norm
         return NULL_CLASS if n is None else int(n)
-
-    def _class_labels(self, prompt: PromptLike, class_labels, num_images_per_prompt: int) -> torch.Tensor:
-        return class_labels_for(prompt, class_labels, num_images_per_prompt)
-
-    def prepare_extra_step_kwargs(self, generator, eta: float) -> dict:
-        return extra_step_kwargs(self.scheduler, generator, eta)
 
     @torch.no_grad()
     def __call__(
