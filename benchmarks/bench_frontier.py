@@ -136,7 +136,7 @@ def main(argv=None) -> int:
                 rows.append({"G": G, "series": prefix + "optimal", "param": b, **measure(s)})
             if profile.calibration is not None and prefix + "min-psnr" in args.series:
                 for db in MIN_PSNR_TARGETS:
-                    s = planned(G, J, split=split, budget=profile.calibration.deviation_for_psnr(db), coverage=0.9, min_psnr_db=db)
+                    s = planned(G, J, split=split, budget=profile.calibration.at(G).deviation_for_psnr(db), coverage=0.9, min_psnr_db=db)
                     r = measure(s)
                     r["at_or_above"] = sum(1 for p in r["psnr_db"] if p >= db) / len(r["psnr_db"])
                     rows.append({"G": G, "series": prefix + "min-psnr", "param": db, **r})

@@ -33,8 +33,7 @@ import torch
 BLOCK = 20                # images per disjoint block: 2 seeds x 10 classes, the size of the tests' sets
 COVERAGE = 0.9
 COVERAGE_FLOOR = 0.85     # at least 85 % of held-out images at or above the target
-OVERSHOOT_DB = 5.0        # the 10th-percentile image within 5 dB above the target ...
-TIGHT_AT = (4, 8)         # ... where the bound binds (at G = 2 two GPUs buy little: the bound hardly binds)
+OVERSHOOT_DB = 3.0        # the 10th-percentile image at most 3 dB above the target, wherever a faster plan exists
 BOOTSTRAP_REPS = 2000
 PREDICTION_DB = 3.0       # the plan's predicted median and p10 image within 3 dB of the measured ones
 
@@ -75,7 +74,7 @@ def plot(record: list[dict], path: Path) -> None:
             bottom.errorbar([db], [100 * share], yerr=[[100 * (share - slo)], [100 * (shi - share)]], fmt="s",
                             color="tab:purple", capsize=3)
         bottom.axhline(100 * COVERAGE_FLOOR, color="tab:red", ls="--", lw=1, label=f"{COVERAGE_FLOOR:.0%} floor")
-        top.set_title(f"G = {G}" + ("" if G in TIGHT_AT else " (bound hardly binds)"))
+        top.set_title(f"G = {G}")
         bottom.set_xlabel("--min-psnr DB (coverage 0.9)")
         for ax in (top, bottom):
             ax.set_xticks(dbs)
@@ -99,7 +98,7 @@ def main(argv=None) -> int:
     from parastep.profiles.io import resolve_profile
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--profile", default="digits")
+    ap.add_argument("--profile", default="digits", help="a shipped profile's model name, or a profile file")
     ap.add_argument("--seeds", type=int, default=10, help="seeds per class (10 classes each)")
     ap.add_argument("--seed0", type=int, default=6000)
     ap.add_argument("--gpus", type=int, nargs="+", default=[2, 4, 8])
@@ -116,7 +115,8 @@ def main(argv=None) -> int:
         return 0
     torch.set_num_threads(1)
     t0 = time.perf_counter()
-    profile, sha = resolve_profile(args.profile)
+    as_file = args.profile.endswith((".yaml", ".yml")) or Path(args.profile).is_file()
+    profile, sha = resolve_profile(None, args.profile) if as_file else resolve_profile(args.profile)
     calibration_seeds = {s.seed for s in profile.output_errors.samples}
     seeds_used = [args.seed0 + k for k in range(args.seeds)]
     if calibration_seeds & set(seeds_used):
@@ -152,17 +152,21 @@ def main(argv=None) -> int:
             f"| {G} | {fixed.latency.speedup:.2f}x | {statistics.fmean(f):.1f} | {quantile(f, 0.1):.1f} ({spread(f, lambda v: quantile(v, 0.1))}) | "
             f"{default.latency.speedup:.2f}x | {statistics.fmean(d):.1f} | {quantile(d, 0.1):.1f} ({spread(d, lambda v: quantile(v, 0.1))}) |")
         print(default_rows[-1], flush=True)
+        fastest = plan_schedule(profile, profile_sha256=sha, options=options, allow_split=split, world_size=G,
+                                budget=1e30, coverage=COVERAGE).schedule.latency.speedup   # no quality bound at all
         for db in args.targets:
-            s, m = run(world_size=G, budget=profile.calibration.deviation_for_psnr(db), coverage=COVERAGE, min_psnr_db=db)
-            record.append({"world_size": G, "statement": f"--min-psnr {db:g}", "speedup": s.latency.speedup, "psnr_db": [float(x) for x in m]})
+            s, m = run(world_size=G, budget=profile.calibration.at(G).deviation_for_psnr(db), coverage=COVERAGE, min_psnr_db=db)
+            record.append({"world_size": G, "statement": f"--min-psnr {db:g}", "speedup": s.latency.speedup, "psnr_db": [float(x) for x in m],
+                           "fastest_speedup": fastest})
             share = sum(v >= db for v in m) / n
             p10 = quantile(m, 0.1)
             share_lo, share_hi = bootstrap_ci(m, lambda v: sum(x >= db for x in v) / len(v))
             p10_lo, p10_hi = bootstrap_ci(m, lambda v: quantile(v, 0.1) - db)
-            covered, tight = share >= COVERAGE_FLOOR, p10 <= db + OVERSHOOT_DB
+            at_fastest = s.latency.speedup >= fastest * (1 - 1e-9)     # no faster plan to be had: tightness cannot apply
+            covered, tight = share >= COVERAGE_FLOOR, p10 <= db + OVERSHOOT_DB or at_fastest
             if not covered:
                 failures.append(f"coverage at G = {G}, {db:g} dB")
-            if not tight and G in TIGHT_AT:
+            if not tight:
                 failures.append(f"p10 within {OVERSHOOT_DB:g} dB at G = {G}, {db:g} dB")
             pred = s.quality.predicted_psnr
             pm = (f"{pred.median_db:.1f} / {quantile(m, 0.5):.1f} | {pred.p10_db:.1f} / {p10:.1f}" if pred is not None
@@ -174,7 +178,7 @@ def main(argv=None) -> int:
             target_rows.append(
                 f"| {G} | {db:g} | {s.latency.speedup:.2f}x | {pm} | {share:.0%} ({spread(m, lambda v: sum(x >= db for x in v) / len(v), '{:.0%}')}) | "
                 f"{share_lo:.0%} to {share_hi:.0%} | {p10 - db:+.1f} ({spread(m, lambda v: quantile(v, 0.1) - db, '{:+.1f}')}) | "
-                f"{p10_lo:+.1f} to {p10_hi:+.1f} | {statistics.fmean(m):.1f} | {'yes' if covered else '**no**'} | {'yes' if tight else '**no**'} |")
+                f"{p10_lo:+.1f} to {p10_hi:+.1f} | {statistics.fmean(m):.1f} | {'yes' if covered else '**no**'} | {('n/a: the fastest plan' if at_fastest else 'yes') if tight else '**no**'} |")
             print(target_rows[-1], flush=True)
     lines = [
         f"# Held-out quality checks ({profile.model}, per image)", "",
@@ -186,10 +190,11 @@ def main(argv=None) -> int:
         "| G | fixed: speedup | mean dB | p10 dB (20-image blocks) | default: speedup | mean dB | p10 dB (20-image blocks) |",
         "|---|---|---|---|---|---|---|", *default_rows, "",
         f"## `--min-psnr DB --coverage {COVERAGE}`: coverage >= {COVERAGE_FLOOR:.0%} and p10 within {OVERSHOOT_DB:g} dB above DB", "",
-        f"| G | DB | speedup | median dB: predicted / measured | p10 dB: predicted / measured | share >= DB (20-image blocks) | share: 95 % bootstrap | p10 - DB (20-image blocks) | p10 - DB: 95 % bootstrap | mean dB | share >= 85 % | p10 within 5 dB |",
+        f"| G | DB | speedup | median dB: predicted / measured | p10 dB: predicted / measured | share >= DB (20-image blocks) | share: 95 % bootstrap | p10 - DB (20-image blocks) | p10 - DB: 95 % bootstrap | mean dB | share >= 85 % | p10 within {OVERSHOOT_DB:g} dB |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|", *target_rows, "",
-        f"The checks ask for the coverage at every G and for the p10 within {OVERSHOOT_DB:g} dB where the bound binds "
-        f"(G = {', '.join(map(str, TIGHT_AT))}), and for the plan's predicted median and p10 image within {PREDICTION_DB:g} dB "
+        f"The checks ask for the coverage at every G, for the p10 within {OVERSHOOT_DB:g} dB above the target wherever a "
+        f"faster plan exists (not where the plan is already the fastest the profile allows, with no quality bound), and for "
+        f"the plan's predicted median and p10 image within {PREDICTION_DB:g} dB "
         f"of the measured ones. Not met on the {n} images: {', '.join(failures) if failures else 'none'}.", "",
         f"Wall time {time.perf_counter() - t0:.0f} s (one thread).", ""]
     args.out.write_text("\n".join(lines))

@@ -92,7 +92,7 @@ def main(argv=None) -> int:
         for n, m in enumerate(measured):
             e = composed([w[n] for w in errs], p)
             if e > 0 and m < PSNR_CAP_DB:
-                out.append(m - cal.psnr_db(e))
+                out.append(m - cal.at(run[0]).psnr_db(e))
         return out
 
     lines = ["# How cautious the quality model is on the optimizer's plans, per world size", "",

@@ -72,7 +72,7 @@ def per_sample_rows(options) -> list[str]:
         if stmt.startswith("min-psnr"):
             if prof.calibration is None:
                 continue
-            kw = {"budget": prof.calibration.deviation_for_psnr(35.0), "coverage": 0.9, "min_psnr_db": 35.0}
+            kw = {"budget": prof.calibration.at(G).deviation_for_psnr(35.0), "coverage": 0.9, "min_psnr_db": 35.0}
         cells = []
         for solver in ("auto", "cp-sat"):
             t0 = time.perf_counter()

@@ -19,6 +19,7 @@ from ..profiles.model import Profile
 from ..schedules.check import cautions, implied_totals, violations
 from ..schedules.model import (
     ExactWindow, Latency, ParallelWindow, ProfileRef, PsnrPrediction, Quality, ReuseWindow, SampleQuality, Schedule, Solver, Window,
+    plan_identity,
 )
 from .fixed import (
     default_warmup, fixed_error, fixed_latency_units, fixed_sample_error_units, fixed_sample_errors,
@@ -216,6 +217,12 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max
     fixed = fixed_windows(profile, world_size=fixed_world_size or G, max_window=J, warmup=W,
                           batch=policy == "fixed-batch")
     warnings: list[str] = []
+    cal = profile.calibration
+    if cal is not None and cal.by_world_size and G not in cal.by_world_size:
+        sizes = ", ".join(map(str, cal.calibrated_world_sizes()))
+        warnings.append(f"profile '{profile.name}' is calibrated per world size at G = {sizes}, not {G}: its PSNR "
+                        f"statement uses the calibration pooled over those; 'parastep profile --recalibrate PROFILE "
+                        f"--calibration-samples 24 --gpus {G}' calibrates G = {G}")
     fixed_per_sample = fixed_sample_errors(fixed)
 
     if policy in ("fixed", "fixed-batch"):
@@ -478,8 +485,14 @@ def _raise_infeasible(problem: Problem):
                     f"{problem.samples} samples required); pass a budget >= 0 (--budget 0 allows only lossless windows)")
 
 
-def _psnr_prediction(cal, per_sample: Sequence[float]) -> Optional[PsnrPrediction]:
-    pred = cal.predicted_psnr(per_sample) if cal is not None else None
+def _psnr_prediction(profile: Profile, world_size: int, windows, per_sample: Sequence[float]) -> Optional[PsnrPrediction]:
+    """The plan's predicted PSNR distribution under the calibration for ``world_size``; a plan the
+    calibration itself ran is stated by what it measured on the calibration images."""
+    top = profile.calibration
+    if top is None:
+        return None
+    measured = top.measured_plans.get(plan_identity(world_size, windows)) if top.measured_plans else None
+    pred = top.at(world_size).predicted_psnr(per_sample, measured=measured)
     return PsnrPrediction(**pred) if pred is not None else None
 
 
@@ -501,7 +514,7 @@ def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_win
     within = sum(1 for u, b in zip(units, sample_budget_units) if u <= b)
     sequential_s = profile.sequential_time_s()
     speedup = sequential_s / latency_s if latency_s > 0 else 1.0
-    cal = profile.calibration
+    cal = profile.calibration.at(world_size) if profile.calibration is not None else None
     # the worst image the statement requires to be within: the required-th smallest error
     at_coverage = sorted(per_sample)[min(len(per_sample), required) - 1]
     n = len(per_sample)
@@ -512,7 +525,7 @@ def _assemble(profile: Profile, *, profile_sha256: str, world_size: int, max_win
                       per_sample=sq, min_psnr_db=min_psnr_db,
                       # none for a lossless plan (zero deviation: the output is the sequential one)
                       predicted_psnr_db=cal.psnr_db(at_coverage) if cal is not None and at_coverage > 0 else None,
-                      predicted_psnr=_psnr_prediction(cal, per_sample))
+                      predicted_psnr=_psnr_prediction(profile, world_size, windows, per_sample))
     solver = Solver(name=outcome.name, status=outcome.status, objective=outcome.objective, bound=outcome.bound,
                     wall_s=outcome.wall_s, latency_units_per_s=latency_units_per_s,
                     time_limit_s=options.time_limit_s if options is not None else None,

@@ -111,7 +111,7 @@ def request_from_args(args) -> PlanRequest:
             raise UserError(f"--min-psnr {args.min_psnr} is not a finite number of dB; pass e.g. --min-psnr 35")
         if profile.calibration is None:
             raise UserError(f"--min-psnr needs a profile with a PSNR calibration and '{profile.name}' has none; profile with calibration ('parastep profile --verify N') or pass --budget")
-        budget = profile.calibration.deviation_for_psnr(args.min_psnr)
+        budget = profile.calibration.at(G).deviation_for_psnr(args.min_psnr)
         coverage = 0.9 if coverage is None else coverage
     options = SolverOptions(time_limit_s=args.time_limit_s, workers=args.workers, seed=args.seed,
                             deterministic=bool(getattr(args, "deterministic", False)))
@@ -132,8 +132,11 @@ def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_f
     from .plan import plan_schedule, world_size_candidates
 
     def one(world_size: int):
+        b = req.budget if budget is None else budget
+        if budget is None and req.min_psnr_db is not None and world_size != req.world_size:
+            b = req.profile.calibration.at(world_size).deviation_for_psnr(req.min_psnr_db)    # each world size its own calibration
         res = plan_schedule(req.profile, profile_sha256=req.sha256, world_size=world_size, max_window=req.max_window,
-                            budget=req.budget if budget is None else budget, coverage=req.coverage, min_psnr_db=req.min_psnr_db,
+                            budget=b, coverage=req.coverage, min_psnr_db=req.min_psnr_db,
                             policy=req.policy, warmup=req.warmup, solver=req.solver, options=req.options,
                             fixed_bound_factor=fixed_bound_factor, allow_split=req.allow_split, allow_batch=req.allow_batch,
                             fixed_world_size=req.world_size if req.policy == "optimal" else None)

@@ -117,7 +117,7 @@ def audit_windows(pipe, profile: Profile, profile_sha256: str, *, call_kwargs: M
             J = min(G, profile.max_window)
             statements: list[dict] = [{}]
             if current.calibration is not None:
-                statements += [{"budget": current.calibration.deviation_for_psnr(db), "coverage": 0.9} for db in min_psnr_dbs]
+                statements += [{"budget": current.calibration.at(G).deviation_for_psnr(db), "coverage": 0.9} for db in min_psnr_dbs]
             for kw in statements:
                 s = plan_schedule(current, profile_sha256=profile_sha256, world_size=G, max_window=J, options=options, **kw).schedule
                 todo += [k for k in window_keys(s) if k not in measured and k not in todo]

@@ -22,6 +22,7 @@ ask the user to. A non-positive slope is refused (the model does not predict qua
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import random
@@ -32,6 +33,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from ..errors import UserError
 from ..executor.evaluate import psnr_db_per_sample, run_schedule_local
 from ..profiles.model import Calibration, Profile, conformal_lower_offset
+from ..schedules.model import plan_identity
 from .instrument import calibration_samples
 
 
@@ -44,6 +46,8 @@ class VerificationRun:
     speedup: float                        # planner's predicted speedup
     psnr_db: list[float]                  # measured, per sample
     windows: int
+    pick: bool = False                    # an optimizer's --min-psnr pick of the sweep (else a bootstrap plan)
+    key: str = ""                         # the plan's identity (``schedules.model.plan_identity``)
 
     @property
     def mean_psnr_db(self) -> float:
@@ -104,7 +108,8 @@ def sample_schedules(profile: Profile, profile_sha256: str, *, count: int, world
 
 
 def verify(pipe, profile: Profile, schedules: Sequence[Any], *, prompts: Sequence[Any], seeds: Sequence[int],
-           call_kwargs: Mapping[str, Any], progress: Optional[Callable[[str], None]] = None) -> list[VerificationRun]:
+           call_kwargs: Mapping[str, Any], progress: Optional[Callable[[str], None]] = None,
+           pick: bool = False) -> list[VerificationRun]:
     """Run every schedule once (one batch of all samples) and measure per-image PSNR vs sequential.
     ``prompts``/``seeds`` must be the profile's calibration samples, in its order (predictions are
     per sample)."""
@@ -117,7 +122,8 @@ def verify(pipe, profile: Profile, schedules: Sequence[Any], *, prompts: Sequenc
         out = run_schedule_local(pipe, s, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=call_kwargs)
         runs.append(VerificationRun(world_size=s.world_size, policy=s.policy, budget=s.quality.budget,
                                     predicted=predicted_per_sample(s, profile), speedup=s.latency.speedup,
-                                    psnr_db=psnr_db_per_sample(out, ref), windows=len(s.windows)))
+                                    psnr_db=psnr_db_per_sample(out, ref), windows=len(s.windows), pick=pick,
+                                    key=plan_identity(s.world_size, s.windows)))
         if progress is not None and (k % 10 == 9 or k == len(schedules) - 1):
             progress(f"verify: {k + 1}/{len(schedules)} schedules")
     return runs
@@ -167,64 +173,145 @@ class TooFewPoints(ValueError):
     samples more plans instead of asking the user to)."""
 
 
-def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: float = CALIBRATION_LEVEL) -> tuple[Calibration, dict]:
-    """Split conformal calibration (module docstring): the central line by least squares on the
-    images of a random half of the plans, residuals (measured minus central) on the images of the
-    other half, and the per-image lower bound at ``level`` = central + the finite-sample conformal
-    quantile of those residuals (``conformal_lower_offset``)."""
-    idx = list(range(len(runs)))
-    random.Random(seed).shuffle(idx)
-    half = len(idx) // 2
-    fit_i, held_i = idx[:half], idx[half:]
-    if len(fit_i) < 3 or len(held_i) < 3:
-        raise TooFewPoints(f"calibration needs at least 6 verification runs, got {len(runs)}")
-    fit_pts, held_pts = _points(runs, fit_i), _points(runs, held_i)
+def _stable_half(key: str, seed: int) -> int:
+    """0 (the line's half) or 1 (the residuals' half) for a pick, from its plan key: a plan keeps its
+    half when more plans are measured."""
+    return hashlib.sha256(f"{seed}:{key}".encode()).digest()[0] & 1
+
+
+def _fit_part(line_runs: Sequence[VerificationRun], resid_runs: Sequence[VerificationRun], *, level: float,
+              what: str) -> tuple[Calibration, dict]:
+    """The central line by least squares on ``line_runs``' images, the conformal offset at ``level``
+    from ``resid_runs``' images (disjoint plans). TooFewPoints / ValueError as ``fit_calibration``."""
+    fit_pts, held_pts = _points(line_runs, range(len(line_runs))), _points(resid_runs, range(len(resid_runs)))
     need = math.ceil((1 - 1e-12) / (1 - level)) - 1     # the least m with floor((m + 1)(1 - level)) >= 1
     if len(fit_pts) < 3 or len(held_pts) < need:
-        raise TooFewPoints(f"calibration: {len(fit_pts)} + {len(held_pts)} images with a nonzero predicted error, "
+        raise TooFewPoints(f"calibration{what}: {len(fit_pts)} + {len(held_pts)} images with a nonzero predicted error, "
                            f"{need} held-out ones needed for a bound at level {level:g}")
     a_central, b = fit_line([x for x, _ in fit_pts], [y for _, y in fit_pts])
     if not b < 0:
-        raise ValueError("measured PSNR does not fall with the predicted error on the verification runs; "
+        raise ValueError(f"measured PSNR does not fall with the predicted error on the verification runs{what}; "
                          "the profile's quality model does not predict quality")
     slope = -b
     residuals = sorted(y - (a_central - slope * x) for x, y in held_pts)
     q = conformal_lower_offset(residuals, level)
-    a = a_central + q
-    rho = spearman([x for x, _ in held_pts], [y for _, y in held_pts])
+    rho = spearman([x for x, _ in held_pts], [y for _, y in held_pts]) if len(held_pts) > 1 else 0.0
     mae = statistics.median(abs(r) for r in residuals)
     met = sum(1 for r in residuals if r >= q) / len(residuals)
-    info = {"central_intercept_db": a_central, "conformal_offset_db": q, "level": level, "fit_runs": len(fit_i),
-            "held_out_runs": len(held_i), "fit_images": len(fit_pts), "held_out_images": len(held_pts),
-            "spearman_held_out": rho, "median_abs_error_db": mae, "held_out_images_at_or_above_bound": met}
+    picks = sum(1 for r in resid_runs if r.pick)
+    info = {"central_intercept_db": a_central, "conformal_offset_db": q, "level": level, "slope_db_per_decade": slope,
+            "fit_runs": len(line_runs), "held_out_runs": len(resid_runs), "held_out_picks": picks,
+            "fit_images": len(fit_pts), "held_out_images": len(held_pts), "spearman_held_out": rho,
+            "median_abs_error_db": mae, "held_out_images_at_or_above_bound": met}
+    source = (f"the optimizer's --min-psnr picks{what}" if picks == len(resid_runs) else
+              "verification plans the optimizer picks (default, per-image bounds, fixed)")
     cal = Calibration(
-        intercept_db=a, slope_db_per_decade=slope, fitted_on=len(fit_i), spearman=rho, median_abs_error_db=mae,
-        central_intercept_db=a_central, level=level, residuals_db=residuals,
+        intercept_db=a_central + q, slope_db_per_decade=slope, fitted_on=len(line_runs), spearman=rho,
+        median_abs_error_db=mae, central_intercept_db=a_central, level=level, residuals_db=residuals,
         how=(f"split conformal, per image: least squares of PSNR (output vs sequential, same prompt and seed) on log10 of "
-             f"the planner's predicted error for that image over {len(fit_pts)} images of {len(fit_i)} of {len(runs)} "
-             f"verification plans (a random half; the plans the optimizer picks at G = 2/4/8: default, per-image bounds, "
-             f"fixed): central intercept {a_central:.2f} dB; residuals of the {len(held_pts)} images of the other "
-             f"{len(held_i)} plans: the k-th smallest, k = floor((m + 1)(1 - {level:g})), is {q:+.2f} dB, so the bound "
-             f"holds for a new (plan, image) pair like these with probability >= {level:g}; held-out Spearman {rho:.3f}, "
-             f"median |residual| {mae:.2f} dB"),
+             f"the planner's predicted error for that image over {len(fit_pts)} images of {len(line_runs)} plans: central "
+             f"intercept {a_central:.2f} dB, slope {slope:.2f} dB per decade; residuals of the {len(held_pts)} images of "
+             f"{len(resid_runs)} other plans ({source}): the k-th smallest, k = floor((m + 1)(1 - {level:g})), is "
+             f"{q:+.2f} dB, so the bound holds for a new (plan, image) pair like these with probability >= {level:g}; "
+             f"held-out Spearman {rho:.3f}, median |residual| {mae:.2f} dB"),
     )
     return cal, info
 
 
+def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: float = CALIBRATION_LEVEL) -> tuple[Calibration, dict]:
+    """Split conformal calibration (module docstring).
+
+    Without picks (``VerificationRun.pick``): the central line on the images of a random half of the
+    plans, residuals (measured minus central) on the images of the other half, the per-image lower
+    bound at ``level`` = central + the finite-sample conformal quantile of those residuals
+    (``conformal_lower_offset``).
+
+    With picks (the optimizer's ``--min-psnr`` plans of the sweep): each pick falls in the line's
+    half or the residuals' half by its plan key (``_stable_half``); the pooled calibration fits its
+    line on every other plan and the line half of the picks, and takes its residuals from the other
+    half of the picks; and per world size G with enough picks (Mondrian), the same on G's plans
+    alone, kept in ``Calibration.by_world_size``. A world size whose part cannot be fitted uses the
+    pooled one (``info["world_sizes_skipped"]`` says why)."""
+    picks = [r for r in runs if r.pick]
+    others = [r for r in runs if not r.pick]
+    held = [r for r in picks if _stable_half(r.key, seed)]
+    if len(picks) < 2 or not held or len(held) == len(picks):
+        idx = list(range(len(runs)))
+        random.Random(seed).shuffle(idx)
+        half = len(idx) // 2
+        if half < 3:
+            raise TooFewPoints(f"calibration needs at least 6 verification runs, got {len(runs)}")
+        cal, info = _fit_part([runs[i] for i in idx[:half]], [runs[i] for i in idx[half:]], level=level, what="")
+        return cal, info
+    line = others + [r for r in picks if not _stable_half(r.key, seed)]
+    cal, info = _fit_part(line, held, level=level, what="")
+    parts: dict[int, Calibration] = {}
+    skipped: dict[int, str] = {}
+    per_g: dict[int, dict] = {}
+    for G in sorted({r.world_size for r in picks}):
+        g_held = [r for r in held if r.world_size == G]
+        g_line = [r for r in line if r.world_size == G]
+        try:
+            parts[G], per_g[G] = _fit_part(g_line, g_held, level=level, what=f" at G = {G}")
+        except (TooFewPoints, ValueError) as exc:
+            skipped[G] = str(exc)
+    info.update({"world_sizes": per_g, "world_sizes_skipped": skipped})
+    measured = {r.key: list(r.psnr_db) for r in runs if r.key}
+    return cal.model_copy(update={"by_world_size": parts, "measured_plans": measured}), info
+
+
 def verification_world_sizes(gpus: int) -> tuple[int, ...]:
-    """World sizes whose plans calibrate and correct a profile: 2, 4 and 8, up to ``--gpus``; 1 for a
-    one-GPU profile (its plans reuse and batch)."""
+    """World sizes whose plans calibrate a profile: 2, 4 and 8 up to ``--gpus``, and ``--gpus``
+    itself; 1 for a one-GPU profile (its plans reuse and batch)."""
     if gpus <= 1:
         return (1,)
-    return tuple(g for g in (2, 4, 8) if g <= gpus)
+    return tuple(sorted({g for g in (2, 4, 8) if g <= gpus} | {gpus}))
 
 
-MORE_PLAN_ROUNDS = 2      # calibrate_profile's extra sampling rounds (2x, then 4x the plans)
+MORE_PLAN_ROUNDS = 2      # calibrate_profile's extra bootstrap rounds (2x, then 4x the plans) while too few images are lossy
+SWEEP_TARGETS_DB = tuple(25.0 + 2.5 * k for k in range(9))     # --min-psnr 25, 27.5, ..., 45: the qualities users ask for
+SWEEP_COVERAGE = 0.9      # plan --min-psnr's default coverage
+SWEEP_ROUNDS = 4          # at most this many sweeps; each plans every (G, target) under the calibration fitted so far
+
+
+def sweep_schedules(profile: Profile, profile_sha256: str, *, world_sizes: Sequence[int],
+                    targets_db: Sequence[float] = SWEEP_TARGETS_DB, seen: set) -> list[Any]:
+    """The plans a user gets from ``plan --gpus G --min-psnr X`` (default window and split, coverage
+    0.9) for every G and target under ``profile.calibration``, and the default plan at each G; only
+    lossy plans not in ``seen`` (which this updates)."""
+    from ..planner.options import SolverOptions
+    from ..planner.plan import plan_schedule
+
+    options = SolverOptions(workers=1, seed=0, deterministic=True, time_limit_s=3.0)
+    out: list[Any] = []
+    for G in world_sizes:
+        cal = profile.calibration.at(G)
+        statements = [{}] + [{"budget": cal.deviation_for_psnr(x), "coverage": SWEEP_COVERAGE, "min_psnr_db": x}
+                             for x in targets_db]
+        for st in statements:
+            s = plan_schedule(profile, profile_sha256=profile_sha256, world_size=G, options=options, **st).schedule
+            key = plan_key(s)
+            if key in seen or s.quality.predicted <= 0:
+                continue
+            seen.add(key)
+            out.append(s)
+    return out
+
+
+def calibration_cost_forwards(*, num_steps: int, bootstrap_plans: int, picks: int) -> int:
+    """Forwards of a calibration, each one call on all calibration samples: the sequential reference
+    and every verification plan run once, T each (a plan's windows compute T forwards in all)."""
+    return num_steps * (1 + bootstrap_plans + picks)
 
 
 def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
-    """``profile`` with a per-image PSNR calibration fitted from ``count`` verification plans, run
-    on the profile's own calibration samples (each image's prediction is per sample)."""
+    """``profile`` with a per-image PSNR calibration: ``count`` bootstrap plans (``sample_schedules``)
+    give a first fit; then sweeps of the optimizer's ``--min-psnr`` picks at every calibrated world
+    size (``sweep_schedules``), each measured and refitted, until a sweep picks no plan not yet
+    measured (or ``SWEEP_ROUNDS``). All plans run on the profile's own calibration samples (each
+    image's prediction is per sample)."""
+    import time
+
     from ..executor.launch import cpu_threads
     from ..profiles.io import dump_profile
     from ..profiles.model import Measured, profile_sha256
@@ -241,8 +328,17 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
                             f"{', '.join(map(str, sizes))} ranks; add --retime --gpus {max(sizes)} (with --interconnect NAME for "
                             "ranks beyond this machine), or profile anew with --gpus 2 or more") from None
     prompts, seeds = calibration_samples(pipe, profile)
+    T = profile.num_steps
+    most = calibration_cost_forwards(num_steps=T, bootstrap_plans=count,
+                                     picks=SWEEP_ROUNDS * len(sizes) * (len(SWEEP_TARGETS_DB) + 1))
+    say(f"calibration: {count} bootstrap plans, then up to {SWEEP_ROUNDS} sweeps of the optimizer's --min-psnr "
+        f"{SWEEP_TARGETS_DB[0]:g}..{SWEEP_TARGETS_DB[-1]:g} dB picks at G = {', '.join(map(str, sizes))}, each plan run once "
+        f"on the {len(prompts)} calibration images: {calibration_cost_forwards(num_steps=T, bootstrap_plans=count, picks=0)} "
+        f"forwards of {len(prompts)} images before the sweeps, at most {most} in all")
     runs: list[VerificationRun] = []
     done: set = set()
+    t0 = time.perf_counter()
+    cal = None
     for attempt in range(MORE_PLAN_ROUNDS + 1):     # too few informative images: sample more plans, never ask the user
         schedules = [s for s in sample_schedules(profile, sha, count=count * 2 ** attempt, world_sizes=sizes, seed=attempt)
                      if plan_key(s) not in done]
@@ -260,14 +356,46 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
             say(f"{exc}; sampling more plans")
         except ValueError as exc:
             raise UserError(str(exc)) from None
-    say(f"calibration: psnr >= {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} log10(E) per image at level "
-        f"{cal.level:g} (central {cal.central_intercept_db:.2f} dB, {len(cal.residuals_db)} held-out residuals, median "
-        f"|residual| {cal.median_abs_error_db:.2f} dB, held-out Spearman {cal.spearman:.3f})")
+    per_plan_s = (time.perf_counter() - t0) / max(1, len(runs))
+    say(f"bootstrap fit: central {cal.central_intercept_db:.2f} dB, slope {cal.slope_db_per_decade:.2f} dB per decade; "
+        f"{per_plan_s:.1f} s per plan here, so each sweep of up to {len(sizes) * (len(SWEEP_TARGETS_DB) + 1)} plans takes "
+        f"at most {per_plan_s * len(sizes) * (len(SWEEP_TARGETS_DB) + 1):.0f} s")
+    picks = 0
+    converged = False
+    for rnd in range(SWEEP_ROUNDS):
+        current = profile.model_copy(update={"calibration": cal})
+        new = sweep_schedules(current, sha, world_sizes=sizes, seen=done)
+        if not new:
+            converged = True
+            break
+        say(f"sweep {rnd + 1}: {len(new)} new plans (the optimizer's picks under the calibration so far)")
+        with cpu_threads(pipe, settings.threads):
+            runs += verify(pipe, profile, new, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say,
+                           pick=True)
+        picks += len(new)
+        try:
+            cal, info = fit_calibration(runs)
+        except ValueError as exc:
+            raise UserError(str(exc)) from None
+    if not converged:
+        converged = not sweep_schedules(profile.model_copy(update={"calibration": cal}), sha, world_sizes=sizes, seen=set(done))
+    parts = ", ".join(f"G = {g}: {c.central_intercept_db:.2f} - {c.slope_db_per_decade:.2f} log10(E), offset "
+                      f"{c.intercept_db - c.central_intercept_db:+.2f} dB over {len(c.residuals_db)} residuals"
+                      for g, c in sorted(cal.by_world_size.items()))
+    say(f"calibration: {len(runs)} plans ({picks} picks), {calibration_cost_forwards(num_steps=T, bootstrap_plans=len(runs) - picks, picks=picks)} "
+        f"forwards, {time.perf_counter() - t0:.0f} s; pooled psnr >= {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} "
+        f"log10(E) per image at level {cal.level:g} ({len(cal.residuals_db)} held-out residuals, median |residual| "
+        f"{cal.median_abs_error_db:.2f} dB){'; ' + parts if parts else ''}"
+        + ("" if converged else f"; the last sweep still picked new plans (stopped after {SWEEP_ROUNDS})"))
+    for g, why in info.get("world_sizes_skipped", {}).items():
+        say(f"calibration: G = {g} uses the pooled calibration ({why})")
     old = profile.provenance
     dev = old.deviation
     prov = old.model_copy(update={"calibration": Measured(
         device=dev.device if isinstance(dev, Measured) else "unknown", date=dev.date if isinstance(dev, Measured) else "",
         prompts=sorted({str(p) for p in prompts}), seeds=sorted(set(seeds)),
         packages=dev.packages if isinstance(dev, Measured) else {},
-        notes=f"{len(runs)} verification plans run in one process on the calibration samples (quality does not depend on hardware)")})
+        notes=(f"{len(runs)} verification plans ({len(runs) - picks} bootstrap, {picks} --min-psnr picks of the sweeps"
+               f"{'' if converged else ', not converged'}) run in one process on the calibration samples (quality does not "
+               "depend on hardware)"))})
     return profile.model_copy(update={"calibration": cal, "provenance": prov})

@@ -139,7 +139,8 @@ def run(args) -> int:
     settings = ProfilerSettings(model=model, name=name, num_steps=T, max_window=J, gpus=args.gpus, prompts=prompts,
                                 seeds=seeds, call_kwargs=kwargs, interconnect=args.interconnect,
                                 propagation_stride=getattr(args, "propagation_stride", 1) or 1,
-                                threads=getattr(args, "threads", 1) or 1, resolution_px=resolution)
+                                threads=getattr(args, "threads", 1) or 1, resolution_px=resolution,
+                                calibration_plans=0 if no_cal else (args.verify or DEFAULT_CALIBRATION_PLANS))
 
     def say(msg: str) -> None:
         print(f"parastep profile: {msg}", file=sys.stderr, flush=True)

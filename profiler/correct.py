@@ -95,7 +95,7 @@ def statements_for(profile: Profile, *, world_sizes: Sequence[int], min_psnr_dbs
             out.append({"world_size": G, "max_window": J, "policy": "fixed", **extra})
             out.append({"world_size": G, "max_window": J, **extra})
             for db in min_psnr_dbs:
-                out.append({"world_size": G, "max_window": J, "budget": profile.calibration.deviation_for_psnr(db),
+                out.append({"world_size": G, "max_window": J, "budget": profile.calibration.at(G).deviation_for_psnr(db),
                             "coverage": 0.9, "min_psnr_db": db, **extra})
     return out
 
@@ -107,7 +107,7 @@ def _shortfalls(schedule, profile: Profile, measured: Sequence[float], tolerance
     from ..planner.plan import recompute
 
     _, _, errs = recompute(schedule, profile)
-    cal = profile.calibration
+    cal = profile.calibration.at(schedule.world_size)
     out = []
     for e, m in zip((math.fsum(col) for col in zip(*errs)), measured):
         v = cal.psnr_db(e) - m if e > 0 and m < PSNR_CAP_DB else 0.0

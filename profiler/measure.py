@@ -62,6 +62,27 @@ def measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Call
         return _measure_profile(pipe, settings, progress=progress)
 
 
+def planned_forwards(*, num_steps: int, max_window: int, stride: int, rank: int, direct: bool, calibration_plans: int,
+                     calibration_world_sizes: int) -> dict[str, tuple[int, int]]:
+    """(expected, at most) forwards of each part of a profile, each forward one call on all samples:
+    the reference T; the deviation tables at most 2 J per step; propagation sum_i (T - 1 - i) over
+    every ``stride``-th step; the quality model rank (T-1)(T-2)/2 (about 2 J T^2 where the scheduler
+    carries outputs across steps); the calibration T per plan run, the reference included (its
+    sweeps stop early when they pick no new plan: at most ``SWEEP_ROUNDS`` x world sizes x
+    (targets + 1) picks)."""
+    from .calibrate import SWEEP_ROUNDS, SWEEP_TARGETS_DB, calibration_cost_forwards
+
+    T, J = num_steps, max_window
+    prop = sum(T - 1 - i for i in range(0, T - 1, stride))
+    quality = 2 * J * T * T if direct else rank * (T - 1) * (T - 2) // 2
+    out = {"reference": (T, T), "deviation": (2 * J * T, 2 * J * T), "propagation": (prop, prop), "quality": (quality, quality)}
+    if calibration_plans:
+        most = SWEEP_ROUNDS * calibration_world_sizes * (len(SWEEP_TARGETS_DB) + 1)
+        out["calibration"] = (calibration_cost_forwards(num_steps=T, bootstrap_plans=calibration_plans, picks=most // 2),
+                              calibration_cost_forwards(num_steps=T, bootstrap_plans=calibration_plans, picks=most))
+    return out
+
+
 def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Callable[[str], None]] = None) -> ProfileRun:
     say = progress or (lambda msg: None)
     T, J = settings.num_steps, min(settings.max_window, settings.num_steps)
@@ -77,7 +98,19 @@ def _measure_profile(pipe, settings: ProfilerSettings, *, progress: Optional[Cal
     t0 = time.perf_counter()
     traj = record_reference(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=kw)
     forwards["reference"] = traj.forwards
-    say(f"reference: {len(prompts)} samples x {T} steps, {traj.forwards} forwards, {time.perf_counter() - t0:.1f} s")
+    t_ref = time.perf_counter() - t0
+    say(f"reference: {len(prompts)} samples x {T} steps, {traj.forwards} forwards, {t_ref:.1f} s")
+    from .calibrate import verification_world_sizes
+
+    plan = planned_forwards(num_steps=T, max_window=J, stride=settings.propagation_stride, rank=settings.quality_rank,
+                            direct=carries_history(traj), calibration_plans=settings.calibration_plans,
+                            calibration_world_sizes=len(verification_world_sizes(settings.gpus)))
+    per_s = t_ref / max(1, traj.forwards)
+    expected, most = sum(e for e, _ in plan.values()), sum(m for _, m in plan.values())
+    say(f"plan: {len(prompts)} samples, {T} steps, windows up to {J}; forwards (one call on all samples each): "
+        + ", ".join(f"{k} {e}" + (f" (at most {m})" if m != e else "") for k, (e, m) in plan.items())
+        + f"; about {expected} in all, so about {expected * per_s / 60:.1f} min (at most {most * per_s / 60:.1f}) at the "
+        f"reference's {per_s * 1e3:.0f} ms per forward, plus the timing of compute and exchanges")
 
     predictions: dict = {}
     dev, reuse, n_dev = deviation_tables(pipe, traj, prompts=prompts, seeds=seeds, num_steps=T, max_window=J,

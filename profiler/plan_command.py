@@ -39,6 +39,9 @@ def _per_image(s) -> str:
     if q.predicted_psnr is not None:
         p = q.predicted_psnr
         text += f", predicted per-image PSNR median {p.median_db:.1f} dB, 10th percentile {p.p10_db:.1f} dB"
+        if p.measured_on:
+            text += (f" (this plan measured {p.measured_median_db:.1f} / {p.measured_p10_db:.1f} dB on the profile's "
+                     f"{p.measured_on} calibration images when it was calibrated)")
         if q.predicted_psnr_db is not None and p.level is not None:
             text += f" (the worst image required: >= {q.predicted_psnr_db:.1f} dB with probability {p.level:g})"
     elif q.predicted_psnr_db is not None:

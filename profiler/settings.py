@@ -26,3 +26,4 @@ class ProfilerSettings:
     measure_comm: bool = True
     comm_repeats: int = 20
     resolution_px: Optional[tuple[int, int]] = None
+    calibration_plans: int = 0        # bootstrap plans of the calibration that follows (0: none); for the up-front estimate

@@ -222,6 +222,19 @@ class Calibration(_Strict):
     level: Optional[float] = Field(default=None, gt=0, lt=1, description="conformal level of intercept_db's per-image bound")
     residuals_db: list[float] = Field(default_factory=list, description="held-out residuals vs the central line, sorted")
     how: str = ""
+    measured_plans: dict[str, list[float]] = Field(default_factory=dict, description=(
+        "PSNR per calibration image (sample order) of every plan the calibration ran, by plan identity "
+        "(schedules.model.plan_identity)"))
+    by_world_size: dict[int, "Calibration"] = Field(default_factory=dict, description=(
+        "per world size G: the calibration fitted on the plans the optimizer picked at G (Mondrian split conformal); "
+        "a world size not listed uses this pooled one"))
+
+    def at(self, world_size: "Optional[int]") -> "Calibration":
+        """The calibration that states plans on ``world_size`` ranks: its own where one was fitted, else this pooled one."""
+        return self.by_world_size.get(world_size, self) if world_size is not None else self
+
+    def calibrated_world_sizes(self) -> list[int]:
+        return sorted(self.by_world_size)
 
     def psnr_db(self, deviation: float) -> float:
         return self.intercept_db - self.slope_db_per_decade * math.log10(max(deviation, 1e-30))
@@ -238,20 +251,27 @@ class Calibration(_Strict):
         a = self.central_intercept_db if self.central_intercept_db is not None else self.intercept_db
         return a - self.slope_db_per_decade * math.log10(max(deviation, 1e-30))
 
-    def predicted_psnr(self, deviations: "Sequence[float]") -> Optional[dict]:
+    def predicted_psnr(self, deviations: "Sequence[float]", measured: "Optional[Sequence[float]]" = None) -> Optional[dict]:
         """A plan's predicted per-image PSNR distribution from its per-image deviations: the mixture
         of central prediction + held-out residual over images and residuals (what a random image of
         this plan measures), its median and 10th percentile, and the per-image conformal lower
-        bound of the worst image at ``level``. None without residuals, or for a lossless plan."""
+        bound of the worst image at ``level``. ``measured``: this plan's own PSNR per calibration
+        image, measured when the profile was calibrated, is reported beside the prediction (its
+        median and 10th percentile over those few images; the prediction stays the model's, which
+        held-out images track better than 20 images' own 10th percentile). None without residuals,
+        or for a lossless plan."""
         if not self.has_residuals or not any(d > 0 for d in deviations):
             return None
         # a lossless image is the sequential output: evaluate reports it at its cap, and so does the mixture
         centres = [self.central_psnr_db(d) if d > 0 else PSNR_CAP_DB for d in deviations]
         mix = [min(c + r, PSNR_CAP_DB) if c < PSNR_CAP_DB else PSNR_CAP_DB for c in centres for r in self.residuals_db]
         q = conformal_lower_offset(self.residuals_db, self.level) if self.level is not None else None
-        return {"median_db": _quantile(mix, 0.5), "p10_db": _quantile(mix, 0.1),
-                "worst_lower_db": None if q is None else min(PSNR_CAP_DB, min(centres) + q),
-                "level": self.level, "residuals": len(self.residuals_db)}
+        out = {"median_db": _quantile(mix, 0.5), "p10_db": _quantile(mix, 0.1),
+               "worst_lower_db": None if q is None else min(PSNR_CAP_DB, min(centres) + q),
+               "level": self.level, "residuals": len(self.residuals_db), "measured_on": len(measured or ())}
+        if measured:
+            out.update(measured_median_db=_quantile(measured, 0.5), measured_p10_db=_quantile(measured, 0.1))
+        return out
 
 
 class Provenances(_Strict):

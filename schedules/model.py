@@ -192,6 +192,16 @@ class MeasuredQuality(_Strict):
     target_met: Optional[bool] = None
 
 
+def plan_identity(world_size: int, windows) -> str:
+    """A short stable identity of a plan (its world size and windows as plain data): what a
+    profile's calibration keys the plans it measured by (``Calibration.measured_plans``)."""
+    import hashlib
+    import json
+
+    text = json.dumps([world_size, [w.model_dump(mode="json") for w in windows]], sort_keys=True)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 class PsnrPrediction(_Strict):
     """The plan's predicted per-image PSNR distribution (the profile's calibration: each calibration
     image's central prediction plus each held-out residual), and the split-conformal per-image
@@ -203,6 +213,10 @@ class PsnrPrediction(_Strict):
                                                                       "(null: too few residuals for that level)")
     level: Optional[float] = Field(default=None, gt=0, lt=1)
     residuals: int = Field(ge=1, description="held-out residuals the distribution is made of")
+    measured_on: int = Field(default=0, ge=0, description=(
+        "calibration images this very plan was run on when the profile was calibrated (0: none)"))
+    measured_median_db: Optional[float] = Field(default=None, description="this plan's median PSNR over those images")
+    measured_p10_db: Optional[float] = Field(default=None, description="this plan's 10th-percentile PSNR over those images")
 
 
 class Quality(_Strict):

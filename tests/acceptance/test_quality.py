@@ -18,12 +18,12 @@ from parastep.executor.evaluate import psnr_db_per_sample, quantile, run_schedul
 from parastep.profiles.io import resolve_profile
 
 # 100 images: the 10th percentile of 20 images (the second worst) moves by 10-15 dB between
-# disjoint blocks of 20 images for one plan (benchmarks/results/heldout.md), more than the 5 dB window
+# disjoint blocks of 20 images for one plan (benchmarks/results/heldout.md), more than the 3 dB window
 # the tightness check allows; of 100 images it is the tenth worst
 HELD_OUT_SEEDS = tuple(range(6000, 6010))
 PROMPTS = tuple(str(d) for d in range(10))
 COVERAGE_FLOOR = 0.85          # --coverage 0.9 planned; at least 85 % of held-out images must reach the target
-OVERSHOOT_DB = 5.0             # the 10th-percentile image within 5 dB above the target
+OVERSHOOT_DB = 3.0             # the 10th-percentile image at most 3 dB above the target (where a faster plan exists)
 TIE_DB = 0.25                  # default vs fixed plan: "at least" up to this measurement noise
 
 
@@ -85,26 +85,23 @@ def test_default_plan_measures_at_least_the_fixed_plan_and_is_faster(setup, G):
     assert quantile(d, 0.1) >= quantile(f, 0.1) - TIE_DB, (quantile(d, 0.1), quantile(f, 0.1))
 
 
-@pytest.mark.parametrize("G,target_db", [
-    # (4, 37.5) was out of the 5 dB window (p10 5.9 dB above) under the previous, hand-shifted
-    # calibration; the split-conformal one brings it in
-    (4, 40.0), (4, 37.5), (4, 30.0), (8, 35.0), (8, 30.0),
-])
+@pytest.mark.parametrize("G", [2, 4, 8])
+@pytest.mark.parametrize("target_db", [30.0, 35.0, 40.0])
 def test_min_psnr_holds_and_is_tight_on_held_out_images(setup, G, target_db):
-    """``--min-psnr DB --coverage 0.9``: at least 85 % of held-out images at or above DB
-    (coverage), and the 10th-percentile image within 5 dB of DB (the bound binds; overshoot).
-    At G = 8 this held only after the plan-level corrections of the shipped tables
-    (``profiler/correct.py``, ``profile --correct 8``): before them the exact planner's G = 8 plans
-    covered 80 % (30 dB) and 75-80 % (35 dB) of the 20 images of seeds 7001-7002, since it spent
-    exactly the windows the per-window model underpriced."""
+    """``--min-psnr DB --coverage 0.9`` on the shipped profile (one plain ``parastep profile``):
+    at least 85 % of held-out images at or above DB (coverage), and the 10th-percentile image at
+    most 3 dB above DB (tight) wherever a faster plan exists, i.e. unless the plan is already as
+    fast as the plan with no quality bound at all."""
     profile, sha = setup[0], setup[1]
-    s = _plan(profile, sha, world_size=G, budget=profile.calibration.deviation_for_psnr(target_db), coverage=0.9,
+    s = _plan(profile, sha, world_size=G, budget=profile.calibration.at(G).deviation_for_psnr(target_db), coverage=0.9,
               min_psnr_db=target_db)
+    fastest = _plan(profile, sha, world_size=G, budget=1e30, coverage=0.9)
     got = _measure(setup, s)
     share = sum(p >= target_db for p in got) / len(got)
     p10 = quantile(got, 0.1)
     assert share >= COVERAGE_FLOOR, f"{share:.0%} of held-out images reached {target_db} dB (p10 {p10:.2f} dB)"
-    assert p10 <= target_db + OVERSHOOT_DB, f"p10 {p10:.2f} dB is more than {OVERSHOOT_DB} dB above the {target_db} dB target"
+    if s.latency.speedup < fastest.latency.speedup * (1 - 1e-9):
+        assert p10 <= target_db + OVERSHOOT_DB, f"p10 {p10:.2f} dB is more than {OVERSHOOT_DB} dB above the {target_db} dB target"
 
 
 def test_cli_min_psnr_plan_records_the_statement(capsys):

@@ -79,6 +79,44 @@ def test_min_psnr_uses_the_calibration(capsys, prior_file):
     assert math.isclose(cal.psnr_db(s.quality.budget), 40.0, abs_tol=1e-9)
 
 
+def test_min_psnr_uses_the_calibration_of_its_world_size(capsys, prior_file, tmp_path):
+    """A calibration with a part for G = 2 (Mondrian): --gpus 2 converts the target through that
+    part; --gpus 4 has none, so it uses the pooled one and says so in one warning line that names
+    the command calibrating it. A plan the calibration ran is stated by its measurement."""
+    from parastep.profiles.io import dump_profile, load_profile
+    from parastep.schedules.model import plan_identity
+
+    prof = load_profile(prior_file)[0]
+    c = prof.calibration
+    pooled = c.model_copy(update={"central_intercept_db": c.intercept_db + 2.0, "level": 0.9,
+                                  "residuals_db": [-2.0 + 0.1 * k for k in range(40)]})
+    part = pooled.model_copy(update={"intercept_db": pooled.intercept_db + 6.0})
+    path = tmp_path / "mondrian.yaml"
+    path.write_text(dump_profile(prof.model_copy(update={"calibration": pooled.model_copy(update={"by_world_size": {2: part}})})))
+    code, out, err = _plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(path), "--min-psnr", "40", "--workers", "1")
+    s2 = schedule_from_dict(yaml.safe_load(out))
+    assert code == 0 and math.isclose(s2.quality.budget, part.deviation_for_psnr(40.0), rel_tol=1e-12)
+    assert "calibrated per world size" not in err
+    code, out, err = _plan(capsys, "--model", "random", "--gpus", "4", "--profile", str(path), "--min-psnr", "40", "--workers", "1")
+    s4 = schedule_from_dict(yaml.safe_load(out))
+    assert code == 0 and math.isclose(s4.quality.budget, pooled.deviation_for_psnr(40.0), rel_tol=1e-12)
+    (note,) = [line for line in err.splitlines() if "calibrated per world size at G = 2, not 4" in line]
+    assert "parastep profile --recalibrate PROFILE --calibration-samples 24 --gpus 4" in note
+    lossy = ("--model", "random", "--gpus", "2", "--profile", str(path), "--budget", "1", "--workers", "1")
+    code, out, err = _plan(capsys, *lossy)
+    s2 = schedule_from_dict(yaml.safe_load(out))
+    assert code == 0 and s2.quality.predicted_psnr is not None and s2.quality.predicted_psnr.measured_on == 0
+    n = prof.quality_samples                         # the same plan, once the calibration ran it: its measurement states it
+    known = pooled.model_copy(update={"by_world_size": {2: part}, "measured_plans": {plan_identity(2, s2.windows): [33.0] * n}})
+    path.write_text(dump_profile(prof.model_copy(update={"calibration": known})))
+    code, out, err = _plan(capsys, *lossy)
+    again = schedule_from_dict(yaml.safe_load(out))
+    got = again.quality.predicted_psnr
+    assert code == 0 and got.measured_on == n and got.measured_median_db == 33.0 == got.measured_p10_db
+    assert got.median_db == s2.quality.predicted_psnr.median_db          # the prediction stays the model's
+    assert "this plan measured 33.0 / 33.0 dB on the profile's" in err
+
+
 @pytest.mark.parametrize("argv,needle", [
     (["--model", "no-such-model", "--gpus", "2"], "no shipped profile for model 'no-such-model'"),
     (["--model", "random", "--gpus", "2", "--profile", "/nonexistent/p.yaml"], "does not exist"),

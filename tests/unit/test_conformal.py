@@ -115,3 +115,81 @@ def test_predicted_distribution_is_the_mixture_of_centres_and_residuals():
     assert cal.predicted_psnr([0.0, 0.0]) is None                        # lossless: the sequential output
     old = Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10)     # no residuals: no distribution
     assert old.predicted_psnr(dev) is None and old.central_psnr_db(1e-2) == old.psnr_db(1e-2)
+
+
+def _picks(rng: random.Random, *, world_size: int, plans: int, images: int, a: float, slope: float, sd: float,
+           tag: str) -> list[VerificationRun]:
+    out = []
+    for i in range(plans):
+        e = [10 ** rng.uniform(-3, -1) for _ in range(images)]
+        out.append(VerificationRun(world_size=world_size, policy="optimal", budget=0.1, predicted=e, speedup=2.0, windows=10,
+                                   psnr_db=[a - slope * math.log10(x) + rng.gauss(0.0, sd) for x in e], pick=True,
+                                   key=f"{tag}-{world_size}-{i}"))
+    return out
+
+
+def test_picks_calibrate_each_world_size_on_its_own_plans():
+    """Bootstrap plans on one line; the optimizer's picks at G = 2 measure 5 dB above it and at G = 8
+    4 dB below with twice the noise. The per-world-size parts (Mondrian split conformal) find each
+    offset, their bounds cover fresh picks of their own G at the level, a world size with no picks
+    uses the pooled part, and every measured plan is kept by its identity."""
+    rng = random.Random(11)
+    boot = _runs(rng, plans=20, images=20, a=10.0, slope=20.0, sd=1.0)
+    picks = (_picks(rng, world_size=2, plans=16, images=20, a=15.0, slope=20.0, sd=1.0, tag="p")
+             + _picks(rng, world_size=8, plans=16, images=20, a=6.0, slope=20.0, sd=2.0, tag="p"))
+    cal, info = fit_calibration(boot + picks)
+    assert cal.calibrated_world_sizes() == [2, 8] and not info["world_sizes_skipped"]
+    c2, c8 = cal.at(2), cal.at(8)
+    assert c2.intercept_db - (15.0 - 1.2816) == pytest.approx(0.0, abs=1.2)
+    assert c8.intercept_db - (6.0 - 1.2816 * 2) == pytest.approx(0.0, abs=1.5)
+    assert c2.intercept_db > cal.intercept_db > c8.intercept_db - 3.0
+    assert cal.at(4) is cal and cal.at(None) is cal
+    for G, a, sd, part in ((2, 15.0, 1.0, c2), (8, 6.0, 2.0, c8)):
+        fresh = _picks(rng, world_size=G, plans=50, images=20, a=a, slope=20.0, sd=sd, tag="fresh")
+        pairs = [(e, p) for r in fresh for e, p in zip(r.predicted, r.psnr_db)]
+        share = sum(p >= part.psnr_db(e) for e, p in pairs) / len(pairs)
+        assert share >= 0.9 - 3 * math.sqrt(0.09 / len(pairs)), (G, share)
+    assert set(cal.measured_plans) == {r.key for r in picks}
+    assert cal.measured_plans["p-8-3"] == picks[16 + 3].psnr_db
+
+
+def test_a_pick_keeps_its_half_when_more_plans_are_measured():
+    """Which half (line or residuals) a pick falls in depends on its identity only: refitting with
+    more picks keeps every earlier held-out residual in the pooled residuals (stable halves)."""
+    rng = random.Random(5)
+    boot = _runs(rng, plans=10, images=10, a=10.0, slope=20.0, sd=1.0)
+    first = _picks(rng, world_size=4, plans=12, images=10, a=10.0, slope=20.0, sd=1.0, tag="a")
+    more = _picks(rng, world_size=4, plans=12, images=10, a=10.0, slope=20.0, sd=1.0, tag="b")
+    _, info_a = fit_calibration(boot + first)
+    _, info_b = fit_calibration(boot + first + more)
+    assert info_b["held_out_picks"] >= info_a["held_out_picks"] > 0
+    assert info_b["fit_runs"] >= info_a["fit_runs"]
+
+
+def test_a_plan_the_calibration_ran_reports_its_measurement_beside_the_prediction():
+    cal = Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10, central_intercept_db=10.0, level=0.9,
+                      residuals_db=sorted([-3.0, -1.0, 0.0, 1.0] * 5))
+    measured = [31.0 + k for k in range(20)]
+    pred = cal.predicted_psnr([1e-1] * 20, measured=measured)
+    model = cal.predicted_psnr([1e-1] * 20)
+    assert pred["measured_on"] == 20 and model["measured_on"] == 0 and "measured_median_db" not in model
+    assert pred["measured_median_db"] == pytest.approx(statistics.median(measured))
+    assert pred["measured_p10_db"] == pytest.approx(statistics.quantiles(measured, n=10, method="inclusive")[0])
+    assert {k: pred[k] for k in model if k != "measured_on"} == {k: model[k] for k in model if k != "measured_on"}
+    assert pred["worst_lower_db"] == pytest.approx(27.0)       # the bound and the prediction stay the model's
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.lists(st.floats(-30, 30), min_size=9, max_size=80), st.lists(st.floats(0, 40), max_size=80),
+       st.floats(0.5, 0.98))
+def test_more_images_that_met_the_bound_never_loosen_it(residuals, above, level):
+    """The precise statement: with the central line fixed, adding residuals of images that met the
+    bound (each at or above the current offset q) gives an offset q' >= q, so the per-image lower
+    bound central + q never drops (never loosens) with more calibration data of that kind; images
+    that missed it may lower it, which is the point of measuring them."""
+    q = conformal_lower_offset(residuals, level)
+    if q is None:
+        return
+    more = residuals + [q + a for a in above]
+    q2 = conformal_lower_offset(more, level)
+    assert q2 is not None and q2 >= q
