@@ -4,14 +4,16 @@
 #   parastep profile --model-path DIR --gpus 8 --interconnect nvlink --steps T --out P.yaml
 # then checked on 100 held-out images (benchmarks/bench_heldout.py --profile P.yaml).
 # Results: benchmarks/results/heldout-<name>.{md,json,png} and fresh-profiles.log.
-# Usage: benchmarks/fresh_profiles.sh [WORKDIR]   (about 10 min per configuration on 2 cores)
+# Usage: [FRESH_CONFIGS='NAME SCHEDULER STEPS;...'] benchmarks/fresh_profiles.sh [WORKDIR]   (about 10 min per configuration on 2 cores)
 set -eu
 repo=$(cd "$(dirname "$0")/.." && pwd)
 work=${1:-$(mktemp -d)}
 mkdir -p "$work"
 log="$repo/benchmarks/results/fresh-profiles.log"
 echo "# fresh profiles of untuned configurations, $(date -u +%Y-%m-%dT%H:%MZ), $(uname -m), $(nproc) cores" > "$log"
-for cfg in "euler30 EulerDiscreteScheduler 30" "dpmpp20 DPMSolverMultistepScheduler 20"; do
+configs=${FRESH_CONFIGS:-"euler30 EulerDiscreteScheduler 30;dpmpp20 DPMSolverMultistepScheduler 20"}   # NAME SCHEDULER STEPS;...
+IFS=';' read -ra cfgs <<< "$configs"
+for cfg in "${cfgs[@]}"; do
   set -- $cfg; name=$1; sched=$2; steps=$3
   python - "$work/digits-$name" "$sched" <<'PY'
 import sys, diffusers
