@@ -98,13 +98,16 @@ def sample_schedules(profile: Profile, profile_sha256: str, *, count: int, world
             budget = statistics.median(per) * 10 ** rng.uniform(*span_decades)
             res = plan_schedule(profile, profile_sha256=profile_sha256, world_size=G, max_window=J, budget=budget,
                                 coverage=rng.choice([0.9, 1.0]), options=options)
-        s = res.schedule
-        key = plan_key(s)
-        if key in seen or s.quality.predicted <= 0:
-            continue
-        seen.add(key)
-        out.append(s)
+        _keep_if_new(res.schedule, seen, out)
     return out
+
+
+def _keep_if_new(schedule, seen: set, out: list) -> None:
+    """Append a lossy ``schedule`` whose plan is not in ``seen`` (and record it there)."""
+    key = plan_key(schedule)
+    if key not in seen and schedule.quality.predicted > 0:
+        seen.add(key)
+        out.append(schedule)
 
 
 def verify(pipe, profile: Profile, schedules: Sequence[Any], *, prompts: Sequence[Any], seeds: Sequence[int],
@@ -289,12 +292,8 @@ def sweep_schedules(profile: Profile, profile_sha256: str, *, world_sizes: Seque
         statements = [{}] + [{"budget": cal.deviation_for_psnr(x), "coverage": SWEEP_COVERAGE, "min_psnr_db": x}
                              for x in targets_db]
         for st in statements:
-            s = plan_schedule(profile, profile_sha256=profile_sha256, world_size=G, options=options, **st).schedule
-            key = plan_key(s)
-            if key in seen or s.quality.predicted <= 0:
-                continue
-            seen.add(key)
-            out.append(s)
+            _keep_if_new(plan_schedule(profile, profile_sha256=profile_sha256, world_size=G, options=options, **st).schedule,
+                         seen, out)
     return out
 
 
