@@ -8,12 +8,14 @@ hooks with ``LocalExchange``: a schedule's output does not depend on where its o
 profile's own calibration samples, so each image n has the planner's prediction E_n (the sum over
 the plan's windows of sample n's output error, ``predicted_per_sample``) and a measured PSNR.
 
-``fit_calibration`` is split conformal: the plans are split at random into two halves; the
-central line ``psnr_n = intercept - slope * log10(E_n)`` is fitted by least squares on the (plan,
-image) points of one half, and the residuals (measured minus central) of the other half's points
+``fit_calibration`` is split conformal: the central line ``psnr_n = intercept - slope * log10(E_n)``
+is fitted by least squares on the (plan, image) points of the bootstrap plans, and the residuals
+(measured minus central) of the optimizer's ``--min-psnr`` picks of the sweeps (``sweep_schedules``)
 give the per-image lower bound at level 0.9: the k-th smallest residual, k = floor((m + 1) x 0.1),
-added to the central intercept. For a new (plan, image) pair exchangeable with the held-out ones
-(a plan the optimizer picks, one of the profile's calibration images), P(measured >= bound) >= 0.9.
+added to the central intercept; per world size, and pooled for world sizes without their own part
+(before any sweep, the bootstrap plans are split at random into the line's and the residuals'
+halves). For a new (plan, image) pair exchangeable with the held-out ones (a plan the optimizer
+picks, one of the profile's calibration images), P(measured >= bound) >= 0.9.
 The residuals are kept in the profile, so ``plan`` states a plan's predicted per-image PSNR
 distribution (central prediction + residual, over images and residuals). Too few informative
 images (every sampled plan nearly lossless) makes ``calibrate_profile`` sample more plans, not
@@ -22,7 +24,6 @@ ask the user to. A non-positive slope is refused (the model does not predict qua
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import random
@@ -176,12 +177,6 @@ class TooFewPoints(ValueError):
     samples more plans instead of asking the user to)."""
 
 
-def _stable_half(key: str, seed: int) -> int:
-    """0 (the line's half) or 1 (the residuals' half) for a pick, from its plan key: a plan keeps its
-    half when more plans are measured."""
-    return hashlib.sha256(f"{seed}:{key}".encode()).digest()[0] & 1
-
-
 def _fit_part(line_runs: Sequence[VerificationRun], resid_runs: Sequence[VerificationRun], *, level: float,
               what: str) -> tuple[Calibration, dict]:
     """The central line by least squares on ``line_runs``' images, the conformal offset at ``level``
@@ -229,16 +224,16 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: fl
     bound at ``level`` = central + the finite-sample conformal quantile of those residuals
     (``conformal_lower_offset``).
 
-    With picks (the optimizer's ``--min-psnr`` plans of the sweep): each pick falls in the line's
-    half or the residuals' half by its plan key (``_stable_half``); the pooled calibration fits its
-    line on every other plan and the line half of the picks, and takes its residuals from the other
-    half of the picks; and per world size G with enough picks (Mondrian), the same on G's plans
-    alone, kept in ``Calibration.by_world_size``. A world size whose part cannot be fitted uses the
-    pooled one (``info["world_sizes_skipped"]`` says why)."""
+    With picks (the optimizer's ``--min-psnr`` plans of the sweeps): the central line on the
+    bootstrap plans only, and the residuals of every pick, so the bound is set by the plans users
+    get and no bad pick can hide in the line's half. Pooled over world sizes, and per world size G
+    (Mondrian: G's bootstrap plans fit G's line, G's picks give its residuals), kept in
+    ``Calibration.by_world_size``. A world size whose part cannot be fitted uses the pooled one
+    (``info["world_sizes_skipped"]`` says why). The line does not move as picks are added, so a
+    pick that met the bound never loosens it (``conformal_lower_offset``)."""
     picks = [r for r in runs if r.pick]
-    others = [r for r in runs if not r.pick]
-    held = [r for r in picks if _stable_half(r.key, seed)]
-    if len(picks) < 2 or not held or len(held) == len(picks):
+    boot = [r for r in runs if not r.pick]
+    if not picks:
         idx = list(range(len(runs)))
         random.Random(seed).shuffle(idx)
         half = len(idx) // 2
@@ -246,16 +241,14 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: fl
             raise TooFewPoints(f"calibration needs at least 6 verification runs, got {len(runs)}")
         cal, info = _fit_part([runs[i] for i in idx[:half]], [runs[i] for i in idx[half:]], level=level, what="")
         return cal, info
-    line = others + [r for r in picks if not _stable_half(r.key, seed)]
-    cal, info = _fit_part(line, held, level=level, what="")
+    cal, info = _fit_part(boot, picks, level=level, what="")
     parts: dict[int, Calibration] = {}
     skipped: dict[int, str] = {}
     per_g: dict[int, dict] = {}
     for G in sorted({r.world_size for r in picks}):
-        g_held = [r for r in held if r.world_size == G]
-        g_line = [r for r in line if r.world_size == G]
         try:
-            parts[G], per_g[G] = _fit_part(g_line, g_held, level=level, what=f" at G = {G}")
+            parts[G], per_g[G] = _fit_part([r for r in boot if r.world_size == G], [r for r in picks if r.world_size == G],
+                                           level=level, what=f" at G = {G}")
         except (TooFewPoints, ValueError) as exc:
             skipped[G] = str(exc)
     info.update({"world_sizes": per_g, "world_sizes_skipped": skipped})
@@ -275,6 +268,7 @@ MORE_PLAN_ROUNDS = 2      # calibrate_profile's extra bootstrap rounds (2x, then
 SWEEP_TARGETS_DB = tuple(25.0 + 2.5 * k for k in range(9))     # --min-psnr 25, 27.5, ..., 45: the qualities users ask for
 SWEEP_COVERAGE = 0.9      # plan --min-psnr's default coverage
 SWEEP_ROUNDS = 4          # at most this many sweeps; each plans every (G, target) under the calibration fitted so far
+SWEEP_SETTLED_DB = 0.25   # ... and they stop once no world size's bound moved by more than this in a sweep
 
 
 def sweep_schedules(profile: Profile, profile_sha256: str, *, world_sizes: Sequence[int],
@@ -295,6 +289,11 @@ def sweep_schedules(profile: Profile, profile_sha256: str, *, world_sizes: Seque
             _keep_if_new(plan_schedule(profile, profile_sha256=profile_sha256, world_size=G, options=options, **st).schedule,
                          seen, out)
     return out
+
+
+def _bounds_db(cal: Calibration, sizes: Sequence[int]) -> list[float]:
+    """The per-image bound's intercept at each world size (its part, or the pooled one)."""
+    return [cal.at(g).intercept_db for g in sizes]
 
 
 def calibration_cost_forwards(*, num_steps: int, bootstrap_plans: int, picks: int) -> int:
@@ -372,10 +371,16 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
             runs += verify(pipe, profile, new, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say,
                            pick=True)
         picks += len(new)
+        before = _bounds_db(cal, sizes)
         try:
             cal, info = fit_calibration(runs)
         except ValueError as exc:
             raise UserError(str(exc)) from None
+        moved = max(abs(a - b) for a, b in zip(before, _bounds_db(cal, sizes)))
+        if rnd and moved <= SWEEP_SETTLED_DB:      # the first sweep replaces the bootstrap bound; later ones refine it
+            say(f"sweep {rnd + 1}: every world size's bound moved by at most {moved:.2f} dB: settled")
+            converged = True
+            break
     if not converged:
         converged = not sweep_schedules(profile.model_copy(update={"calibration": cal}), sha, world_sizes=sizes, seen=set(done))
     parts = ", ".join(f"G = {g}: {c.central_intercept_db:.2f} - {c.slope_db_per_decade:.2f} log10(E), offset "
