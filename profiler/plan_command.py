@@ -41,7 +41,8 @@ def _per_image(s) -> str:
         text += f", predicted per-image PSNR median {p.median_db:.1f} dB, 10th percentile {p.p10_db:.1f} dB"
         if p.measured_on:
             text += (f" (this plan measured {p.measured_median_db:.1f} / {p.measured_p10_db:.1f} dB on the profile's "
-                     f"{p.measured_on} calibration images when it was calibrated)")
+                     f"{p.measured_on} calibration images when it was calibrated"
+                     f"{', and the prediction uses its own residuals' if p.residuals_of == 'this plan' else ''})")
         if q.predicted_psnr_db is not None and p.level is not None:
             text += f" (the worst image required: >= {q.predicted_psnr_db:.1f} dB with probability {p.level:g})"
     elif q.predicted_psnr_db is not None:

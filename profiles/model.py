@@ -253,22 +253,32 @@ class Calibration(_Strict):
 
     def predicted_psnr(self, deviations: "Sequence[float]", measured: "Optional[Sequence[float]]" = None) -> Optional[dict]:
         """A plan's predicted per-image PSNR distribution from its per-image deviations: the mixture
-        of central prediction + held-out residual over images and residuals (what a random image of
-        this plan measures), its median and 10th percentile, and the per-image conformal lower
-        bound of the worst image at ``level``. ``measured``: this plan's own PSNR per calibration
-        image, measured when the profile was calibrated, is reported beside the prediction (its
-        median and 10th percentile over those few images; the prediction stays the model's, which
-        held-out images track better than 20 images' own 10th percentile). None without residuals,
-        or for a lossless plan."""
+        of central prediction + residual over images and residuals (what a random image of this plan
+        measures), its median and 10th percentile, and the per-image conformal lower bound of the
+        worst image at ``level`` (always the model's: the bound the planner planned to).
+
+        The residuals are the held-out ones of the calibration, unless ``measured`` is given: this
+        plan's own PSNR per calibration image, measured when the profile was calibrated. Then, with
+        at least as many lossy images as a bound at ``level`` needs, the residuals are this plan's
+        own (measured minus central, per image), so a plan that compounds worse or better than the
+        model says is predicted as it measured, while the mixture over all images smooths the 10th
+        percentile that a handful of images would give alone. None without residuals, or for a
+        lossless plan."""
         if not self.has_residuals or not any(d > 0 for d in deviations):
             return None
         # a lossless image is the sequential output: evaluate reports it at its cap, and so does the mixture
         centres = [self.central_psnr_db(d) if d > 0 else PSNR_CAP_DB for d in deviations]
-        mix = [min(c + r, PSNR_CAP_DB) if c < PSNR_CAP_DB else PSNR_CAP_DB for c in centres for r in self.residuals_db]
+        residuals, source = self.residuals_db, "picks"
+        if measured and len(measured) == len(deviations) and self.level is not None:
+            own = [m - c for m, c in zip(measured, centres) if c < PSNR_CAP_DB and m < PSNR_CAP_DB]
+            if conformal_lower_offset(own, self.level) is not None:
+                residuals, source = sorted(own), "this plan"
+        mix = [min(c + r, PSNR_CAP_DB) if c < PSNR_CAP_DB else PSNR_CAP_DB for c in centres for r in residuals]
         q = conformal_lower_offset(self.residuals_db, self.level) if self.level is not None else None
         out = {"median_db": _quantile(mix, 0.5), "p10_db": _quantile(mix, 0.1),
                "worst_lower_db": None if q is None else min(PSNR_CAP_DB, min(centres) + q),
-               "level": self.level, "residuals": len(self.residuals_db), "measured_on": len(measured or ())}
+               "level": self.level, "residuals": len(residuals), "residuals_of": source,
+               "measured_on": len(measured or ())}
         if measured:
             out.update(measured_median_db=_quantile(measured, 0.5), measured_p10_db=_quantile(measured, 0.1))
         return out

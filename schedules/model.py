@@ -204,15 +204,18 @@ def plan_identity(world_size: int, windows) -> str:
 
 class PsnrPrediction(_Strict):
     """The plan's predicted per-image PSNR distribution (the profile's calibration: each calibration
-    image's central prediction plus each held-out residual), and the split-conformal per-image
-    lower bound of its worst calibration image."""
+    image's central prediction plus each held-out residual, or this plan's own residuals where the
+    calibration ran it), and the split-conformal per-image lower bound of its worst calibration image."""
 
     median_db: float
     p10_db: float
     worst_lower_db: Optional[float] = Field(default=None, description="the worst calibration image's lower bound at `level` "
                                                                       "(null: too few residuals for that level)")
     level: Optional[float] = Field(default=None, gt=0, lt=1)
-    residuals: int = Field(ge=1, description="held-out residuals the distribution is made of")
+    residuals: int = Field(ge=1, description="residuals the distribution is made of")
+    residuals_of: Literal["picks", "this plan"] = Field(default="picks", description=(
+        "picks: the calibration's held-out residuals at this world size; this plan: the plan's own, measured when the "
+        "profile was calibrated (measured minus central, per calibration image)"))
     measured_on: int = Field(default=0, ge=0, description=(
         "calibration images this very plan was run on when the profile was calibrated (0: none)"))
     measured_median_db: Optional[float] = Field(default=None, description="this plan's median PSNR over those images")

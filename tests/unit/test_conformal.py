@@ -174,17 +174,28 @@ def test_the_line_stays_put_and_every_earlier_residual_stays_when_more_picks_are
     assert info_a["held_out_picks"] == 12 and info_b["held_out_picks"] == 24 and info_a["fit_runs"] == info_b["fit_runs"] == 10
 
 
-def test_a_plan_the_calibration_ran_reports_its_measurement_beside_the_prediction():
+def test_a_plan_the_calibration_ran_is_predicted_from_its_own_residuals():
+    """A measured plan's distribution is the mixture of every image's central prediction and the
+    plan's own residuals (measured minus central); the bound stays the model's; with fewer lossy
+    measured images than a bound at the level needs, the calibration's residuals are used."""
     cal = Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10, central_intercept_db=10.0, level=0.9,
                       residuals_db=sorted([-3.0, -1.0, 0.0, 1.0] * 5))
-    measured = [31.0 + k for k in range(20)]
-    pred = cal.predicted_psnr([1e-1] * 20, measured=measured)
-    model = cal.predicted_psnr([1e-1] * 20)
+    dev = [1e-1] * 10 + [1e-2] * 10                           # centres 30 and 50 dB
+    measured = [21.0 + k for k in range(10)] + [42.0 + k for k in range(10)]
+    own = sorted([m - 30.0 for m in measured[:10]] + [m - 50.0 for m in measured[10:]])
+    mix = [c + r for c in (30.0,) * 10 + (50.0,) * 10 for r in own]
+    pred = cal.predicted_psnr(dev, measured=measured)
+    model = cal.predicted_psnr(dev)
+    assert pred["residuals_of"] == "this plan" and model["residuals_of"] == "picks" and pred["residuals"] == 20
+    assert pred["median_db"] == pytest.approx(statistics.median(mix))
+    assert pred["p10_db"] == pytest.approx(statistics.quantiles(mix, n=10, method="inclusive")[0])
+    assert pred["p10_db"] < model["p10_db"] - 1.0                 # this plan measured worse than the picks' residuals say
     assert pred["measured_on"] == 20 and model["measured_on"] == 0 and "measured_median_db" not in model
     assert pred["measured_median_db"] == pytest.approx(statistics.median(measured))
     assert pred["measured_p10_db"] == pytest.approx(statistics.quantiles(measured, n=10, method="inclusive")[0])
-    assert {k: pred[k] for k in model if k != "measured_on"} == {k: model[k] for k in model if k != "measured_on"}
-    assert pred["worst_lower_db"] == pytest.approx(27.0)       # the bound and the prediction stay the model's
+    assert pred["worst_lower_db"] == model["worst_lower_db"] == pytest.approx(27.0)
+    few = cal.predicted_psnr([1e-1] * 8 + [0.0] * 12, measured=[28.0] * 8 + [PSNR_CAP_DB] * 12)   # 8 < 9 lossy images
+    assert few["residuals_of"] == "picks" and few["measured_on"] == 20
 
 
 @settings(max_examples=300, deadline=None)
