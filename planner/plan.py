@@ -165,7 +165,55 @@ def verify_schedule(schedule: Schedule, profile: Profile) -> None:
 
 # ---- the entry point ---------------------------------------------------------------------------
 
-def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, max_window: Optional[int] = None,
+MEASURED_MISS_REPLANS = 3     # at most this many re-plans past plans the calibration measured below their target
+
+
+def measured_miss(schedule: Schedule) -> str:
+    """Why ``schedule`` misses its ``--min-psnr`` target by the calibration's own measurement of this
+    very plan, or '': the calibration ran it, and predicted from its own residuals
+    (``PsnrPrediction.residuals_of``) its 10th-percentile image is below the target (coverage 0.9
+    or more). The optimizer can pick a plan the model misprices; this is the evidence."""
+    q = schedule.quality
+    p = q.predicted_psnr if q is not None else None
+    if p is None or q.min_psnr_db is None or p.residuals_of != "this plan" or (q.coverage or 1.0) < 0.9:
+        return ""
+    if p.p10_db >= q.min_psnr_db:
+        return ""
+    return (f"from its own residuals its 10th-percentile image is predicted at {p.p10_db:.1f} dB, below the "
+            f"{q.min_psnr_db:g} dB target")
+
+
+def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, budget: Optional[float] = None,
+                  min_psnr_db: Optional[float] = None, **kw) -> PlanResult:
+    """``_plan_once`` (its docstring states the arguments), and for a ``--min-psnr`` statement no plan
+    the calibration measured below its target (``measured_miss``): such a plan is excluded by
+    lowering the per-sample budget just below its ``required``-th smallest predicted error, which
+    excludes every plan at least as lossy on those samples too, and the statement is re-planned
+    (at most ``MEASURED_MISS_REPLANS`` times; a plan still missing then is returned with a warning)."""
+    res = _plan_once(profile, profile_sha256=profile_sha256, world_size=world_size, budget=budget,
+                     min_psnr_db=min_psnr_db, **kw)
+    notes: list[str] = []
+    for _ in range(MEASURED_MISS_REPLANS):
+        why = measured_miss(res.schedule) if budget is not None else ""
+        if not why:
+            break
+        _, _, errs = recompute(res.schedule, profile)
+        per_sample = sorted(math.fsum(col) for col in zip(*errs))
+        required = res.schedule.quality.per_sample.required if res.schedule.quality.per_sample else len(per_sample)
+        budget = min(budget, per_sample[required - 1]) * (1 - 1e-6)
+        notes.append(f"the calibration ran the {res.schedule.latency.speedup:.2f}x plan for {min_psnr_db:g} dB: {why}; "
+                     f"re-planned at a per-sample budget of {budget:.4g}")
+        res = _plan_once(profile, profile_sha256=profile_sha256, world_size=world_size, budget=budget,
+                         min_psnr_db=min_psnr_db, **kw)
+    else:
+        why = measured_miss(res.schedule) if budget is not None else ""
+        if why:
+            notes.append(f"after {MEASURED_MISS_REPLANS} re-plans the calibration still measured this plan below its "
+                         f"target: {why}; 'plan --verify 20' measures and re-plans, or ask for a higher --min-psnr")
+    return dc_replace(res, warnings=res.warnings + tuple(notes)) if notes else res
+
+
+def _plan_once(profile: Profile, *, profile_sha256: str, world_size: int, max_window: Optional[int] = None,
                   budget: Optional[float] = None, coverage: Optional[float] = None, min_psnr_db: Optional[float] = None,
                   policy: Policy = "optimal", warmup: Optional[int] = None, solver: SolverName = "auto", options=None,
                   fixed_bound_factor: Optional[float] = None, allow_split: bool = True, allow_batch: bool = True,

@@ -52,22 +52,6 @@ def _per_image(s) -> str:
     return text
 
 
-def measured_miss(s) -> str:
-    """One line when the calibration ran this very plan and, predicted from its own residuals, its
-    10th-percentile image falls below the ``--min-psnr`` target it was planned for (coverage 0.9 or
-    more); else ''. The optimizer can pick a plan the model misprices; the calibration's own
-    measurement of it is the evidence."""
-    q = s.quality
-    p = q.predicted_psnr if q is not None else None
-    if p is None or q.min_psnr_db is None or p.residuals_of != "this plan" or (q.coverage or 1.0) < 0.9:
-        return ""
-    if p.p10_db >= q.min_psnr_db:
-        return ""
-    return (f"the calibration ran this plan: from its own residuals its 10th-percentile image is predicted at "
-            f"{p.p10_db:.1f} dB, below the {q.min_psnr_db:g} dB target; add --verify 20 (and --model-path DIR for a "
-            "pipeline folder) to measure and re-plan, or ask for a higher --min-psnr")
-
-
 def emit(result, profile: Profile) -> None:
     """Warnings and the summary line on stderr, then the YAML on stdout (only after success).
 
@@ -81,9 +65,6 @@ def emit(result, profile: Profile) -> None:
               "profile on the target hardware for a measured plan", file=sys.stderr)
     for w in result.warnings:
         print(f"parastep: warning: {w}", file=sys.stderr)
-    miss = measured_miss(s)
-    if miss:
-        print(f"parastep plan: warning: {miss}", file=sys.stderr)
     text = dump_schedule(s)
     # a plan the solver did not prove optimal is not called optimal (the warning above says why)
     kind = "best found (not proven optimal)" if s.policy == "optimal" and s.solver.status != "OPTIMAL" else s.policy

@@ -86,11 +86,12 @@ def test_default_plan_measures_at_least_the_fixed_plan_and_is_faster(setup, G):
 
 
 _MISSED = pytest.mark.xfail(strict=True, reason=(
-    "measured on the shipped profile (benchmarks/results/heldout.md): 83 % of the held-out images reach 35 dB at G = 8 "
-    "(20-image blocks 75 % to 100 %, bootstrap 75 % to 90 %), below the 85 % floor; p10 32.3 dB"))
+    "measured on the shipped profile (benchmarks/results/heldout.md): covered (99 %), but the p10 image is 4.5 dB "
+    "above 35 dB at G = 2 (20-image blocks +2.1 to +8.2, bootstrap +1.5 to +7.4): not tight; the first pick was a "
+    "measured miss (its own residuals: p10 33.7 dB) and the re-plan at the tighter budget overshoots"))
 
 
-@pytest.mark.parametrize("G,target_db", [(G, x) if (G, x) != (8, 35.0) else pytest.param(G, x, marks=_MISSED)
+@pytest.mark.parametrize("G,target_db", [(G, x) if (G, x) != (2, 35.0) else pytest.param(G, x, marks=_MISSED)
                                           for G in (2, 4, 8) for x in (30.0, 35.0, 40.0)])
 def test_min_psnr_holds_and_is_tight_on_held_out_images(setup, G, target_db):
     """``--min-psnr DB --coverage 0.9`` on the shipped profile (one plain ``parastep profile``):

@@ -214,19 +214,19 @@ def test_more_images_that_met_the_bound_never_loosen_it(residuals, above, level)
     assert q2 is not None and q2 >= q
 
 
-def test_plan_warns_when_the_calibration_measured_its_plan_below_the_target():
-    """``plan``'s one-line warning: only for a plan predicted from its own residuals, planned for a
-    --min-psnr target at coverage 0.9 or more, whose predicted 10th percentile is below it."""
+def test_a_measured_miss_is_a_plan_predicted_from_its_own_residuals_below_its_target():
+    """``planner.plan.measured_miss``: only for a plan predicted from its own residuals, planned for
+    a --min-psnr target at coverage 0.9 or more, whose predicted 10th percentile is below it."""
     from types import SimpleNamespace as NS
 
-    from parastep.profiler.plan_command import measured_miss
+    from parastep.planner.plan import measured_miss
 
     def sched(p10, of="this plan", target=30.0, coverage=0.9):
         return NS(quality=NS(min_psnr_db=target, coverage=coverage,
                              predicted_psnr=NS(p10_db=p10, residuals_of=of)))
 
     line = measured_miss(sched(24.9))
-    assert "24.9 dB, below the 30 dB target" in line and "--verify" in line and "\n" not in line
+    assert "24.9 dB, below the 30 dB target" in line and "\n" not in line
     assert measured_miss(sched(30.0)) == ""                        # at the target: met
     assert measured_miss(sched(24.9, of="picks")) == ""            # the model's own prediction: the bound was planned to it
     assert measured_miss(sched(24.9, target=None)) == ""           # no target to miss

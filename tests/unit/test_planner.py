@@ -317,3 +317,40 @@ def test_fixed_plan_is_emitted_where_nothing_within_the_rounded_down_bound_beats
     assert s.latency.predicted_s == fixed.latency.predicted_s and s.solver.objective == fixed.solver.objective
     assert s.quality.predicted == fixed.quality.predicted and s.quality.budget_units == s.quality.predicted_units
     assert s.solver.name == "dp" and s.solver.status == "OPTIMAL" and s.solver.bound == s.solver.objective
+
+
+def test_min_psnr_never_emits_a_plan_the_calibration_measured_below_its_target():
+    """The shipped digits profile, with the calibration's measurement of the plan that --min-psnr 35
+    at G = 4 first picks replaced by one 6 dB below the model's central prediction on every image:
+    ``plan_schedule`` re-plans past it (a tighter per-sample budget that excludes it), says so in a
+    warning, and the plan it returns is not a measured miss. Measured 6 dB above instead, the plan
+    is kept."""
+    from parastep.planner.options import SolverOptions
+    from parastep.planner.plan import _plan_once, measured_miss
+    from parastep.profiles.io import resolve_profile
+    from parastep.schedules.model import plan_identity
+
+    profile, sha = resolve_profile("digits")
+    opts = SolverOptions(workers=1, seed=0, deterministic=True, time_limit_s=10.0)
+    cal = profile.calibration.at(4)
+    kw = dict(profile_sha256=sha, world_size=4, budget=cal.deviation_for_psnr(35.0), coverage=0.9, min_psnr_db=35.0,
+              options=opts)
+    first = _plan_once(profile, **kw).schedule
+    key = plan_identity(4, first.windows)
+    _, _, errs = recompute(first, profile)
+    per_sample = [math.fsum(col) for col in zip(*errs)]
+    low = [cal.central_psnr_db(e) - 6.0 if e > 0 else 100.0 for e in per_sample]
+    bad = profile.model_copy(update={"calibration": profile.calibration.model_copy(
+        update={"measured_plans": {**profile.calibration.measured_plans, key: low}})})
+    assert measured_miss(_plan_once(bad, **kw).schedule)
+    res = plan_schedule(bad, **kw)
+    again = res.schedule
+    assert plan_identity(4, again.windows) != key and not measured_miss(again)
+    assert again.quality.budget < kw["budget"] and again.quality.min_psnr_db == 35.0
+    assert any("re-planned at a per-sample budget" in w for w in res.warnings)
+    assert again.latency.speedup <= first.latency.speedup + 1e-9      # a tighter bound never plans faster
+    high = [p + 12.0 for p in low]                        # measured 6 dB above the model: the plan is kept as it is
+    good = profile.model_copy(update={"calibration": profile.calibration.model_copy(
+        update={"measured_plans": {**profile.calibration.measured_plans, key: high}})})
+    kept = plan_schedule(good, **kw)
+    assert plan_identity(4, kept.schedule.windows) == key and not any("re-planned" in w for w in kept.warnings)
