@@ -121,6 +121,12 @@ def recompute(schedule: Schedule, profile: Profile) -> tuple[float, list[float],
     return math.fsum(lats), lats, errs
 
 
+def predicted_per_sample(schedule: Schedule, profile: Profile) -> list[float]:
+    """The schedule's predicted output error for each calibration sample (``recompute``'s windows summed)."""
+    _, _, errs = recompute(schedule, profile)
+    return [math.fsum(col) for col in zip(*errs)]
+
+
 def verify_schedule(schedule: Schedule, profile: Profile) -> None:
     """Raise RuntimeError unless the schedule is valid and its declared numbers are its own."""
     problems = violations(schedule)
@@ -193,23 +199,21 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, bud
     res = _plan_once(profile, profile_sha256=profile_sha256, world_size=world_size, budget=budget,
                      min_psnr_db=min_psnr_db, **kw)
     notes: list[str] = []
-    for _ in range(MEASURED_MISS_REPLANS):
+    for replans in range(MEASURED_MISS_REPLANS + 1):
         why = measured_miss(res.schedule) if budget is not None else ""
         if not why:
             break
-        _, _, errs = recompute(res.schedule, profile)
-        per_sample = sorted(math.fsum(col) for col in zip(*errs))
+        if replans == MEASURED_MISS_REPLANS:
+            notes.append(f"after {MEASURED_MISS_REPLANS} re-plans the calibration still measured this plan below its "
+                         f"target: {why}; 'plan --verify 20' measures and re-plans, or ask for a higher --min-psnr")
+            break
+        per_sample = sorted(predicted_per_sample(res.schedule, profile))
         required = res.schedule.quality.per_sample.required if res.schedule.quality.per_sample else len(per_sample)
         budget = min(budget, per_sample[required - 1]) * (1 - 1e-6)
         notes.append(f"the calibration ran the {res.schedule.latency.speedup:.2f}x plan for {min_psnr_db:g} dB: {why}; "
                      f"re-planned at a per-sample budget of {budget:.4g}")
         res = _plan_once(profile, profile_sha256=profile_sha256, world_size=world_size, budget=budget,
                          min_psnr_db=min_psnr_db, **kw)
-    else:
-        why = measured_miss(res.schedule) if budget is not None else ""
-        if why:
-            notes.append(f"after {MEASURED_MISS_REPLANS} re-plans the calibration still measured this plan below its "
-                         f"target: {why}; 'plan --verify 20' measures and re-plans, or ask for a higher --min-psnr")
     return dc_replace(res, warnings=res.warnings + tuple(notes)) if notes else res
 
 

@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping, Optional, Sequence
 
 from ..errors import UserError
+from ..planner.plan import predicted_per_sample
 from ..executor.evaluate import psnr_db_per_sample, run_schedule_local
 from ..profiles.model import Calibration, Profile, conformal_lower_offset
 from ..schedules.model import plan_identity
@@ -53,14 +54,6 @@ class VerificationRun:
     @property
     def mean_psnr_db(self) -> float:
         return statistics.fmean(self.psnr_db)
-
-
-def predicted_per_sample(schedule, profile: Profile) -> list[float]:
-    """The planner's predicted output error of ``schedule`` for each calibration sample."""
-    from ..planner.plan import recompute
-
-    _, _, errs = recompute(schedule, profile)
-    return [math.fsum(col) for col in zip(*errs)]
 
 
 def plan_key(schedule) -> tuple:

@@ -40,7 +40,6 @@ the loop did not plan (README, Results).
 
 from __future__ import annotations
 
-import math
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Optional, Sequence
@@ -104,12 +103,11 @@ def _shortfalls(schedule, profile: Profile, measured: Sequence[float], tolerance
     """Per image: dB by which the measurement fell below the calibrated prediction (0 where it did
     not, where the prediction is exact, or where the image is identical to the sequential one)."""
     from ..executor.evaluate import PSNR_CAP_DB
-    from ..planner.plan import recompute
+    from ..planner.plan import predicted_per_sample
 
-    _, _, errs = recompute(schedule, profile)
     cal = profile.calibration.at(schedule.world_size)
     out = []
-    for e, m in zip((math.fsum(col) for col in zip(*errs)), measured):
+    for e, m in zip(predicted_per_sample(schedule, profile), measured):
         v = cal.psnr_db(e) - m if e > 0 and m < PSNR_CAP_DB else 0.0
         out.append(v if v > tolerance_db else 0.0)
     return out
