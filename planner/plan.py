@@ -55,7 +55,7 @@ class PlanResult:
 class SolveOutcome:
     """What the solver (or the fixed policy) says about the plan, as recorded in the schedule."""
 
-    name: Literal["branch-and-bound", "cp-sat", "dp", "fixed"]
+    name: Literal["branch-and-bound", "cp-sat", "dp", "fixed", "measured"]
     status: str
     objective: Optional[int]             # latency units
     bound: Optional[int]
@@ -190,12 +190,29 @@ def measured_miss(schedule: Schedule) -> str:
 
 
 def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, budget: Optional[float] = None,
-                  min_psnr_db: Optional[float] = None, **kw) -> PlanResult:
-    """``_plan_once`` (its docstring states the arguments), and for a ``--min-psnr`` statement no plan
-    the calibration measured below its target (``measured_miss``): such a plan is excluded by
-    lowering the per-sample budget just below its ``required``-th smallest predicted error, which
-    excludes every plan at least as lossy on those samples too, and the statement is re-planned
-    (at most ``MEASURED_MISS_REPLANS`` times; a plan still missing then is returned with a warning)."""
+                  min_psnr_db: Optional[float] = None, measured: bool = True, **kw) -> PlanResult:
+    """``_plan_once`` (its docstring states the arguments), and for a ``--min-psnr`` statement:
+
+    - no plan the calibration measured below its target (``measured_miss``): such a plan is
+      excluded by lowering the per-sample budget just below its ``required``-th smallest predicted
+      error, which excludes every plan at least as lossy on those samples too, and the statement is
+      re-planned (at most ``MEASURED_MISS_REPLANS`` times; a plan still missing then is returned
+      with a warning);
+    - with ``measured`` (the default; the calibration's own sweeps pass False, they measure the
+      model's picks), a faster plan the calibration measured to meet the target is emitted instead
+      (``measured_alternative``)."""
+    res = _replan_measured_misses(profile, profile_sha256=profile_sha256, world_size=world_size, budget=budget,
+                                  min_psnr_db=min_psnr_db, **kw)
+    if measured and budget is not None and min_psnr_db is not None:
+        alt = measured_alternative(profile, res, min_psnr_db=min_psnr_db, profile_sha256=profile_sha256,
+                                   options=kw.get("options"))
+        if alt is not None:
+            return alt
+    return res
+
+
+def _replan_measured_misses(profile: Profile, *, profile_sha256: str, world_size: int, budget: Optional[float],
+                            min_psnr_db: Optional[float], **kw) -> PlanResult:
     res = _plan_once(profile, profile_sha256=profile_sha256, world_size=world_size, budget=budget,
                      min_psnr_db=min_psnr_db, **kw)
     notes: list[str] = []
@@ -215,6 +232,84 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, bud
         res = _plan_once(profile, profile_sha256=profile_sha256, world_size=world_size, budget=budget,
                          min_psnr_db=min_psnr_db, **kw)
     return dc_replace(res, warnings=res.warnings + tuple(notes)) if notes else res
+
+
+def measured_alternative(profile: Profile, res: PlanResult, *, min_psnr_db: float, profile_sha256: str,
+                         options=None) -> Optional[PlanResult]:
+    """The fastest plan the calibration ran at ``res``'s world size that is faster than ``res``'s
+    plan, lies in its problem (every window one of its edges: the same window limit, splits and
+    batching), and measured at least ``min_psnr_db`` on as many calibration images as the statement
+    requires (``required_samples``: the same binomial margin as the model's statement), with its
+    own-residual prediction not a miss (``measured_miss``); or None.
+
+    The model's statement prices every plan from its per-image errors and one conformal offset;
+    for a plan the calibration ran, its measured PSNR on the calibration images is direct evidence,
+    and for the optimizer's picks it is the evidence the model was too cautious. The schedule
+    records the plan's own statement: a per-sample budget at its ``required``-th smallest predicted
+    error (met by ``required`` samples), solver "measured", status FEASIBLE (not proven optimal)."""
+    cal = profile.calibration
+    problem = res.problem
+    s0 = res.schedule
+    ps = s0.quality.per_sample
+    if cal is None or not cal.measured_windows or problem is None or ps is None:
+        return None
+    G, N, T = s0.world_size, ps.samples, profile.num_steps
+    candidates = []
+    for key, mp in cal.measured_windows.items():
+        psnr = cal.measured_plans.get(key)
+        if mp.world_size != G or psnr is None or len(psnr) != N:
+            continue
+        met = sum(1 for p in psnr if p >= min_psnr_db)
+        if met < ps.required:
+            continue
+        chosen = _edges_of(problem, mp.windows, num_steps=T)
+        if chosen is None:
+            continue
+        latency_s = math.fsum(c.latency_s for c in chosen)
+        if latency_s < s0.latency.predicted_s * (1 - 1e-9):
+            candidates.append((latency_s, key, chosen, met))
+    for latency_s, _, chosen, met in sorted(candidates, key=lambda c: (c[0], c[1])):
+        per_sample = sorted(math.fsum(col) for col in zip(*(c.errors for c in chosen)))
+        scale = problem.error_units_per_unit
+        units = sorted(sum(col) for col in zip(*((error_units(x, scale=scale) for x in c.errors) for c in chosen)))
+        at = ps.required - 1
+        outcome = SolveOutcome(name="measured", status="FEASIBLE",
+                               objective=sum(round(c.latency_s * s0.solver.latency_units_per_s) for c in chosen),
+                               bound=None, wall_s=0.0)
+        schedule = _assemble(profile, profile_sha256=profile_sha256, world_size=G, max_window=s0.max_window,
+                             policy="optimal", chosen=chosen, budget=per_sample[at], sample_budget_units=[units[at]] * N,
+                             required=ps.required, coverage=s0.quality.coverage, scale=scale, min_psnr_db=min_psnr_db,
+                             outcome=outcome, latency_units_per_s=s0.solver.latency_units_per_s, options=None)
+        if measured_miss(schedule):
+            continue
+        verify_schedule(schedule, profile)
+        note = (f"the calibration ran a faster plan than the model's {s0.latency.speedup:.2f}x one: "
+                f"{schedule.latency.speedup:.2f}x, {met} of {N} calibration images at or above {min_psnr_db:g} dB "
+                f"({ps.required} required); emitting it")
+        return PlanResult(schedule=schedule, warnings=res.warnings + (note,), problem=problem)
+    return None
+
+
+def _edges_of(problem: Problem, windows: Sequence[dict], *, num_steps: int) -> Optional[list[PlannedWindow]]:
+    """The problem's edges that make up ``windows`` (schedule window dicts), or None where one is
+    not an edge (another window limit, split or batching option, or a pruned window)."""
+    starts = [w.get("start") for w in windows]
+    if starts[0] != 0 or any(not isinstance(a, int) or not isinstance(b, int) or a >= b for a, b in zip(starts, starts[1:])):
+        return None
+    out = []
+    for w, start, stop in zip(windows, starts, starts[1:] + [num_steps]):
+        if not 0 <= start < num_steps or stop > num_steps:
+            return None
+        match = None
+        for i in problem.out_edges[start]:
+            e = problem.edges[i]
+            if e.stop == stop and _to_window(e.planned()).model_dump(mode="json") == w:
+                match = e.planned()
+                break
+        if match is None:
+            return None
+        out.append(match)
+    return out
 
 
 def _plan_once(profile: Profile, *, profile_sha256: str, world_size: int, max_window: Optional[int] = None,

@@ -34,7 +34,7 @@ from typing import Any, Callable, Mapping, Optional, Sequence
 from ..errors import UserError
 from ..planner.plan import predicted_per_sample
 from ..executor.evaluate import psnr_db_per_sample, run_schedule_local
-from ..profiles.model import Calibration, Profile, conformal_lower_offset
+from ..profiles.model import Calibration, MeasuredPlan, Profile, conformal_lower_offset
 from ..schedules.model import plan_identity
 from .instrument import calibration_samples
 
@@ -50,6 +50,7 @@ class VerificationRun:
     windows: int
     pick: bool = False                    # an optimizer's --min-psnr pick of the sweep (else a bootstrap plan)
     key: str = ""                         # the plan's identity (``schedules.model.plan_identity``)
+    plan_windows: tuple = ()              # the plan's windows as plain data (``Calibration.measured_windows``)
 
     @property
     def mean_psnr_db(self) -> float:
@@ -120,7 +121,8 @@ def verify(pipe, profile: Profile, schedules: Sequence[Any], *, prompts: Sequenc
         runs.append(VerificationRun(world_size=s.world_size, policy=s.policy, budget=s.quality.budget,
                                     predicted=predicted_per_sample(s, profile), speedup=s.latency.speedup,
                                     psnr_db=psnr_db_per_sample(out, ref), windows=len(s.windows), pick=pick,
-                                    key=plan_identity(s.world_size, s.windows)))
+                                    key=plan_identity(s.world_size, s.windows),
+                                    plan_windows=tuple(w.model_dump(mode="json") for w in s.windows)))
         if progress is not None and (k % 10 == 9 or k == len(schedules) - 1):
             progress(f"verify: {k + 1}/{len(schedules)} schedules")
     return runs
@@ -246,7 +248,8 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: fl
             skipped[G] = str(exc)
     info.update({"world_sizes": per_g, "world_sizes_skipped": skipped})
     measured = {r.key: list(r.psnr_db) for r in runs if r.key}
-    return cal.model_copy(update={"by_world_size": parts, "measured_plans": measured}), info
+    plans = {r.key: MeasuredPlan(world_size=r.world_size, windows=list(r.plan_windows)) for r in runs if r.key and r.plan_windows}
+    return cal.model_copy(update={"by_world_size": parts, "measured_plans": measured, "measured_windows": plans}), info
 
 
 def verification_world_sizes(gpus: int) -> tuple[int, ...]:
@@ -266,9 +269,10 @@ SWEEP_SETTLED_DB = 0.25   # ... and they stop once no world size's bound moved b
 
 def sweep_schedules(profile: Profile, profile_sha256: str, *, world_sizes: Sequence[int],
                     targets_db: Sequence[float] = SWEEP_TARGETS_DB, seen: set) -> list[Any]:
-    """The plans a user gets from ``plan --gpus G --min-psnr X`` (default window and split, coverage
+    """The optimizer's plans for ``plan --gpus G --min-psnr X`` (default window and split, coverage
     0.9) for every G and target under ``profile.calibration``, and the default plan at each G; only
-    lossy plans not in ``seen`` (which this updates)."""
+    lossy plans not in ``seen`` (which this updates). Without the measured alternatives
+    (``planner.plan.measured_alternative``): the sweeps calibrate the model's own picks."""
     from ..planner.options import SolverOptions
     from ..planner.plan import plan_schedule
 
@@ -279,7 +283,8 @@ def sweep_schedules(profile: Profile, profile_sha256: str, *, world_sizes: Seque
         statements = [{}] + [{"budget": cal.deviation_for_psnr(x), "coverage": SWEEP_COVERAGE, "min_psnr_db": x}
                              for x in targets_db]
         for st in statements:
-            _keep_if_new(plan_schedule(profile, profile_sha256=profile_sha256, world_size=G, options=options, **st).schedule,
+            _keep_if_new(plan_schedule(profile, profile_sha256=profile_sha256, world_size=G, options=options, measured=False,
+                                      **st).schedule,
                          seen, out)
     return out
 

@@ -202,6 +202,14 @@ def _quantile(values: "Sequence[float]", q: float) -> float:
     return v[lo] + (v[hi] - v[lo]) * (pos - lo)
 
 
+class MeasuredPlan(_Strict):
+    """A plan the calibration ran: its world size and its windows as plain data (schedule window
+    dicts; ``schedules.model`` validates them, this contract must not import it)."""
+
+    world_size: int = Field(ge=1)
+    windows: list[dict] = Field(min_length=1)
+
+
 class Calibration(_Strict):
     """Predicted output deviation E of one image -> PSNR of that image vs the sequential run.
 
@@ -225,6 +233,9 @@ class Calibration(_Strict):
     measured_plans: dict[str, list[float]] = Field(default_factory=dict, description=(
         "PSNR per calibration image (sample order) of every plan the calibration ran, by plan identity "
         "(schedules.model.plan_identity)"))
+    measured_windows: dict[str, "MeasuredPlan"] = Field(default_factory=dict, description=(
+        "the plan behind each measured_plans entry (same identity), so the planner can emit a plan the calibration "
+        "measured to meet a --min-psnr target (planner.plan.measured_alternative)"))
     by_world_size: dict[int, "Calibration"] = Field(default_factory=dict, description=(
         "per world size G: the calibration fitted on the plans the optimizer picked at G (Mondrian split conformal); "
         "a world size not listed uses this pooled one"))

@@ -247,7 +247,9 @@ class Latency(_Strict):
 
 
 class Solver(_Strict):
-    name: Literal["branch-and-bound", "cp-sat", "dp", "fixed"]
+    name: Literal["branch-and-bound", "cp-sat", "dp", "fixed", "measured"] = Field(description=(
+        "who chose the plan: a solver, the fixed hand plan, or measured (a plan the profile's calibration ran and "
+        "measured to meet the --min-psnr target, faster than the model's optimum)"))
     status: SolverStatus
     objective: Optional[int] = Field(default=None, description="integer latency units (see latency_units_per_s)")
     bound: Optional[int] = None

@@ -231,3 +231,18 @@ def test_a_measured_miss_is_a_plan_predicted_from_its_own_residuals_below_its_ta
     assert measured_miss(sched(24.9, of="picks")) == ""            # the model's own prediction: the bound was planned to it
     assert measured_miss(sched(24.9, target=None)) == ""           # no target to miss
     assert measured_miss(sched(24.9, coverage=0.5)) == ""          # a p10 says nothing about a 50 % promise
+
+
+def test_every_measured_plan_keeps_its_windows_by_its_identity():
+    """A run that carries its windows (``verify`` records them) is kept in ``measured_windows`` under
+    the same identity as its PSNR, with its world size, so the planner can rebuild it; synthetic
+    runs without windows are kept by their PSNR only."""
+    rng = random.Random(3)
+    boot = _runs(rng, plans=10, images=20, a=10.0, slope=20.0, sd=1.0)
+    picks = _picks(rng, world_size=2, plans=12, images=20, a=12.0, slope=20.0, sd=1.0, tag="p")
+    plan = ({"kind": "exact", "start": 0}, {"kind": "reuse", "start": 1, "size": 2, "predictor": "last"})
+    picks[4] = VerificationRun(**{**picks[4].__dict__, "plan_windows": plan})
+    cal, _ = fit_calibration(boot + picks)
+    assert set(cal.measured_windows) == {"p-2-4"} and set(cal.measured_plans) == {r.key for r in picks}
+    kept = cal.measured_windows["p-2-4"]
+    assert kept.world_size == 2 and kept.windows == list(plan)

@@ -354,3 +354,60 @@ def test_min_psnr_never_emits_a_plan_the_calibration_measured_below_its_target()
         update={"measured_plans": {**profile.calibration.measured_plans, key: high}})})
     kept = plan_schedule(good, **kw)
     assert plan_identity(4, kept.schedule.windows) == key and not any("re-planned" in w for w in kept.warnings)
+
+
+def test_min_psnr_emits_a_faster_plan_the_calibration_measured_to_meet_the_target():
+    """The shipped digits profile with two faster G = 4 plans recorded as measured (the model's own
+    --min-psnr 30 and 25 dB picks): the 35 dB statement emits the fastest one whose measured PSNR
+    meets 35 dB on the required number of calibration images, with solver "measured", a statement
+    it meets, its own-residual prediction and a note; one image too few above 35 dB and it is
+    passed over; a measured plan at another world size, or windows outside the request's window
+    limit, or ``measured=False`` (the calibration's sweeps) leave the model's plan."""
+    from parastep.planner.options import SolverOptions
+    from parastep.planner.plan import measured_miss
+    from parastep.profiles.io import resolve_profile
+    from parastep.profiles.model import MeasuredPlan
+    from parastep.schedules.model import plan_identity
+
+    profile, sha = resolve_profile("digits")
+    opts = SolverOptions(workers=1, seed=0, deterministic=True, time_limit_s=10.0)
+    cal = profile.calibration.at(4)
+    N = profile.quality_samples
+
+    def statement(x: float) -> dict:
+        return dict(profile_sha256=sha, world_size=4, budget=cal.deviation_for_psnr(x), coverage=0.9, min_psnr_db=x,
+                    options=opts)
+
+    model = plan_schedule(profile, **statement(35.0), measured=False).schedule
+    faster = [plan_schedule(profile, **statement(x), measured=False).schedule for x in (30.0, 25.0)]
+    assert model.latency.speedup < faster[0].latency.speedup < faster[1].latency.speedup
+    required = model.quality.per_sample.required
+
+    def with_measured(plans: list, world_size: int = 4):
+        mw = {plan_identity(world_size, s.windows): MeasuredPlan(world_size=world_size,
+                                                                 windows=[w.model_dump(mode="json") for w in s.windows])
+              for s, _ in plans}
+        mp = {plan_identity(world_size, s.windows): psnr for s, psnr in plans}
+        top = profile.calibration
+        return profile.model_copy(update={"calibration": top.model_copy(update={
+            "measured_windows": mw, "measured_plans": {**top.measured_plans, **mp}})})
+
+    passing = [50.0] * N
+    short = [50.0] * (required - 1) + [34.9] * (N - required + 1)     # one image too few at or above 35 dB
+    res = plan_schedule(with_measured([(faster[0], passing), (faster[1], short)]), **statement(35.0))
+    s = res.schedule
+    assert plan_identity(4, s.windows) == plan_identity(4, faster[0].windows)
+    assert s.solver.name == "measured" and s.solver.status == "FEASIBLE" and not violations(s)
+    assert s.latency.speedup == pytest.approx(faster[0].latency.speedup, rel=1e-12)
+    assert s.quality.min_psnr_db == 35.0 and s.quality.per_sample.within >= required
+    assert s.quality.predicted_psnr.residuals_of == "this plan" and not measured_miss(s)
+    assert any("emitting it" in w and f"{required} required" in w for w in res.warnings)
+    assert schedule_from_dict(yaml.safe_load(dump_schedule(s))) == s
+    both = plan_schedule(with_measured([(faster[0], passing), (faster[1], passing)]), **statement(35.0)).schedule
+    assert plan_identity(4, both.windows) == plan_identity(4, faster[1].windows)
+    for other in (plan_schedule(with_measured([(faster[0], passing)], world_size=8), **statement(35.0)).schedule,
+                  plan_schedule(with_measured([(faster[0], passing)]), **statement(35.0), measured=False).schedule):
+        assert plan_identity(4, other.windows) == plan_identity(4, model.windows) and other.solver.name != "measured"
+    assert max(b - a for a, b in faster[0].window_bounds()) > 1       # wider windows than --max-window 1 allows
+    narrow = plan_schedule(with_measured([(faster[0], passing)]), **statement(35.0), max_window=1).schedule
+    assert narrow.solver.name != "measured" and max(b - a for a, b in narrow.window_bounds()) == 1
