@@ -190,7 +190,8 @@ def measured_miss(schedule: Schedule) -> str:
 
 
 def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, budget: Optional[float] = None,
-                  min_psnr_db: Optional[float] = None, measured: bool = True, **kw) -> PlanResult:
+                  min_psnr_db: Optional[float] = None, measured: bool = True,
+                  measured_target_db: Optional[float] = None, **kw) -> PlanResult:
     """``_plan_once`` (its docstring states the arguments), and for a ``--min-psnr`` statement:
 
     - no plan the calibration measured below its target (``measured_miss``): such a plan is
@@ -200,12 +201,14 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, bud
       with a warning);
     - with ``measured`` (the default; the calibration's own sweeps pass False, they measure the
       model's picks), a faster plan the calibration measured to meet the target is emitted instead
-      (``measured_alternative``)."""
+      (``measured_alternative``), measured against ``measured_target_db`` (default ``min_psnr_db``;
+      ``plan --verify`` raises it after a plan missed on its images, so it is not handed the same
+      plan again)."""
     res = _replan_measured_misses(profile, profile_sha256=profile_sha256, world_size=world_size, budget=budget,
                                   min_psnr_db=min_psnr_db, **kw)
     if measured and budget is not None and min_psnr_db is not None:
         alt = measured_alternative(profile, res, min_psnr_db=min_psnr_db, profile_sha256=profile_sha256,
-                                   options=kw.get("options"))
+                                   target_db=measured_target_db)
         if alt is not None:
             return alt
     return res
@@ -235,10 +238,11 @@ def _replan_measured_misses(profile: Profile, *, profile_sha256: str, world_size
 
 
 def measured_alternative(profile: Profile, res: PlanResult, *, min_psnr_db: float, profile_sha256: str,
-                         options=None) -> Optional[PlanResult]:
+                         target_db: Optional[float] = None) -> Optional[PlanResult]:
     """The fastest plan the calibration ran at ``res``'s world size that is faster than ``res``'s
     plan, lies in its problem (every window one of its edges: the same window limit, splits and
-    batching), and measured at least ``min_psnr_db`` on as many calibration images as the statement
+    batching), and measured at least ``target_db`` (default ``min_psnr_db``, the target the schedule
+    records) on as many calibration images as the statement
     requires (``required_samples``: the same binomial margin as the model's statement), with its
     own-residual prediction not a miss (``measured_miss``); or None.
 
@@ -254,12 +258,13 @@ def measured_alternative(profile: Profile, res: PlanResult, *, min_psnr_db: floa
     if cal is None or not cal.measured_windows or problem is None or ps is None:
         return None
     G, N, T = s0.world_size, ps.samples, profile.num_steps
+    target_db = min_psnr_db if target_db is None else target_db
     candidates = []
     for key, mp in cal.measured_windows.items():
         psnr = cal.measured_plans.get(key)
         if mp.world_size != G or psnr is None or len(psnr) != N:
             continue
-        met = sum(1 for p in psnr if p >= min_psnr_db)
+        met = sum(1 for p in psnr if p >= target_db)
         if met < ps.required:
             continue
         chosen = _edges_of(problem, mp.windows, num_steps=T)
@@ -284,7 +289,7 @@ def measured_alternative(profile: Profile, res: PlanResult, *, min_psnr_db: floa
             continue
         verify_schedule(schedule, profile)
         note = (f"the calibration ran a faster plan than the model's {s0.latency.speedup:.2f}x one: "
-                f"{schedule.latency.speedup:.2f}x, {met} of {N} calibration images at or above {min_psnr_db:g} dB "
+                f"{schedule.latency.speedup:.2f}x, {met} of {N} calibration images at or above {target_db:g} dB "
                 f"({ps.required} required); emitting it")
         return PlanResult(schedule=schedule, warnings=res.warnings + (note,), problem=problem)
     return None

@@ -121,8 +121,10 @@ def request_from_args(args) -> PlanRequest:
                        try_fewer_gpus=bool(getattr(args, "try_fewer_gpus", False)), interconnect=args.interconnect)
 
 
-def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_factor: Optional[float] = None):
-    """Plan ``req`` (``budget`` overrides the request's, e.g. a re-plan after a measurement).
+def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_factor: Optional[float] = None,
+              measured_target_db: Optional[float] = None):
+    """Plan ``req`` (``budget`` overrides the request's, e.g. a re-plan after a measurement, and
+    ``measured_target_db`` the target a plan the calibration measured must meet: ``plan_schedule``).
 
     ``--try-fewer-gpus``: also plan every smaller world size that is not dominated window by window
     (``plan.world_size_candidates``; same quality statement, default bounds from the hand plan on all
@@ -139,7 +141,8 @@ def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_f
                             budget=b, coverage=req.coverage, min_psnr_db=req.min_psnr_db,
                             policy=req.policy, warmup=req.warmup, solver=req.solver, options=req.options,
                             fixed_bound_factor=fixed_bound_factor, allow_split=req.allow_split, allow_batch=req.allow_batch,
-                            fixed_world_size=req.world_size if req.policy == "optimal" else None)
+                            fixed_world_size=req.world_size if req.policy == "optimal" else None,
+                            measured_target_db=measured_target_db)
         if req.interconnect is None:
             return res
         s = res.schedule

@@ -181,7 +181,8 @@ def verified(req, *, n: int, model_path):
 
         def replan(plan_db=None, factor=None):
             if plan_db is not None:
-                return make_plan(req, budget=profile.calibration.at(req.world_size).deviation_for_psnr(plan_db))
+                return make_plan(req, budget=profile.calibration.at(req.world_size).deviation_for_psnr(plan_db),
+                                 measured_target_db=plan_db)
             return make_plan(req, fixed_bound_factor=factor)
 
         result, psnr, rounds = aim(result, measure=measure, replan=replan, target=target, say=say)

@@ -362,7 +362,8 @@ def test_min_psnr_emits_a_faster_plan_the_calibration_measured_to_meet_the_targe
     meets 35 dB on the required number of calibration images, with solver "measured", a statement
     it meets, its own-residual prediction and a note; one image too few above 35 dB and it is
     passed over; a measured plan at another world size, or windows outside the request's window
-    limit, or ``measured=False`` (the calibration's sweeps) leave the model's plan."""
+    limit, ``measured=False`` (the calibration's sweeps), or a target the measurement does not meet
+    (``measured_target_db``) leave the model's plan."""
     from parastep.planner.options import SolverOptions
     from parastep.planner.plan import measured_miss
     from parastep.profiles.io import resolve_profile
@@ -406,8 +407,34 @@ def test_min_psnr_emits_a_faster_plan_the_calibration_measured_to_meet_the_targe
     both = plan_schedule(with_measured([(faster[0], passing), (faster[1], passing)]), **statement(35.0)).schedule
     assert plan_identity(4, both.windows) == plan_identity(4, faster[1].windows)
     for other in (plan_schedule(with_measured([(faster[0], passing)], world_size=8), **statement(35.0)).schedule,
-                  plan_schedule(with_measured([(faster[0], passing)]), **statement(35.0), measured=False).schedule):
+                  plan_schedule(with_measured([(faster[0], passing)]), **statement(35.0), measured=False).schedule,
+                  # plan --verify raises the target the measurement must meet after a miss on its own images
+                  plan_schedule(with_measured([(faster[0], passing)]), **statement(35.0), measured_target_db=50.5).schedule):
         assert plan_identity(4, other.windows) == plan_identity(4, model.windows) and other.solver.name != "measured"
     assert max(b - a for a, b in faster[0].window_bounds()) > 1       # wider windows than --max-window 1 allows
     narrow = plan_schedule(with_measured([(faster[0], passing)]), **statement(35.0), max_window=1).schedule
     assert narrow.solver.name != "measured" and max(b - a for a, b in narrow.window_bounds()) == 1
+
+
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(profile=random_profiles(max_steps=30, max_window=8), gpus=st.integers(1, 16),
+       budget_factor=st.sampled_from([0.0, 0.3, 1.0, 3.0]))
+def test_a_plan_kept_as_window_data_is_rebuilt_from_its_problems_edges(profile, gpus, budget_factor):
+    """What ``measured_alternative`` relies on: an emitted plan's windows, as the plain data a
+    calibration keeps, map back to exactly the problem edges the plan was made of (same latency and
+    per-sample errors); a window the problem has no edge for, or a malformed start, maps to None."""
+    from parastep.planner.plan import _edges_of
+
+    J = min(gpus, profile.max_window)
+    budget = budget_factor * fixed_error(fixed_windows(profile, world_size=gpus, max_window=J,
+                                                       warmup=default_warmup(profile.num_steps)))
+    res = plan_schedule(profile, profile_sha256=SHA, world_size=gpus, budget=budget, solver="dp", options=ONE_WORKER)
+    s, problem = res.schedule, res.problem
+    data = [w.model_dump(mode="json") for w in s.windows]
+    chosen = _edges_of(problem, data, num_steps=profile.num_steps)
+    assert chosen is not None
+    assert math.isclose(math.fsum(c.latency_s for c in chosen), s.latency.predicted_s, rel_tol=1e-12, abs_tol=1e-15)
+    _, lats, errs = recompute(s, profile)
+    assert [c.errors for c in chosen] == [tuple(e) for e in errs]
+    assert _edges_of(problem, [{**data[0], "start": 1}] + data[1:], num_steps=profile.num_steps) is None
+    assert _edges_of(problem, [{**data[0], "kind": "no-such-kind"}] + data[1:], num_steps=profile.num_steps) is None
