@@ -176,13 +176,18 @@ MEASURED_MISS_REPLANS = 3     # at most this many re-plans past plans the calibr
 
 def measured_miss(schedule: Schedule) -> str:
     """Why ``schedule`` misses its ``--min-psnr`` target by the calibration's own measurement of this
-    very plan, or '': the calibration ran it, and predicted from its own residuals
-    (``PsnrPrediction.residuals_of``) its 10th-percentile image is below the target (coverage 0.9
-    or more). The optimizer can pick a plan the model misprices; this is the evidence."""
+    very plan, or '': the calibration ran it, and its 10th-percentile image is below the target
+    (coverage 0.9 or more) as measured on the calibration images, or as predicted from its own
+    residuals (``PsnrPrediction.residuals_of``; the mixture over every image's central prediction,
+    which can hide a plan that measured low on the images themselves). The optimizer can pick a plan
+    the model misprices; this is the evidence."""
     q = schedule.quality
     p = q.predicted_psnr if q is not None else None
     if p is None or q.min_psnr_db is None or p.residuals_of != "this plan" or (q.coverage or 1.0) < 0.9:
         return ""
+    if p.measured_p10_db is not None and p.measured_p10_db < q.min_psnr_db:
+        return (f"its 10th-percentile calibration image measured {p.measured_p10_db:.1f} dB, below the "
+                f"{q.min_psnr_db:g} dB target")
     if p.p10_db >= q.min_psnr_db:
         return ""
     return (f"from its own residuals its 10th-percentile image is predicted at {p.p10_db:.1f} dB, below the "

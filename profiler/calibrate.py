@@ -16,6 +16,9 @@ added to the central intercept; per world size, and pooled for world sizes witho
 (before any sweep, the bootstrap plans are split at random into the line's and the residuals'
 halves). For a new (plan, image) pair exchangeable with the held-out ones (a plan the optimizer
 picks, one of the profile's calibration images), P(measured >= bound) >= 0.9.
+After the sweeps, the plans the final calibration picks are measured as well (up to
+``CHECK_ROUNDS`` times, for the picks the measured-miss rule re-plans), kept as measured plans
+but not refitted into the bound, so the ``--min-psnr`` plans users get are ones the calibration ran.
 The residuals are kept in the profile, so ``plan`` states a plan's predicted per-image PSNR
 distribution (central prediction + residual, over images and residuals). Too few informative
 images (every sampled plan nearly lossless) makes ``calibrate_profile`` sample more plans, not
@@ -247,9 +250,17 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: fl
         except (TooFewPoints, ValueError) as exc:
             skipped[G] = str(exc)
     info.update({"world_sizes": per_g, "world_sizes_skipped": skipped})
-    measured = {r.key: list(r.psnr_db) for r in runs if r.key}
-    plans = {r.key: MeasuredPlan(world_size=r.world_size, windows=list(r.plan_windows)) for r in runs if r.key and r.plan_windows}
-    return cal.model_copy(update={"by_world_size": parts, "measured_plans": measured, "measured_windows": plans}), info
+    return with_measured(cal.model_copy(update={"by_world_size": parts, "measured_plans": {}, "measured_windows": {}}),
+                         runs), info
+
+
+def with_measured(cal: Calibration, runs: Sequence[VerificationRun]) -> Calibration:
+    """``cal`` that also keeps ``runs``' plans as measured (PSNR per image, and windows where the run
+    has them), by identity; the bound is not refitted."""
+    measured = {**cal.measured_plans, **{r.key: list(r.psnr_db) for r in runs if r.key}}
+    plans = {**cal.measured_windows, **{r.key: MeasuredPlan(world_size=r.world_size, windows=list(r.plan_windows))
+                                        for r in runs if r.key and r.plan_windows}}
+    return cal.model_copy(update={"measured_plans": measured, "measured_windows": plans})
 
 
 def verification_world_sizes(gpus: int) -> tuple[int, ...]:
@@ -265,6 +276,7 @@ SWEEP_TARGETS_DB = tuple(25.0 + 2.5 * k for k in range(9))     # --min-psnr 25, 
 SWEEP_COVERAGE = 0.9      # plan --min-psnr's default coverage
 SWEEP_ROUNDS = 4          # at most this many sweeps; each plans every (G, target) under the calibration fitted so far
 SWEEP_SETTLED_DB = 0.25   # ... and they stop once no world size's bound moved by more than this in a sweep
+CHECK_ROUNDS = 2          # then the plans the final calibration picks are measured (not refitted), up to this many times
 
 
 def sweep_schedules(profile: Profile, profile_sha256: str, *, world_sizes: Sequence[int],
@@ -326,9 +338,10 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
     prompts, seeds = calibration_samples(pipe, profile)
     T = profile.num_steps
     most = calibration_cost_forwards(num_steps=T, bootstrap_plans=count,
-                                     picks=SWEEP_ROUNDS * len(sizes) * (len(SWEEP_TARGETS_DB) + 1))
+                                     picks=(SWEEP_ROUNDS + CHECK_ROUNDS) * len(sizes) * (len(SWEEP_TARGETS_DB) + 1))
     say(f"calibration: {count} bootstrap plans, then up to {SWEEP_ROUNDS} sweeps of the optimizer's --min-psnr "
-        f"{SWEEP_TARGETS_DB[0]:g}..{SWEEP_TARGETS_DB[-1]:g} dB picks at G = {', '.join(map(str, sizes))}, each plan run once "
+        f"{SWEEP_TARGETS_DB[0]:g}..{SWEEP_TARGETS_DB[-1]:g} dB picks at G = {', '.join(map(str, sizes))} and up to "
+        f"{CHECK_ROUNDS} checks of the final picks, each plan run once "
         f"on the {len(prompts)} calibration images: {calibration_cost_forwards(num_steps=T, bootstrap_plans=count, picks=0)} "
         f"forwards of {len(prompts)} images before the sweeps, at most {most} in all")
     runs: list[VerificationRun] = []
@@ -379,16 +392,34 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
             say(f"sweep {rnd + 1}: every world size's bound moved by at most {moved:.2f} dB: settled")
             converged = True
             break
-    if not converged:
-        converged = not sweep_schedules(profile.model_copy(update={"calibration": cal}), sha, world_sizes=sizes, seen=set(done))
+    # the plans users now get: each refit above can change the picks, and a pick the calibration
+    # never ran would be stated by G's pooled residuals and escape the measured-miss check. So the
+    # final picks are measured too, kept as measured plans but not refitted into the bound (which
+    # would change the picks again): a miss among them is re-planned at plan time, and the re-planned
+    # picks are measured in the next check
+    checked = unchecked = 0
+    for rnd in range(CHECK_ROUNDS + 1):
+        final = sweep_schedules(profile.model_copy(update={"calibration": cal}), sha, world_sizes=sizes, seen=done)
+        if not final or rnd == CHECK_ROUNDS:
+            unchecked = len(final)
+            break
+        say(f"check {rnd + 1}: {len(final)} plans the final calibration picks, measured (kept as measured plans, "
+            "not refitted into the bound)")
+        with cpu_threads(pipe, settings.threads):
+            checks = verify(pipe, profile, final, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs,
+                            progress=say, pick=True)
+        cal = with_measured(cal, checks)
+        checked += len(checks)
     parts = ", ".join(f"G = {g}: {c.central_intercept_db:.2f} - {c.slope_db_per_decade:.2f} log10(E), offset "
                       f"{c.intercept_db - c.central_intercept_db:+.2f} dB over {len(c.residuals_db)} residuals"
                       for g, c in sorted(cal.by_world_size.items()))
-    say(f"calibration: {len(runs)} plans ({picks} picks), {calibration_cost_forwards(num_steps=T, bootstrap_plans=len(runs) - picks, picks=picks)} "
+    say(f"calibration: {len(runs) + checked} plans ({picks} picks, {checked} checked), "
+        f"{calibration_cost_forwards(num_steps=T, bootstrap_plans=len(runs) - picks, picks=picks + checked)} "
         f"forwards, {time.perf_counter() - t0:.0f} s; pooled psnr >= {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} "
         f"log10(E) per image at level {cal.level:g} ({len(cal.residuals_db)} held-out residuals, median |residual| "
         f"{cal.median_abs_error_db:.2f} dB){'; ' + parts if parts else ''}"
-        + ("" if converged else f"; the last sweep still picked new plans (stopped after {SWEEP_ROUNDS})"))
+        + ("" if converged else f"; the bound was still moving after {SWEEP_ROUNDS} sweeps")
+        + (f"; {unchecked} re-planned picks left unmeasured after {CHECK_ROUNDS} checks" if unchecked else ""))
     for g, why in info.get("world_sizes_skipped", {}).items():
         say(f"calibration: G = {g} uses the pooled calibration ({why})")
     old = profile.provenance
@@ -397,7 +428,7 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
         device=dev.device if isinstance(dev, Measured) else "unknown", date=dev.date if isinstance(dev, Measured) else "",
         prompts=sorted({str(p) for p in prompts}), seeds=sorted(set(seeds)),
         packages=dev.packages if isinstance(dev, Measured) else {},
-        notes=(f"{len(runs)} verification plans ({len(runs) - picks} bootstrap, {picks} --min-psnr picks of the sweeps"
-               f"{'' if converged else ', not converged'}) run in one process on the calibration samples (quality does not "
+        notes=(f"{len(runs) + checked} verification plans ({len(runs) - picks} bootstrap, {picks} --min-psnr picks of the "
+               f"sweeps{'' if converged else ', not converged'}, {checked} final picks checked) run in one process on the calibration samples (quality does not "
                "depend on hardware)"))})
     return profile.model_copy(update={"calibration": cal, "provenance": prov})

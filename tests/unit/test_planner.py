@@ -438,3 +438,25 @@ def test_a_plan_kept_as_window_data_is_rebuilt_from_its_problems_edges(profile, 
     assert [c.errors for c in chosen] == [tuple(e) for e in errs]
     assert _edges_of(problem, [{**data[0], "start": 1}] + data[1:], num_steps=profile.num_steps) is None
     assert _edges_of(problem, [{**data[0], "kind": "no-such-kind"}] + data[1:], num_steps=profile.num_steps) is None
+
+
+def test_a_measured_plan_misses_on_its_own_images_even_where_the_mixture_would_pass():
+    """``measured_miss`` reads both: the plan's 10th-percentile calibration image as measured, and
+    the own-residual mixture's; below the target in either is a miss, and a plan the calibration
+    never ran (pooled residuals) is never one."""
+    from parastep.planner.plan import measured_miss
+    from parastep.profiles.io import resolve_profile
+
+    profile, sha = resolve_profile("digits")
+    cal = profile.calibration.at(4)
+    s = plan_schedule(profile, profile_sha256=sha, world_size=4, budget=cal.deviation_for_psnr(35.0), coverage=0.9,
+                      min_psnr_db=35.0, measured=False, options=ONE_WORKER).schedule
+    q, p = s.quality, s.quality.predicted_psnr
+
+    def stated(**kw):
+        return s.model_copy(update={"quality": q.model_copy(update={"predicted_psnr": p.model_copy(update=kw)})})
+
+    assert "measured 34.0 dB" in measured_miss(stated(residuals_of="this plan", p10_db=40.0, measured_p10_db=34.0))
+    assert "own residuals" in measured_miss(stated(residuals_of="this plan", p10_db=34.0, measured_p10_db=36.0))
+    assert measured_miss(stated(residuals_of="this plan", p10_db=35.0, measured_p10_db=35.0)) == ""
+    assert measured_miss(stated(residuals_of="picks", p10_db=20.0, measured_p10_db=None)) == ""
