@@ -200,10 +200,10 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, bud
     """``_plan_once`` (its docstring states the arguments), and for a ``--min-psnr`` statement:
 
     - no plan the calibration measured below its target (``measured_miss``): such a plan is
-      excluded by lowering the per-sample budget just below its ``required``-th smallest predicted
-      error, which excludes every plan at least as lossy on those samples too, and the statement is
-      re-planned (at most ``MEASURED_MISS_REPLANS`` times; a plan still missing then is returned
-      with a warning);
+      excluded by lowering the per-sample budget below its ``required``-th smallest predicted
+      error, which excludes every plan at least as lossy on those samples too, by as many decades
+      as its shortfall in dB over the calibration's slope, and the statement is re-planned (at most
+      ``MEASURED_MISS_REPLANS`` times; a plan still missing then is returned with a warning);
     - with ``measured`` (the default; the calibration's own sweeps pass False, they measure the
       model's picks), a faster plan the calibration measured to meet the target is emitted instead
       (``measured_alternative``), measured against ``measured_target_db`` (default ``min_psnr_db``;
@@ -234,7 +234,13 @@ def _replan_measured_misses(profile: Profile, *, profile_sha256: str, world_size
             break
         per_sample = sorted(predicted_per_sample(res.schedule, profile))
         required = res.schedule.quality.per_sample.required if res.schedule.quality.per_sample else len(per_sample)
-        budget = min(budget, per_sample[required - 1]) * (1 - 1e-6)
+        # just below the plan's required-th error excludes it; a shortfall of S dB asks for a plan
+        # S dB better, S / slope decades less error (plan --verify re-plans alike)
+        p = res.schedule.quality.predicted_psnr
+        seen_db = min(p.p10_db, p.measured_p10_db if p.measured_p10_db is not None else p.p10_db)
+        shortfall_db = max(0.0, min_psnr_db - seen_db)
+        slope = profile.calibration.at(world_size).slope_db_per_decade
+        budget = min(budget, per_sample[required - 1]) * (1 - 1e-6) * 10 ** (-shortfall_db / slope)
         notes.append(f"the calibration ran the {res.schedule.latency.speedup:.2f}x plan for {min_psnr_db:g} dB: {why}; "
                      f"re-planned at a per-sample budget of {budget:.4g}")
         res = _plan_once(profile, profile_sha256=profile_sha256, world_size=world_size, budget=budget,

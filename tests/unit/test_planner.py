@@ -342,9 +342,15 @@ def test_min_psnr_never_emits_a_plan_the_calibration_measured_below_its_target()
     low = [cal.central_psnr_db(e) - 6.0 if e > 0 else 100.0 for e in per_sample]
     bad = profile.model_copy(update={"calibration": profile.calibration.model_copy(
         update={"measured_plans": {**profile.calibration.measured_plans, key: low}})})
-    assert measured_miss(_plan_once(bad, **kw).schedule)
-    res = plan_schedule(bad, **kw)
+    missed = _plan_once(bad, **kw).schedule
+    assert measured_miss(missed)
+    res = plan_schedule(bad, **kw, measured=False)       # the re-plan alone, no measured alternative
     again = res.schedule
+    # the first re-plan's budget is below the missed plan's required-th error by its shortfall over the slope
+    p = missed.quality.predicted_psnr
+    shortfall = 35.0 - min(p.p10_db, p.measured_p10_db)
+    required_th = sorted(per_sample)[missed.quality.per_sample.required - 1]
+    assert shortfall > 0 and again.quality.budget <= required_th * 10 ** (-shortfall / cal.slope_db_per_decade)
     assert plan_identity(4, again.windows) != key and not measured_miss(again)
     assert again.quality.budget < kw["budget"] and again.quality.min_psnr_db == 35.0
     assert any("re-planned at a per-sample budget" in w for w in res.warnings)
@@ -352,7 +358,7 @@ def test_min_psnr_never_emits_a_plan_the_calibration_measured_below_its_target()
     high = [p + 12.0 for p in low]                        # measured 6 dB above the model: the plan is kept as it is
     good = profile.model_copy(update={"calibration": profile.calibration.model_copy(
         update={"measured_plans": {**profile.calibration.measured_plans, key: high}})})
-    kept = plan_schedule(good, **kw)
+    kept = plan_schedule(good, **kw, measured=False)
     assert plan_identity(4, kept.schedule.windows) == key and not any("re-planned" in w for w in kept.warnings)
 
 
