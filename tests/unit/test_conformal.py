@@ -216,14 +216,15 @@ def test_more_images_that_met_the_bound_never_loosen_it(residuals, above, level)
 
 def test_a_measured_miss_is_a_plan_predicted_from_its_own_residuals_below_its_target():
     """``planner.plan.measured_miss``: only for a plan predicted from its own residuals, planned for
-    a --min-psnr target at coverage 0.9 or more, whose predicted 10th percentile is below it."""
+    a --min-psnr target at coverage 0.9 or more, whose predicted (or measured) 10th percentile is
+    below it."""
     from types import SimpleNamespace as NS
 
     from parastep.planner.plan import measured_miss
 
-    def sched(p10, of="this plan", target=30.0, coverage=0.9):
+    def sched(p10, of="this plan", target=30.0, coverage=0.9, measured_p10=None):
         return NS(quality=NS(min_psnr_db=target, coverage=coverage,
-                             predicted_psnr=NS(p10_db=p10, residuals_of=of)))
+                             predicted_psnr=NS(p10_db=p10, residuals_of=of, measured_p10_db=measured_p10)))
 
     line = measured_miss(sched(24.9))
     assert "24.9 dB, below the 30 dB target" in line and "\n" not in line
@@ -231,6 +232,8 @@ def test_a_measured_miss_is_a_plan_predicted_from_its_own_residuals_below_its_ta
     assert measured_miss(sched(24.9, of="picks")) == ""            # the model's own prediction: the bound was planned to it
     assert measured_miss(sched(24.9, target=None)) == ""           # no target to miss
     assert measured_miss(sched(24.9, coverage=0.5)) == ""          # a p10 says nothing about a 50 % promise
+    assert "measured 29.0 dB" in measured_miss(sched(31.0, measured_p10=29.0))   # its own images measured low
+    assert measured_miss(sched(31.0, measured_p10=30.0)) == ""
 
 
 def test_every_measured_plan_keeps_its_windows_by_its_identity():
