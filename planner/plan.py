@@ -27,7 +27,7 @@ from .fixed import (
 )
 from .problem import (
     DEFAULT_LATENCY_UNITS_PER_S, PlannedWindow, Problem, budget_units_for, build_problem, default_max_window, error_scale_for,
-    error_units,
+    error_units, latency_units,
 )
 
 SolverName = Literal["auto", "branch-and-bound", "cp-sat", "dp"]
@@ -237,7 +237,7 @@ def _replan_measured_misses(profile: Profile, *, profile_sha256: str, world_size
         # just below the plan's required-th error excludes it; a shortfall of S dB asks for a plan
         # S dB better, S / slope decades less error (plan --verify re-plans alike)
         p = res.schedule.quality.predicted_psnr
-        seen_db = min(p.p10_db, p.measured_p10_db if p.measured_p10_db is not None else p.p10_db)
+        seen_db = min(db for db in (p.p10_db, p.measured_p10_db) if db is not None)
         shortfall_db = max(0.0, min_psnr_db - seen_db)
         slope = profile.calibration.at(world_size).slope_db_per_decade
         budget = min(budget, per_sample[required - 1]) * (1 - 1e-6) * 10 ** (-shortfall_db / slope)
@@ -290,7 +290,7 @@ def measured_alternative(profile: Profile, res: PlanResult, *, min_psnr_db: floa
         units = sorted(sum(col) for col in zip(*((error_units(x, scale=scale) for x in c.errors) for c in chosen)))
         at = ps.required - 1
         outcome = SolveOutcome(name="measured", status="FEASIBLE",
-                               objective=sum(round(c.latency_s * s0.solver.latency_units_per_s) for c in chosen),
+                               objective=sum(latency_units(c.latency_s, scale=s0.solver.latency_units_per_s) for c in chosen),
                                bound=None, wall_s=0.0)
         schedule = _assemble(profile, profile_sha256=profile_sha256, world_size=G, max_window=s0.max_window,
                              policy="optimal", chosen=chosen, budget=per_sample[at], sample_budget_units=[units[at]] * N,
