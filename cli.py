@@ -143,6 +143,10 @@ def build_parser() -> argparse.ArgumentParser:
                    "of the same seed; needs a calibrated profile (default: none)")
     plan.add_argument("--coverage", type=_float, help="share of images that must meet --min-psnr/--budget (default: 0.9 with "
                       "--min-psnr, 1 with --budget)")
+    plan.add_argument("--per-image-bound", action="store_true", dest="per_image_bound",
+                      help="with --min-psnr: plan to the per-image conformal bound (each of the required calibration images "
+                           "at or above the target with probability 0.9), not to the predicted share of images; slower, "
+                           "with a finite-sample statement (flag; default: off)")
     plan.add_argument("--policy", choices=["optimal", "fixed", "fixed-batch"], default="optimal",
                       help="optimal: the solver's fastest plan within the quality statement; fixed: the hand plan "
                            "(--warmup exact steps, then windows of min(gpus, max window) steps); fixed-batch: the hand plan "

@@ -66,6 +66,7 @@ class PlanRequest:
     allow_batch: bool = True
     try_fewer_gpus: bool = False
     interconnect: Optional[str] = None    # --interconnect: recorded in the schedule (simulate prices as the plan did)
+    relax: bool = True                    # --min-psnr plans to the predicted share (plan.relaxed_plan); --per-image-bound: off
 
 
 def request_from_args(args) -> PlanRequest:
@@ -74,6 +75,9 @@ def request_from_args(args) -> PlanRequest:
 
     if args.model is None and args.profile is None:
         raise UserError("plan needs --model NAME or --profile FILE; pass one")
+    per_image = bool(getattr(args, "per_image_bound", False))
+    if per_image and args.min_psnr is None:
+        raise UserError("--per-image-bound applies to --min-psnr; pass --min-psnr DB or drop it")
     profile, sha = resolve_profile(args.model, args.profile)
     G = args.gpus
     T = args.steps if args.steps is not None else profile.num_steps
@@ -118,7 +122,8 @@ def request_from_args(args) -> PlanRequest:
     return PlanRequest(profile=profile, sha256=sha, world_size=G, max_window=J, budget=budget, coverage=coverage,
                        min_psnr_db=args.min_psnr, policy=args.policy, warmup=args.warmup, solver=args.solver, options=options,
                        allow_split=getattr(args, "cfg_split", "auto") != "off", allow_batch=allow_batch,
-                       try_fewer_gpus=bool(getattr(args, "try_fewer_gpus", False)), interconnect=args.interconnect)
+                       try_fewer_gpus=bool(getattr(args, "try_fewer_gpus", False)), interconnect=args.interconnect,
+                       relax=not per_image)
 
 
 def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_factor: Optional[float] = None,
@@ -142,7 +147,7 @@ def make_plan(req: PlanRequest, *, budget: Optional[float] = None, fixed_bound_f
                             policy=req.policy, warmup=req.warmup, solver=req.solver, options=req.options,
                             fixed_bound_factor=fixed_bound_factor, allow_split=req.allow_split, allow_batch=req.allow_batch,
                             fixed_world_size=req.world_size if req.policy == "optimal" else None,
-                            measured_target_db=measured_target_db)
+                            measured_target_db=measured_target_db, relax=req.relax)
         if req.interconnect is None:
             return res
         s = res.schedule

@@ -54,6 +54,7 @@ class VerificationRun:
     pick: bool = False                    # an optimizer's --min-psnr pick of the sweep (else a bootstrap plan)
     key: str = ""                         # the plan's identity (``schedules.model.plan_identity``)
     plan_windows: tuple = ()              # the plan's windows as plain data (``Calibration.measured_windows``)
+    fresh_psnr_db: tuple = ()             # measured on fresh images (none of the calibration's), picks only
 
     @property
     def mean_psnr_db(self) -> float:
@@ -108,12 +109,49 @@ def _keep_if_new(schedule, seen: set, out: list) -> None:
         out.append(schedule)
 
 
+FRESH_SEED0 = 20_000       # fresh images' seeds from here (plan --verify's held-out ones start at 10 000)
+FRESH_POOL = 2             # the fresh pool holds this many times the calibration images ...
+FRESH_PER_PICK = 0.5       # ... and each pick runs on this share of the calibration images' count of them, in turn
+
+
+@dataclass(frozen=True)
+class FreshPool:
+    """Images none of the calibration's (its prompts, other seeds) and their sequential outputs: the
+    picks of the sweeps run on a rotating subset, which gives the share's conformal scores."""
+
+    prompts: list
+    seeds: list
+    reference: Any
+    per_pick: int
+
+    def subset(self, k: int) -> list[int]:
+        n = len(self.seeds)
+        return [(k * self.per_pick + i) % n for i in range(self.per_pick)]
+
+
+def fresh_pool(pipe, *, prompts: Sequence[Any], seeds: Sequence[int], num_steps: int,
+               call_kwargs: Mapping[str, Any]) -> FreshPool:
+    """``FRESH_POOL`` x N images: the calibration prompts in turn with seeds from ``FRESH_SEED0`` that
+    are not calibration seeds, and their sequential outputs (one call)."""
+    used = set(seeds)
+    fresh_seeds, s = [], FRESH_SEED0
+    for _ in range(FRESH_POOL * len(prompts)):
+        while s in used:
+            s += 1
+        fresh_seeds.append(s)
+        s += 1
+    fresh_prompts = [prompts[k % len(prompts)] for k in range(len(fresh_seeds))]
+    ref = run_schedule_local(pipe, None, num_steps=num_steps, prompts=fresh_prompts, seeds=fresh_seeds, call_kwargs=call_kwargs)
+    return FreshPool(prompts=fresh_prompts, seeds=fresh_seeds, reference=ref,
+                     per_pick=max(1, round(FRESH_PER_PICK * len(prompts))))
+
+
 def verify(pipe, profile: Profile, schedules: Sequence[Any], *, prompts: Sequence[Any], seeds: Sequence[int],
            call_kwargs: Mapping[str, Any], progress: Optional[Callable[[str], None]] = None,
-           pick: bool = False) -> list[VerificationRun]:
+           pick: bool = False, fresh: Optional[FreshPool] = None, fresh_start: int = 0) -> list[VerificationRun]:
     """Run every schedule once (one batch of all samples) and measure per-image PSNR vs sequential.
     ``prompts``/``seeds`` must be the profile's calibration samples, in its order (predictions are
-    per sample)."""
+    per sample). With ``fresh``, schedule k also runs on the pool's subset ``fresh_start + k``."""
     if not schedules:
         return []
     T = schedules[0].num_steps
@@ -121,7 +159,13 @@ def verify(pipe, profile: Profile, schedules: Sequence[Any], *, prompts: Sequenc
     runs = []
     for k, s in enumerate(schedules):
         out = run_schedule_local(pipe, s, num_steps=T, prompts=prompts, seeds=seeds, call_kwargs=call_kwargs)
-        runs.append(VerificationRun(world_size=s.world_size, policy=s.policy, budget=s.quality.budget,
+        fresh_psnr: tuple = ()
+        if fresh is not None:
+            idx = fresh.subset(fresh_start + k)
+            got = run_schedule_local(pipe, s, num_steps=T, prompts=[fresh.prompts[i] for i in idx],
+                                     seeds=[fresh.seeds[i] for i in idx], call_kwargs=call_kwargs)
+            fresh_psnr = tuple(psnr_db_per_sample(got, fresh.reference[idx]))
+        runs.append(VerificationRun(fresh_psnr_db=fresh_psnr, world_size=s.world_size, policy=s.policy, budget=s.quality.budget,
                                     predicted=predicted_per_sample(s, profile), speedup=s.latency.speedup,
                                     psnr_db=psnr_db_per_sample(out, ref), windows=len(s.windows), pick=pick,
                                     key=plan_identity(s.world_size, s.windows),
@@ -250,8 +294,31 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: fl
         except (TooFewPoints, ValueError) as exc:
             skipped[G] = str(exc)
     info.update({"world_sizes": per_g, "world_sizes_skipped": skipped})
+    def scored(c: Calibration, runs: Sequence[VerificationRun]) -> Calibration:
+        return c.model_copy(update={"share_scores": share_scores(c, runs), "own_share_scores": share_scores(c, runs, own=True)})
+
+    parts = {G: scored(c, [r for r in picks if r.world_size == G]) for G, c in parts.items()}
+    cal = scored(cal, picks)
     return with_measured(cal.model_copy(update={"by_world_size": parts, "measured_plans": {}, "measured_windows": {}}),
                          runs), info
+
+
+def share_scores(cal: Calibration, picks: Sequence[VerificationRun], *, own: bool = False) -> list[float]:
+    """Sorted conformal scores of the predicted share: for each pick and each fresh image it ran on,
+    the pick's predicted share (``Calibration.predicted_share`` under ``cal``; with ``own``, from
+    the pick's own residuals on the calibration images, as a plan the calibration ran is stated) at
+    or above what that image measured. A calibrated share makes them uniform; a share that overstates new images (the
+    optimizer fits its plans to the calibration images' own errors) pushes them up, and
+    ``Calibration.required_share`` asks for that much more."""
+    import bisect
+
+    out = []
+    for r in picks:
+        if not r.fresh_psnr_db or not any(e > 0 for e in r.predicted):
+            continue
+        mix = sorted(cal.mixture_db(r.predicted, r.psnr_db if own else None)[0])
+        out += [(len(mix) - bisect.bisect_left(mix, y)) / len(mix) for y in r.fresh_psnr_db]
+    return sorted(out)
 
 
 def with_measured(cal: Calibration, runs: Sequence[VerificationRun]) -> Calibration:
@@ -276,7 +343,7 @@ SWEEP_TARGETS_DB = tuple(25.0 + 2.5 * k for k in range(9))     # --min-psnr 25, 
 SWEEP_COVERAGE = 0.9      # plan --min-psnr's default coverage
 SWEEP_ROUNDS = 4          # at most this many sweeps; each plans every (G, target) under the calibration fitted so far
 SWEEP_SETTLED_DB = 0.25   # ... and they stop once no world size's bound moved by more than this in a sweep
-CHECK_ROUNDS = 2          # then the plans the final calibration picks are measured (not refitted), up to this many times
+CHECK_ROUNDS = 4          # then the plans the final calibration picks are measured (not refitted), up to this many times
 
 
 def sweep_schedules(profile: Profile, profile_sha256: str, *, world_sizes: Sequence[int],
@@ -306,10 +373,13 @@ def _bounds_db(cal: Calibration, sizes: Sequence[int]) -> list[float]:
     return [cal.at(g).intercept_db for g in sizes]
 
 
-def calibration_cost_forwards(*, num_steps: int, bootstrap_plans: int, picks: int) -> int:
-    """Forwards of a calibration, each one call on all calibration samples: the sequential reference
-    and every verification plan run once, T each (a plan's windows compute T forwards in all)."""
-    return num_steps * (1 + bootstrap_plans + picks)
+def calibration_cost_forwards(*, num_steps: int, bootstrap_plans: int, picks: int, fresh_picks: int = 0) -> int:
+    """Forwards of a calibration, each one call on all N calibration samples' worth of images: the
+    sequential reference and every verification plan run once, T each (a plan's windows compute T
+    forwards in all); with ``fresh_picks`` (the sweeps' picks), the fresh pool's reference
+    (``FRESH_POOL`` N images) and each of those picks on ``FRESH_PER_PICK`` N fresh images."""
+    fresh = (FRESH_POOL + FRESH_PER_PICK * fresh_picks) if fresh_picks else 0
+    return round(num_steps * (1 + bootstrap_plans + picks + fresh))
 
 
 def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
@@ -337,12 +407,14 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
                             "ranks beyond this machine), or profile anew with --gpus 2 or more") from None
     prompts, seeds = calibration_samples(pipe, profile)
     T = profile.num_steps
-    most = calibration_cost_forwards(num_steps=T, bootstrap_plans=count,
-                                     picks=(SWEEP_ROUNDS + CHECK_ROUNDS) * len(sizes) * (len(SWEEP_TARGETS_DB) + 1))
+    per_sweep = len(sizes) * (len(SWEEP_TARGETS_DB) + 1)
+    most = calibration_cost_forwards(num_steps=T, bootstrap_plans=count, picks=(SWEEP_ROUNDS + CHECK_ROUNDS) * per_sweep,
+                                     fresh_picks=SWEEP_ROUNDS * per_sweep)
     say(f"calibration: {count} bootstrap plans, then up to {SWEEP_ROUNDS} sweeps of the optimizer's --min-psnr "
         f"{SWEEP_TARGETS_DB[0]:g}..{SWEEP_TARGETS_DB[-1]:g} dB picks at G = {', '.join(map(str, sizes))} and up to "
         f"{CHECK_ROUNDS} checks of the final picks, each plan run once "
-        f"on the {len(prompts)} calibration images: {calibration_cost_forwards(num_steps=T, bootstrap_plans=count, picks=0)} "
+        f"on the {len(prompts)} calibration images (and each sweep's pick on "
+        f"{max(1, round(FRESH_PER_PICK * len(prompts)))} of {FRESH_POOL * len(prompts)} fresh ones): {calibration_cost_forwards(num_steps=T, bootstrap_plans=count, picks=0)} "
         f"forwards of {len(prompts)} images before the sweeps, at most {most} in all")
     runs: list[VerificationRun] = []
     done: set = set()
@@ -369,6 +441,10 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
     say(f"bootstrap fit: central {cal.central_intercept_db:.2f} dB, slope {cal.slope_db_per_decade:.2f} dB per decade; "
         f"{per_plan_s:.1f} s per plan here, so each sweep of up to {len(sizes) * (len(SWEEP_TARGETS_DB) + 1)} plans takes "
         f"at most {per_plan_s * len(sizes) * (len(SWEEP_TARGETS_DB) + 1):.0f} s")
+    # images the calibration has not seen, for the conformal scores of the predicted share: the
+    # optimizer fits its picks to the calibration images' own errors, which those cannot show
+    with cpu_threads(pipe, settings.threads):
+        pool = fresh_pool(pipe, prompts=prompts, seeds=seeds, num_steps=T, call_kwargs=settings.call_kwargs)
     picks = 0
     converged = False
     for rnd in range(SWEEP_ROUNDS):
@@ -380,7 +456,7 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
         say(f"sweep {rnd + 1}: {len(new)} new plans (the optimizer's picks under the calibration so far)")
         with cpu_threads(pipe, settings.threads):
             runs += verify(pipe, profile, new, prompts=prompts, seeds=seeds, call_kwargs=settings.call_kwargs, progress=say,
-                           pick=True)
+                           pick=True, fresh=pool, fresh_start=picks)
         picks += len(new)
         before = _bounds_db(cal, sizes)
         try:
@@ -411,10 +487,13 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
         cal = with_measured(cal, checks)
         checked += len(checks)
     parts = ", ".join(f"G = {g}: {c.central_intercept_db:.2f} - {c.slope_db_per_decade:.2f} log10(E), offset "
-                      f"{c.intercept_db - c.central_intercept_db:+.2f} dB over {len(c.residuals_db)} residuals"
+                      f"{c.intercept_db - c.central_intercept_db:+.2f} dB over {len(c.residuals_db)} residuals, "
+                      + (f"predicted share >= {c.required_share(SWEEP_COVERAGE):.3f} for {SWEEP_COVERAGE:g} of new images "
+                         f"({len(c.share_scores)} fresh-image scores)" if c.required_share(SWEEP_COVERAGE) is not None
+                         else f"too few fresh-image scores ({len(c.share_scores)}) for a share statement")
                       for g, c in sorted(cal.by_world_size.items()))
     say(f"calibration: {len(runs) + checked} plans ({picks} picks, {checked} checked), "
-        f"{calibration_cost_forwards(num_steps=T, bootstrap_plans=len(runs) - picks, picks=picks + checked)} "
+        f"{calibration_cost_forwards(num_steps=T, bootstrap_plans=len(runs) - picks, picks=picks + checked, fresh_picks=picks)} "
         f"forwards, {time.perf_counter() - t0:.0f} s; pooled psnr >= {cal.intercept_db:.2f} - {cal.slope_db_per_decade:.2f} "
         f"log10(E) per image at level {cal.level:g} ({len(cal.residuals_db)} held-out residuals, median |residual| "
         f"{cal.median_abs_error_db:.2f} dB){'; ' + parts if parts else ''}"

@@ -195,6 +195,16 @@ def conformal_lower_offset(residuals: "Sequence[float]", level: float) -> Option
     return sorted(residuals)[k - 1]
 
 
+def _conformal_upper(scores: "Sequence[float]", coverage: float) -> Optional[float]:
+    """The ceil((m + 1) Q)-th smallest of m sorted scores (a new exchangeable score is at most it
+    with probability >= Q); None where m scores cannot support Q."""
+    m = len(scores)
+    k = math.ceil((m + 1) * coverage - 1e-12)
+    if m == 0 or k > m:
+        return None
+    return scores[max(k, 1) - 1]
+
+
 def _quantile(values: "Sequence[float]", q: float) -> float:
     v = sorted(values)
     pos = q * (len(v) - 1)
@@ -236,6 +246,13 @@ class Calibration(_Strict):
     measured_windows: dict[str, "MeasuredPlan"] = Field(default_factory=dict, description=(
         "the plan behind each measured_plans entry (same identity), so the planner can emit a plan the calibration "
         "measured to meet a --min-psnr target (planner.plan.measured_alternative)"))
+    share_scores: list[float] = Field(default_factory=list, description=(
+        "sorted, one per (pick, fresh image): the pick's predicted share of images at or above what that image measured "
+        "(an image none of the calibration's, run with the pick): split-conformal scores of the predicted share "
+        "(required_share)"))
+    own_share_scores: list[float] = Field(default_factory=list, description=(
+        "as share_scores, with each pick's predicted share from its own residuals (measured on the calibration images): "
+        "the scores for plans the calibration ran"))
     by_world_size: dict[int, "Calibration"] = Field(default_factory=dict, description=(
         "per world size G: the calibration fitted on the plans the optimizer picked at G (Mondrian split conformal); "
         "a world size not listed uses this pooled one"))
@@ -262,6 +279,57 @@ class Calibration(_Strict):
         a = self.central_intercept_db if self.central_intercept_db is not None else self.intercept_db
         return a - self.slope_db_per_decade * math.log10(max(deviation, 1e-30))
 
+    def mixture_db(self, deviations: "Sequence[float]", measured: "Optional[Sequence[float]]") -> tuple:
+        """(the mixture of central prediction + residual over images and residuals, the central
+        predictions, the residuals used, their source): ``predicted_psnr`` states it."""
+        # a lossless image is the sequential output: evaluate reports it at its cap, and so does the mixture
+        centres = [self.central_psnr_db(d) if d > 0 else PSNR_CAP_DB for d in deviations]
+        residuals, source = self.residuals_db, "picks"
+        if measured and len(measured) == len(deviations) and self.level is not None:
+            own = [m - c for m, c in zip(measured, centres) if c < PSNR_CAP_DB and m < PSNR_CAP_DB]
+            if conformal_lower_offset(own, self.level) is not None:
+                residuals, source = sorted(own), "this plan"
+        mix = [min(c + r, PSNR_CAP_DB) if c < PSNR_CAP_DB else PSNR_CAP_DB for c in centres for r in residuals]
+        return mix, centres, residuals, source
+
+    def _scores(self, measured: "Optional[Sequence[float]]") -> tuple["Optional[Sequence[float]]", list[float]]:
+        """(the measurement the mixture uses, the scores that calibrate it): a plan the calibration
+        ran is stated by its own residuals and the own-residual scores, where there are such."""
+        if measured and self.own_share_scores:
+            return measured, self.own_share_scores
+        return None, self.share_scores
+
+    def share_statement(self, deviations: "Sequence[float]", psnr_db: float, coverage: float,
+                        measured: "Optional[Sequence[float]]" = None) -> tuple[Optional[float], Optional[float]]:
+        """(the plan's predicted share at or above ``psnr_db``, the share ``coverage`` of new images
+        needs): both from own residuals and own-residual scores for a plan the calibration ran
+        (``measured``), else from the world size's residuals and scores. (None, None) without
+        scores, or with too few for ``coverage``."""
+        used, scores = self._scores(measured)
+        need = _conformal_upper(scores, coverage)
+        if need is None:
+            return None, None
+        return self.predicted_share(deviations, psnr_db, measured=used), need
+
+    def required_share(self, coverage: float) -> Optional[float]:
+        """The predicted share (``predicted_share``) a plan needs for ``coverage`` of new images to
+        reach the target: the ceil((m + 1) Q)-th smallest of the m ``share_scores`` (split conformal;
+        a new (pick, image) pair's score is at most it with probability >= Q, and its image reaches
+        the target whenever the plan's predicted share at the target is at least its score, since the
+        share falls as the PSNR rises). None without scores, or with too few for ``coverage``."""
+        return _conformal_upper(self.share_scores, coverage)
+
+    def predicted_share(self, deviations: "Sequence[float]", psnr_db: float,
+                        measured: "Optional[Sequence[float]]" = None) -> Optional[float]:
+        """The share of a plan's images predicted at or above ``psnr_db``: of ``predicted_psnr``'s
+        mixture (1 for a lossless plan); None without residuals."""
+        if not self.has_residuals:
+            return None
+        if not any(d > 0 for d in deviations):
+            return 1.0
+        mix = self.mixture_db(deviations, measured)[0]
+        return sum(1 for x in mix if x >= psnr_db) / len(mix)
+
     def predicted_psnr(self, deviations: "Sequence[float]", measured: "Optional[Sequence[float]]" = None) -> Optional[dict]:
         """A plan's predicted per-image PSNR distribution from its per-image deviations: the mixture
         of central prediction + residual over images and residuals (what a random image of this plan
@@ -273,20 +341,19 @@ class Calibration(_Strict):
         at least as many lossy images as a bound at ``level`` needs, the residuals are this plan's
         own (measured minus central, per image), so a plan that compounds worse or better than the
         model says is predicted as it measured, while the mixture over all images smooths the 10th
-        percentile that a handful of images would give alone. None without residuals, or for a
-        lossless plan."""
+        percentile that a handful of images would give alone. With fresh-image scores (the picks
+        run on images the calibration had not seen), the median and 10th percentile are read where
+        those images put them (``calibrated_on``): own-residual scores for own residuals, the world
+        size's for its residuals (``_scores``). None without residuals, or for a lossless plan."""
         if not self.has_residuals or not any(d > 0 for d in deviations):
             return None
-        # a lossless image is the sequential output: evaluate reports it at its cap, and so does the mixture
-        centres = [self.central_psnr_db(d) if d > 0 else PSNR_CAP_DB for d in deviations]
-        residuals, source = self.residuals_db, "picks"
-        if measured and len(measured) == len(deviations) and self.level is not None:
-            own = [m - c for m, c in zip(measured, centres) if c < PSNR_CAP_DB and m < PSNR_CAP_DB]
-            if conformal_lower_offset(own, self.level) is not None:
-                residuals, source = sorted(own), "this plan"
-        mix = [min(c + r, PSNR_CAP_DB) if c < PSNR_CAP_DB else PSNR_CAP_DB for c in centres for r in residuals]
+        used, scores = self._scores(measured)
+        # calibrated on fresh images: the mixture, read at the shares the picks' fresh images
+        # measured (their scores' 90th and 50th percentiles), not at 0.1 and 0.5
+        mix, centres, residuals, source = self.mixture_db(deviations, used if scores else measured)
+        lo, mid = (1.0 - _quantile(scores, 0.9), 1.0 - _quantile(scores, 0.5)) if scores else (0.1, 0.5)
         q = conformal_lower_offset(self.residuals_db, self.level) if self.level is not None else None
-        out = {"median_db": _quantile(mix, 0.5), "p10_db": _quantile(mix, 0.1),
+        out = {"median_db": _quantile(mix, mid), "p10_db": _quantile(mix, lo), "calibrated_on": len(scores),
                "worst_lower_db": None if q is None else min(PSNR_CAP_DB, min(centres) + q),
                "level": self.level, "residuals": len(residuals), "residuals_of": source,
                "measured_on": len(measured or ())}

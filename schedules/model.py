@@ -216,6 +216,9 @@ class PsnrPrediction(_Strict):
     residuals_of: Literal["picks", "this plan"] = Field(default="picks", description=(
         "picks: the calibration's held-out residuals at this world size; this plan: the plan's own, measured when the "
         "profile was calibrated (measured minus central, per calibration image)"))
+    calibrated_on: int = Field(default=0, ge=0, description=(
+        "fresh-image scores the median and 10th percentile are read at (the calibration's share_scores; 0: read at 0.5 "
+        "and 0.1 of the mixture)"))
     measured_on: int = Field(default=0, ge=0, description=(
         "calibration images this very plan was run on when the profile was calibrated (0: none)"))
     measured_median_db: Optional[float] = Field(default=None, description="this plan's median PSNR over those images")

@@ -69,7 +69,7 @@ def test_default_plan_measures_at_least_the_fixed_plan_and_is_faster(setup, G):
     on held-out images the mean and the 10th percentile are at least the fixed plan's. (At G = 8 this
     holds with CFG split, the default since the digits profile prices it; without it the default plan
     measured 36.82 vs the fixed plan's 37.19 dB mean on seeds 7001-7002.) Measured on these 100 images
-    (benchmarks/results/heldout.md), default vs fixed mean / p10: G = 2 50.8 / 37.9 vs 44.0 / 27.1 dB,
+    (benchmarks/results/heldout.md), default vs fixed mean / p10: G = 2 49.0 / 34.9 vs 44.0 / 27.1 dB,
     G = 4 41.5 / 25.1 vs 40.2 / 23.6, G = 8 38.5 / 25.2 vs 37.6 / 22.7."""
     profile, sha = setup[0], setup[1]
     fixed = _plan(profile, sha, world_size=G, policy="fixed")
@@ -86,9 +86,10 @@ def test_default_plan_measures_at_least_the_fixed_plan_and_is_faster(setup, G):
 
 
 # measured on the shipped profile (benchmarks/results/heldout.md, these 100 images): covered, but the
-# p10 image more than 3 dB above the target: the first picks were measured misses on the
-# calibration images and the re-plans (a budget lowered by the shortfall) overshoot
-_NOT_TIGHT = {(2, 30.0): "+6.8 dB", (2, 35.0): "+4.5 dB", (4, 30.0): "+4.2 dB", (4, 35.0): "+3.4 dB"}
+# p10 image more than 3 dB above the target. The fresh-image threshold (0.91-0.93 of the plans' own
+# mixture) asks for more than the held-out images needed here; the next faster plan covered 86 %,
+# 92 % and 86 % at the first three points, and 83 % (no faster plan would have held) at G = 8, 35 dB
+_NOT_TIGHT = {(2, 30.0): "+6.4 dB", (2, 35.0): "+4.6 dB", (4, 30.0): "+3.6 dB", (8, 35.0): "+4.2 dB"}
 
 
 def _point(G: int, x: float):
@@ -96,7 +97,7 @@ def _point(G: int, x: float):
         return (G, x)
     return pytest.param(G, x, marks=pytest.mark.xfail(strict=True, reason=(
         f"measured (benchmarks/results/heldout.md): covered, p10 {_NOT_TIGHT[G, x]} above {x:g} dB at G = {G}: not tight; "
-        "the re-plan past a measured miss overshoots")))
+        "the fresh-image share threshold is conservative at 20 calibration images")))
 
 
 @pytest.mark.parametrize("G,target_db", [_point(G, x) for G in (2, 4, 8) for x in (30.0, 35.0, 40.0)])

@@ -123,9 +123,33 @@ def test_min_psnr_uses_the_calibration_of_its_world_size(capsys, prior_file, tmp
     (["--model", "random", "--gpus", "2", "--profile", "/nonexistent/p.yaml"], "does not exist"),
     (["--model", "random", "--gpus", "0"], "expected a positive integer"),
     (["--model", "random", "--gpus", "2", "--budget", "-1"], "expected a finite number >= 0"),
+    (["--model", "random", "--gpus", "2", "--budget", "1", "--per-image-bound"], "--per-image-bound applies to --min-psnr"),
 ])
 def test_bad_flags_are_one_line_exit_2(capsys, argv, needle):
     _assert_user_error(*_plan(capsys, *argv), needle=needle)
+
+
+def test_min_psnr_plans_to_the_predicted_share_and_per_image_bound_keeps_the_bound(capsys):
+    """On the shipped digits profile at G = 4, --min-psnr 30 emits a plan whose predicted share of
+    images at 30 dB meets the 0.9 coverage and that is at least as fast as --per-image-bound's, whose
+    statement is the calibration's per-image bound for 30 dB (or below it, after a measured miss)."""
+    from parastep.planner.plan import predicted_per_sample
+    from parastep.profiles.io import resolve_profile
+    from parastep.schedules.model import plan_identity
+
+    profile, _ = resolve_profile("digits")
+    cal = profile.calibration.at(4)
+    args = ("--model", "digits", "--gpus", "4", "--min-psnr", "30", "--workers", "1", "--deterministic")
+    code, out, err = _plan(capsys, *args)
+    share_plan = schedule_from_dict(yaml.safe_load(out))
+    code2, out2, _ = _plan(capsys, *args, "--per-image-bound")
+    bound_plan = schedule_from_dict(yaml.safe_load(out2))
+    assert code == code2 == 0
+    assert share_plan.latency.speedup >= bound_plan.latency.speedup - 1e-9
+    assert bound_plan.quality.budget <= cal.deviation_for_psnr(30.0) * (1 + 1e-12)
+    measured = profile.calibration.measured_plans.get(plan_identity(4, share_plan.windows))
+    assert cal.predicted_share(predicted_per_sample(share_plan, profile), 30.0, measured=measured) >= 0.9
+    assert "lowered by" not in _plan(capsys, *args, "--per-image-bound")[2]
 
 
 def test_malformed_and_truncated_profiles(capsys, tmp_path, prior_file):

@@ -119,6 +119,105 @@ def test_predicted_distribution_is_the_mixture_of_centres_and_residuals():
     assert old.predicted_psnr(dev) is None and old.central_psnr_db(1e-2) == old.psnr_db(1e-2)
 
 
+def test_predicted_share_counts_the_mixture_at_or_above_the_target():
+    """The share ``relaxed_plan`` plans to: the fraction of (image, residual) pairs of the mixture at
+    or above the target, counted by hand here; a lossless image counts as at its cap, a lossless plan
+    as all images within; a measured plan's own residuals replace the calibration's."""
+    cal = Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10, central_intercept_db=10.0, level=0.9,
+                      residuals_db=sorted([-3.0, -1.0, 0.0, 1.0] * 5))
+    dev = [1e-2, 1e-1, 0.0]                              # centres 50, 30 dB and a lossless image
+    # 30 dB: every pair of the 50 dB image (20) and of the lossless one (20), and of the 30 dB one
+    # those with a residual >= 0 (10): 50 of 60
+    assert cal.predicted_share(dev, 30.0) == pytest.approx(50 / 60)
+    assert cal.predicted_share(dev, 29.0) == pytest.approx(55 / 60)      # residual -1 counts now (>=)
+    assert cal.predicted_share(dev, 47.5) == pytest.approx(35 / 60)
+    assert cal.predicted_share([0.0, 0.0], 90.0) == 1.0
+    measured = [52.0] * 10 + [22.0] * 10                  # own residuals +2 (10 of them) and -8 (10)
+    own = cal.predicted_share([1e-2] * 10 + [1e-1] * 10, 30.0, measured=measured)
+    assert own == pytest.approx((200 + 0 + 0) / 400 + 10 * 10 / 400)       # 50 dB images: all 200; 30 dB: +2 only
+    old = Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10)
+    assert old.predicted_share(dev, 30.0) is None
+
+
+def test_required_share_is_the_conformal_quantile_of_the_scores():
+    """``Calibration.required_share``: the ceil((m + 1) Q)-th smallest of the m fresh-image scores;
+    None where m scores cannot support Q, or without scores."""
+    scores = [k / 20 for k in range(1, 20)]                  # m = 19
+    cal = Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10, share_scores=scores)
+    assert cal.required_share(0.9) == scores[17]             # ceil(20 x 0.9) = 18
+    assert cal.required_share(0.5) == scores[9]              # ceil(10) = 10
+    assert cal.required_share(0.96) is None                  # ceil(19.2) = 20 > 19
+    assert Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10).required_share(0.9) is None
+
+
+def test_a_plan_the_calibration_ran_is_held_to_the_own_residual_scores():
+    """``Calibration.share_statement``: a measured plan's share comes from its own residuals and is
+    held to the own-residual scores' threshold; any other plan's from the world size's residuals and
+    scores; without scores there is no statement. The printed quantiles follow the same choice."""
+    cal = Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10, central_intercept_db=10.0, level=0.9,
+                      residuals_db=sorted([-3.0, -1.0, 0.0, 1.0] * 5),
+                      share_scores=[k / 100 for k in range(1, 100)], own_share_scores=[0.5] * 50 + [0.97] * 49)
+    dev = [1e-1] * 10 + [1e-2] * 10                           # centres 30 and 50 dB
+    measured = [22.0] * 10 + [52.0] * 10                      # own residuals -8 and +2
+    share, need = cal.share_statement(dev, 30.0, 0.9)
+    assert share == pytest.approx(cal.predicted_share(dev, 30.0)) and need == pytest.approx(0.90)
+    own, own_need = cal.share_statement(dev, 30.0, 0.9, measured=measured)
+    assert own == pytest.approx(cal.predicted_share(dev, 30.0, measured=measured)) == pytest.approx(0.75)
+    assert own_need == 0.97
+    bare = cal.model_copy(update={"share_scores": [], "own_share_scores": []})
+    assert bare.share_statement(dev, 30.0, 0.9) == (None, None)
+    p = cal.predicted_psnr(dev, measured=measured)
+    assert p["calibrated_on"] == 99 and p["residuals_of"] == "this plan"
+    assert cal.predicted_psnr(dev)["residuals_of"] == "picks"
+
+
+def _fresh_picks(rng, *, cal, shift_db: float, plans: int = 60, fresh: int = 10) -> list[VerificationRun]:
+    """Picks whose calibration images have errors 10^U(-3, -1), and fresh images drawn like them,
+    measuring the central line + a residual drawn from ``cal``'s, ``shift_db`` lower."""
+    out = []
+    for i in range(plans):
+        e = [10 ** rng.uniform(-3, -1) for _ in range(20)]
+        y = [cal.central_psnr_db(10 ** rng.uniform(-3, -1)) + rng.choice(cal.residuals_db) - shift_db for _ in range(fresh)]
+        out.append(VerificationRun(world_size=2, policy="optimal", budget=0.1, predicted=e, speedup=2.0, windows=10,
+                                   psnr_db=[cal.central_psnr_db(x) for x in e], pick=True, key=f"f{i}", fresh_psnr_db=tuple(y)))
+    return out
+
+
+@pytest.mark.parametrize("shift_db", [0.0, 3.0])
+def test_share_scores_state_the_coverage_of_new_images(shift_db):
+    """``share_scores`` on synthetic picks whose fresh images measure as the model says (shift 0)
+    or 3 dB worse: calibrated, the threshold for 0.9 is near 0.9 (uniform scores); overstated, it is
+    higher. Either way, new plans whose predicted share at a target reaches the threshold put at
+    least 0.9 of new images (drawn as the fresh ones) at the target, up to sampling noise."""
+    from parastep.profiler.calibrate import share_scores
+
+    rng = random.Random(7)
+    cal = Calibration(intercept_db=8.0, slope_db_per_decade=20.0, fitted_on=10, central_intercept_db=10.0, level=0.9,
+                      residuals_db=sorted(rng.gauss(0.0, 2.0) for _ in range(200)))
+    scored = cal.model_copy(update={"share_scores": share_scores(cal, _fresh_picks(rng, cal=cal, shift_db=shift_db))})
+    need = scored.required_share(0.9)
+    assert len(scored.share_scores) == 600
+    if shift_db == 0.0:
+        assert 0.85 <= need <= 0.95, need
+    else:
+        assert need > 0.96, need
+
+    def coverage(threshold: float) -> float:
+        """Share of new images at the highest target each new plan's predicted share allows."""
+        hits = 0
+        for _ in range(1000):                                 # new plans, one new image each
+            e = [10 ** rng.uniform(-3, -1) for _ in range(20)]
+            mix = sorted(cal.mixture_db(e, None)[0])
+            x = mix[len(mix) - math.ceil(threshold * len(mix))]
+            assert cal.predicted_share(e, x) >= threshold
+            hits += cal.central_psnr_db(10 ** rng.uniform(-3, -1)) + rng.choice(cal.residuals_db) - shift_db >= x
+        return hits / 1000
+
+    assert coverage(need) >= 0.88
+    if shift_db:                                              # the plug-in share alone would have overstated it
+        assert coverage(0.9) < 0.85
+
+
 def _picks(rng: random.Random, *, world_size: int, plans: int, images: int, a: float, slope: float, sd: float,
            tag: str) -> list[VerificationRun]:
     out = []
@@ -215,16 +314,17 @@ def test_more_images_that_met_the_bound_never_loosen_it(residuals, above, level)
 
 
 def test_a_measured_miss_is_a_plan_predicted_from_its_own_residuals_below_its_target():
-    """``planner.plan.measured_miss``: only for a plan predicted from its own residuals, planned for
-    a --min-psnr target at coverage 0.9 or more, whose predicted (or measured) 10th percentile is
-    below it."""
+    """``planner.plan.measured_miss``: for a plan planned for a --min-psnr target at coverage 0.9
+    or more, whose 10th percentile measured on the calibration images is below it, or whose
+    prediction from its own residuals is."""
     from types import SimpleNamespace as NS
 
     from parastep.planner.plan import measured_miss
 
     def sched(p10, of="this plan", target=30.0, coverage=0.9, measured_p10=None):
         return NS(quality=NS(min_psnr_db=target, coverage=coverage,
-                             predicted_psnr=NS(p10_db=p10, residuals_of=of, measured_p10_db=measured_p10)))
+                             predicted_psnr=NS(p10_db=p10, residuals_of=of, measured_p10_db=measured_p10,
+                                               measured_on=0 if measured_p10 is None else 20)))
 
     line = measured_miss(sched(24.9))
     assert "24.9 dB, below the 30 dB target" in line and "\n" not in line
@@ -234,6 +334,8 @@ def test_a_measured_miss_is_a_plan_predicted_from_its_own_residuals_below_its_ta
     assert measured_miss(sched(24.9, coverage=0.5)) == ""          # a p10 says nothing about a 50 % promise
     assert "measured 29.0 dB" in measured_miss(sched(31.0, measured_p10=29.0))   # its own images measured low
     assert measured_miss(sched(31.0, measured_p10=30.0)) == ""
+    # a model (fresh-image calibrated) prediction over a plan the calibration ran: its measurement decides
+    assert "measured 29.0 dB" in measured_miss(sched(31.0, of="picks", measured_p10=29.0))
 
 
 def test_every_measured_plan_keeps_its_windows_by_its_identity():
