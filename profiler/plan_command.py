@@ -40,7 +40,7 @@ def _per_image(s) -> str:
         p = q.predicted_psnr
         text += f", predicted per-image PSNR median {p.median_db:.1f} dB, 10th percentile {p.p10_db:.1f} dB"
         if p.calibrated_on:
-            text += f" for new images (calibrated on {p.calibrated_on} images the calibration had not seen)"
+            text += f" for new images (read at {p.calibrated_on} scores of the calibration's picks on fresh images)"
         if p.measured_on:
             text += (f" (this plan measured {p.measured_median_db:.1f} / {p.measured_p10_db:.1f} dB on the profile's "
                      f"{p.measured_on} calibration images when it was calibrated"
