@@ -368,7 +368,7 @@ def test_min_psnr_emits_a_faster_plan_the_calibration_measured_to_meet_the_targe
     meets 35 dB on the required number of calibration images, with solver "measured", a statement
     it meets, its own-residual prediction and a note; one image too few above 35 dB and it is
     passed over; a measured plan at another world size, or windows outside the request's window
-    limit, ``measured=False`` (the calibration's sweeps), or a target the measurement does not meet
+    limit, no ``measured`` (the default, and the calibration's sweeps), or a target the measurement does not meet
     (``measured_target_db``) leave the model's plan."""
     from parastep.planner.options import SolverOptions
     from parastep.planner.plan import measured_miss
@@ -383,10 +383,10 @@ def test_min_psnr_emits_a_faster_plan_the_calibration_measured_to_meet_the_targe
 
     def statement(x: float) -> dict:     # the per-image bound's plans (relaxed_plan has its own test)
         return dict(profile_sha256=sha, world_size=4, budget=cal.deviation_for_psnr(x), coverage=0.9, min_psnr_db=x,
-                    options=opts, relax=False)
+                    options=opts, relax=False, measured=True)
 
-    model = plan_schedule(profile, **statement(35.0), measured=False).schedule
-    faster = [plan_schedule(profile, **statement(x), measured=False).schedule for x in (30.0, 27.5)]   # edges of the 35 dB problem
+    model = plan_schedule(profile, **{**statement(35.0), "measured": False}).schedule
+    faster = [plan_schedule(profile, **{**statement(x), "measured": False}).schedule for x in (30.0, 27.5)]   # edges of the 35 dB problem
     assert model.latency.speedup < faster[0].latency.speedup < faster[1].latency.speedup
     required = model.quality.per_sample.required
 
@@ -419,7 +419,7 @@ def test_min_psnr_emits_a_faster_plan_the_calibration_measured_to_meet_the_targe
     both = plan_schedule(with_measured([(faster[0], passing), (faster[1], above(faster[1]))]), **statement(35.0)).schedule
     assert plan_identity(4, both.windows) == plan_identity(4, faster[1].windows)
     for other in (plan_schedule(with_measured([(faster[0], passing)], world_size=8), **statement(35.0)).schedule,
-                  plan_schedule(with_measured([(faster[0], passing)]), **statement(35.0), measured=False).schedule,
+                  plan_schedule(with_measured([(faster[0], passing)]), **{**statement(35.0), "measured": False}).schedule,
                   # plan --verify raises the target the measurement must meet after a miss on its own images
                   plan_schedule(with_measured([(faster[0], passing)]), **statement(35.0),
                                 measured_target_db=max(passing) + 0.5).schedule):
