@@ -218,7 +218,7 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, bud
     res = _replan_measured_misses(profile, profile_sha256=profile_sha256, world_size=world_size, budget=budget,
                                   min_psnr_db=min_psnr_db, **kw)
     if relax and budget is not None and min_psnr_db is not None:
-        res = relaxed_plan(profile, res, budget=budget, target_db=measured_target_db or min_psnr_db,
+        res = relaxed_plan(profile, res, target_db=measured_target_db or min_psnr_db,
                            profile_sha256=profile_sha256, world_size=world_size, min_psnr_db=min_psnr_db, **kw)
     if measured and budget is not None and min_psnr_db is not None:
         alt = measured_alternative(profile, res, min_psnr_db=min_psnr_db, profile_sha256=profile_sha256,
@@ -259,10 +259,10 @@ def _replan_measured_misses(profile: Profile, *, profile_sha256: str, world_size
 
 RELAX_STEP_DB = 1.0       # relaxed_plan's step below the per-image bound, in dB of the calibration's line ...
 RELAX_MAX_DB = 12.0       # ... up to this far below it, or until a plan's predicted share falls this far below
-RELAX_PAST_SHARE = 0.1    # the coverage asked (the relaxation is past the frontier); then one half step refines
+RELAX_PAST_SHARE = 0.1    # the share required (the relaxation is past the frontier); then one half step refines
 
 
-def relaxed_plan(profile: Profile, res: PlanResult, *, budget: float, target_db: float, profile_sha256: str,
+def relaxed_plan(profile: Profile, res: PlanResult, *, target_db: float, profile_sha256: str,
                  world_size: int, min_psnr_db: float, coverage: Optional[float] = None, **kw) -> PlanResult:
     """The fastest plan of the relaxed statements whose predicted share of images at or above
     ``target_db`` reaches the calibration's conformal threshold for ``coverage``; ``res`` where none
@@ -286,7 +286,8 @@ def relaxed_plan(profile: Profile, res: PlanResult, *, budget: float, target_db:
     if cal is None or not cal.has_residuals or res.schedule.quality.per_sample is None:
         return res
     cov = coverage if coverage is not None else 1.0
-    if cal.required_share(cov) is None:
+    pooled_need = cal.required_share(cov)
+    if pooled_need is None:
         return res
     base = res.schedule.quality.budget     # after a measured miss, the re-planned budget: the scan starts below the miss
     seen = {plan_identity(world_size, res.schedule.windows)}
@@ -317,7 +318,7 @@ def relaxed_plan(profile: Profile, res: PlanResult, *, budget: float, target_db:
 
     for k in range(1, int(round(RELAX_MAX_DB / RELAX_STEP_DB)) + 1):
         share = attempt(k * RELAX_STEP_DB)
-        if share is not None and share < cal.required_share(cov) - RELAX_PAST_SHARE:
+        if share is not None and share < pooled_need - RELAX_PAST_SHARE:
             break
     if best is not res:
         attempt(best_db + RELAX_STEP_DB / 2)

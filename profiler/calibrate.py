@@ -294,6 +294,7 @@ def fit_calibration(runs: Sequence[VerificationRun], *, seed: int = 0, level: fl
         except (TooFewPoints, ValueError) as exc:
             skipped[G] = str(exc)
     info.update({"world_sizes": per_g, "world_sizes_skipped": skipped})
+
     def scored(c: Calibration, runs: Sequence[VerificationRun]) -> Calibration:
         return c.model_copy(update={"share_scores": share_scores(c, runs), "own_share_scores": share_scores(c, runs, own=True)})
 
@@ -310,14 +311,10 @@ def share_scores(cal: Calibration, picks: Sequence[VerificationRun], *, own: boo
     or above what that image measured. A calibrated share makes them uniform; a share that overstates new images (the
     optimizer fits its plans to the calibration images' own errors) pushes them up, and
     ``Calibration.required_share`` asks for that much more."""
-    import bisect
-
     out = []
     for r in picks:
-        if not r.fresh_psnr_db or not any(e > 0 for e in r.predicted):
-            continue
-        mix = sorted(cal.mixture_db(r.predicted, r.psnr_db if own else None)[0])
-        out += [(len(mix) - bisect.bisect_left(mix, y)) / len(mix) for y in r.fresh_psnr_db]
+        if r.fresh_psnr_db and any(e > 0 for e in r.predicted):
+            out += cal.predicted_shares(r.predicted, r.fresh_psnr_db, r.psnr_db if own else None)
     return sorted(out)
 
 

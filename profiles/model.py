@@ -26,6 +26,7 @@ Table axes (all 0-based):
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
 from typing import Annotated, Literal, Optional, Union, get_args
@@ -323,12 +324,18 @@ class Calibration(_Strict):
                         measured: "Optional[Sequence[float]]" = None) -> Optional[float]:
         """The share of a plan's images predicted at or above ``psnr_db``: of ``predicted_psnr``'s
         mixture (1 for a lossless plan); None without residuals."""
+        shares = self.predicted_shares(deviations, [psnr_db], measured)
+        return None if shares is None else shares[0]
+
+    def predicted_shares(self, deviations: "Sequence[float]", psnr_dbs: "Sequence[float]",
+                         measured: "Optional[Sequence[float]]" = None) -> Optional[list[float]]:
+        """``predicted_share`` at each of ``psnr_dbs``, from one mixture."""
         if not self.has_residuals:
             return None
         if not any(d > 0 for d in deviations):
-            return 1.0
-        mix = self.mixture_db(deviations, measured)[0]
-        return sum(1 for x in mix if x >= psnr_db) / len(mix)
+            return [1.0] * len(psnr_dbs)
+        mix = sorted(self.mixture_db(deviations, measured)[0])
+        return [(len(mix) - bisect.bisect_left(mix, y)) / len(mix) for y in psnr_dbs]
 
     def predicted_psnr(self, deviations: "Sequence[float]", measured: "Optional[Sequence[float]]" = None) -> Optional[dict]:
         """A plan's predicted per-image PSNR distribution from its per-image deviations: the mixture
