@@ -313,7 +313,8 @@ def relaxed_plan(profile: Profile, res: PlanResult, *, target_db: float, profile
             note = (f"the per-image bound for {min_psnr_db:g} dB planned {res.schedule.latency.speedup:.2f}x; lowered by "
                     f"{relaxed_db:g} dB it plans {s.latency.speedup:.2f}x with {share:.0%} of images predicted at or above "
                     f"{target_db:g} dB ({need:.0%} required for {cov:.0%} of new images)")
-            best, best_db = dc_replace(r, warnings=res.warnings + r.warnings + (note,)), relaxed_db
+            # each solve repeats the profile's warnings: state each once
+            best, best_db = dc_replace(r, warnings=tuple(dict.fromkeys(res.warnings + r.warnings + (note,)))), relaxed_db
         return cal.predicted_share(errors, target_db)     # the model's share, for the stopping rule
 
     for k in range(1, int(round(RELAX_MAX_DB / RELAX_STEP_DB)) + 1):
@@ -472,7 +473,7 @@ def _plan_once(profile: Profile, *, profile_sha256: str, world_size: int, max_wi
         sizes = ", ".join(map(str, cal.calibrated_world_sizes()))
         warnings.append(f"profile '{profile.name}' is calibrated per world size at G = {sizes}, not {G}: its PSNR "
                         f"statement uses the calibration pooled over those; 'parastep profile --recalibrate PROFILE "
-                        f"--calibration-samples 24 --gpus {G}' calibrates G = {G}")
+                        f"--calibration-samples 24 --gpus {G} --out NEW.yaml' calibrates G = {G} too")
     fixed_per_sample = fixed_sample_errors(fixed)
 
     if policy in ("fixed", "fixed-batch"):

@@ -335,6 +335,14 @@ def verification_world_sizes(gpus: int) -> tuple[int, ...]:
     return tuple(sorted({g for g in (2, 4, 8) if g <= gpus} | {gpus}))
 
 
+def calibration_world_sizes(profile: Profile, gpus: int) -> tuple[int, ...]:
+    """The world sizes ``calibrate_profile`` plans at: ``verification_world_sizes(gpus)`` and every
+    one ``profile`` is already calibrated at, so a recalibration adds world sizes and never drops
+    one (``plan`` names '--recalibrate P --gpus G' to add G)."""
+    kept = profile.calibration.calibrated_world_sizes() if profile.calibration is not None else []
+    return tuple(sorted(set(verification_world_sizes(gpus)) | set(kept)))
+
+
 MORE_PLAN_ROUNDS = 2      # calibrate_profile's extra bootstrap rounds (2x, then 4x the plans) while too few images are lossy
 SWEEP_TARGETS_DB = tuple(25.0 + 2.5 * k for k in range(9))     # --min-psnr 25, 27.5, ..., 45: the qualities users ask for
 SWEEP_COVERAGE = 0.9      # plan --min-psnr's default coverage
@@ -384,7 +392,8 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
     give a first fit; then sweeps of the optimizer's ``--min-psnr`` picks at every calibrated world
     size (``sweep_schedules``), each measured and refitted, until a sweep picks no plan not yet
     measured (or ``SWEEP_ROUNDS``). All plans run on the profile's own calibration samples (each
-    image's prediction is per sample)."""
+    image's prediction is per sample). The world sizes: ``verification_world_sizes(settings.gpus)``
+    and every one ``profile`` is already calibrated at (a recalibration adds, never drops)."""
     import time
 
     from ..executor.launch import cpu_threads
@@ -394,7 +403,7 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
     if profile.output_errors is None:
         raise UserError(f"profile '{profile.name}' has no per-sample quality model (output_errors) to calibrate; re-profile it")
     sha = profile_sha256(dump_profile(profile))
-    sizes = verification_world_sizes(settings.gpus)
+    sizes = calibration_world_sizes(profile, settings.gpus)
     for g in sizes:
         try:
             profile.comm_entry(g)

@@ -101,7 +101,7 @@ def test_min_psnr_uses_the_calibration_of_its_world_size(capsys, prior_file, tmp
     s4 = schedule_from_dict(yaml.safe_load(out))
     assert code == 0 and math.isclose(s4.quality.budget, pooled.deviation_for_psnr(40.0), rel_tol=1e-12)
     (note,) = [line for line in err.splitlines() if "calibrated per world size at G = 2, not 4" in line]
-    assert "parastep profile --recalibrate PROFILE --calibration-samples 24 --gpus 4" in note
+    assert "parastep profile --recalibrate PROFILE --calibration-samples 24 --gpus 4 --out NEW.yaml" in note
     lossy = ("--model", "random", "--gpus", "2", "--profile", str(path), "--budget", "1", "--workers", "1")
     code, out, err = _plan(capsys, *lossy)
     s2 = schedule_from_dict(yaml.safe_load(out))
@@ -177,6 +177,8 @@ def test_measured_profile_refuses_other_steps_and_windows(capsys, measured_file)
                        needle="re-profile with --max-window 12")
     _assert_user_error(*_plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(measured_file), "--min-psnr", "30"),
                        needle="needs a profile with a PSNR calibration")
+    _assert_user_error(*_plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(measured_file), "--min-psnr", "30"),
+                       needle="'parastep profile --recalibrate PROFILE --calibration-samples 24 --gpus 2 --out NEW.yaml'")
     code, out, err = _plan(capsys, "--model", "random", "--gpus", "2", "--profile", str(measured_file), "--workers", "1")
     assert code == 0 and "WARNING" not in err and "priced by priors" not in err   # measured: no prior warning
 
@@ -216,3 +218,16 @@ def test_console_script_subprocess(tmp_path, prior_file):
     assert subprocess.run([exe, "validate", str(sched)], capture_output=True, text=True, timeout=60).returncode == 0
     bad = subprocess.run([exe, "plan", "--model", "nope", "--gpus", "2"], capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stdout == "" and "Traceback" not in bad.stderr and len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_relaxed_min_psnr_states_each_warning_once(capsys):
+    """--min-psnr on the shipped digits profile at a world size it has no calibration part for:
+    the relaxation solves several statements, each of which notes the pooled calibration; the
+    user reads the note once, with the command that adds the world size."""
+    code, out, err = _plan(capsys, "--model", "digits", "--gpus", "16", "--interconnect", "nvlink", "--min-psnr", "30",
+                           "--workers", "1")
+    assert code == 0, err
+    notes = [line for line in err.splitlines() if "is calibrated per world size at G = 2, 4, 8, not 16" in line]
+    assert len(notes) == 1 and "--recalibrate PROFILE --calibration-samples 24 --gpus 16 --out NEW.yaml" in notes[0]
+    assert any("lowered by" in line for line in err.splitlines())      # the relaxation did run more than one solve
+    assert len(err.splitlines()) == len(set(err.splitlines()))

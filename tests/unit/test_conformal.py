@@ -351,3 +351,21 @@ def test_every_measured_plan_keeps_its_windows_by_its_identity():
     assert set(cal.measured_windows) == {"p-2-4"} and set(cal.measured_plans) == {r.key for r in picks}
     kept = cal.measured_windows["p-2-4"]
     assert kept.world_size == 2 and kept.windows == list(plan)
+
+
+def test_a_recalibration_plans_at_every_world_size_the_profile_was_calibrated_at():
+    """``calibration_world_sizes``: 2, 4 and 8 up to --gpus and --gpus itself for a new profile;
+    a profile calibrated at G = 2, 4, 8 recalibrated with --gpus 3 (or the default 2) keeps them
+    and adds 3, so the command ``plan`` names to calibrate a world size drops none."""
+    from parastep.profiler.calibrate import calibration_world_sizes
+    from parastep.profiles.io import resolve_profile
+
+    digits, _ = resolve_profile("digits")
+    assert digits.calibration.calibrated_world_sizes() == [2, 4, 8]
+    bare = digits.model_copy(update={"calibration": None})
+    assert calibration_world_sizes(bare, 1) == (1,)
+    assert calibration_world_sizes(bare, 2) == (2,)
+    assert calibration_world_sizes(bare, 6) == (2, 4, 6)
+    assert calibration_world_sizes(digits, 2) == (2, 4, 8)
+    assert calibration_world_sizes(digits, 3) == (2, 3, 4, 8)
+    assert calibration_world_sizes(digits, 16) == (2, 4, 8, 16)
