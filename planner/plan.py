@@ -199,7 +199,9 @@ def plan_schedule(profile: Profile, *, profile_sha256: str, world_size: int, bud
                   measured_target_db: Optional[float] = None, **kw) -> PlanResult:
     """``_plan_once`` (its docstring states the arguments), and for a ``--min-psnr`` statement:
 
-    - no plan the calibration measured below its target (``measured_miss``): such a plan is
+    - the per-image bound's plan is no plan the calibration measured below its target
+      (``measured_miss``; the relaxed plans are judged by their share, which reads a measured
+      plan's own residuals): such a plan is
       excluded by lowering the per-sample budget below its ``required``-th smallest predicted
       error, which excludes every plan at least as lossy on those samples too, by as many decades
       as its shortfall in dB over the calibration's slope, and the statement is re-planned (at most
@@ -280,8 +282,13 @@ def relaxed_plan(profile: Profile, res: PlanResult, *, target_db: float, profile
     plan to the calibration images' own errors). The relaxed statements lower the per-image bound by
     ``RELAX_STEP_DB`` at a time (the budget raised by the step over the calibration's slope; a looser
     budget never gives a slower optimum, but not always a lossier one), and the fastest plan that
-    reaches the threshold and is no measured miss (``measured_miss``) wins; then the half step above
-    the winner is tried. ``relax=False`` (``plan --per-image-bound``) keeps the per-image bound."""
+    reaches the threshold wins; then the half step above the winner is tried. For a plan the
+    calibration ran, the share is read with its own residuals (``Calibration.share_statement``), so
+    its measurement is already in it; the 10th-percentile calibration image alone (the veto of
+    ``measured_miss``, which the per-image bound keeps) is the second-worst of 20 images and vetoed
+    plans that covered new images (measured on 100 development images, seeds 7000-7009, digits
+    G = 4 / 30 dB: calibration p10 26.0 dB, own share 0.927 of 0.917 needed; 91 % covered, p10
+    30.5 dB). ``relax=False`` (``plan --per-image-bound``) keeps the per-image bound."""
     cal = profile.calibration.at(world_size) if profile.calibration is not None else None
     if cal is None or not cal.has_residuals or res.schedule.quality.per_sample is None:
         return res
@@ -308,7 +315,7 @@ def relaxed_plan(profile: Profile, res: PlanResult, *, target_db: float, profile
         share, need = cal.share_statement(errors, target_db, cov, measured=profile.calibration.measured_plans.get(key))
         if share is None:
             return None
-        if (share >= need and not measured_miss(s)
+        if (share >= need
                 and s.latency.predicted_s < best.schedule.latency.predicted_s * (1 - 1e-9)):
             note = (f"the per-image bound for {min_psnr_db:g} dB planned {res.schedule.latency.speedup:.2f}x; lowered by "
                     f"{relaxed_db:g} dB it plans {s.latency.speedup:.2f}x with {share:.0%} of images predicted at or above "
