@@ -17,7 +17,7 @@ added to the central intercept; per world size, and pooled for world sizes witho
 halves). For a new (plan, image) pair exchangeable with the held-out ones (a plan the optimizer
 picks, one of the profile's calibration images), P(measured >= bound) >= 0.9.
 After the sweeps, the plans the final calibration picks are measured as well (up to
-``CHECK_ROUNDS`` times, for the picks the measured-miss rule re-plans), kept as measured plans
+``CHECK_ROUNDS`` times, for the picks their own measurement moves), kept as measured plans
 but not refitted into the bound, so the ``--min-psnr`` plans users get are ones the calibration ran.
 The residuals are kept in the profile, so ``plan`` states a plan's predicted per-image PSNR
 distribution (central prediction + residual, over images and residuals). Too few informative
@@ -475,10 +475,10 @@ def calibrate_profile(pipe, profile, *, settings, count: int, say) -> Profile:
             converged = True
             break
     # the plans users now get: each refit above can change the picks, and a pick the calibration
-    # never ran would be stated by G's pooled residuals and escape the measured-miss check. So the
-    # final picks are measured too, kept as measured plans but not refitted into the bound (which
-    # would change the picks again): a miss among them is re-planned at plan time, and the re-planned
-    # picks are measured in the next check
+    # never ran would be stated by G's pooled residuals, not its own. So the final picks are
+    # measured too, kept as measured plans but not refitted into the bound (which would change the
+    # picks again): at plan time their share reads their own residuals (and a per-image bound's
+    # measured miss is re-planned), which moves some picks; those are measured in the next check
     checked = unchecked = 0
     for rnd in range(CHECK_ROUNDS + 1):
         final = sweep_schedules(profile.model_copy(update={"calibration": cal}), sha, world_sizes=sizes, seen=done)
