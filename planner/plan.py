@@ -15,7 +15,7 @@ from dataclasses import dataclass, replace as dc_replace
 from typing import Literal, Optional, Sequence
 
 from ..errors import UserError
-from ..profiles.model import Profile
+from ..profiles.model import Profile, recalibrate_command
 from ..schedules.check import cautions, implied_totals, violations
 from ..schedules.model import (
     ExactWindow, Latency, ParallelWindow, ProfileRef, PsnrPrediction, Quality, ReuseWindow, SampleQuality, Schedule, Solver, Window,
@@ -284,9 +284,9 @@ def relaxed_plan(profile: Profile, res: PlanResult, *, target_db: float, profile
     budget never gives a slower optimum, but not always a lossier one), and the fastest plan that
     reaches the threshold wins; then the half step above the winner is tried. For a plan the
     calibration ran, the share is read with its own residuals (``Calibration.share_statement``), so
-    its measurement is already in it; the 10th-percentile calibration image alone (the veto of
-    ``measured_miss``, which the per-image bound keeps) is the second-worst of 20 images and vetoed
-    plans that covered new images (measured on 100 development images, seeds 7000-7009, digits
+    its measurement is already in it. Its 10th-percentile calibration image alone vetoes nothing
+    here (``measured_miss``, which the per-image bound keeps): it is the second-worst of 20 images,
+    and plans it would reject cover new images (100 development images, seeds 7000-7009, digits
     G = 4 / 30 dB: calibration p10 26.0 dB, own share 0.927 of 0.917 needed; 91 % covered, p10
     30.5 dB). ``relax=False`` (``plan --per-image-bound``) keeps the per-image bound."""
     cal = profile.calibration.at(world_size) if profile.calibration is not None else None
@@ -479,8 +479,7 @@ def _plan_once(profile: Profile, *, profile_sha256: str, world_size: int, max_wi
     if cal is not None and cal.by_world_size and G not in cal.by_world_size:
         sizes = ", ".join(map(str, cal.calibrated_world_sizes()))
         warnings.append(f"profile '{profile.name}' is calibrated per world size at G = {sizes}, not {G}: its PSNR "
-                        f"statement uses the calibration pooled over those; 'parastep profile --recalibrate PROFILE "
-                        f"--calibration-samples 24 --gpus {G} --out NEW.yaml' calibrates G = {G} too")
+                        f"statement uses the calibration pooled over those; '{recalibrate_command(G)}' calibrates G = {G} too")
     fixed_per_sample = fixed_sample_errors(fixed)
 
     if policy in ("fixed", "fixed-batch"):

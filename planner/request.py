@@ -21,7 +21,7 @@ from typing import Optional
 from ..errors import UserError
 from ..profiles.interconnects import with_interconnect
 from ..profiles.io import resolve_profile
-from ..profiles.model import Prior, Profile
+from ..profiles.model import Prior, Profile, recalibrate_command
 from .problem import default_max_window
 
 
@@ -114,7 +114,7 @@ def request_from_args(args) -> PlanRequest:
         if not math.isfinite(args.min_psnr):
             raise UserError(f"--min-psnr {args.min_psnr} is not a finite number of dB; pass e.g. --min-psnr 35")
         if profile.calibration is None:
-            raise UserError(f"--min-psnr needs a profile with a PSNR calibration and '{profile.name}' has none; calibrate it where its model runs ('parastep profile --recalibrate PROFILE --calibration-samples 24 --gpus {G} --out NEW.yaml') or pass --budget")
+            raise UserError(f"--min-psnr needs a profile with a PSNR calibration and '{profile.name}' has none; calibrate it where its model runs ('{recalibrate_command(G)}') or pass --budget")
         budget = profile.calibration.at(G).deviation_for_psnr(args.min_psnr)
         coverage = 0.9 if coverage is None else coverage
     options = SolverOptions(time_limit_s=args.time_limit_s, workers=args.workers, seed=args.seed,

@@ -31,11 +31,11 @@ from pathlib import Path
 
 from ..errors import UserError
 from ..outputs import check_out_file
+from ..profiles.model import DEFAULT_CALIBRATION_PLANS
 from .call import default_call, generation
 from .instrument import sample_conditions
 
 DEFAULT_SEEDS = (0, 1)
-DEFAULT_CALIBRATION_PLANS = 24     # verification plans of a new profile's calibration (more while too few images are lossy)
 
 
 def model_label(args) -> str:

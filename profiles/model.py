@@ -130,6 +130,16 @@ class Comm(_Strict):
         return self
 
 
+DEFAULT_CALIBRATION_PLANS = 24     # verification plans of a new profile's calibration (more while too few images are lossy)
+
+
+def recalibrate_command(world_size: int) -> str:
+    """The command that calibrates a profile at ``world_size`` as well (a recalibration keeps every
+    world size it had): what the planner names where a profile cannot state a --min-psnr."""
+    return (f"parastep profile --recalibrate PROFILE --calibration-samples {DEFAULT_CALIBRATION_PLANS} "
+            f"--gpus {world_size} --out NEW.yaml")
+
+
 class CalibrationSample(_Strict):
     prompt: str
     seed: int
