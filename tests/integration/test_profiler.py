@@ -351,6 +351,24 @@ def test_window_output_errors_match_a_direct_run_of_each_window(measured):
     assert rel[int(0.9 * len(rel))] < 0.25, f"90th percentile relative error {rel[int(0.9 * len(rel))]:.3f}"
 
 
+def test_a_refused_exchange_fit_is_measured_again_and_refused_only_when_every_try_is():
+    """``measure_comm``'s tries (``_fitted_measurement``): a measurement whose fit is refused (a slow
+    spell) is taken again, saying so, and the first fit that stands is kept; when all ``FIT_TRIES``
+    are refused the refusal stands and says so."""
+    from parastep.profiler.comm import FIT_TRIES, _fitted_measurement
+
+    flat = {2: 1e-3, 8: 1e-3, 32: 0.9e-3}
+    good = {2: 1e-4, 8: 2e-4, 32: 6e-4}
+    tries, said = iter([flat, good, flat]), []
+    (latency, bandwidth), kept = _fitted_measurement(lambda: next(tries), output_bytes=4096, what="exchange", say=said.append)
+    assert kept is good and len(said) == 1 and "measuring again" in said[0]
+    assert (latency, bandwidth) == fit_alpha_beta(sorted(good.items()), output_bytes=4096)
+    calls, said = [], []
+    with pytest.raises(ValueError, match=f"exchange fit refused.*{FIT_TRIES} measurements, each refused"):
+        _fitted_measurement(lambda: calls.append(1) or flat, output_bytes=4096, what="exchange", say=said.append)
+    assert len(calls) == FIT_TRIES and len(said) == FIT_TRIES - 1
+
+
 def test_exchange_fit_with_a_flat_or_falling_slope_is_refused():
     """A clamped fit would be a number nobody measured."""
     with pytest.raises(ValueError, match="exchange fit refused"):
